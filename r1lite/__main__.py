@@ -1,0 +1,3 @@
+from r1lite.cli import main
+
+raise SystemExit(main())

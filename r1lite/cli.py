@@ -1,0 +1,147 @@
+"""The ``r1lite`` command: one console script, one sub-command per capability.
+
+    r1lite train   GRPO (R1-Zero, or R1 with a cold-start stage) from a YAML recipe and flags
+    r1lite sft     supervised fine-tuning on prompt/completion JSONL
+    r1lite eval    evaluate a model on a task, or score completions produced elsewhere
+    r1lite report  rebuild a run's report.html and plots
+    r1lite cost    estimate what a run costs before starting it, or price device-hours
+
+Bad input prints one line (``error: …``) and exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from r1lite.errors import UsageError
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a task, or score completions from elsewhere",
+                       description="Generate and score (--model), or score a JSONL of completions (--completions).")
+    p.add_argument("--model", help="default, tiny, a local HF directory, a run directory, or a hub id")
+    p.add_argument("--task", required=True, help="arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE", help="task option; repeat for more")
+    p.add_argument("--format", default="r1", help="r1 (<think>/<answer>), plain, plain:1 or plain:2 (default: r1)")
+    p.add_argument("--prefill-think", action="store_true", help="open the assistant turn with <think>")
+    p.add_argument("--split", default="test", choices=("test", "train", "all"), help="which items (default: test = held out)")
+    p.add_argument("--limit", type=int, default=100, help="items to evaluate (-1 = the whole split; default: 100)")
+    p.add_argument("--samples", type=int, default=1, help="samples per item; 1 = greedy (default: 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="token budget per completion (default: 256)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0 for 1 sample, 0.6 for more)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: 1 for 1 sample, 0.95 for more)")
+    p.add_argument("--seed", type=int, default=0, help="seed for item choice and sampling (default: 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="most sequences decoded together (default: 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where fast), bf16 or fp32")
+    p.add_argument("--completions", type=Path, help="score this JSONL (rows with answer and completion) instead of generating")
+    p.add_argument("--out", type=Path, help="JSONL of scored rows; the summary goes to <out>.summary.json")
+
+
+def cmd_eval(args) -> int:
+    from rich.console import Console
+
+    from r1lite import evaluate, tasks
+    from r1lite.config import parse_key_values
+
+    console = Console()
+    task = tasks.load_task(args.task, parse_key_values(args.task_opt, "--task-opt"))
+    if args.format not in tasks.FORMATS:
+        raise UsageError(f"--format {args.format}: use one of {', '.join(tasks.FORMATS)}")
+    if args.completions:
+        if args.model:
+            raise UsageError("--completions scores existing completions; drop --model (or drop --completions to generate)")
+        if not args.out:
+            raise UsageError("--completions needs --out FILE for the scored rows")
+        summary = evaluate.score_file(task, args.format, args.completions, args.out)
+        console.print(evaluate.summary_table(summary, f"{task.name} · {args.format} · scored {args.completions}"))
+        console.print(f"rows: {args.out}\nsummary: {evaluate.summary_path(args.out)}")
+        return 0
+    if not args.model:
+        raise UsageError("eval needs --model M to generate, or --completions FILE to score existing completions")
+    if args.samples < 1:
+        raise UsageError(f"--samples {args.samples}: must be >= 1")
+    if args.limit == 0 or args.limit < -1:
+        raise UsageError(f"--limit {args.limit}: give a positive number of items, or -1 for the whole split")
+    from r1lite.models import load_model, resolve_runtime, stop_token_ids
+    from r1lite.rollout import make_decoder
+
+    runtime = resolve_runtime(args.device, args.dtype)
+    items = task.split(args.split, None if args.limit == -1 else args.limit, seed=args.seed)
+    console.print(f"r1lite eval: {len(items)} {args.split} items of {task.name}, {args.samples} sample(s) each, "
+                  f"format {args.format}, on {runtime.describe()}")
+    model, tokenizer = load_model(args.model, runtime)
+    decoder = make_decoder(model, runtime.dtype)
+    rows, summary = evaluate.evaluate(
+        decoder, tokenizer, task, items, args.format, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+        prefill_think=args.prefill_think, stop_ids=stop_token_ids(tokenizer, model))
+    summary = {"model": args.model, "split": args.split, **summary}
+    console.print(evaluate.summary_table(summary, f"{args.model} · {task.name} · {args.format}"))
+    if args.out:
+        from r1lite.files import write_json, write_jsonl
+
+        write_jsonl(args.out, rows)
+        write_json(evaluate.summary_path(args.out), summary)
+        console.print(f"rows: {args.out}\nsummary: {evaluate.summary_path(args.out)}")
+    return 0
+
+
+def _train_parser(sub) -> None:
+    from r1lite.config import add_arguments
+    from r1lite.grpo import GRPOConfig
+
+    p = sub.add_parser("train", help="GRPO training from a YAML recipe and flags",
+                       description="GRPO on rule-checked rewards. Recipe keys and flags are the same names; "
+                                   "flags override the recipe.")
+    p.add_argument("--config", type=Path, help="YAML recipe (keys are the flags below, with underscores)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint; give the same flags as the original run")
+    add_arguments(p, GRPOConfig)
+
+
+def cmd_train(args) -> int:
+    from r1lite.config import build, read_yaml
+    from r1lite.grpo import GRPOConfig
+    from r1lite.trainer import Trainer
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
+    recipe = read_yaml(args.config) if args.config else {}
+    if args.resume is not None:
+        out = flags.get("out", recipe.get("out", str(args.resume)))
+        if Path(out).resolve() != args.resume.resolve():
+            raise UsageError(f"--resume {args.resume} but --out {out}: a resumed run writes where it started; "
+                             f"pass --out {args.resume} or drop --out")
+        flags["out"] = out
+    cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"))
+    return Trainer(cfg, resume=args.resume is not None).train()
+
+
+COMMANDS = {"train": (_train_parser, cmd_train), "eval": (_eval_parser, cmd_eval)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="r1lite", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for build, _ in COMMANDS.values():
+        build(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Honest evaluation: pass@1, pass@k, maj@k, format rate and lengths, for generated completions or
+for completions another system produced.
+
+The metric is the training reward: both call :func:`r1lite.tasks.score`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from r1lite import tasks
+from r1lite.files import read_jsonl, write_json, write_jsonl
+from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, render_prompt
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+
+    >>> pass_at_k(4, 1, 1)
+    0.25
+    >>> pass_at_k(4, 1, 4)
+    1.0
+    >>> round(pass_at_k(10, 2, 3), 4)
+    0.5333
+    """
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def ks_for(samples: int) -> list[int]:
+    """The k reported for S samples: powers of two below S, and S itself.
+
+    >>> ks_for(1), ks_for(8), ks_for(6)
+    ([1], [1, 2, 4, 8], [1, 2, 4, 6])
+    """
+    ks = [k for k in (2 ** i for i in range(12)) if k < samples]
+    return ks + [samples]
+
+
+def majority_correct(keys: list, accuracies: list[float]) -> float:
+    """maj@k: the accuracy of the most common extracted answer (ties go to the earliest seen);
+    0 when no sample produced an answer.
+
+    >>> majority_correct([42.0, 41.0, 42.0], [1.0, 0.0, 1.0])
+    1.0
+    >>> majority_correct([None, None], [0.0, 0.0])
+    0.0
+    """
+    counted = Counter(k for k in keys if k is not None)
+    if not counted:
+        return 0.0
+    top = max(counted.values())
+    winner = next(k for k in keys if k is not None and counted[k] == top)
+    return accuracies[keys.index(winner)]
+
+
+def think_text(completion: str) -> str | None:
+    """The text inside the first <think>…</think> block, if any.
+
+    >>> think_text("<think>a b</think><answer>1</answer>")
+    'a b'
+    """
+    start = completion.find("<think>")
+    end = completion.find("</think>")
+    if end < 0:
+        return None
+    return completion[start + len("<think>") if 0 <= start < end else 0:end]
+
+
+def score_row(completion: str, item: tasks.Item, task: tasks.Task, fmt: str, prefill: str = "") -> dict:
+    """Accuracy, format, and the answer key majority voting uses, for one completion."""
+    scored = tasks.score(completion, item, task, fmt, prefill)
+    key = tasks.extract_answer(completion, task, fmt, prefill)
+    if key is not None and task.numeric:
+        number = tasks.rewards.parse_number(key)
+        key = number if number is not None else key.strip()
+    elif key is not None:
+        key = key.strip()
+    think = think_text(prefill + completion)
+    return {**scored, "answer_key": key, "completion_chars": len(completion),
+            "think_chars": None if think is None else len(think)}
+
+
+def summarize(rows: list[dict], samples: int) -> dict:
+    """Metrics over rows grouped by ``item_id`` (each group = one item's samples)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["item_id"], []).append(r)
+    scored = [g for g in groups.values() if all(r["accuracy"] is not None for r in g)]
+    n_scored = max(1, len(scored))
+    out: dict = {"n_items": len(groups), "samples": samples, "skipped_items": len(groups) - len(scored)}
+    out["pass@1"] = sum(sum(r["accuracy"] for r in g) / len(g) for g in scored) / n_scored
+    for k in ks_for(samples)[1:]:
+        out[f"pass@{k}"] = sum(pass_at_k(len(g), sum(r["accuracy"] >= 1.0 for r in g), k) for g in scored) / n_scored
+    if samples > 1:
+        out[f"maj@{samples}"] = sum(majority_correct([r["answer_key"] for r in g], [r["accuracy"] for r in g])
+                                    for g in scored) / n_scored
+    out["format_rate"] = sum(r["format"] for r in rows) / max(1, len(rows))
+    tokens = [r["completion_tokens"] for r in rows if r.get("completion_tokens") is not None]
+    if tokens:
+        out["completion_tokens_mean"] = sum(tokens) / len(tokens)
+        out["completion_tokens_median"] = statistics.median(tokens)
+        think = [r["think_tokens"] for r in rows if r.get("think_tokens") is not None]
+        out["think_tokens_mean"] = sum(think) / len(think) if think else 0.0
+        out["truncated_rate"] = sum(r["finish"] == "length" for r in rows) / len(rows)
+    else:
+        chars = [r["completion_chars"] for r in rows]
+        out["completion_chars_mean"] = sum(chars) / max(1, len(chars))
+        think = [r["think_chars"] for r in rows if r["think_chars"] is not None]
+        out["think_chars_mean"] = sum(think) / len(think) if think else 0.0
+    out["accuracy"] = out["pass@1"]
+    return out
+
+
+def evaluate(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str, samples: int = 1,
+             max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
+             seed: int = 0, batch_size: int = 64, prefill_think: bool = False,
+             stop_ids: list[int] | None = None) -> tuple[list[dict], dict]:
+    """Generate ``samples`` completions per item and score them. One sample means greedy decoding;
+    more use temperature 0.6 and top-p 0.95 unless given (the R1 paper's evaluation setting)."""
+    if samples == 1:
+        temperature, top_p = (0.0 if temperature is None else temperature), (1.0 if top_p is None else top_p)
+    else:
+        temperature, top_p = (0.6 if temperature is None else temperature), (0.95 if top_p is None else top_p)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    built = [tasks.build_messages(item, task, fmt, prefill_think=prefill_think) for item in items]
+    prompts = encode_prompts(tokenizer, [render_prompt(tokenizer, m, prefill) for m, prefill in built])
+    stats = GenerationStats()
+    outputs = generate(decoder, tokenizer, prompts, sampling, n=samples, seed=seed, batch_size=batch_size,
+                       stop_ids=stop_ids, stats=stats)
+    rows = []
+    for item, (_, prefill), completions in zip(items, built, outputs):
+        for s, c in enumerate(completions):
+            row = {"item_id": item.id, "sample": s, "question": item.question, "answer": item.answer,
+                   "completion": c.text, "finish": c.finish, "completion_tokens": len(c.token_ids)}
+            row.update(score_row(c.text, item, task, fmt, prefill))
+            think = think_text(prefill + c.text)
+            row["think_tokens"] = None if think is None else len(tokenizer.encode(think, add_special_tokens=False))
+            rows.append(row)
+    summary = {"task": task.name, "format": fmt, **summarize(rows, samples),
+               "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+               "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.new_tokens}
+    return rows, summary
+
+
+def score_file(task: tasks.Task, fmt: str, completions: Path, out: Path) -> dict:
+    """Score JSONL rows with ``answer`` and ``completion`` (optional ``prompt``/``id``; other fields
+    kept) produced elsewhere. Writes ``out`` (same rows, same order, plus ``accuracy`` and
+    ``format``) and ``<out>.summary.json``; returns the summary. Rows sharing an ``id`` (or a
+    ``prompt``) are the samples of one item for pass@k and maj@k."""
+    rows, outputs = [], []
+    for n, row in read_jsonl(completions, required=("answer", "completion")):
+        if not isinstance(row["completion"], str):
+            from r1lite.errors import UsageError
+            raise UsageError(f"{completions}:{n}: 'completion' must be a string")
+        question = str(row.get("prompt", ""))
+        item = tasks.Item(id=str(row.get("id", question or f"line-{n}")), question=question, answer=row["answer"], meta={})
+        scored = score_row(row["completion"], item, task, fmt)
+        rows.append({"item_id": item.id, **scored, "finish": None})
+        outputs.append({**row, "accuracy": scored["accuracy"], "format": scored["format"]})
+    samples = max(Counter(r["item_id"] for r in rows).values(), default=1)
+    summary = {"task": task.name, "format": fmt, "source": str(completions), **summarize(rows, samples)}
+    write_jsonl(out, outputs)
+    write_json(summary_path(out), summary)
+    return summary
+
+
+def summary_path(out: Path) -> Path:
+    return Path(str(out) + ".summary.json")
+
+
+def summary_table(summary: dict, title: str):
+    """A rich table of the headline metrics."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}" if key.startswith(("pass@", "maj@", "format_rate", "accuracy", "truncated")) else f"{value:.1f}"
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,256 @@
+"""GRPO: group-relative advantages and the clipped policy loss, with the variants practitioners use.
+
+For a prompt q the policy samples a group of G completions o_1..o_G with rewards r_1..r_G.
+
+Advantage (every token of o_i gets the same one)::
+
+    A_i = (r_i - mean(r_1..r_G)) / (s + 1e-4)
+
+with ``s`` = the group's std (``scale_rewards="group"``, GRPO), the whole batch's std
+(``"batch"``), or 1 (``"none"``, Dr. GRPO). std is the unbiased one, as in TRL.
+
+Per-token objective, with ratio ρ_t = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_<t)::
+
+    l_t = -min(ρ_t A, clip(ρ_t, 1 - ε, 1 + ε_high) A) + β · KL_t
+    KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1           (the k3 estimator, always ≥ 0)
+
+``ε_high > ε`` is DAPO's clip-higher. π_old is the policy that sampled the batch: with ``mu=1`` it
+equals π_θ, so ρ_t = 1 in value and only its gradient matters (no extra forward pass is made).
+With ``beta=0`` no reference model is held.
+
+Aggregation over the N = (groups · G) completions of a batch, |o_i| = counted tokens of o_i:
+
+- ``grpo``:    L = 1/N Σ_i 1/|o_i| Σ_t l_i,t            (per-sequence mean, then mean; DeepSeekMath)
+- ``dapo``:    L = Σ_i Σ_t l_i,t / Σ_i |o_i|             (token-level mean; DAPO)
+- ``dr_grpo``: L = Σ_groups Σ_{i∈g} Σ_t l_i,t / (G · L_max) (Dr. GRPO), L_max = the configured max
+  new tokens. Departure: the Dr. GRPO paper and TRL divide by N · L_max (a mean over groups);
+  r1lite normalises each group by G · L_max and sums over groups, so a batch with more prompts
+  carries proportionally more gradient.
+
+Each aggregation is a fixed weight per token (:func:`token_weights`), so splitting a batch into
+micro-batches for memory gives exactly the same loss and gradient.
+
+Other departures from the GRPO paper: completions that hit the token budget can be left out of the
+loss (``mask_truncated``, DAPO's overlong filtering); DAPO's soft overlong punishment is a reward
+term; dynamic sampling drops groups whose rewards are all equal (their advantages are all zero) and
+samples new prompts to refill the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1lite.config import opt
+from r1lite.errors import UsageError
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+SCHEDULES = ("constant", "linear", "cosine")
+REWARDS = ("accuracy", "format", "format_partial")
+
+
+@dataclass
+class GRPOConfig:
+    """Everything a GRPO run needs. YAML recipe keys and command-line flags are these fields."""
+
+    # what to train
+    model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), tiny, a local HF directory or a hub id")
+    task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
+    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-")
+    format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")
+    prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
+    out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
+    seed: int = opt(0, "seed for data order, sampling and initialisation")
+    # schedule
+    max_steps: int = opt(40, "GRPO steps; one step = one batch of rollouts and mu optimizer updates")
+    batch_size: int = opt(32, "completions per step (prompts per step x group_size)")
+    group_size: int = opt(8, "G: completions sampled per prompt")
+    micro_batch_size: int = opt(16, "completions per forward/backward (memory only; the loss is unchanged)")
+    mu: int = opt(1, "policy updates per batch (>1 stores old log-probs and clips against them)")
+    # sampling
+    max_new_tokens: int = opt(64, "token budget per completion (L_max for dr_grpo and overlong shaping)")
+    temperature: float = opt(1.0, "sampling temperature for rollouts (0 = greedy)")
+    top_p: float = opt(1.0, "nucleus sampling for rollouts (1 = off)")
+    top_k: int = opt(0, "top-k sampling for rollouts (0 = off)")
+    stop: list = opt([], "extra stop strings for rollouts (kept in the completion)")
+    rollout_batch_size: int = opt(64, "most rows decoded together in one generation batch")
+    # loss
+    loss_type: str = opt("dapo", "loss aggregation: grpo (per-sequence mean), dr_grpo (sum / (G*L_max)), dapo (token mean)")
+    scale_rewards: str = opt("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)")
+    epsilon: float = opt(0.2, "lower clip range: ratio >= 1 - epsilon")
+    epsilon_high: float = opt(0.2, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher uses 0.28)")
+    beta: float = opt(0.0, "KL penalty to the frozen reference (k3 estimator); 0 = no reference model at all")
+    rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, format_partial")
+    dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and refill")
+    max_refill_rounds: int = opt(4, "dynamic sampling: most extra generation rounds per step")
+    mask_truncated: bool = opt(False, "leave completions that hit max_new_tokens out of the loss")
+    overlong_buffer: int = opt(0, "DAPO soft overlong punishment over the last N tokens of the budget (0 = off)")
+    # optimisation
+    lr: float = opt(3e-6, "peak learning rate (AdamW)")
+    lr_schedule: str = opt("constant", "constant, linear or cosine decay after warmup")
+    warmup_steps: int = opt(0, "optimizer steps of linear warmup")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 = no clipping)")
+    lora: bool = opt(False, "train LoRA adapters (peft) instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_targets: list = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                             "modules that get LoRA adapters")
+    # runs
+    save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
+    eval_items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
+    eval_base_plain: bool = opt(False, "also evaluate the untouched base with 3 plain phrasings, keep the best")
+    cold_start_items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
+    cold_start_samples: int = opt(4, "cold start: samples per item, plain prompt, temperature cold_start_temperature")
+    cold_start_temperature: float = opt(0.7, "cold start: sampling temperature")
+    cold_start_epochs: int = opt(2, "cold start: SFT epochs over the kept traces")
+    cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
+    cold_start_per_item: int = opt(1, "cold start: most kept traces per item (distinct answers texts)")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
+    hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
+    usd_per_hour: float | None = opt(None, "cost meter: price of one device-hour in USD (unset = the table's)")
+    watts: float | None = opt(None, "cost meter: average draw of one busy device in watts (unset = the table's)")
+
+    def __post_init__(self):
+        def bad(msg: str):
+            raise UsageError(msg)
+
+        if self.loss_type not in LOSS_TYPES:
+            bad(f"loss_type '{self.loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            bad(f"scale_rewards '{self.scale_rewards}' is unknown; use one of {', '.join(SCALE_REWARDS)}")
+        if self.lr_schedule not in SCHEDULES:
+            bad(f"lr_schedule '{self.lr_schedule}' is unknown; use one of {', '.join(SCHEDULES)}")
+        if self.group_size < 2:
+            bad(f"group_size={self.group_size}: group-relative advantages need at least 2 completions per prompt "
+                "(with 1, every advantage is 0 and the std is undefined); set group_size >= 2")
+        if self.batch_size % self.group_size:
+            bad(f"batch_size={self.batch_size} is not divisible by group_size={self.group_size}; "
+                f"use a multiple such as {self.group_size * max(1, self.batch_size // self.group_size)}")
+        if self.epsilon_high < self.epsilon:
+            bad(f"epsilon_high={self.epsilon_high} < epsilon={self.epsilon}: clip-higher widens the upper range; "
+                "set epsilon_high >= epsilon")
+        if not 0 < self.epsilon < 1:
+            bad(f"epsilon={self.epsilon} must be in (0, 1)")
+        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "lora_r"):
+            if getattr(self, key) < 1:
+                bad(f"{key}={getattr(self, key)} must be >= 1")
+        if self.rollout_batch_size < self.group_size:
+            bad(f"rollout_batch_size={self.rollout_batch_size} must be >= group_size={self.group_size}")
+        if self.beta < 0:
+            bad(f"beta={self.beta} must be >= 0 (0 = no KL term)")
+        if self.lr <= 0:
+            bad(f"lr={self.lr} must be > 0")
+        if self.overlong_buffer < 0 or self.overlong_buffer >= self.max_new_tokens:
+            bad(f"overlong_buffer={self.overlong_buffer} must be in [0, max_new_tokens={self.max_new_tokens})")
+        unknown = set(self.rewards) - set(REWARDS)
+        if unknown or not self.rewards:
+            bad(f"rewards: unknown reward {', '.join(sorted(unknown)) or '(none given)'}; use some of {', '.join(REWARDS)}")
+        if self.format not in ("r1", "plain") and not self.format.startswith("plain:"):
+            bad(f"format '{self.format}' is unknown; use r1 or plain")
+        if self.prefill_think and self.format != "r1":
+            bad("prefill_think needs format r1")
+        for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps"):
+            if getattr(self, key) < 0:
+                bad(f"{key}={getattr(self, key)} must be >= 0")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.group_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure tensor functions (tested against hand computations)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """Mean-centred rewards within each group, optionally divided by a std. rewards [N] → [N].
+
+    >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 4, "none")
+    tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
+    >>> group_advantages(torch.tensor([1., 1., 0., 0.]), 2, "group")
+    tensor([0., 0., 0., 0.])
+    """
+    grouped = rewards.view(-1, group_size)  # [groups, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + 1e-4)
+    return centred.reshape(-1)
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Boolean [groups]: groups whose rewards are not all equal (DAPO dynamic sampling keeps these).
+
+    >>> informative_groups(torch.tensor([1., 1., 0., 1., 0., 0.]), 2)
+    tensor([False,  True, False])
+    """
+    grouped = rewards.view(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values) > 0
+
+
+def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: int) -> torch.Tensor:
+    """The weight of each token's loss so that ``L = Σ weights · l`` for the chosen aggregation.
+
+    mask [N, C] (1 = counted token) → weights [N, C]. Rows with no counted token get weight 0.
+
+    >>> m = torch.tensor([[1., 1., 0.], [1., 0., 0.]])
+    >>> token_weights(m, "grpo", 2, 3)
+    tensor([[0.2500, 0.2500, 0.0000],
+            [0.5000, 0.0000, 0.0000]])
+    >>> token_weights(m, "dapo", 2, 3)
+    tensor([[0.3333, 0.3333, 0.0000],
+            [0.3333, 0.0000, 0.0000]])
+    >>> token_weights(m, "dr_grpo", 2, 3)
+    tensor([[0.1667, 0.1667, 0.0000],
+            [0.1667, 0.0000, 0.0000]])
+    """
+    if loss_type == "grpo":
+        lengths = mask.sum(dim=1, keepdim=True)  # [N, 1]
+        counted = (lengths > 0).sum().clamp(min=1)
+        return mask / lengths.clamp(min=1) / counted
+    if loss_type == "dapo":
+        return mask / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        return mask / (group_size * max_len)
+    raise UsageError(f"loss_type '{loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      epsilon: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A)`` and a mask of clipped tokens.
+
+    logp, old_logp [N, C]; advantages [N] → (loss [N, C], clipped [N, C] bool).
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high) * adv
+    was_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
+    return -torch.minimum(unclipped, clipped), was_clipped
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ || π_ref) by the k3 estimator: exp(ref - logp) - (ref - logp) - 1 ≥ 0.
+
+    >>> k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0]))
+    tensor([0.])
+    """
+    diff = ref_logp - logp
+    return torch.exp(diff) - diff - 1
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                advantages: torch.Tensor, weights: torch.Tensor, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL)``, and its statistics."""
+    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high)
+    stats = {"clipped": (was_clipped.float() * (weights > 0)).sum().item(), "kl_sum": 0.0}
+    if ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + cfg.beta * kl
+        stats["kl_sum"] = (kl.detach() * (weights > 0)).sum().item()
+    return (per_token * weights).sum(), stats

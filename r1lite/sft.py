@@ -1,0 +1,129 @@
+"""Supervised fine-tuning on (prompt, completion) pairs, and R1's cold start from the model's own
+verified answers.
+
+The cold start here is rejection sampling on the base model itself: sample it with a plain prompt,
+keep only completions whose answer the task's verifier accepts, and rewrite each as an R1-format
+completion — the model's own text inside ``<think>``, its own (verified) final answer inside
+``<answer>``. No answer computed by a program enters the data, so what the model gains afterwards
+comes from the model and from RL, not from supervised gold answers. Departure from R1: DeepSeek's
+cold-start data were long chains of thought written or reviewed by people and by R1-Zero; a
+135M model's own short answers are what a laptop can afford.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from r1lite import rewards, tasks
+from r1lite.config import opt
+from r1lite.errors import UsageError
+from r1lite.policy import completion_logprobs, make_batch
+from r1lite.rollout import Sampling, encode_prompts, generate, render_prompt
+
+
+@dataclass
+class SFTConfig:
+    """A supervised fine-tuning run on a JSONL of prompt/completion pairs."""
+
+    data: str = opt("", "JSONL with 'prompt' (or chat 'messages') and 'completion' per row")
+    model: str = opt("default", "model to fine-tune: default, tiny, a local HF directory or a hub id")
+    out: str = opt("runs/sft", "run directory; the model goes to <out>/final")
+    epochs: int = opt(2, "passes over the data")
+    lr: float = opt(2e-5, "learning rate (AdamW, constant)")
+    batch_size: int = opt(8, "examples per optimizer step")
+    micro_batch_size: int = opt(8, "examples per forward/backward (memory only)")
+    seed: int = opt(0, "seed for the data order")
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
+
+    def __post_init__(self):
+        if not self.data:
+            raise UsageError("sft needs --data FILE.jsonl (rows with 'prompt' or 'messages', and 'completion')")
+        for key in ("epochs", "batch_size", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.lr <= 0:
+            raise UsageError(f"lr={self.lr} must be > 0")
+
+
+def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) -> tuple[list[int], list[int]]:
+    """Prompt ids (chat template, assistant turn opened, prefill) and completion ids ending in eos."""
+    prompt = encode_prompts(tokenizer, [render_prompt(tokenizer, messages, prefill)])[0]
+    body = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return prompt, body
+
+
+def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
+              batch_size: int, micro_batch_size: int, seed: int, autocast, device,
+              on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
+
+    Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    history = []
+    model.train()
+    for epoch in range(epochs):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = [pairs[i] for i in order[start:start + batch_size]]
+            total_tokens = sum(len(c) for _, c in chunk)
+            loss_sum = 0.0
+            for m in range(0, len(chunk), micro_batch_size):
+                micro = chunk[m:m + micro_batch_size]
+                batch = make_batch([p for p, _ in micro], [c for _, c in micro], tokenizer.pad_token_id).to(device)
+                with autocast():
+                    logp, _ = completion_logprobs(model, batch)
+                loss = -(logp * batch.completion_mask).sum() / total_tokens
+                loss.backward()
+                loss_sum += loss.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            row = {"epoch": epoch, "loss": loss_sum, "tokens": total_tokens}
+            history.append(row)
+            if on_step:
+                on_step(row)
+    model.eval()
+    return history
+
+
+def self_traces(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], *, phrasing: str, samples: int,
+                temperature: float, max_new_tokens: int, seed: int, per_item: int, model_name: str,
+                stop_ids: list[int] | None = None, batch_size: int = 64) -> list[dict]:
+    """Rejection-sample the model on ``items`` with a plain prompt and rewrite the verified-correct
+    completions in the R1 format. Each row records where it came from (provenance)."""
+    if not task.numeric:
+        raise UsageError(f"cold start rewrites plain answers into <answer> blocks and needs a numeric task; {task.name} is not")
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+    built = [tasks.build_messages(item, task, phrasing) for item in items]
+    prompts = encode_prompts(tokenizer, [render_prompt(tokenizer, m, p) for m, p in built])
+    outputs = generate(decoder, tokenizer, prompts, sampling, n=samples, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
+    rows = []
+    for item, completions in zip(items, outputs):
+        kept: set[str] = set()
+        for c in completions:
+            if len(kept) >= per_item or c.finish != "stop":
+                continue
+            if tasks.score(c.text, item, task, phrasing)["accuracy"] != 1.0:
+                continue
+            thought = rewards.strip_end(c.text).strip()
+            if thought in kept:
+                continue
+            kept.add(thought)
+            answer = rewards.last_number(c.text)
+            messages, prefill = tasks.build_messages(item, task, "r1")
+            rows.append({
+                "item_id": item.id, "messages": messages, "prefill": prefill,
+                "completion": f"<think>\n{thought}\n</think>\n<answer>{answer}</answer>",
+                "provenance": {"teacher": model_name, "prompt_format": phrasing, "temperature": temperature,
+                               "raw_completion": c.text, "verified_by": f"{task.name} verifier"},
+            })
+    return rows

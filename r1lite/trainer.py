@@ -1,0 +1,487 @@
+"""A GRPO run from start to report: evaluate the base, optional cold-start SFT, GRPO steps with
+checkpoints, evaluate again, save the model, write summary, report and cost.
+
+Run directory::
+
+    config.yaml        the resolved config (a resume must match it)
+    metrics.jsonl      one row per GRPO step
+    summary.json       evaluations, cost, status (written as each phase ends)
+    cold_start.jsonl   the cold-start traces with provenance (when a cold start ran)
+    checkpoints/       the latest checkpoint (see r1lite.checkpoint)
+    final/             the trained model as a Hugging Face directory (safetensors)
+    report.html        plots and tables (plots/*.png)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from r1lite import checkpoint, cost, evaluate, grpo, report, rewards, sft, tasks
+from r1lite.config import dump_yaml, to_dict
+from r1lite.errors import UsageError
+from r1lite.files import read_jsonl, write_json, write_jsonl, write_text
+from r1lite.grpo import GRPOConfig
+from r1lite.models import load_model, resolve_runtime, stop_token_ids
+from r1lite.policy import completion_logprobs, make_batch
+from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, make_decoder, render_prompt
+
+WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
+PLAIN_PHRASINGS = ("plain:0", "plain:1", "plain:2")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the trainer saved a checkpoint and stops."""
+
+
+def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
+    """The run directory's summary so far; refuse to mix runs."""
+    config_path = run_dir / "config.yaml"
+    if not resume:
+        if config_path.exists():
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                             "(same flags), or choose another --out")
+        return {}
+    if not config_path.exists():
+        raise UsageError(f"--resume {run_dir}: no config.yaml there; not an r1lite run directory")
+    saved = yaml.safe_load(config_path.read_text())
+    now = to_dict(cfg)
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diffs:
+        k = diffs[0]
+        raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
+                         "resume with the same flags and recipe as the original run")
+    summary_file = run_dir / "summary.json"
+    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+
+
+def lr_lambda(cfg: GRPOConfig):
+    total = cfg.max_steps * cfg.mu
+
+    def factor(update: int) -> float:
+        if update < cfg.warmup_steps:
+            return (update + 1) / cfg.warmup_steps
+        progress = (update - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg: GRPOConfig, resume: bool = False, console=None):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.console = console or Console()
+        self.run_dir = Path(cfg.out)
+        self.summary = check_resume(cfg, self.run_dir, resume)
+        self.resume = resume
+        self.stop_signal: str | None = None
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.task = tasks.load_task(cfg.task, cfg.task_options)
+        if self.summary.get("finished"):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        self.runtime = resolve_runtime(cfg.device, cfg.dtype)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()})")
+        self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
+        device_name = "cpu" if self.runtime.device.type == "cpu" else torch.cuda.get_device_name(self.runtime.device)
+        hardware = cost.CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(device_name)
+        self.meter = cost.CostMeter(hardware)
+        self.model, self.tokenizer = load_model(cfg.model, self.runtime, seed=cfg.seed)
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(self.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                               target_modules=list(cfg.lora_targets)))
+        self.reference = None
+        if cfg.beta > 0 and not cfg.lora:  # with LoRA the reference is the base with adapters disabled
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.decoder = make_decoder(self.model, self.runtime.dtype)
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
+        base = self.model.get_base_model() if cfg.lora else self.model
+        mc = base.config
+        n_params = sum(p.numel() for p in base.parameters())
+        self.flop_shape = dict(n_params=cost.matmul_params(n_params, mc.vocab_size, mc.hidden_size, mc.tie_word_embeddings),
+                               n_layers=mc.num_hidden_layers, d_model=mc.hidden_size)
+        self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
+        self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.seed) if cfg.eval_items else []
+        self.step, self.data_position = 0, 0
+        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        if ckpt is not None:
+            state = checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
+            self.step, self.data_position = state["step"], state["data_position"]
+            self.meter.load_state_dict(state["cost"])
+            self.console.print(f"resumed from {ckpt} (step {self.step})")
+        self._truncate_metrics()
+
+    def _train_pool_size(self) -> int | None:
+        if self.task.rows is not None:  # a finite source: all of its train split
+            return None
+        refills = self.cfg.max_refill_rounds + 1 if self.cfg.dynamic_sampling else 1
+        return self.cfg.max_steps * self.cfg.prompts_per_step * refills
+
+    def _truncate_metrics(self) -> None:
+        """Rows written after the last checkpoint are dropped; the resumed run writes them again."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [r for _, r in read_jsonl(path)] if path.stat().st_size else []
+            write_jsonl(path, [r for r in rows if r["step"] <= self.step])
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def prompt_ids(self, items: list[tasks.Item], fmt: str) -> tuple[list[list[int]], list[str]]:
+        built = [tasks.build_messages(i, self.task, fmt, prefill_think=self.cfg.prefill_think) for i in items]
+        texts = [render_prompt(self.tokenizer, m, p) for m, p in built]
+        return encode_prompts(self.tokenizer, texts), [p for _, p in built]
+
+    def next_items(self, count: int) -> list[tasks.Item]:
+        """The next ``count`` training items in a seeded order, reshuffled every epoch."""
+        out = []
+        n = len(self.train_pool)
+        for _ in range(count):
+            epoch, pos = divmod(self.data_position, n)
+            order = list(range(n))
+            random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.train_pool[order[pos]])
+            self.data_position += 1
+        return out
+
+    def run_eval(self, key: str, fmt: str) -> dict:
+        if key in self.summary or not self.eval_items:
+            return self.summary.get(key, {})
+        with self.meter.phase("eval"):
+            _, result = evaluate.evaluate(self.decoder_synced(), self.tokenizer, self.task, self.eval_items, fmt,
+                                          max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
+                                          batch_size=self.cfg.rollout_batch_size, stop_ids=self.stop_ids,
+                                          prefill_think=self.cfg.prefill_think and fmt == "r1")
+        self.meter.add_flops("eval", cost.generate_flops(**self.flop_shape, prompt_tokens=0,
+                                                         completion_tokens=result["new_tokens"]))
+        self.console.print(f"{key}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%} "
+                           f"({result['n_items']} items, {fmt})")
+        self.summary[key] = result
+        self.save_summary()
+        return result
+
+    def decoder_synced(self):
+        self.decoder.sync(self.model)
+        return self.decoder
+
+    def save_summary(self) -> None:
+        write_json(self.run_dir / "summary.json", self.summary)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def evaluate_base(self) -> None:
+        cfg = self.cfg
+        if self.step > 0 or self.summary.get("cold_start_done"):
+            return
+        self.run_eval("eval_before", cfg.format)
+        if cfg.eval_base_plain and "eval_base_plain" not in self.summary and self.eval_items:
+            results = {}
+            for phrasing in PLAIN_PHRASINGS:
+                key = f"eval_base_{phrasing.replace(':', '')}"
+                results[phrasing] = self.run_eval(key, phrasing)
+            best = max(results, key=lambda p: results[p]["pass@1"])
+            self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
+                                               "phrasings": {p: r["pass@1"] for p, r in results.items()}}
+            self.save_summary()
+
+    def cold_start(self) -> None:
+        cfg = self.cfg
+        if not cfg.cold_start_items or self.summary.get("cold_start_done"):
+            return
+        items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
+        stats = GenerationStats()
+        with self.meter.phase("cold_start_sampling"):
+            traces = sft.self_traces(self.decoder_synced(), self.tokenizer, self.task, items, phrasing="plain:0",
+                                     samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
+                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
+                                     model_name=cfg.model, stop_ids=self.stop_ids, batch_size=cfg.rollout_batch_size)
+        write_jsonl(self.run_dir / "cold_start.jsonl", traces)
+        self.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
+                           f"x {cfg.cold_start_samples} samples → {self.run_dir / 'cold_start.jsonl'}")
+        if not traces:
+            raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
+                             "cold_start_samples, or use a task the base model sometimes solves")
+        pairs = [sft.encode_pair(self.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
+        with self.meter.phase("sft"):
+            history = sft.train_sft(self.model, self.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
+                                    batch_size=8, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                                    autocast=self.runtime.autocast, device=self.runtime.device)
+        tokens = sum(len(p) + len(c) for p, c in pairs) * cfg.cold_start_epochs
+        self.meter.add_flops("sft", cost.train_flops(**self.flop_shape, tokens=tokens, context=64))
+        self.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
+                                      "traces": len(traces), "sft_steps": len(history),
+                                      "final_loss": history[-1]["loss"] if history else None}
+        self.run_eval("eval_after_sft", cfg.format)
+        self.summary["cold_start_done"] = True
+        self.save_summary()
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
+                        {"data_position": self.data_position, "cost": self.meter.state_dict()})
+
+    # -- GRPO -------------------------------------------------------------------------------------
+
+    def rollout(self) -> tuple[list[dict], dict]:
+        """Sample groups for one step; with dynamic sampling keep only informative groups and refill."""
+        cfg = self.cfg
+        sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            top_k=cfg.top_k, stop=tuple(cfg.stop))
+        self.decoder.sync(self.model)
+        groups: list[dict] = []
+        seen: list[dict] = []
+        stats = GenerationStats()
+        rounds = 0
+        while len(groups) < cfg.prompts_per_step:
+            items = self.next_items(cfg.prompts_per_step - len(groups))
+            prompts, prefills = self.prompt_ids(items, cfg.format)
+            seed = (cfg.seed * 1_000_003 + self.step) * 101 + rounds
+            outputs = generate(self.decoder, self.tokenizer, prompts, sampling, n=cfg.group_size, seed=seed,
+                               batch_size=cfg.rollout_batch_size, stop_ids=self.stop_ids, stats=stats)
+            for item, prompt, prefill, completions in zip(items, prompts, prefills, outputs):
+                group = self.score_group(item, prompt, prefill, completions)
+                seen.append(group)
+                if not cfg.dynamic_sampling or bool(grpo.informative_groups(group["reward"], cfg.group_size)[0]):
+                    groups.append(group)
+            rounds += 1
+            if not cfg.dynamic_sampling or rounds > cfg.max_refill_rounds:
+                break
+        self.meter.add_flops("rollout", cost.generate_flops(
+            **self.flop_shape, prompt_tokens=stats.prompt_tokens / max(1, len(seen)),
+            completion_tokens=stats.new_tokens, sequences=1) if seen else 0.0)
+        info = {"groups_sampled": len(seen), "groups_kept": len(groups), "rollout_tokens": stats.new_tokens,
+                "rollout_tokens_per_s": stats.tokens_per_s}
+        return groups, {"seen": seen, **info}
+
+    def score_group(self, item, prompt, prefill, completions) -> dict:
+        """Rewards of one group: each configured function, weighted and summed."""
+        cfg = self.cfg
+        scored = [tasks.score(c.text, item, self.task, cfg.format, prefill) for c in completions]
+        accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
+        parts: dict[str, list[float]] = {}
+        for name in cfg.rewards:
+            if name == "format_partial":
+                parts[name] = [rewards.format_partial(prefill + c.text) for c in completions]
+            else:
+                parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
+        weights = dict(cfg.rewards)
+        if cfg.overlong_buffer:
+            parts["overlong"] = [rewards.overlong_penalty(len(c.token_ids), cfg.max_new_tokens, cfg.overlong_buffer)
+                                 for c in completions]
+            weights["overlong"] = 1.0
+        total = sum(weights[name] * torch.tensor(vals, dtype=torch.float32) for name, vals in parts.items())
+        return {"prompt": prompt, "completions": completions, "reward": total, "parts": parts,
+                "accuracy": accuracy, "format": [s["format"] for s in scored]}
+
+    def train_step(self, groups: list[dict]) -> dict:
+        cfg = self.cfg
+        prompts, completions, truncated = [], [], []
+        for g in groups:
+            for c in g["completions"]:
+                prompts.append(g["prompt"])
+                completions.append(c.token_ids)
+                truncated.append(c.finish == "length")
+        rewards_all = torch.cat([g["reward"] for g in groups])  # [N]
+        advantages = grpo.group_advantages(rewards_all, cfg.group_size, cfg.scale_rewards)
+        batch = make_batch(prompts, completions, self.tokenizer.pad_token_id).to(self.runtime.device)
+        mask = batch.completion_mask.clone()
+        if cfg.mask_truncated:
+            mask[torch.tensor(truncated)] = 0
+        weights = grpo.token_weights(mask, cfg.loss_type, cfg.group_size, cfg.max_new_tokens)
+        advantages = advantages.to(self.runtime.device)
+        n = len(prompts)
+        chunks = [slice(i, min(n, i + cfg.micro_batch_size)) for i in range(0, n, cfg.micro_batch_size)]
+        old = ref = None
+        with torch.no_grad():
+            if cfg.mu > 1:
+                old = torch.cat([self.logprobs(self.model, batch.rows(c))[0] for c in chunks])
+            if cfg.beta > 0:
+                ref = torch.cat([self.reference_logprobs(batch.rows(c)) for c in chunks])
+        counted = float((weights > 0).sum())
+        stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
+        grad_norm = 0.0
+        self.model.train()
+        for it in range(cfg.mu):
+            for c in chunks:
+                mb = batch.rows(c)
+                logp, entropy = self.logprobs(self.model, mb, with_entropy=it == 0)
+                loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[c],
+                                            None if ref is None else ref[c], advantages[c], weights[c], cfg)
+                loss.backward()
+                if it == cfg.mu - 1:
+                    stats["clipped"] += st["clipped"]
+                    stats["kl_sum"] += st["kl_sum"]
+                if it == 0:
+                    stats["entropy_sum"] += float((entropy * (weights[c] > 0)).sum())
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        tokens = int(batch.attention_mask.sum())
+        passes = 3 * cfg.mu + (cfg.mu > 1) + (cfg.beta > 0)  # forward+backward per update, extra forwards
+        self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens,
+                                                                   context=batch.input_ids.shape[1] / 2))
+        return {"clip_frac": stats["clipped"] / max(1.0, counted),
+                "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
+                "entropy": stats["entropy_sum"] / max(1.0, counted), "grad_norm": grad_norm,
+                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted)}
+
+    def logprobs(self, model, batch, with_entropy: bool = False):
+        with self.runtime.autocast():
+            return completion_logprobs(model, batch, with_entropy=with_entropy)
+
+    def reference_logprobs(self, batch) -> torch.Tensor:
+        if self.reference is not None:
+            return self.logprobs(self.reference, batch)[0]
+        with self.model.disable_adapter():
+            return self.logprobs(self.model, batch)[0]
+
+    def step_metrics(self, info: dict, train: dict | None, seconds: dict) -> dict:
+        cfg = self.cfg
+        seen = info["seen"]
+        rewards_all = torch.cat([g["reward"] for g in seen])
+        lengths = [len(c.token_ids) for g in seen for c in g["completions"]]
+        row = {"step": self.step, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
+               "accuracy": float(sum(sum(g["accuracy"]) for g in seen) / len(lengths))}
+        for name in seen[0]["parts"]:
+            vals = torch.tensor([v for g in seen for v in g["parts"][name]])
+            row[f"rewards/{name}_mean"], row[f"rewards/{name}_std"] = float(vals.mean()), float(vals.std())
+        row["format_rate"] = sum(sum(g["format"]) for g in seen) / len(lengths)
+        row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
+                    "truncated_frac": sum(c.finish == "length" for g in seen for c in g["completions"]) / len(lengths),
+                    "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
+        row.update(train or {"clip_frac": None, "kl": None, "entropy": None, "grad_norm": None,
+                             "lr": self.scheduler.get_last_lr()[0], "loss_tokens": 0})
+        row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"],
+                    "train_seconds": seconds["train"],
+                    "tokens_per_s": info["rollout_tokens"] / seconds["rollout"] if seconds["rollout"] else 0.0})
+        return row
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def train(self) -> int:
+        self.setup()
+        if self.summary.get("finished"):
+            self.console.print(f"{self.run_dir} is finished ({self.summary.get('steps')} steps); nothing to do")
+            return 0
+        self.evaluate_base()
+        self.cold_start()
+        try:
+            self.grpo_loop()
+        except Interrupted as e:
+            self.console.print(f"[yellow]{e}[/]: checkpoint at step {self.step} saved; "
+                               f"continue with the same command plus --resume {self.run_dir}")
+            return 130 if str(e) == "SIGINT" else 143
+        self.finish()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        self.console.print(f"\n{self.stop_signal}: finishing step {self.step + 1}, then saving a checkpoint "
+                           "(send it again to stop at once)")
+
+    def grpo_loop(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        columns = (TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[live]}"))
+        try:
+            with Progress(*columns, console=self.console) as progress:
+                bar = progress.add_task("grpo", total=cfg.max_steps, completed=self.step, live="")
+                while self.step < cfg.max_steps:
+                    t0 = time.perf_counter()
+                    with self.meter.phase("rollout"):
+                        groups, info = self.rollout()
+                    t1 = time.perf_counter()
+                    train = None
+                    if groups:
+                        with self.meter.phase("train"):
+                            train = self.train_step(groups)
+                    t2 = time.perf_counter()
+                    self.step += 1
+                    row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
+                    with (self.run_dir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    progress.update(bar, completed=self.step, live=(
+                        f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
+                        f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step"))
+                    if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+                        self.save_checkpoint()
+                    elif self.stop_signal:
+                        self.save_checkpoint()
+                    if self.stop_signal:
+                        raise Interrupted(self.stop_signal)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def finish(self) -> None:
+        cfg = self.cfg
+        self.run_eval("eval_after", cfg.format)
+        final = self.run_dir / "final"
+        model = self.model.merge_and_unload() if cfg.lora else self.model
+        tmp = self.run_dir / ".final.tmp"
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        if final.exists():
+            import shutil
+            shutil.rmtree(final)
+        tmp.rename(final)
+        self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
+                             "runtime": self.runtime.describe(), "final": str(final), "cost": self.meter.report()})
+        self.save_summary()
+        path = report.write_report(self.run_dir)
+        self.summary["finished"] = True
+        self.save_summary()
+        self.print_result(path)
+
+    def print_result(self, report_path: Path) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{self.task.name} · held-out, greedy")
+        for h in report.TABLE_HEADER:
+            table.add_column(h, justify="left" if not h else "right")
+        for row in report.before_after_table(self.summary):
+            table.add_row(*row)
+        self.console.print(table)
+        line = report.headline(self.summary)
+        if line:
+            self.console.print(line)
+        self.console.print(cost.format_cost(self.summary["cost"]))
+        self.console.print(f"report: {report_path}")

@@ -1,0 +1,123 @@
+"""GRPO math against hand computations, and config validation."""
+
+import math
+
+import pytest
+import torch
+
+from r1lite.errors import UsageError
+from r1lite.grpo import GRPOConfig, group_advantages, informative_groups, policy_loss, token_weights
+
+# A fixed batch: 2 groups of G=2 completions, up to 3 tokens each.
+MASK = torch.tensor([[1., 1., 1.], [1., 1., 0.], [1., 0., 0.], [1., 1., 1.]])
+LOGP = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -1.2, 0.0], [-0.7, 0.0, 0.0], [-1.5, -0.2, -0.9]])
+OLD = torch.tensor([[-1.2, -0.5, -1.7], [-0.3, -1.0, 0.0], [-0.4, 0.0, 0.0], [-1.5, -0.6, -0.9]])
+ADV = torch.tensor([1.0, -1.0, 0.5, -0.5])
+G, L_MAX = 2, 3
+
+
+def hand_token_loss(i, t, eps_low, eps_high):
+    ratio = math.exp(LOGP[i, t].item() - OLD[i, t].item())
+    a = ADV[i].item()
+    clipped = min(max(ratio, 1 - eps_low), 1 + eps_high)
+    return -min(ratio * a, clipped * a)
+
+
+def hand_loss(loss_type, eps_low=0.2, eps_high=0.2):
+    per_seq = []
+    lengths = []
+    for i in range(4):
+        toks = [hand_token_loss(i, t, eps_low, eps_high) for t in range(3) if MASK[i, t] == 1]
+        per_seq.append(toks)
+        lengths.append(len(toks))
+    if loss_type == "grpo":
+        return sum(sum(s) / len(s) for s in per_seq) / 4
+    if loss_type == "dapo":
+        return sum(sum(s) for s in per_seq) / sum(lengths)
+    if loss_type == "dr_grpo":  # per group: sum / (G * L_max); summed over groups
+        return sum(sum(sum(per_seq[i]) for i in (g * G, g * G + 1)) / (G * L_MAX) for g in range(2))
+    raise AssertionError
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("eps_high", [0.2, 0.28])
+def test_loss_matches_hand_computation(loss_type, eps_high):
+    cfg = GRPOConfig(loss_type=loss_type, epsilon=0.2, epsilon_high=eps_high)
+    weights = token_weights(MASK, loss_type, G, L_MAX)
+    loss, _ = policy_loss(LOGP, OLD, None, ADV, weights, cfg)
+    assert loss.item() == pytest.approx(hand_loss(loss_type, 0.2, eps_high), rel=1e-6)
+
+
+def test_clip_higher_changes_the_loss_only_where_the_ratio_exceeds_1_plus_epsilon():
+    # token (0, 2): ratio = exp(-0.3) < 1 with A > 0 → unclipped; token (0, 0): ratio = exp(0.2) = 1.22 > 1.2, A > 0
+    low = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), GRPOConfig(epsilon_high=0.2))[0]
+    high = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), GRPOConfig(epsilon_high=0.28))[0]
+    ratio = math.exp(0.2)
+    expected_gap = (-(1.2) - -(ratio)) * 1.0 / MASK.sum().item()  # only token (0,0) differs: min(r, 1.2) vs min(r, 1.28)
+    assert (low - high).item() == pytest.approx(expected_gap, rel=1e-5)
+
+
+def test_kl_term_adds_beta_times_k3():
+    logp, old, adv = LOGP.double(), OLD.double(), ADV.double()  # k3 cancels digits in fp32
+    ref = logp + 0.1
+    cfg = GRPOConfig(beta=0.04)
+    w = token_weights(MASK.double(), "dapo", G, L_MAX)
+    with_kl, stats = policy_loss(logp, old, ref, adv, w, cfg)
+    without, _ = policy_loss(logp, old, None, adv, w, cfg)
+    k3 = math.exp(0.1) - 0.1 - 1
+    assert (with_kl - without).item() == pytest.approx(0.04 * k3, rel=1e-5)
+    assert stats["kl_sum"] == pytest.approx(k3 * MASK.sum().item(), rel=1e-5)
+
+
+def test_micro_batches_sum_to_the_full_loss():
+    cfg = GRPOConfig(loss_type="grpo")
+    w = token_weights(MASK, "grpo", G, L_MAX)
+    full = policy_loss(LOGP, OLD, None, ADV, w, cfg)[0]
+    parts = sum(policy_loss(LOGP[s], OLD[s], None, ADV[s], w[s], cfg)[0] for s in (slice(0, 1), slice(1, 4)))
+    assert parts.item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_mu_1_gradient_is_advantage_weighted_logprob_gradient():
+    logp = LOGP.clone().requires_grad_(True)
+    w = token_weights(MASK, "dapo", G, L_MAX)
+    loss, _ = policy_loss(logp, logp.detach(), None, ADV, w, GRPOConfig())
+    loss.backward()
+    assert torch.allclose(logp.grad, -ADV[:, None] * w)
+
+
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(r, 4, "group")
+    std = torch.tensor([1.0, 0.0, 0.0, 0.0]).std().item()
+    assert adv[0].item() == pytest.approx(0.75 / (std + 1e-4))
+    assert adv[4:].abs().max().item() == 0
+    batch = group_advantages(r, 4, "batch")
+    assert batch[0].item() == pytest.approx(0.75 / (r.std().item() + 1e-4))
+    assert group_advantages(r, 4, "none")[1].item() == pytest.approx(-0.25)
+
+
+def test_informative_groups_drop_zero_variance():
+    r = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    assert informative_groups(r, 2).tolist() == [False, True, False]
+
+
+def test_truncated_rows_get_no_weight():
+    mask = MASK.clone()
+    mask[1] = 0
+    for lt in ("grpo", "dapo", "dr_grpo"):
+        w = token_weights(mask, lt, G, L_MAX)
+        assert w[1].sum() == 0
+    assert token_weights(mask, "grpo", G, L_MAX).sum().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"group_size": 1, "batch_size": 4}, "group_size=1"),
+    ({"epsilon": 0.2, "epsilon_high": 0.1}, "epsilon_high"),
+    ({"loss_type": "ppo"}, "loss_type 'ppo'"),
+    ({"batch_size": 10, "group_size": 4}, "not divisible"),
+    ({"scale_rewards": "max"}, "scale_rewards"),
+    ({"rewards": {"speed": 1.0}}, "unknown reward"),
+])
+def test_invalid_configs_are_rejected(kwargs, needle):
+    with pytest.raises(UsageError, match=needle):
+        GRPOConfig(**kwargs)

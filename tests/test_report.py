@@ -1,0 +1,110 @@
+import json
+import math
+
+import pytest
+
+from r1lite.cost import HARDWARE, CostMeter
+from r1lite.errors import UsageError
+from r1lite.report import TABLE_HEADER, before_after_table, headline, moving_average, read_metrics, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+SUMMARY = {
+    "eval_base_plain": {"pass@1": 0.25, "format_rate": 0.0, "completion_tokens_mean": 41.2, "n_items": 48,
+                        "format": "plain", "task": "add2"},
+    "eval_before": {"pass@1": 0.104, "format_rate": 0.125, "maj@8": 0.15, "completion_tokens_mean": 87.6,
+                    "n_items": 48, "format": "r1", "task": "add2"},
+    "eval_after_sft": {"pass@1": 0.3125, "format_rate": 0.9, "completion_tokens_mean": 60.0, "n_items": 48},
+    "eval_after": {"pass@1": 0.5625, "format_rate": 0.979, "completion_tokens_mean": 112.3, "n_items": 48},
+}
+
+
+def metric_row(step: int) -> dict:
+    row = {
+        "step": step, "reward_mean": 0.2 + 0.03 * step, "reward_std": 0.3, "accuracy": 0.1 + 0.02 * step,
+        "format_rate": min(1.0, 0.1 + 0.05 * step), "completion_len_mean": 60 + 2 * step, "completion_len_max": 128,
+        "truncated_frac": 0.05, "clip_frac": 0.01, "kl": 0.001 * step, "entropy": 1.2 - 0.01 * step,
+        "grad_norm": 0.8, "lr": 1e-5, "step_seconds": 8.5 + (step % 3), "tokens_per_s": 250.0,
+        "rewards/accuracy_mean": 0.1 + 0.02 * step, "rewards/format_mean": 0.1 + 0.04 * step,
+    }
+    if step % 5 == 0:
+        row["kl"] = None  # any key may be null in a row
+        del row["entropy"]
+    return row
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "add2-grpo"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(metric_row(s)) + "\n" for s in range(1, 21)))
+    meter = CostMeter(HARDWARE["cpu"], clock=iter([0.0, 600.0]).__next__)
+    meter.add_flops("rollout", 2e14)
+    (run / "summary.json").write_text(json.dumps({**SUMMARY, "cost": meter.report()}))
+    (run / "config.yaml").write_text("task: add2\nmodel: default\ngrpo:\n  lr: 1.0e-05\n  group_size: 8\n")
+    return run
+
+
+def test_before_after_table_rows():
+    rows = before_after_table(SUMMARY)
+    assert [r[0] for r in rows] == ["base model, plain prompt", "base model, R1 format", "after cold-start SFT",
+                                    "after GRPO"]
+    assert rows[1] == ("base model, R1 format", "10.4%", "12.5%", "88", "48")
+    assert rows[3] == ("after GRPO", "56.2%", "97.9%", "112", "48")
+    assert all(len(r) == len(TABLE_HEADER) for r in rows)
+    assert before_after_table({}) == []
+
+
+def test_headline_in_points():
+    assert "+45.8 points" in headline(SUMMARY)
+    assert headline({"eval_after": {"pass@1": 0.5}}) is None
+
+
+def test_moving_average_smooths():
+    assert moving_average([0.0, 10.0, 0.0, 10.0], 2) == [0.0, 5.0, 5.0, 5.0]
+
+
+def test_report_on_a_full_run(run_dir):
+    path = write_report(run_dir)
+    assert path == run_dir / "report.html"
+    plots = run_dir / "plots"
+    for name in ("reward_accuracy", "rewards_by_function", "format_rate", "completion_length", "kl", "step_time"):
+        png = (plots / f"{name}.png").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    page = path.read_text()
+    for row in before_after_table(SUMMARY):
+        for cell in row:
+            assert f"<td>{cell}</td>" in page
+    assert "add2-grpo" in page and "task: add2" in page
+    assert "+45.8 points" in page
+    assert "src='plots/reward_accuracy.png'" in page
+    assert "<details><summary>Resolved config" in page and "group_size: 8" in page
+    assert "cost: 200 TFLOP" in page and "Not counted" in page and "staff time" in page
+    assert "$5,576,000" in page and "$294,000" in page  # DeepSeek reference points
+    leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_report_with_missing_keys_and_files(tmp_path):
+    run = tmp_path / "sparse"
+    run.mkdir()
+    rows = [{"step": 1, "reward_mean": 0.1}, {"reward_mean": None}, {"step": 3, "reward_mean": 0.3, "kl": math.nan}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"step\": 4, \"rew")
+    page = write_report(run).read_text()
+    assert (run / "plots" / "reward_accuracy.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["reward_accuracy.png"]  # nothing else has data
+    assert "No evaluation in summary.json" in page and "No cost block" in page
+    assert "metrics.jsonl:4 is cut off" in page  # an interrupted write is reported, not hidden
+
+    (run / "metrics.jsonl").unlink()
+    (run / "summary.json").write_text(json.dumps({"eval_after": {"pass@1": 0.5}}))
+    page = write_report(run).read_text()
+    assert "<td>50.0%</td>" in page and "No training metrics" in page
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(UsageError, match="run directory"):
+        write_report(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("not json\n{}\n")
+    with pytest.raises(UsageError, match="metrics.jsonl:1"):
+        read_metrics(tmp_path / "metrics.jsonl")
