@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch first, with pip: on CPU machines the CPU wheel (pinned; pip finds it on disk here), on
 # machines with an NVIDIA GPU the pyproject range, so pip takes a CUDA build.
-TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4,<3,torch==2.13.0)
+comma := ,
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4$(comma)<3,torch==2.13.0)
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: demo test install clean
