@@ -119,7 +119,29 @@ def cmd_train(args) -> int:
     return Trainer(cfg, resume=args.resume is not None).train()
 
 
-COMMANDS = {"train": (_train_parser, cmd_train), "eval": (_eval_parser, cmd_eval)}
+def _sft_parser(sub) -> None:
+    from r1lite.config import add_arguments
+    from r1lite.sft import SFTConfig
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion JSONL",
+                       description="Fine-tune a model on JSONL rows with 'prompt' (or chat 'messages') and 'completion' "
+                                   "(e.g. a run's cold_start.jsonl); the model goes to <out>/final.")
+    p.add_argument("--config", type=Path, help="YAML recipe with these keys")
+    add_arguments(p, SFTConfig)
+
+
+def cmd_sft(args) -> int:
+    from rich.console import Console
+
+    from r1lite import sft
+    from r1lite.config import build, read_yaml
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cfg = build(sft.SFTConfig, read_yaml(args.config) if args.config else {}, flags, source=str(args.config or "config"))
+    return sft.run(cfg, Console())
+
+
+COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval)}
 
 
 def parser() -> argparse.ArgumentParser:

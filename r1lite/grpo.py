@@ -75,7 +75,8 @@ class GRPOConfig:
     top_p: float = opt(1.0, "nucleus sampling for rollouts (1 = off)")
     top_k: int = opt(0, "top-k sampling for rollouts (0 = off)")
     stop: list = opt([], "extra stop strings for rollouts (kept in the completion)")
-    rollout_batch_size: int = opt(64, "most rows decoded together in one generation batch")
+    rollout_batch_size: int = opt(64, "most rows decoded together in one rollout generation batch")
+    eval_batch_size: int = opt(256, "most rows decoded together in evaluations and cold-start sampling (larger batches decode more tokens/s)")
     # loss
     loss_type: str = opt("dapo", "loss aggregation: grpo (per-sequence mean), dr_grpo (sum / (G*L_max)), dapo (token mean)")
     scale_rewards: str = opt("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)")
@@ -104,10 +105,11 @@ class GRPOConfig:
     eval_base_plain: bool = opt(False, "also evaluate the untouched base with 3 plain phrasings, keep the best")
     cold_start_items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
     cold_start_samples: int = opt(4, "cold start: samples per item, plain prompt, temperature cold_start_temperature")
+    cold_start_format: str = opt("plain", "cold start: the plain phrasing the base is sampled with (plain, plain:1, plain:2)")
     cold_start_temperature: float = opt(0.7, "cold start: sampling temperature")
     cold_start_epochs: int = opt(2, "cold start: SFT epochs over the kept traces")
     cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
-    cold_start_per_item: int = opt(1, "cold start: most kept traces per item (distinct answers texts)")
+    cold_start_per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
     hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
@@ -135,7 +137,7 @@ class GRPOConfig:
                 "set epsilon_high >= epsilon")
         if not 0 < self.epsilon < 1:
             bad(f"epsilon={self.epsilon} must be in (0, 1)")
-        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "lora_r"):
+        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "eval_batch_size", "lora_r"):
             if getattr(self, key) < 1:
                 bad(f"{key}={getattr(self, key)} must be >= 1")
         if self.rollout_batch_size < self.group_size:
@@ -151,6 +153,8 @@ class GRPOConfig:
             bad(f"rewards: unknown reward {', '.join(sorted(unknown)) or '(none given)'}; use some of {', '.join(REWARDS)}")
         if self.format not in ("r1", "plain") and not self.format.startswith("plain:"):
             bad(f"format '{self.format}' is unknown; use r1 or plain")
+        if not self.cold_start_format.startswith("plain"):
+            bad(f"cold_start_format '{self.cold_start_format}': use plain, plain:1 or plain:2")
         if self.prefill_think and self.format != "r1":
             bad("prefill_think needs format r1")
         for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps"):

@@ -215,10 +215,7 @@ def resolve_path(spec: str) -> Path | None:
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    if spec in ("default", "tiny"):
-        source = embedded_checkpoint()
-    else:
-        source = resolve_path(spec) or spec
+    source = embedded_checkpoint() if spec in ("default", "tiny") else (resolve_path(spec) or spec)
     tokenizer = _from_pretrained(AutoTokenizer, source, spec)
     check_special_tokens(tokenizer)
     return tokenizer
@@ -241,15 +238,42 @@ def load_model(spec: str, runtime: Runtime, seed: int = 0):
 
 
 def _from_pretrained(cls, source, spec: str, **kwargs):
-    if isinstance(source, str) and source.count("/") != 1:
+    # r1lite prints its own progress; transformers' per-shard bars only add noise to logs
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if isinstance(source, Path):
+        return cls.from_pretrained(source, **kwargs)
+    if source.count("/") != 1:
         raise UsageError(
             f"--model {spec}: not a local directory, and not a hub id (owner/name); "
             "use default, tiny, a directory with config.json, or owner/name"
         )
+    try:  # already in the local hub cache: no network needed
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable()
+    if reason:
+        raise UsageError(f"--model {spec}: not in the local cache and the Hugging Face hub cannot be reached ({reason}); "
+                         "this machine is offline: pass a local model directory, or --model default")
     try:
         return cls.from_pretrained(source, **kwargs)
-    except OSError as e:  # hub errors (offline, unknown repo) arrive as OSError subclasses
-        raise UsageError(
-            f"--model {spec}: could not load it from the Hugging Face hub ({str(e).splitlines()[0][:160]}); "
-            "this machine may be offline: pass a local model directory, or --model default"
-        ) from None
+    except OSError as e:  # hub errors (unknown repo, gated, network) arrive as OSError subclasses
+        raise UsageError(f"--model {spec}: could not load it from the Hugging Face hub "
+                         f"({str(e).splitlines()[0][:160]}); pass a local model directory, or --model default") from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None. A quick TCP check, so an offline machine gets a
+    clear message in seconds instead of minutes of download retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{url.hostname}: {e.strerror or e}"
+    return None

@@ -1,8 +1,15 @@
 """Token log-probabilities of completions under a model: what GRPO and SFT train on.
 
-Sequences are laid out as ``[left-padded prompt | right-padded completion]`` so every completion
-starts at the same column P; the model is asked for logits of the last C+1 positions only
-(``logits_to_keep``), so the 49k-wide vocabulary projection never runs over prompt tokens.
+GRPO samples G completions of each prompt. A plain forward over ``[prompt | completion]`` rows
+would run every prompt G times; :func:`completion_logprobs` runs each distinct prompt once and
+lets its G completions attend to its keys and values, so the prompt's share of a train step drops
+by G (its gradient is the sum over the group, exactly as if it had been repeated). Llama-family
+models take this path, built from the model's own modules (so LoRA adapters and autocast apply);
+other architectures take the transformers forward over the concatenated rows.
+
+The vocabulary projection and log-softmax run in chunks of positions inside one autograd
+function that keeps no ``[positions, vocabulary]`` tensor for the backward pass (it recomputes
+each chunk's logits), so a 49k-token vocabulary costs memory for one chunk, not for the batch.
 """
 
 from __future__ import annotations
@@ -10,62 +17,208 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from r1lite.rollout import LlamaDecoder, gqa_attention
+
+CHUNK_POSITIONS = 128
+"""Positions per chunk of the fused vocabulary projection + log-softmax: 128 x 49k fp32 logits are
+25 MB, under glibc's largest mmap threshold (32 MB), so chunks reuse heap memory instead of paying
+page faults for a fresh mapping each time (a 50 MB chunk spent ~5x longer in elementwise ops)."""
 
 
 @dataclass
-class Batch:
-    """Prompt + completion token ids, ready for a training forward."""
+class GroupBatch:
+    """Distinct prompts (left-padded) and their completions (right-padded)."""
 
-    input_ids: torch.Tensor  # [N, P + C]
-    attention_mask: torch.Tensor  # [N, P + C], 1 = real token
-    position_ids: torch.Tensor  # [N, P + C], counts real tokens only (left padding shifts nothing)
-    completion_mask: torch.Tensor  # [N, C] float, 1 = completion token that counts in the loss
+    prompt_ids: torch.Tensor  # [P, Lp]
+    prompt_valid: torch.Tensor  # [P, Lp] bool
+    group: torch.Tensor  # [N] index of each completion's prompt
+    completion_ids: torch.Tensor  # [N, Lc]
+    completion_mask: torch.Tensor  # [N, Lc] float, 1 = a real completion token
+
+    def rows(self, idx: slice) -> GroupBatch:
+        """The completions ``idx`` with only the prompts they use, trimmed to the widths they need."""
+        group = self.group[idx]
+        used, remap = torch.unique(group, return_inverse=True)
+        valid = self.prompt_valid[used]
+        first = int(valid.any(0).nonzero()[0])  # leading columns that are padding in every row
+        width = max(1, int(self.completion_mask[idx].sum(1).max()))
+        return GroupBatch(self.prompt_ids[used, first:], valid[:, first:], remap,
+                          self.completion_ids[idx, :width], self.completion_mask[idx, :width])
+
+    def to(self, device) -> GroupBatch:
+        return GroupBatch(*(t.to(device) for t in (self.prompt_ids, self.prompt_valid, self.group,
+                                                   self.completion_ids, self.completion_mask)))
 
     @property
-    def prompt_len(self) -> int:
-        return self.input_ids.shape[1] - self.completion_mask.shape[1]
-
-    def rows(self, idx: slice | torch.Tensor) -> Batch:
-        return Batch(self.input_ids[idx], self.attention_mask[idx], self.position_ids[idx], self.completion_mask[idx])
-
-    def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.completion_mask)))
+    def tokens(self) -> int:
+        """Tokens one forward pass processes (each prompt once)."""
+        return int(self.prompt_valid.sum() + self.completion_mask.sum())
 
 
-def make_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> Batch:
-    """Lay out N (prompt, completion) pairs; the completion mask covers each completion's tokens."""
-    P = max(len(p) for p in prompts)
-    C = max(1, max(len(c) for c in completions))
-    N = len(prompts)
-    ids = torch.full((N, P + C), pad_id, dtype=torch.long)
-    attn = torch.zeros(N, P + C, dtype=torch.long)
-    cmask = torch.zeros(N, C)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-        ids[i, P:P + len(c)] = torch.tensor(c, dtype=torch.long)
-        attn[i, P - len(p):P + len(c)] = 1
+def make_group_batch(prompts: list[list[int]], group: list[int], completions: list[list[int]], pad_id: int) -> GroupBatch:
+    """``prompts`` are the distinct prompts; completion i continues ``prompts[group[i]]``."""
+    Lp = max(len(p) for p in prompts)
+    Lc = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(prompts), Lp), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(prompts), Lp, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, Lp - len(p):] = torch.tensor(p, dtype=torch.long)
+        valid[i, Lp - len(p):] = True
+    cids = torch.full((len(completions), Lc), pad_id, dtype=torch.long)
+    cmask = torch.zeros(len(completions), Lc)
+    for i, c in enumerate(completions):
+        cids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
         cmask[i, :len(c)] = 1
+    return GroupBatch(ids, valid, torch.tensor(group, dtype=torch.long), cids, cmask)
+
+
+def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probability of each completion token, [N, Lc] fp32, and optionally the policy's entropy
+    at each completion position, [N, Lc] (no gradient)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if LlamaDecoder.supports(base):
+        hidden = _llama_hidden(base, batch)  # [N, Lc, C]: the states that predict each completion token
+    else:
+        hidden = _generic_hidden(base, model, batch)
+    # The vocabulary projection is the largest matmul of the step: run it on real tokens only,
+    # not on the padding that ends the shorter completions (zeros there; callers mask them out).
+    real = batch.completion_mask.bool()
+    logp, entropy = head_logprobs(hidden[real][None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy)
+    full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
+    return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
+
+
+def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    m = base.model
+    cfg = base.config
+    P, Lp = b.prompt_ids.shape
+    N, Lc = b.completion_ids.shape
+    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    prompt_pos = (b.prompt_valid.long().cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
+    comp_pos = prompt_pos[b.group, -1:] + 1 + torch.arange(Lc, device=prompt_pos.device)  # [N, Lc]
+    causal_p = torch.ones(Lp, Lp, dtype=torch.bool, device=prompt_pos.device).tril()
+    mask_p = (causal_p[None] & b.prompt_valid[:, None, :]) | torch.eye(Lp, dtype=torch.bool, device=causal_p.device)
+    causal_c = torch.ones(Lc, Lc, dtype=torch.bool, device=prompt_pos.device).tril()
+    mask_c = torch.cat([b.prompt_valid[b.group][:, None, :].expand(N, Lc, Lp), causal_c[None].expand(N, Lc, Lc)], dim=-1)
+    xp = m.embed_tokens(b.prompt_ids)  # [P, Lp, C]
+    xc = m.embed_tokens(b.completion_ids)  # [N, Lc, C]
+    cos_p, sin_p = m.rotary_emb(xp, prompt_pos)
+    cos_c, sin_c = m.rotary_emb(xc, comp_pos)
+
+    def qkv(att, h, rows, T, cos, sin):
+        q = att.q_proj(h).view(rows, T, H, D).transpose(1, 2)
+        k = att.k_proj(h).view(rows, T, KV, D).transpose(1, 2)
+        v = att.v_proj(h).view(rows, T, KV, D).transpose(1, 2)
+        if hasattr(att, "q_norm"):  # Qwen3
+            q, k = att.q_norm(q), att.k_norm(k)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    for layer in m.layers:
+        att = layer.self_attn
+        hp, hc = layer.input_layernorm(xp), layer.input_layernorm(xc)
+        qp, kp, vp = qkv(att, hp, P, Lp, cos_p, sin_p)
+        qc, kc, vc = qkv(att, hc, N, Lc, cos_c, sin_c)
+        op = gqa_attention(qp, kp, vp, mask_p[:, None])  # [P, H, Lp, D]
+        keys = torch.cat([kp[b.group], kc], dim=2)  # [N, KV, Lp + Lc, D]: the prompt's keys, then its own
+        values = torch.cat([vp[b.group], vc], dim=2)
+        oc = gqa_attention(qc, keys, values, mask_c[:, None])  # [N, H, Lc, D]
+        xp = xp + att.o_proj(op.transpose(1, 2).reshape(P, Lp, H * D))
+        xc = xc + att.o_proj(oc.transpose(1, 2).reshape(N, Lc, H * D))
+        xp = xp + layer.mlp(layer.post_attention_layernorm(xp))
+        xc = xc + layer.mlp(layer.post_attention_layernorm(xc))
+    # Completion token t is predicted by the state before it: the prompt's last state for t = 0.
+    states = torch.cat([xp[b.group, -1:], xc[:, :-1]], dim=1)  # [N, Lc, C]
+    return m.norm(states)
+
+
+def _generic_hidden(base, model, b: GroupBatch) -> torch.Tensor:
+    """The transformers forward over ``[prompt | completion]`` rows (every prompt repeated)."""
+    ids = torch.cat([b.prompt_ids[b.group], b.completion_ids], dim=1)
+    attn = torch.cat([b.prompt_valid[b.group].long(), b.completion_mask.long()], dim=1)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    return Batch(ids, attn, positions, cmask)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, output_hidden_states=True,
+                logits_to_keep=1, use_cache=False)
+    Lc = b.completion_ids.shape[1]
+    return out.hidden_states[-1][:, -Lc - 1:-1]  # the final norm is applied by the model
 
 
-def completion_logprobs(model, batch: Batch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probability of each completion token, [N, C] fp32, and optionally the policy's entropy at
-    each completion position, [N, C] (no gradient).
+class _HeadLogprobs(torch.autograd.Function):
+    """log p(target) = (h W^T)[target] - logsumexp(h W^T), chunk by chunk.
 
-    ``log p(token) = logit[token] - logsumexp(logits)``: the full ``log_softmax`` over the
-    vocabulary is never materialised.
+    The backward pass recomputes each chunk's logits instead of keeping them. Every pass over a
+    chunk works in place in one reused [chunk, V] buffer (and the weight gradient accumulates with
+    ``addmm_``): on a 2-core CPU, fresh 25-113 MB temporaries per chunk cost more in page faults
+    than the matmuls themselves (a GRPO step's head went from 8.2 s to ~3 s).
     """
-    C = batch.completion_mask.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=C + 1, use_cache=False)
-    logits = out.logits[:, :-1].float()  # [N, C, V]: position P-1+t predicts completion token t
-    targets = batch.input_ids[:, -C:]  # [N, C]
-    lse = torch.logsumexp(logits, dim=-1)  # [N, C]
-    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = (logits - lse[..., None]).exp()
-            entropy = lse - (probs * logits).sum(-1)
-    return logp, entropy
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, with_entropy):  # hidden [M, C], weight [V, C], targets [M]
+        M = hidden.shape[0]
+        logp = torch.empty(M, dtype=torch.float32, device=hidden.device)
+        lse_all = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else None
+        buf = torch.empty(min(M, CHUNK_POSITIONS), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        for s in range(0, M, CHUNK_POSITIONS):
+            h, t = hidden[s:s + CHUNK_POSITIONS], targets[s:s + CHUNK_POSITIONS]
+            z = buf[:h.shape[0]]
+            torch.mm(h, weight.t(), out=z) if h.dtype == torch.float32 else z.copy_(h @ weight.t())
+            target_logit = z.gather(1, t[:, None]).squeeze(1)
+            top = z.max(dim=1).values
+            z.sub_(top[:, None])  # z = logits - max <= 0
+            if with_entropy:  # H = log S - sum(e^z z) / S with S = sum(e^z)
+                ez_z = torch.empty_like(top)
+                ez = torch.exp(z)
+                total = ez.sum(dim=1)
+                torch.sum(ez.mul_(z), dim=1, out=ez_z)
+                entropy[s:s + CHUNK_POSITIONS] = total.log() - ez_z / total
+            else:
+                total = z.exp_().sum(dim=1)
+            lse = top + total.log()
+            lse_all[s:s + CHUNK_POSITIONS] = lse
+            logp[s:s + CHUNK_POSITIONS] = target_logit - lse
+        ctx.save_for_backward(hidden, weight, targets, lse_all)
+        if entropy is not None:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets, lse_all = ctx.saved_tensors
+        M = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        buf = torch.empty(min(M, CHUNK_POSITIONS), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        w = weight.float()
+        for s in range(0, M, CHUNK_POSITIONS):
+            h = hidden[s:s + CHUNK_POSITIONS].float()
+            g = buf[:h.shape[0]]
+            torch.mm(h, w.t(), out=g)
+            # d logp / d logits = onehot(target) - softmax(logits), times the incoming gradient
+            g.sub_(lse_all[s:s + CHUNK_POSITIONS, None]).exp_().neg_()
+            g.scatter_add_(1, targets[s:s + CHUNK_POSITIONS, None], torch.ones(h.shape[0], 1, device=g.device))
+            g.mul_(grad_logp[s:s + CHUNK_POSITIONS, None])
+            if grad_hidden is not None:
+                grad_hidden[s:s + CHUNK_POSITIONS] = (g @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight.addmm_(g.t(), h)
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """hidden [N, T, C] (after the final norm), targets [N, T] → log-probs [N, T] (and entropy)."""
+    N, T, C = hidden.shape
+    if torch.is_autocast_enabled(hidden.device.type):  # run the projection in the autocast dtype
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight_used = hidden.to(dtype), weight.to(dtype)
+    else:
+        weight_used = weight
+    with torch.autocast(hidden.device.type, enabled=False):
+        logp, entropy = _HeadLogprobs.apply(hidden.reshape(N * T, C), weight_used, targets.reshape(-1), with_entropy)
+    return logp.view(N, T), None if entropy is None else entropy.view(N, T)

@@ -87,6 +87,24 @@ class GenerationStats:
 # Decoders: a forward pass with a KV cache, over rows that can be dropped
 
 
+def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Grouped-query attention without expanding keys and values to every query head.
+
+    q [B, H, T, D]; keys, values [B, KV, S, D] (may be strided views of a cache); mask [B, 1, T, S]
+    bool, True = attend. PyTorch's SDPA with ``enable_gqa`` and a mask falls back on CPU to a path
+    that copies the keys to all H heads and scales them with strided loops: 40% of a batch-64
+    decode step on the 2-core machine we measured, against ~5% here.
+    """
+    B, H, T, D = q.shape
+    KV, S = keys.shape[1], keys.shape[2]
+    G = H // KV
+    scores = torch.matmul(q.reshape(B, KV, G * T, D), keys.transpose(-1, -2)) * D ** -0.5  # [B, KV, G*T, S]
+    if mask is not None:
+        scores = scores.view(B, KV, G, T, S).masked_fill(~mask[:, :, None], float("-inf")).view(B, KV, G * T, S)
+    probs = scores.float().softmax(-1).to(values.dtype)
+    return torch.matmul(probs, values).view(B, H, T, D)
+
+
 class LlamaDecoder:
     """Inference forward for Llama-family models with a static KV cache, reading the weights of a
     transformers model (LoRA adapters merged in).
@@ -179,6 +197,14 @@ class LlamaDecoder:
 
     # -- forward ---------------------------------------------------------------------------------
 
+    def _mm(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``weight @ x`` for x [K, N]. On CPU, MKL's kernels for 2 <= N < 16 columns run slower than
+        for 16 (1.3 ms vs 0.8 ms for a 3072x576 weight, measured on a 2-core EPYC): pad to 16."""
+        n = x.shape[1]
+        if self.device.type == "cpu" and 1 < n < 16:
+            return (weight @ F.pad(x, (0, 16 - n)))[:, :n]
+        return weight @ x
+
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x [C, N], weight [C, 1]
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + self.eps)).to(self.dtype) * weight
@@ -211,7 +237,7 @@ class LlamaDecoder:
         mask = self._mask(key_valid, start, T)  # [B, 1, T, end] or None
         for i, ly in enumerate(self.layers):
             h = self._rms(x, ly["ln1"])
-            qkv = ly["wqkv"] @ h  # [(H + 2 KV) * D, B*T]
+            qkv = self._mm(ly["wqkv"], h)  # [(H + 2 KV) * D, B*T]
             if ly["bqkv"] is not None:
                 qkv = qkv + ly["bqkv"]
             qkv = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)  # [B, H + 2 KV, T, D]
@@ -223,18 +249,18 @@ class LlamaDecoder:
             cache = self.cache[i]  # [2, B, KV, max_len, D]
             cache[0, :, :, start:end] = k
             cache[1, :, :, start:end] = v
-            o = F.scaled_dot_product_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], attn_mask=mask,
-                                               enable_gqa=True)  # [B, H, T, D]
+            o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask)  # [B, H, T, D]
             o = o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()  # [H*D, B*T]
-            x = x + (ly["wo"] @ o if ly["bo"] is None else ly["wo"] @ o + ly["bo"])
+            x = x + (self._mm(ly["wo"], o) if ly["bo"] is None else self._mm(ly["wo"], o) + ly["bo"])
             h = self._rms(x, ly["ln2"])
-            gu = ly["wgu"] @ h
+            gu = self._mm(ly["wgu"], h)
             if ly["bgu"] is not None:
                 gu = gu + ly["bgu"]
             g, u = gu.chunk(2, dim=0)
-            x = x + (ly["wd"] @ (F.silu(g) * u) if ly["bd"] is None else ly["wd"] @ (F.silu(g) * u) + ly["bd"])
+            act = F.silu(g) * u
+            x = x + (self._mm(ly["wd"], act) if ly["bd"] is None else self._mm(ly["wd"], act) + ly["bd"])
         last = x.view(-1, B, T)[:, :, -1].contiguous()  # [C, B]
-        return (self.head @ self._rms(last, self.norm)).t().float()  # [B, V]
+        return self._mm(self.head, self._rms(last, self.norm)).t().float()  # [B, V]
 
     def _mask(self, key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
         """Boolean attention mask [B, 1, T, start+T]: causal, pads hidden; None when not needed."""
@@ -336,7 +362,8 @@ def generate(
     t0 = time.perf_counter()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[Completion] | None] = [None] * len(prompts)
-    per_batch = max(1, batch_size // n)
+    most = max(1, batch_size // n)
+    per_batch = math.ceil(len(order) / math.ceil(len(order) / most))  # equal batches: no small tail batch
     for b in range(0, len(order), per_batch):
         chunk = order[b:b + per_batch]
         done = _generate_batch(decoder, tokenizer, [prompts[i] for i in chunk], sampling, n,

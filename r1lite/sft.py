@@ -21,7 +21,7 @@ import torch
 from r1lite import rewards, tasks
 from r1lite.config import opt
 from r1lite.errors import UsageError
-from r1lite.policy import completion_logprobs, make_batch
+from r1lite.policy import completion_logprobs, make_group_batch
 from r1lite.rollout import Sampling, encode_prompts, generate, render_prompt
 
 
@@ -48,6 +48,55 @@ class SFTConfig:
                 raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise UsageError(f"lr={self.lr} must be > 0")
+
+
+def read_pairs(path: str) -> list[tuple[list[dict], str, str]]:
+    """(messages, prefill, completion) per JSONL row: ``messages`` (chat) or ``prompt`` (one user
+    turn), optional ``prefill``, and ``completion``."""
+    from r1lite.files import read_jsonl
+
+    rows = []
+    for n, row in read_jsonl(path, required=("completion",)):
+        if "messages" in row:
+            messages = row["messages"]
+        elif "prompt" in row:
+            messages = [{"role": "user", "content": row["prompt"]}]
+        else:
+            raise UsageError(f"{path}:{n}: missing key 'prompt' (or chat 'messages'); every row needs one")
+        if not isinstance(row["completion"], str) or not row["completion"]:
+            raise UsageError(f"{path}:{n}: 'completion' must be a non-empty string")
+        rows.append((messages, row.get("prefill", ""), row["completion"]))
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    return rows
+
+
+def run(cfg: SFTConfig, console) -> int:
+    """``r1lite sft``: fine-tune ``cfg.model`` on ``cfg.data`` and save ``<out>/final``."""
+    from pathlib import Path
+
+    from r1lite.files import write_jsonl
+    from r1lite.models import load_model, resolve_runtime
+
+    out = Path(cfg.out)
+    if (out / "final").exists():
+        raise UsageError(f"{out}/final exists; choose another --out")
+    runtime = resolve_runtime(cfg.device, cfg.dtype)
+    rows = read_pairs(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(cfg.model, runtime, seed=cfg.seed)
+    pairs = [encode_pair(tokenizer, m, p, c) for m, p, c in rows]
+    console.print(f"r1lite sft: {len(pairs)} examples x {cfg.epochs} epochs on {runtime.describe()}")
+    history = train_sft(model, tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                        micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
+                        device=runtime.device, on_step=lambda r: console.print(f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
+    write_jsonl(out / "metrics.jsonl", history)
+    tmp = out / ".final.tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out / "final")
+    console.print(f"model: {out / 'final'}")
+    return 0
 
 
 def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) -> tuple[list[int], list[int]]:
@@ -78,7 +127,8 @@ def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epo
             loss_sum = 0.0
             for m in range(0, len(chunk), micro_batch_size):
                 micro = chunk[m:m + micro_batch_size]
-                batch = make_batch([p for p, _ in micro], [c for _, c in micro], tokenizer.pad_token_id).to(device)
+                batch = make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
+                                         tokenizer.pad_token_id).to(device)
                 with autocast():
                     logp, _ = completion_logprobs(model, batch)
                 loss = -(logp * batch.completion_mask).sum() / total_tokens
@@ -108,16 +158,11 @@ def self_traces(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], *
     outputs = generate(decoder, tokenizer, prompts, sampling, n=samples, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
     rows = []
     for item, completions in zip(items, outputs):
-        kept: set[str] = set()
-        for c in completions:
-            if len(kept) >= per_item or c.finish != "stop":
-                continue
-            if tasks.score(c.text, item, task, phrasing)["accuracy"] != 1.0:
-                continue
-            thought = rewards.strip_end(c.text).strip()
-            if thought in kept:
-                continue
-            kept.add(thought)
+        correct = {rewards.strip_end(c.text).strip(): c for c in completions
+                   if c.finish == "stop" and tasks.score(c.text, item, task, phrasing)["accuracy"] == 1.0}
+        # The shortest distinct verified samples: cheaper to train on and to sample in RL later.
+        for thought in sorted(correct, key=len)[:per_item]:
+            c = correct[thought]
             answer = rewards.last_number(c.text)
             messages, prefill = tasks.build_messages(item, task, "r1")
             rows.append({

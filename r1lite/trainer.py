@@ -31,11 +31,11 @@ from r1lite.errors import UsageError
 from r1lite.files import read_jsonl, write_json, write_jsonl, write_text
 from r1lite.grpo import GRPOConfig
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import completion_logprobs, make_batch
+from r1lite.policy import completion_logprobs, make_group_batch
 from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, make_decoder, render_prompt
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
-PLAIN_PHRASINGS = ("plain:0", "plain:1", "plain:2")
+PLAIN_PHRASINGS = ("plain", "plain:1", "plain:2")
 
 
 class Interrupted(Exception):
@@ -175,7 +175,7 @@ class Trainer:
         with self.meter.phase("eval"):
             _, result = evaluate.evaluate(self.decoder_synced(), self.tokenizer, self.task, self.eval_items, fmt,
                                           max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                          batch_size=self.cfg.rollout_batch_size, stop_ids=self.stop_ids,
+                                          batch_size=self.cfg.eval_batch_size, stop_ids=self.stop_ids,
                                           prefill_think=self.cfg.prefill_think and fmt == "r1")
         self.meter.add_flops("eval", cost.generate_flops(**self.flop_shape, prompt_tokens=0,
                                                          completion_tokens=result["new_tokens"]))
@@ -201,9 +201,8 @@ class Trainer:
         self.run_eval("eval_before", cfg.format)
         if cfg.eval_base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
-            for phrasing in PLAIN_PHRASINGS:
-                key = f"eval_base_{phrasing.replace(':', '')}"
-                results[phrasing] = self.run_eval(key, phrasing)
+            for i, phrasing in enumerate(PLAIN_PHRASINGS):
+                results[phrasing] = self.run_eval(f"eval_base_phrasing{i}", phrasing)
             best = max(results, key=lambda p: results[p]["pass@1"])
             self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
                                                "phrasings": {p: r["pass@1"] for p, r in results.items()}}
@@ -216,10 +215,10 @@ class Trainer:
         items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
         stats = GenerationStats()
         with self.meter.phase("cold_start_sampling"):
-            traces = sft.self_traces(self.decoder_synced(), self.tokenizer, self.task, items, phrasing="plain:0",
+            traces = sft.self_traces(self.decoder_synced(), self.tokenizer, self.task, items, phrasing=cfg.cold_start_format,
                                      samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
-                                     model_name=cfg.model, stop_ids=self.stop_ids, batch_size=cfg.rollout_batch_size)
+                                     model_name=cfg.model, stop_ids=self.stop_ids, batch_size=cfg.eval_batch_size)
         write_jsonl(self.run_dir / "cold_start.jsonl", traces)
         self.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
                            f"x {cfg.cold_start_samples} samples → {self.run_dir / 'cold_start.jsonl'}")
@@ -300,22 +299,18 @@ class Trainer:
 
     def train_step(self, groups: list[dict]) -> dict:
         cfg = self.cfg
-        prompts, completions, truncated = [], [], []
-        for g in groups:
-            for c in g["completions"]:
-                prompts.append(g["prompt"])
-                completions.append(c.token_ids)
-                truncated.append(c.finish == "length")
+        G = cfg.group_size
+        completions = [c for g in groups for c in g["completions"]]
         rewards_all = torch.cat([g["reward"] for g in groups])  # [N]
-        advantages = grpo.group_advantages(rewards_all, cfg.group_size, cfg.scale_rewards)
-        batch = make_batch(prompts, completions, self.tokenizer.pad_token_id).to(self.runtime.device)
+        advantages = grpo.group_advantages(rewards_all, G, cfg.scale_rewards).to(self.runtime.device)
+        batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
+                                 [c.token_ids for c in completions], self.tokenizer.pad_token_id).to(self.runtime.device)
         mask = batch.completion_mask.clone()
         if cfg.mask_truncated:
-            mask[torch.tensor(truncated)] = 0
-        weights = grpo.token_weights(mask, cfg.loss_type, cfg.group_size, cfg.max_new_tokens)
-        advantages = advantages.to(self.runtime.device)
-        n = len(prompts)
-        chunks = [slice(i, min(n, i + cfg.micro_batch_size)) for i in range(0, n, cfg.micro_batch_size)]
+            mask[torch.tensor([c.finish == "length" for c in completions])] = 0
+        weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens)
+        per_chunk = max(1, cfg.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
+        chunks = [slice(i, min(len(completions), i + per_chunk)) for i in range(0, len(completions), per_chunk)]
         old = ref = None
         with torch.no_grad():
             if cfg.mu > 1:
@@ -328,8 +323,7 @@ class Trainer:
         self.model.train()
         for it in range(cfg.mu):
             for c in chunks:
-                mb = batch.rows(c)
-                logp, entropy = self.logprobs(self.model, mb, with_entropy=it == 0)
+                logp, entropy = self.logprobs(self.model, batch.rows(c), with_entropy=it == 0)
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[c],
                                             None if ref is None else ref[c], advantages[c], weights[c], cfg)
                 loss.backward()
@@ -344,14 +338,14 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        tokens = int(batch.attention_mask.sum())
+        tokens = sum(batch.rows(c).tokens for c in chunks)
         passes = 3 * cfg.mu + (cfg.mu > 1) + (cfg.beta > 0)  # forward+backward per update, extra forwards
-        self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens,
-                                                                   context=batch.input_ids.shape[1] / 2))
+        context = (batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]) / 2
+        self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens, context=context))
         return {"clip_frac": stats["clipped"] / max(1.0, counted),
                 "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
                 "entropy": stats["entropy_sum"] / max(1.0, counted), "grad_norm": grad_norm,
-                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted)}
+                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": tokens}
 
     def logprobs(self, model, batch, with_entropy: bool = False):
         with self.runtime.autocast():
@@ -435,9 +429,11 @@ class Trainer:
                     row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
                     with (self.run_dir / "metrics.jsonl").open("a") as f:
                         f.write(json.dumps(row) + "\n")
-                    progress.update(bar, completed=self.step, live=(
-                        f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
-                        f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step"))
+                    live = (f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
+                            f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
+                    progress.update(bar, completed=self.step, live=live)
+                    if not self.console.is_terminal:  # logs get one line per step instead of a live bar
+                        self.console.print(f"step {self.step}/{cfg.max_steps}  {live}", highlight=False)
                     if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
                         self.save_checkpoint()
                     elif self.stop_signal:

@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m r1lite ARGS`` in a subprocess, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "r1lite", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def varied_task(tmp_path):
+    """A custom JSONL task whose Python verifier gives a random tiny model varied rewards, so GRPO
+    has non-zero advantages (an untrained model never solves a real task): the reward is 1 when the
+    completion has an even number of vowels. Returns (task spec, extra environment)."""
+    module = tmp_path / "vowels_verifier.py"
+    module.write_text(textwrap.dedent('''
+        def even_vowels(response, answer):
+            return float(sum(ch in "aeiou" for ch in response) % 2 == 0)
+
+        def by_answer(response, answer):
+            """Rows whose answer is "fixed" always score 1 (zero variance); others vary."""
+            return 1.0 if answer == "fixed" else even_vowels(response, answer)
+    '''))
+    data = tmp_path / "vowels.jsonl"
+    rows = [f'{{"question": "Write something about item {i}.", "answer": "{"fixed" if i % 2 else "free"}", '
+            f'"verifier": "python:vowels_verifier:by_answer"}}' for i in range(200)]
+    data.write_text("\n".join(rows) + "\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return f"jsonl:{data}", env

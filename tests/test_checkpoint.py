@@ -1,0 +1,43 @@
+"""Checkpoints are complete or absent, whatever moment a run dies."""
+
+import torch
+
+from r1lite import checkpoint
+
+
+def tiny_state():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    return model, opt, sched
+
+
+def test_save_then_load_restores_everything(tmp_path):
+    model, opt, sched = tiny_state()
+    checkpoint.save(tmp_path, 3, model, opt, sched, {"data_position": 12})
+    rng_draw = torch.rand(1)
+    fresh, fresh_opt, fresh_sched = tiny_state()
+    with torch.no_grad():
+        fresh.weight.zero_()
+    state = checkpoint.load(checkpoint.latest(tmp_path), fresh, fresh_opt, fresh_sched)
+    assert state == {"step": 3, "data_position": 12}
+    assert torch.equal(fresh.weight, model.weight)
+    assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert torch.equal(torch.rand(1), rng_draw)  # the RNG is back where it was at save time
+
+
+def test_only_the_latest_complete_checkpoint_is_kept(tmp_path):
+    model, opt, sched = tiny_state()
+    for step in (2, 4):
+        checkpoint.save(tmp_path, step, model, opt, sched, {})
+    (tmp_path / "checkpoints" / ".step-000006.half-written").mkdir()  # a save killed mid-way
+    assert checkpoint.latest(tmp_path).name == "step-000004"
+    names = {p.name for p in (tmp_path / "checkpoints").iterdir()}
+    assert "step-000002" not in names and "latest" in names
+
+
+def test_no_checkpoint_yet(tmp_path):
+    assert checkpoint.latest(tmp_path) is None

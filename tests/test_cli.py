@@ -1,0 +1,117 @@
+"""The command line as a user meets it: one-line errors, scoring files, gym tasks end to end."""
+
+from pathlib import Path
+import json
+import subprocess
+import sys
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_python_dash_m_and_console_script_both_work():
+    r = subprocess.run([sys.executable, "-m", "r1lite", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "train" in r.stdout and "eval" in r.stdout
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "r1lite"), "eval", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--completions" in r.stdout
+
+
+def test_bad_task_name(cli):
+    assert_one_line_error(cli("eval", "--model", "tiny", "--task", "arithmetik"), "arithmetik", "arithmetic")
+
+
+def test_bad_model(cli, tmp_path):
+    assert_one_line_error(cli("eval", "--model", str(tmp_path), "--task", "arithmetic"), "config.json")
+    assert_one_line_error(cli("eval", "--model", "not a model", "--task", "arithmetic"), "--model")
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_malformed_jsonl_line_names_file_and_line(cli, tmp_path):
+    data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2", "answer": '])
+    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "not valid JSON")
+
+
+def test_missing_answer_names_file_line_and_key(cli, tmp_path):
+    data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2"}'])
+    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "'answer'")
+
+
+def test_unknown_verifier(cli, tmp_path):
+    data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a", "verifier": "fuzzy"}'])
+    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:1", "fuzzy", "exact")
+
+
+def test_completions_missing_field_and_bad_json(cli, tmp_path):
+    comp = write(tmp_path / "c.jsonl", ['{"answer": 3, "completion": "<think>x</think><answer>3</answer>"}',
+                                        '{"answer": 4}'])
+    assert_one_line_error(cli("eval", "--task", "arithmetic", "--completions", str(comp), "--out", str(tmp_path / "o.jsonl")),
+                          f"{comp}:2", "'completion'")
+
+
+def test_score_completions_from_elsewhere(cli, tmp_path):
+    rows = [
+        {"id": "a", "answer": 42, "completion": "<think>6*7</think>\n<answer>42</answer>", "model": "x"},
+        {"id": "a", "answer": 42, "completion": "<think>hmm</think><answer>41</answer>"},
+        {"id": "b", "answer": 7, "completion": "<think>7</think><answer>7</answer><answer>8</answer>"},
+        {"id": "b", "answer": 7, "completion": "<answer>7</answer>"},
+        {"id": "c", "answer": 1000, "completion": "<think>" + "x" * 100_000 + "</think><answer>\\boxed{1,000}</answer>"},
+    ]
+    comp = write(tmp_path / "c.jsonl", [json.dumps(r) for r in rows])
+    out = tmp_path / "scored.jsonl"
+    r = cli("eval", "--task", "arithmetic", "--completions", str(comp), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["accuracy"] for s in scored] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert [s["format"] for s in scored] == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert scored[0]["model"] == "x" and [s["id"] for s in scored] == ["a", "a", "b", "b", "c"]
+    summary = json.loads((tmp_path / "scored.jsonl.summary.json").read_text())
+    assert summary["n_items"] == 3 and summary["samples"] == 2
+    assert summary["pass@1"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert summary["pass@2"] == pytest.approx((1 + 0 + 1) / 3)
+    assert summary["format_rate"] == pytest.approx(3 / 5)
+    assert "pass@1" in r.stdout
+
+
+def test_plain_format_scoring_uses_the_last_number(cli, tmp_path):
+    comp = write(tmp_path / "c.jsonl", [json.dumps({"answer": 85, "completion": "47 + 38 = 85."}),
+                                        json.dumps({"answer": 85, "completion": "It is 85, or maybe 86"})])
+    out = tmp_path / "o.jsonl"
+    assert cli("eval", "--task", "arithmetic", "--format", "plain", "--completions", str(comp), "--out", str(out)).returncode == 0
+    assert [json.loads(line)["accuracy"] for line in out.read_text().splitlines()] == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["basic_arithmetic", "chain_sum", "letter_counting", "spell_backward", "word_sorting", "gcd"])
+def test_reasoning_gym_generators_run_end_to_end(cli, tmp_path, name):
+    out = tmp_path / "rows.jsonl"
+    r = cli("eval", "--model", "tiny", "--task", f"gym:{name}", "--limit", "3", "--samples", "2",
+            "--max-new-tokens", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(isinstance(row["accuracy"], float) for row in rows)
+    summary = json.loads((tmp_path / "rows.jsonl.summary.json").read_text())
+    assert summary["n_items"] == 3 and "maj@2" in summary and "pass@2" in summary
+
+
+def test_eval_generates_and_reports(cli, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    r = cli("eval", "--model", "tiny", "--task", "arithmetic", "--limit", "5", "--max-new-tokens", "6", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "rows.jsonl.summary.json").read_text())
+    for key in ("pass@1", "format_rate", "completion_tokens_mean", "completion_tokens_median", "think_tokens_mean",
+                "tokens_per_s", "n_items"):
+        assert key in summary, key
+    assert summary["n_items"] == 5 and summary["completion_tokens_mean"] == 6

@@ -1,0 +1,52 @@
+"""Metrics: pass@k, maj@k, format rate and lengths, from rows."""
+
+import pytest
+
+from r1lite import tasks
+from r1lite.evaluate import pass_at_k, score_row, summarize
+
+
+def test_pass_at_k_matches_brute_force():
+    from itertools import combinations
+
+    n, c = 6, 2
+    correct = [1] * c + [0] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(combinations(correct, k))
+        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def rows_for(task, answers_by_item):
+    rows = []
+    for item_id, (gold, completions) in answers_by_item.items():
+        item = tasks.Item(id=item_id, question="", answer=gold, meta={})
+        for s, text in enumerate(completions):
+            row = {"item_id": item_id, "sample": s, "finish": "stop", "completion_tokens": len(text.split()),
+                   "think_tokens": None}
+            row.update(score_row(text, item, task, "r1"))
+            rows.append(row)
+    return rows
+
+
+def test_summary_pass_k_majority_and_format():
+    task = tasks.load_task("arithmetic")
+    ok = "<think>x</think><answer>{}</answer>"
+    rows = rows_for(task, {
+        "a": (5, [ok.format(5), ok.format(4), ok.format("5.0"), "no tags 5"]),  # majority 5.0 == 5: right
+        "b": (7, [ok.format(1), ok.format(1), ok.format(7), ok.format(2)]),      # majority 1: wrong
+    })
+    s = summarize(rows, 4)
+    assert s["n_items"] == 2 and s["samples"] == 4
+    assert s["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert s["pass@4"] == pytest.approx(1.0)
+    assert s["maj@4"] == pytest.approx(0.5)
+    assert s["format_rate"] == pytest.approx(7 / 8)
+    assert s["completion_tokens_mean"] == pytest.approx(sum(r["completion_tokens"] for r in rows) / 8)
+
+
+def test_items_with_unusable_gold_are_skipped_not_scored_zero():
+    task = tasks.load_task("arithmetic")
+    rows = rows_for(task, {"a": ("not a number", ["<think>x</think><answer>3</answer>"]),
+                           "b": (3, ["<think>x</think><answer>3</answer>"])})
+    s = summarize(rows, 1)
+    assert s["skipped_items"] == 1 and s["pass@1"] == 1.0

@@ -1,0 +1,68 @@
+"""Completion log-probs with shared prompts equal a plain transformers forward, values and gradients."""
+
+import pytest
+import torch
+
+from r1lite.models import load_model, resolve_runtime
+from r1lite.policy import CHUNK_POSITIONS, head_logprobs, make_group_batch, completion_logprobs
+
+FP32 = resolve_runtime("cpu", "fp32")
+
+
+def reference(model, prompts, group, completions):
+    """Each (prompt, completion) through the transformers forward, one row at a time."""
+    out = []
+    for g, c in zip(group, completions):
+        ids = torch.tensor([prompts[g] + c])
+        logp = model(ids).logits[0].float().log_softmax(-1)
+        start = len(prompts[g]) - 1
+        out.append(torch.stack([logp[start + t, tok] for t, tok in enumerate(c)]))
+    return out
+
+
+@pytest.mark.parametrize("spec", ["tiny", pytest.param("default", marks=pytest.mark.slow)])
+def test_grouped_logprobs_and_gradients_match_transformers(spec):
+    model, tokenizer = load_model(spec, FP32)
+    torch.manual_seed(0)
+    prompts = [tokenizer.encode(t) for t in ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+                                              "<|im_start|>user\nHi there, how are you today?<|im_end|>\n<|im_start|>assistant\n"]]
+    group = [0, 0, 0, 1, 1]
+    completions = [torch.randint(0, 1000, (n,)).tolist() for n in (5, 9, 3, 7, 1)]
+    ref = reference(model, prompts, group, completions)
+    sum(r.sum() for r in ref).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    batch = make_group_batch(prompts, group, completions, tokenizer.pad_token_id)
+    logp, entropy = completion_logprobs(model, batch, with_entropy=True)
+    (logp * batch.completion_mask).sum().backward()
+    for i, c in enumerate(completions):
+        torch.testing.assert_close(logp[i, :len(c)], ref[i], atol=1e-4, rtol=1e-4)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-4 * ref_grads[n].abs().max().item() + 1e-8, rtol=1e-3)
+    assert (entropy[batch.completion_mask.bool()] > 0).all()
+
+
+def test_sub_batches_keep_only_their_prompts_and_widths():
+    batch = make_group_batch([[1, 2, 3], [4, 5], [6]], [0, 0, 1, 2], [[7, 8, 9], [7], [8, 8], [9]], pad_id=0)
+    sub = batch.rows(slice(2, 4))
+    assert sub.group.tolist() == [0, 1] and sub.prompt_ids.tolist() == [[4, 5], [0, 6]]
+    assert sub.completion_ids.tolist() == [[8, 8], [9, 0]]
+
+
+def test_head_logprobs_across_chunks_match_log_softmax():
+    torch.manual_seed(0)
+    n = CHUNK_POSITIONS + 37  # more than one chunk
+    hidden = torch.randn(1, n, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (1, n))
+    logp, entropy = head_logprobs(hidden, weight, targets, with_entropy=True)
+    full = (hidden @ weight.t()).log_softmax(-1)
+    expected = full.gather(-1, targets[..., None]).squeeze(-1)
+    torch.testing.assert_close(logp.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy.double(), -(full.exp() * full).sum(-1), atol=1e-4, rtol=1e-4)
+    g = torch.randn(1, n, dtype=torch.float64)
+    gh, gw = torch.autograd.grad((logp * g).sum(), (hidden, weight))
+    eh, ew = torch.autograd.grad((expected * g).sum(), (hidden, weight))
+    torch.testing.assert_close(gh.double(), eh, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gw.double(), ew, atol=1e-4, rtol=1e-4)

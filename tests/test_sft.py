@@ -1,0 +1,59 @@
+"""SFT and the cold start from the model's own verified answers."""
+
+import json
+
+from r1lite import sft, tasks
+from r1lite.rewards import r1_answer, r1_format
+from r1lite.rollout import Completion
+
+
+def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypatch):
+    task = tasks.load_task("arithmetic")
+    items = [tasks.make_item("What is 47 + 38?", 85, {}), tasks.make_item("What is 10 + 11?", 21, {})]
+    samples = {
+        items[0].question: ["47 + 38 = 85", "The sum of 47 and 38 is 85.", "47 + 38 = 84", "85 and then some 86"],
+        items[1].question: ["10 + 11 = 22", "It is 20", "21" * 0 + "twenty-one", "10 + 11 = 21 ..."],
+    }
+
+    def fake_generate(decoder, tokenizer, prompts, sampling, n, **kw):
+        return [[Completion([1, 2], text, "stop") for text in samples[q]] for q in samples]
+
+    class Tok:
+        def apply_chat_template(self, messages, **kw):
+            return messages[0]["content"]
+        chat_template = "x"
+
+        def encode(self, text, add_special_tokens=False):
+            return [1]
+
+    monkeypatch.setattr(sft, "generate", fake_generate)
+    rows = sft.self_traces(None, Tok(), task, items, phrasing="plain", samples=4, temperature=0.7, max_new_tokens=32,
+                           seed=0, per_item=1, model_name="default")
+    assert len(rows) == 2
+    first, second = rows
+    assert first["completion"] == "<think>\n47 + 38 = 85\n</think>\n<answer>85</answer>"  # the shortest correct one
+    assert second["completion"] == "<think>\n10 + 11 = 21 ...\n</think>\n<answer>21</answer>"
+    for row in rows:
+        assert r1_format(row["completion"]) == 1.0 and r1_answer(row["completion"]) is not None
+        assert row["provenance"]["teacher"] == "default" and row["provenance"]["prompt_format"] == "plain"
+        assert "<think>" in row["messages"][0]["content"]  # trained on the R1 prompt
+
+
+def test_sft_command_lowers_the_loss_and_saves_a_model(cli, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "completion": f"<think>ok</think><answer>{w}</answer>"})
+                              for w in ("red", "green", "blue", "black")) + "\n")
+    out = tmp_path / "sft"
+    r = cli("sft", "--model", "tiny", "--data", str(data), "--epochs", "8", "--lr", "1e-2", "--batch-size", "4",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
+    assert (out / "final" / "model.safetensors").exists()
+
+
+def test_sft_data_errors_name_the_line(cli, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"completion": "c"}\n')
+    r = cli("sft", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and f"{data}:2" in r.stderr and "'prompt'" in r.stderr
