@@ -490,3 +490,21 @@ def render_prompt(tokenizer, messages: list[dict], prefill: str = "") -> str:
 def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of rendered prompts (the chat template already holds any special tokens)."""
     return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one left-padded ``[B, width]`` id tensor and its 0/1 attention mask, the layout
+    transformers ``generate`` expects.
+
+    >>> left_pad([[5, 6], [7]], 0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids, mask

@@ -21,7 +21,7 @@ import torch
 from r1lite import rewards, tasks
 from r1lite.config import opt
 from r1lite.errors import UsageError
-from r1lite.policy import completion_logprobs, make_group_batch
+from r1lite.policy import adamw, completion_logprobs, make_group_batch
 from r1lite.rollout import Sampling, encode_prompts, generate, render_prompt
 
 
@@ -114,7 +114,7 @@ def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epo
     Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = adamw(params, lr)
     rng = random.Random(seed)
     history = []
     model.train()

@@ -31,7 +31,7 @@ from r1lite.errors import UsageError
 from r1lite.files import read_jsonl, write_json, write_jsonl, write_text
 from r1lite.grpo import GRPOConfig
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import completion_logprobs, make_group_batch
+from r1lite.policy import adamw, completion_logprobs, make_group_batch
 from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, make_decoder, render_prompt
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
@@ -117,7 +117,7 @@ class Trainer:
         if cfg.beta > 0 and not cfg.lora:  # with LoRA the reference is the base with adapters disabled
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.decoder = make_decoder(self.model, self.runtime.dtype)
         self.stop_ids = stop_token_ids(self.tokenizer, self.model)
@@ -309,36 +309,52 @@ class Trainer:
         if cfg.mask_truncated:
             mask[torch.tensor([c.finish == "length" for c in completions])] = 0
         weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens)
+        if cfg.beta == 0:
+            # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
+            # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
+            # The weights above were computed on the whole batch, so the gradient is unchanged
+            # (typically a third to a half of the groups, and of the train step, on arithmetic).
+            keep = grpo.informative_groups(rewards_all, G)
+            if bool(keep.any()) and not bool(keep.all()):
+                rows = keep.repeat_interleave(G).nonzero().squeeze(1)
+                completions = [completions[i] for i in rows.tolist()]
+                groups = [g for g, k in zip(groups, keep.tolist()) if k]
+                advantages, weights = advantages[rows.to(advantages.device)], weights[rows.to(weights.device)]
+                batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
+                                         [c.token_ids for c in completions],
+                                         self.tokenizer.pad_token_id).to(self.runtime.device)
         per_chunk = max(1, cfg.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
         chunks = [slice(i, min(len(completions), i + per_chunk)) for i in range(0, len(completions), per_chunk)]
+        parts = [batch.rows(c) for c in chunks]  # each chunk trimmed to the widths it needs
         old = ref = None
         with torch.no_grad():
             if cfg.mu > 1:
-                old = torch.cat([self.logprobs(self.model, batch.rows(c))[0] for c in chunks])
+                old = [self.logprobs(self.model, part)[0] for part in parts]
             if cfg.beta > 0:
-                ref = torch.cat([self.reference_logprobs(batch.rows(c)) for c in chunks])
+                ref = [self.reference_logprobs(part) for part in parts]
         counted = float((weights > 0).sum())
         stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
         grad_norm = 0.0
         self.model.train()
         for it in range(cfg.mu):
-            for c in chunks:
-                logp, entropy = self.logprobs(self.model, batch.rows(c), with_entropy=it == 0)
-                loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[c],
-                                            None if ref is None else ref[c], advantages[c], weights[c], cfg)
+            for j, (c, part) in enumerate(zip(chunks, parts)):
+                logp, entropy = self.logprobs(self.model, part, with_entropy=it == 0)
+                w = weights[c, :logp.shape[1]]
+                loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
+                                            None if ref is None else ref[j], advantages[c], w, cfg)
                 loss.backward()
                 if it == cfg.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
                 if it == 0:
-                    stats["entropy_sum"] += float((entropy * (weights[c] > 0)).sum())
+                    stats["entropy_sum"] += float((entropy * (w > 0)).sum())
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        tokens = sum(batch.rows(c).tokens for c in chunks)
+        tokens = sum(part.tokens for part in parts)
         passes = 3 * cfg.mu + (cfg.mu > 1) + (cfg.beta > 0)  # forward+backward per update, extra forwards
         context = (batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]) / 2
         self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens, context=context))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from r1lite.models import cpu_bf16_flags, load_model, resolve_runtime, stop_token_ids
-from r1lite.rollout import GenerationStats, HFDecoder, LlamaDecoder, Sampling, encode_prompts, generate, make_decoder, render_prompt, sample_next
+from r1lite.rollout import GenerationStats, HFDecoder, LlamaDecoder, Sampling, encode_prompts, generate, left_pad, make_decoder, render_prompt, sample_next
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 78), (9, 91), (23, 45), (67, 11), (40, 2), (88, 99), (15, 16)]]
 FP32 = resolve_runtime("cpu", "fp32")
@@ -26,12 +26,8 @@ def prompts_for(tokenizer, questions=QUESTIONS):
 
 def reference_greedy(model, tokenizer, prompts, max_new_tokens):
     """transformers generate, greedy, left-padded: the new tokens of each row up to and including eos."""
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    width = ids.shape[1]
     eos = stop_token_ids(tokenizer, model)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,

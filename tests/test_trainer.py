@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+from r1lite import grpo
 from r1lite.grpo import GRPOConfig
 from r1lite.trainer import WALL_CLOCK_KEYS, Trainer
 
@@ -60,6 +61,40 @@ def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
     trainer.train_step(groups)
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) == len(before)
+
+
+def _one_step_weights(task, tmp_path, name, groups=None, **kw):
+    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, **kw))
+    trainer.setup()
+    if groups is None:
+        for _ in range(4):
+            groups, _ = trainer.rollout()
+            informative = grpo.informative_groups(torch.cat([g["reward"] for g in groups]), 4)
+            if informative.any() and not informative.all():
+                break
+        else:
+            pytest.fail("need a batch with both informative and zero-variance groups")
+    grads = {}
+    # compare gradients, not weights: Adam's first step is blind to the gradient's scale
+    trainer.optimizer.step = lambda: grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+    trainer.train_step(groups)
+    return groups, grads
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()`")
+def test_micro_batches_and_skipped_groups_leave_the_update_unchanged(varied_task, tmp_path, monkeypatch):
+    """Chunking a step into micro-batches, and leaving zero-advantage groups out of the passes
+    (beta = 0), give the same gradient as one pass over every group."""
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    groups, skipped = _one_step_weights(task, tmp_path, "skip", micro_batch_size=16)
+    _, chunked = _one_step_weights(task, tmp_path, "chunked", groups, micro_batch_size=4)
+    monkeypatch.setattr(grpo, "informative_groups", lambda r, g: torch.ones(len(r) // g, dtype=torch.bool))
+    _, full = _one_step_weights(task, tmp_path, "full", groups, micro_batch_size=16)
+    assert any(g.abs().sum() > 0 for g in full.values())
+    for n in full:
+        torch.testing.assert_close(skipped[n], full[n], rtol=1e-4, atol=1e-7, msg=n)
+        torch.testing.assert_close(chunked[n], full[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
 def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
