@@ -3,8 +3,6 @@
     r1lite train   GRPO (R1-Zero, or R1 with a cold-start stage) from a YAML recipe and flags
     r1lite sft     supervised fine-tuning on prompt/completion JSONL
     r1lite eval    evaluate a model on a task, or score completions produced elsewhere
-    r1lite report  rebuild a run's report.html and plots
-    r1lite cost    estimate what a run costs before starting it, or price device-hours
 
 Bad input prints one line (``error: …``) and exits with status 2; no traceback.
 """

@@ -104,7 +104,10 @@ class Trainer:
         random.seed(cfg.seed)
         self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()})")
         self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
-        device_name = "cpu" if self.runtime.device.type == "cpu" else torch.cuda.get_device_name(self.runtime.device)
+        if self.runtime.device.type == "cpu":  # the price row's peak and throughput follow the dtype
+            device_name = "cpu" if self.runtime.dtype == torch.bfloat16 else "cpu-fp32"
+        else:
+            device_name = torch.cuda.get_device_name(self.runtime.device)
         hardware = cost.CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(device_name)
         self.meter = cost.CostMeter(hardware)
         self.model, self.tokenizer = load_model(cfg.model, self.runtime, seed=cfg.seed)

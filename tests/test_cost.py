@@ -66,6 +66,7 @@ def test_table_has_the_promised_rows():
 def test_hardware_kind_matches_whole_names_only():
     assert hardware_kind("NVIDIA A100-SXM4-80GB") == "A100"
     assert hardware_kind("NVIDIA L4") == "L4"
+    assert hardware_kind("cpu-fp32") == "cpu-fp32" and HARDWARE["cpu-fp32"].peak_flops < HARDWARE["cpu"].peak_flops
     with pytest.raises(UsageError, match="--hardware"):
         hardware_kind("NVIDIA L40S")
 
