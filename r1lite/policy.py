@@ -37,8 +37,9 @@ class GroupBatch:
     completion_ids: torch.Tensor  # [N, Lc]
     completion_mask: torch.Tensor  # [N, Lc] float, 1 = a real completion token
 
-    def rows(self, idx: slice) -> GroupBatch:
-        """The completions ``idx`` with only the prompts they use, trimmed to the widths they need."""
+    def rows(self, idx: slice | torch.Tensor) -> GroupBatch:
+        """The completions ``idx`` (a slice or an index tensor) with only the prompts they use,
+        trimmed to the widths they need."""
         group = self.group[idx]
         used, remap = torch.unique(group, return_inverse=True)
         valid = self.prompt_valid[used]

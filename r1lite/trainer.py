@@ -319,15 +319,11 @@ class Trainer:
             # (typically a third to a half of the groups, and of the train step, on arithmetic).
             keep = grpo.informative_groups(rewards_all, G)
             if bool(keep.any()) and not bool(keep.all()):
-                rows = keep.repeat_interleave(G).nonzero().squeeze(1)
-                completions = [completions[i] for i in rows.tolist()]
-                groups = [g for g, k in zip(groups, keep.tolist()) if k]
-                advantages, weights = advantages[rows.to(advantages.device)], weights[rows.to(weights.device)]
-                batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
-                                         [c.token_ids for c in completions],
-                                         self.tokenizer.pad_token_id).to(self.runtime.device)
+                rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(self.runtime.device)
+                batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
+        n = len(advantages)
         per_chunk = max(1, cfg.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
-        chunks = [slice(i, min(len(completions), i + per_chunk)) for i in range(0, len(completions), per_chunk)]
+        chunks = [slice(i, min(n, i + per_chunk)) for i in range(0, n, per_chunk)]
         parts = [batch.rows(c) for c in chunks]  # each chunk trimmed to the widths it needs
         old = ref = None
         with torch.no_grad():

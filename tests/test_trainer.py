@@ -81,7 +81,7 @@ def _one_step_weights(task, tmp_path, name, groups=None, **kw):
     return groups, grads
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step()`")
+@pytest.mark.filterwarnings("ignore:Seems like:UserWarning")
 def test_micro_batches_and_skipped_groups_leave_the_update_unchanged(varied_task, tmp_path, monkeypatch):
     """Chunking a step into micro-batches, and leaving zero-advantage groups out of the passes
     (beta = 0), give the same gradient as one pass over every group."""
