@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from r1lite.rollout import LlamaDecoder, gqa_attention
+from r1lite.rollout import LlamaDecoder, gqa_attention, left_pad
 
 CHUNK_POSITIONS = 128
 """Positions per chunk of the fused vocabulary projection + log-softmax: 128 x 49k fp32 logits are
@@ -60,19 +59,14 @@ class GroupBatch:
 
 def make_group_batch(prompts: list[list[int]], group: list[int], completions: list[list[int]], pad_id: int) -> GroupBatch:
     """``prompts`` are the distinct prompts; completion i continues ``prompts[group[i]]``."""
-    Lp = max(len(p) for p in prompts)
+    ids, valid = left_pad(prompts, pad_id)
     Lc = max(1, max(len(c) for c in completions))
-    ids = torch.full((len(prompts), Lp), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(prompts), Lp, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, Lp - len(p):] = torch.tensor(p, dtype=torch.long)
-        valid[i, Lp - len(p):] = True
     cids = torch.full((len(completions), Lc), pad_id, dtype=torch.long)
     cmask = torch.zeros(len(completions), Lc)
     for i, c in enumerate(completions):
         cids[i, :len(c)] = torch.tensor(c, dtype=torch.long)
         cmask[i, :len(c)] = 1
-    return GroupBatch(ids, valid, torch.tensor(group, dtype=torch.long), cids, cmask)
+    return GroupBatch(ids, valid.bool(), torch.tensor(group, dtype=torch.long), cids, cmask)
 
 
 def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -395,12 +395,9 @@ def _generate_batch(decoder, tokenizer, prompts, s: Sampling, n, generator, stop
     L = shared_prefix(prompts) if B > 1 else 0
     S = max(len(p) for p in prompts) - L  # suffix width: [shared prefix | left pad | own tokens]
     width = L + S + s.max_new_tokens
-    suffix = torch.full((B, S), tokenizer.pad_token_id, dtype=torch.long)
+    suffix, own = left_pad([p[L:] for p in prompts], tokenizer.pad_token_id)  # [B, S]
     valid = torch.ones(B, width, dtype=torch.bool)
-    for r, p in enumerate(prompts):
-        own = p[L:]
-        suffix[r, S - len(own):] = torch.tensor(own)
-        valid[r, L:L + S - len(own)] = False
+    valid[:, L:L + S] = own.bool()
     positions = valid[:, :L + S].long().cumsum(-1) - 1  # RoPE positions count real tokens only
     suffix, valid, positions = suffix.to(device), valid.to(device), positions.to(device)
     stats.prompt_tokens += sum(len(p) for p in prompts)
