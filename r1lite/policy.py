@@ -71,21 +71,26 @@ def make_group_batch(prompts: list[list[int]], group: list[int], completions: li
 
 def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each completion token, [N, Lc] fp32, and optionally the policy's entropy
-    at each completion position, [N, Lc] (no gradient)."""
+    at each completion position, [N, Lc] (no gradient). Padding positions hold 0."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if LlamaDecoder.supports(base):
-        hidden = _llama_hidden(base, batch)  # [N, Lc, C]: the states that predict each completion token
-    else:
-        hidden = _generic_hidden(base, model, batch)
-    # The vocabulary projection is the largest matmul of the step: run it on real tokens only,
-    # not on the padding that ends the shorter completions (zeros there; callers mask them out).
     real = batch.completion_mask.bool()
-    logp, entropy = head_logprobs(hidden[real][None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy)
+    if LlamaDecoder.supports(base):
+        hidden = _llama_hidden(base, batch)  # [M, C]: the states that predict the M real completion tokens
+    else:
+        hidden = _generic_hidden(base, model, batch)[real]
+    logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy)
     full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
     return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
 
 
 def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
+    """Final-normed states that predict each real completion token, [M, C] in row-major order.
+
+    Completions are packed: norms, projections and MLPs run on the M real tokens only, not on the
+    padding after the shorter completions (in a GRPO step of 16 completions of at most 64 tokens,
+    a third of the positions were padding). Only attention sees the padded [N, Lc] layout, which
+    needs each completion's real tokens to be a prefix of its row (as make_group_batch builds it).
+    """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     m = base.model
@@ -94,41 +99,50 @@ def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
     N, Lc = b.completion_ids.shape
     H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    real = b.completion_mask.bool()
+    lengths = real.sum(1)
+    if not bool((real == (torch.arange(Lc, device=real.device) < lengths[:, None])).all()):
+        raise ValueError("completion_mask must mark a prefix of each row (build batches with make_group_batch)")
+    flat = real.reshape(-1).nonzero().squeeze(1)  # [M]: where each real token sits in [N * Lc]
+    M = flat.numel()
     prompt_pos = (b.prompt_valid.long().cumsum(-1) - 1).clamp(min=0)  # [P, Lp]
-    comp_pos = prompt_pos[b.group, -1:] + 1 + torch.arange(Lc, device=prompt_pos.device)  # [N, Lc]
+    comp_pos = (prompt_pos[b.group, -1:] + 1 + torch.arange(Lc, device=prompt_pos.device)).reshape(-1)[flat]  # [M]
     causal_p = torch.ones(Lp, Lp, dtype=torch.bool, device=prompt_pos.device).tril()
     mask_p = (causal_p[None] & b.prompt_valid[:, None, :]) | torch.eye(Lp, dtype=torch.bool, device=causal_p.device)
     causal_c = torch.ones(Lc, Lc, dtype=torch.bool, device=prompt_pos.device).tril()
     mask_c = torch.cat([b.prompt_valid[b.group][:, None, :].expand(N, Lc, Lp), causal_c[None].expand(N, Lc, Lc)], dim=-1)
     xp = m.embed_tokens(b.prompt_ids)  # [P, Lp, C]
-    xc = m.embed_tokens(b.completion_ids)  # [N, Lc, C]
+    xc = m.embed_tokens(b.completion_ids.reshape(-1)[flat])  # [M, C]
     cos_p, sin_p = m.rotary_emb(xp, prompt_pos)
-    cos_c, sin_c = m.rotary_emb(xc, comp_pos)
+    cos_c, sin_c = (t[0] for t in m.rotary_emb(xc[None], comp_pos[None]))  # [M, D]
 
-    def qkv(att, h, rows, T, cos, sin):
-        q = att.q_proj(h).view(rows, T, H, D).transpose(1, 2)
-        k = att.k_proj(h).view(rows, T, KV, D).transpose(1, 2)
-        v = att.v_proj(h).view(rows, T, KV, D).transpose(1, 2)
+    def unpack(t: torch.Tensor, heads: int) -> torch.Tensor:  # [M, heads, D] -> [N, heads, Lc, D], zeros at padding
+        return t.new_zeros(N * Lc, heads * D).index_copy(0, flat, t.reshape(M, heads * D)).view(N, Lc, heads, D).transpose(1, 2)
+
+    def project(att, h, shape_q, shape_kv):
+        q, k, v = att.q_proj(h).view(*shape_q), att.k_proj(h).view(*shape_kv), att.v_proj(h).view(*shape_kv)
         if hasattr(att, "q_norm"):  # Qwen3
             q, k = att.q_norm(q), att.k_norm(k)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
 
     for layer in m.layers:
         att = layer.self_attn
-        hp, hc = layer.input_layernorm(xp), layer.input_layernorm(xc)
-        qp, kp, vp = qkv(att, hp, P, Lp, cos_p, sin_p)
-        qc, kc, vc = qkv(att, hc, N, Lc, cos_c, sin_c)
+        qp, kp, vp = (t.transpose(1, 2) for t in project(att, layer.input_layernorm(xp), (P, Lp, H, D), (P, Lp, KV, D)))
+        qp, kp = apply_rotary_pos_emb(qp, kp, cos_p, sin_p)
+        qc, kc, vc = project(att, layer.input_layernorm(xc), (M, H, D), (M, KV, D))
+        qc, kc = apply_rotary_pos_emb(qc, kc, cos_c, sin_c, unsqueeze_dim=1)
         op = gqa_attention(qp, kp, vp, mask_p[:, None])  # [P, H, Lp, D]
-        keys = torch.cat([kp[b.group], kc], dim=2)  # [N, KV, Lp + Lc, D]: the prompt's keys, then its own
-        values = torch.cat([vp[b.group], vc], dim=2)
-        oc = gqa_attention(qc, keys, values, mask_c[:, None])  # [N, H, Lc, D]
+        keys = torch.cat([kp[b.group], unpack(kc, KV)], dim=2)  # [N, KV, Lp + Lc, D]: the prompt's keys, then its own
+        values = torch.cat([vp[b.group], unpack(vc, KV)], dim=2)
+        oc = gqa_attention(unpack(qc, H), keys, values, mask_c[:, None])  # [N, H, Lc, D]
         xp = xp + att.o_proj(op.transpose(1, 2).reshape(P, Lp, H * D))
-        xc = xc + att.o_proj(oc.transpose(1, 2).reshape(N, Lc, H * D))
+        xc = xc + att.o_proj(oc.transpose(1, 2).reshape(N * Lc, H * D).index_select(0, flat))
         xp = xp + layer.mlp(layer.post_attention_layernorm(xp))
         xc = xc + layer.mlp(layer.post_attention_layernorm(xc))
-    # Completion token t is predicted by the state before it: the prompt's last state for t = 0.
-    states = torch.cat([xp[b.group, -1:], xc[:, :-1]], dim=1)  # [N, Lc, C]
+    # Completion token t is predicted by the state before it (packed: the previous row of xc), and
+    # the first token of each completion by its prompt's last state.
+    starts = (lengths.cumsum(0) - lengths)[lengths > 0]
+    states = torch.cat([xc.new_zeros(1, xc.shape[1]), xc[:-1]]).index_copy(0, starts, xp[b.group[lengths > 0], -1])
     return m.norm(states)
 
 

@@ -176,6 +176,13 @@ class LlamaDecoder:
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
         self.norm = model.model.norm.weight.detach().to(self.dtype)[:, None]
         self.head = model.lm_head.weight.detach().to(self.dtype)
+        self.head_packed = None
+        if self.device.type == "cpu" and self.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            # oneDNN's linear with the weight reordered once into its blocked layout computes the
+            # vocabulary head (49k x 576) in 13.7 ms at batch 16 against 20.4 ms for MKL's
+            # ``W @ x`` (5.3-7 vs 11.3 ms at batch 1, 33 vs 37 ms at 64; 2-core EPYC, fp32).
+            # The reorder takes 80 ms per sync; 16 is the batch it is tuned for.
+            self.head_packed = torch.ops.mkldnn._reorder_linear_weight(self.head, 16)
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float().to(self.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -260,7 +267,10 @@ class LlamaDecoder:
             act = F.silu(g) * u
             x = x + (self._mm(ly["wd"], act) if ly["bd"] is None else self._mm(ly["wd"], act) + ly["bd"])
         last = x.view(-1, B, T)[:, :, -1].contiguous()  # [C, B]
-        return self._mm(self.head, self._rms(last, self.norm)).t().float()  # [B, V]
+        last = self._rms(last, self.norm)
+        if self.head_packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(last.t(), self.head_packed, None, "none", [], "")
+        return self._mm(self.head, last).t().float()  # [B, V]
 
     def _mask(self, key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
         """Boolean attention mask [B, 1, T, start+T]: causal, pads hidden; None when not needed."""
@@ -319,7 +329,8 @@ def sample_next(logits: torch.Tensor, s: Sampling, generator: torch.Generator | 
     """Pick one token per row from logits [B, V] (fp32)."""
     if s.temperature == 0:
         return logits.argmax(-1)
-    logits = logits / s.temperature
+    if s.temperature != 1:
+        logits = logits / s.temperature
     if s.top_k:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -328,8 +339,22 @@ def sample_next(logits: torch.Tensor, s: Sampling, generator: torch.Generator | 
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= s.top_p  # keep the token that crosses top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample_categorical(logits, generator)
+
+
+def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row from softmax(logits) by inverting the cumulative distribution: one uniform
+    number per row, a cumulative sum and a binary search.
+
+    ``torch.multinomial`` draws one exponential number per vocabulary entry instead: 24 ms per
+    step for 16 rows x 49k tokens on the 2-core CPU we measured, against 1.4 ms here, and 94 ms
+    against 6 ms for 64 rows, more than a whole decode step of the layers at batch 16.
+    Tokens with probability 0 (masked to -inf) are never drawn.
+    """
+    weights = (logits - logits.amax(-1, keepdim=True)).exp_()  # unnormalised: u is scaled instead
+    cdf = weights.cumsum_(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,3 +172,20 @@ def test_llama_family_uses_the_fast_decoder_and_others_the_generic_one(tiny):
     gpt2.generation_config.eos_token_id = tokenizer.eos_token_id
     ref = reference_greedy(gpt2, tokenizer, prompts, 8)
     assert [o[0].token_ids for o in out] == ref
+
+
+def test_sampler_never_draws_masked_tokens_and_applies_temperature():
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    logits = probs.log().expand(40000, 6).contiguous()
+    g = torch.Generator().manual_seed(1)
+    drawn = sample_next(logits, Sampling(temperature=1.0), g)
+    assert set(drawn.tolist()) == {1, 3, 4}  # zero-probability tokens, first and last included, never come
+    hot = torch.bincount(sample_next(logits, Sampling(temperature=2.0), g), minlength=6).float() / 40000
+    expected = (logits[0] / 2).softmax(-1)
+    assert torch.allclose(hot, expected, atol=0.01)
+    # a wide vocabulary (the cumulative sum runs over 4096 entries): the most likely tokens come
+    # as often as softmax says, within sampling noise
+    wide = torch.randn(1, 4096, generator=torch.Generator().manual_seed(2)) * 3
+    counts = torch.bincount(sample_next(wide.expand(16000, -1).contiguous(), Sampling(), g), minlength=4096).float() / 16000
+    top = wide[0].softmax(-1).topk(5).indices
+    assert torch.allclose(counts[top], wide[0].softmax(-1)[top], atol=0.01)
