@@ -317,8 +317,13 @@ class Trainer:
             # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
             # The weights above were computed on the whole batch, so the gradient is unchanged
             # (typically a third to a half of the groups, and of the train step, on arithmetic).
+            # When no group is informative the whole gradient is 0: no forward or backward at all,
+            # but the optimizer still steps on zero gradients (Adam's moments keep moving the
+            # weights, exactly as after a computed zero gradient).
             keep = grpo.informative_groups(rewards_all, G)
-            if bool(keep.any()) and not bool(keep.all()):
+            if not bool(keep.any()):
+                advantages = advantages[:0]
+            elif not bool(keep.all()):
                 rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(self.runtime.device)
                 batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
         n = len(advantages)
@@ -336,6 +341,9 @@ class Trainer:
         grad_norm = 0.0
         self.model.train()
         for it in range(cfg.mu):
+            if n == 0:
+                for p in self.params:
+                    p.grad = torch.zeros_like(p)
             for j, (c, part) in enumerate(zip(chunks, parts)):
                 logp, entropy = self.logprobs(self.model, part, with_entropy=it == 0)
                 w = weights[c, :logp.shape[1]]
@@ -359,7 +367,7 @@ class Trainer:
         self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens, context=context))
         return {"clip_frac": stats["clipped"] / max(1.0, counted),
                 "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
-                "entropy": stats["entropy_sum"] / max(1.0, counted), "grad_norm": grad_norm,
+                "entropy": stats["entropy_sum"] / max(1.0, counted) if n else None, "grad_norm": grad_norm,
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": tokens}
 
     def logprobs(self, model, batch, with_entropy: bool = False):

@@ -66,3 +66,27 @@ def test_head_logprobs_across_chunks_match_log_softmax():
     eh, ew = torch.autograd.grad((expected * g).sum(), (hidden, weight))
     torch.testing.assert_close(gh.double(), eh, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gw.double(), ew, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_gradient_is_dense_and_exact_tied_or_not(tied):
+    """The tied embedding takes a sparse gradient that lands in the head's dense one; an untied
+    embedding keeps the dense path. Either way the weights get the reference gradient."""
+    from transformers import LlamaForCausalLM
+
+    from r1lite.models import tiny_config
+
+    _, tokenizer = load_model("tiny", FP32)
+    cfg = tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    cfg.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    prompts, group, completions = [[1, 5, 9, 4], [2, 3]], [0, 1, 1], [[7, 8, 6], [5], [9, 9]]
+    sum(r.sum() for r in reference(model, prompts, group, completions)).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    batch = make_group_batch(prompts, group, completions, pad_id=0)
+    (completion_logprobs(model, batch)[0] * batch.completion_mask).sum().backward()
+    for n, p in model.named_parameters():
+        assert p.grad.layout == torch.strided, n
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-4 * expected[n].abs().max().item() + 1e-8, rtol=1e-3, msg=n)

@@ -97,6 +97,39 @@ def test_micro_batches_and_skipped_groups_leave_the_update_unchanged(varied_task
         torch.testing.assert_close(chunked[n], full[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
+def _two_steps(task, tmp_path, name, monkeypatch, force_full: bool):
+    """A normal step, then a step where every group has equal rewards; the weights after both."""
+    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10))
+    trainer.setup()
+    for _ in range(4):
+        groups, _ = trainer.rollout()
+        if grpo.informative_groups(torch.cat([g["reward"] for g in groups]), 4).any():
+            break
+    else:
+        pytest.fail("need a first batch with an informative group")
+    trainer.train_step(groups)
+    after_first = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    flat = [dict(g, reward=torch.zeros_like(g["reward"])) for g in groups]
+    with monkeypatch.context() as m:
+        if force_full:
+            m.setattr(grpo, "informative_groups", lambda r, g: torch.ones(len(r) // g, dtype=torch.bool))
+        out = trainer.train_step(flat)
+    return after_first, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, out
+
+
+def test_a_step_with_no_informative_group_skips_the_passes_and_still_steps_adam(varied_task, tmp_path, monkeypatch):
+    """All advantages 0 (beta = 0): no forward/backward, yet the weights move exactly as after a
+    computed zero gradient (Adam's momentum from the step before)."""
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    first, skipped, out = _two_steps(task, tmp_path, "skip", monkeypatch, force_full=False)
+    _, full, _ = _two_steps(task, tmp_path, "full", monkeypatch, force_full=True)
+    assert out["train_tokens"] == 0 and out["entropy"] is None
+    assert any(not torch.equal(first[n], skipped[n]) for n in first)  # momentum moved the weights
+    for n in full:
+        torch.testing.assert_close(skipped[n], full[n], rtol=1e-5, atol=1e-8, msg=n)
+
+
 def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
