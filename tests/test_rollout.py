@@ -47,18 +47,19 @@ def first_divergence(ours, ref):
     return None
 
 
-def run_greedy(model, tokenizer, dtype, max_new_tokens=32):
+def run_greedy(model, tokenizer, dtype, max_new_tokens=32, batch_size=64):
     prompts = prompts_for(tokenizer)
     decoder = make_decoder(model, dtype)
     out = generate(decoder, tokenizer, prompts, Sampling(max_new_tokens=max_new_tokens, temperature=0),
-                   stop_ids=stop_token_ids(tokenizer, model))
+                   stop_ids=stop_token_ids(tokenizer, model), batch_size=batch_size)
     return prompts, [o[0].token_ids for o in out]
 
 
+@pytest.mark.parametrize("batch_size", [64, 3])  # 3: the small-batch projections (oneDNN on CPU)
 @pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
-def test_greedy_tokens_identical_to_transformers_in_fp32(which, request):
+def test_greedy_tokens_identical_to_transformers_in_fp32(which, batch_size, request):
     model, tokenizer = request.getfixturevalue(which)
-    prompts, ours = run_greedy(model, tokenizer, torch.float32)
+    prompts, ours = run_greedy(model, tokenizer, torch.float32, batch_size=batch_size)
     ref = reference_greedy(model, tokenizer, prompts, 32)
     assert ours == ref, first_divergence(ours, ref)
 
