@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "train_step_profile.json"))
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(model="default", task="arithmetic", format="r1", batch_size=16, group_size=8,
+        cfg = GRPOConfig(model="default", task="arithmetic", format="plain:2", batch_size=16, group_size=8,
                          micro_batch_size=16, max_new_tokens=64, beta=0.0, mu=1, lr=1e-6, eval_items=0,
                          save_every=0, max_steps=1, out=f"{tmp}/run")
         trainer = Trainer(cfg)
