@@ -176,15 +176,9 @@ class LlamaDecoder:
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
         self.norm = model.model.norm.weight.detach().to(self.dtype)[:, None]
         self.head = model.lm_head.weight.detach().to(self.dtype)
-        self._packed: dict[int, torch.Tensor] = {}  # layer weights reordered for oneDNN, made on first use
+        # weights reordered for oneDNN's linear (fp32 CPU), made on first use after each sync
+        self._packed: dict[int, torch.Tensor] = {}
         self._can_pack = self.device.type == "cpu" and self.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-        self.head_packed = None
-        if self._can_pack:
-            # oneDNN's linear with the weight reordered once into its blocked layout computes the
-            # vocabulary head (49k x 576) in 13.7 ms at batch 16 against 20.4 ms for MKL's
-            # ``W @ x`` (5.3-7 vs 11.3 ms at batch 1, 33 vs 37 ms at 64; 2-core EPYC, fp32).
-            # The reorder takes 80 ms per sync; 16 is the batch it is tuned for.
-            self.head_packed = torch.ops.mkldnn._reorder_linear_weight(self.head, 16)
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float().to(self.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -220,14 +214,19 @@ class LlamaDecoder:
         Otherwise MKL's kernels for 2 <= N < 16 columns run slower than for 16 (1.3 ms vs 0.8 ms for
         a 3072x576 weight): pad to 16."""
         n = x.shape[1]
-        if self.device.type == "cpu" and n < self.SMALL_BATCH and self._can_pack:
-            packed = self._packed.get(weight.data_ptr())
-            if packed is None:
-                packed = self._packed[weight.data_ptr()] = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
-            return torch.ops.mkldnn._linear_pointwise(x.t(), packed, None, "none", [], "").t()
+        if n < self.SMALL_BATCH and self._can_pack:
+            return self._onednn(weight, x).t()
         if self.device.type == "cpu" and 1 < n < 16:
             return (weight @ F.pad(x, (0, 16 - n)))[:, :n]
         return weight @ x
+
+    def _onednn(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(weight @ x).T``, [N, out], with oneDNN's linear on the weight reordered into its blocked
+        layout once per sync (16 = the batch the layout is tuned for)."""
+        packed = self._packed.get(weight.data_ptr())
+        if packed is None:
+            packed = self._packed[weight.data_ptr()] = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+        return torch.ops.mkldnn._linear_pointwise(x.t(), packed, None, "none", [], "")
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x [C, N], weight [C, 1]
         xf = x.float()
@@ -285,8 +284,11 @@ class LlamaDecoder:
             x = x + (self._mm(ly["wd"], act) if ly["bd"] is None else self._mm(ly["wd"], act) + ly["bd"])
         last = x.view(-1, B, T)[:, :, -1].contiguous()  # [C, B]
         last = self._rms(last, self.norm)
-        if self.head_packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(last.t(), self.head_packed, None, "none", [], "")
+        if self._can_pack:
+            # oneDNN computes the vocabulary head (49k x 576) in 13.7 ms at batch 16 against 20.4 ms
+            # for MKL's ``W @ x`` (5.3-7 vs 11.3 ms at batch 1, 33 vs 37 ms at 64; 2-core EPYC, fp32),
+            # for an 80 ms reorder per sync.
+            return self._onednn(self.head, last)
         return self._mm(self.head, last).t().float()  # [B, V]
 
     def _mask(self, key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
