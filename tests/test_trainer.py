@@ -46,19 +46,22 @@ def test_train_runs_end_to_end_with_built_in_defaults(cli, tmp_path):
     assert "report:" in r.stdout and "cost:" in r.stdout
 
 
+def _rollout_until(trainer, wanted, what: str) -> list[dict]:
+    """Draw rollouts (half the test task's rows always score 1) until ``wanted(informative groups)``."""
+    for _ in range(4):
+        groups, _ = trainer.rollout()
+        if wanted(grpo.informative_groups(torch.cat([g["reward"] for g in groups]), trainer.cfg.group_size)):
+            return groups
+    pytest.fail(f"need a batch with {what}")
+
+
 def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
     trainer = Trainer(small_config(task, tmp_path))
     trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-    for _ in range(4):  # half the rows always score 1: draw batches until one has varied rewards
-        groups, info = trainer.rollout()
-        if float(torch.cat([g["reward"] for g in groups]).std()) > 0:
-            break
-    else:
-        pytest.fail("the test task must give varied rewards")
-    trainer.train_step(groups)
+    trainer.train_step(_rollout_until(trainer, lambda keep: keep.any(), "varied rewards"))
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) == len(before)
 
@@ -67,13 +70,8 @@ def _one_step_weights(task, tmp_path, name, groups=None, **kw):
     trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, **kw))
     trainer.setup()
     if groups is None:
-        for _ in range(4):
-            groups, _ = trainer.rollout()
-            informative = grpo.informative_groups(torch.cat([g["reward"] for g in groups]), 4)
-            if informative.any() and not informative.all():
-                break
-        else:
-            pytest.fail("need a batch with both informative and zero-variance groups")
+        groups = _rollout_until(trainer, lambda keep: keep.any() and not keep.all(),
+                                "both informative and zero-variance groups")
     grads = {}
     # compare gradients, not weights: Adam's first step is blind to the gradient's scale
     trainer.optimizer.step = lambda: grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
@@ -101,12 +99,7 @@ def _two_steps(task, tmp_path, name, monkeypatch, force_full: bool):
     """A normal step, then a step where every group has equal rewards; the weights after both."""
     trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10))
     trainer.setup()
-    for _ in range(4):
-        groups, _ = trainer.rollout()
-        if grpo.informative_groups(torch.cat([g["reward"] for g in groups]), 4).any():
-            break
-    else:
-        pytest.fail("need a first batch with an informative group")
+    groups = _rollout_until(trainer, lambda keep: keep.any(), "an informative group")
     trainer.train_step(groups)
     after_first = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     flat = [dict(g, reward=torch.zeros_like(g["reward"])) for g in groups]
