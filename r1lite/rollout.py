@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from r1lite import cpu_kernels
 from r1lite.errors import UsageError
 
 
@@ -105,6 +106,58 @@ def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
     return torch.matmul(probs, values).view(B, H, T, D)
 
 
+class Projection:
+    """One weight of the decoder: ``weight @ f(x) + bias`` for feature-major activations x [K, N],
+    with the fastest product this machine has for it. f is the identity, an RMS norm (a layer's
+    input norm, fused into the product) or SwiGLU (x holds gate and up).
+
+    fp32 on CPU, best first: our kernel (:mod:`r1lite.cpu_kernels`) on a copy of the weight packed
+    at each sync, up to ``cpu_kernels.MAX_COLUMNS`` columns; where it cannot be built, oneDNN's
+    linear on a copy reordered for it below ``SMALL_BATCH`` columns and for the vocabulary head
+    (decode step of the 135M model 37.6 vs 45.8 ms at batch 1 against MKL, head 13.7 vs 20.4 ms
+    at 16; 2-core EPYC); otherwise MKL, with 2..15 columns padded to 16 (its kernels for fewer
+    run slower: 1.3 vs 0.8 ms for a 3072x576 weight).
+    """
+
+    SMALL_BATCH = 8
+
+    def __init__(self, weight: torch.Tensor, lib, onednn: bool):
+        self.weight = weight
+        self.packed = cpu_kernels.PackedWeight(weight, lib) if lib is not None else None
+        self.onednn = onednn
+        self._reordered: torch.Tensor | None = None  # oneDNN's layout, made on first use
+
+    def __call__(self, x: torch.Tensor, prologue: str = "plain", norm: torch.Tensor | None = None, eps: float = 0.0,
+                 bias: torch.Tensor | None = None, into: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
+        """[O, N], or [N, O] with ``transposed``; added into ``into`` in place when given (see
+        :meth:`r1lite.cpu_kernels.PackedWeight.linear`, whose meaning this keeps on every path)."""
+        n = x.shape[1]
+        if self.packed is not None and n <= cpu_kernels.MAX_COLUMNS:
+            return self.packed.linear(x, prologue, norm, eps, bias, into, transposed)
+        if prologue == "rmsnorm":
+            xf = x.float()
+            x = (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + eps)).to(x.dtype) * norm[:, None]
+        elif prologue == "swiglu":
+            gate, up = x.chunk(2, dim=0)
+            x = F.silu(gate) * up
+        if self.onednn and (n < self.SMALL_BATCH or transposed):
+            if self._reordered is None:
+                self._reordered = torch.ops.mkldnn._reorder_linear_weight(self.weight, 16)
+            out = torch.ops.mkldnn._linear_pointwise(x.t(), self._reordered, None, "none", [], "")
+            out = out if transposed else out.t()
+        else:
+            if self.weight.device.type == "cpu" and 1 < n < 16:
+                out = (self.weight @ F.pad(x, (0, 16 - n)))[:, :n]
+            else:
+                out = self.weight @ x
+            out = out.t().contiguous() if transposed else out
+        if bias is not None:
+            out = out + (bias if transposed else bias[:, None])
+        if into is None:
+            return out
+        return into.add_(out)
+
+
 class LlamaDecoder:
     """Inference forward for Llama-family models with a static KV cache, reading the weights of a
     transformers model (LoRA adapters merged in).
@@ -157,28 +210,34 @@ class LlamaDecoder:
             if all(lin.bias is None for lin in linears):
                 return None
             return torch.cat([lin.bias.detach() if lin.bias is not None else
-                              torch.zeros(lin.out_features, device=self.device) for lin in linears]).to(self.dtype)[:, None]
+                              torch.zeros(lin.out_features, device=self.device) for lin in linears]).to(self.dtype)
+
+        on_cpu32 = self.device.type == "cpu" and self.dtype == torch.float32
+        lib = cpu_kernels.load() if on_cpu32 else None
+        onednn = on_cpu32 and lib is None and torch.backends.mkldnn.is_available()
+
+        def proj(weight):
+            return Projection(weight, lib, onednn)
 
         self.layers = []
         for layer in model.model.layers:
             att, mlp = layer.self_attn, layer.mlp
             self.layers.append(dict(
-                ln1=layer.input_layernorm.weight.detach().to(self.dtype)[:, None],
-                wqkv=torch.cat([w(att.q_proj), w(att.k_proj), w(att.v_proj)]),
+                ln1=layer.input_layernorm.weight.detach().to(self.dtype),
+                wqkv=proj(torch.cat([w(att.q_proj), w(att.k_proj), w(att.v_proj)])),
                 bqkv=b(att.q_proj, att.k_proj, att.v_proj),
-                wo=w(att.o_proj), bo=b(att.o_proj),
+                wo=proj(w(att.o_proj)), bo=b(att.o_proj),
                 q_norm=att.q_norm.weight.detach().to(self.dtype) if hasattr(att, "q_norm") else None,
                 k_norm=att.k_norm.weight.detach().to(self.dtype) if hasattr(att, "k_norm") else None,
-                ln2=layer.post_attention_layernorm.weight.detach().to(self.dtype)[:, None],
-                wgu=torch.cat([w(mlp.gate_proj), w(mlp.up_proj)]), bgu=b(mlp.gate_proj, mlp.up_proj),
-                wd=w(mlp.down_proj), bd=b(mlp.down_proj),
+                ln2=layer.post_attention_layernorm.weight.detach().to(self.dtype),
+                wgu=proj(torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])), bgu=b(mlp.gate_proj, mlp.up_proj),
+                wd=proj(w(mlp.down_proj)), bd=b(mlp.down_proj),
             ))
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
-        self.norm = model.model.norm.weight.detach().to(self.dtype)[:, None]
-        self.head = model.lm_head.weight.detach().to(self.dtype)
-        # weights reordered for oneDNN's linear (fp32 CPU), made on first use after each sync
-        self._packed: dict[int, torch.Tensor] = {}
-        self._can_pack = self.device.type == "cpu" and self.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        self.norm = model.model.norm.weight.detach().to(self.dtype)
+        self.head = proj(model.lm_head.weight.detach().to(self.dtype))
+        # one call per layer for a decode step's attention (fp32 CPU kernel; not with Qwen3's q/k norms)
+        self._attend = lib if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0 else None
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float().to(self.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -199,38 +258,6 @@ class LlamaDecoder:
         self.cache = None
 
     # -- forward ---------------------------------------------------------------------------------
-
-    SMALL_BATCH = 8
-    """Below this many columns, fp32 CPU projections use oneDNN on weights reordered for it."""
-
-    def _mm(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``weight @ x`` for x [K, N].
-
-        On an fp32 CPU with fewer than SMALL_BATCH columns (the tail of every batch, as rows
-        finish), oneDNN's linear on weights reordered once per sync streams them faster than MKL:
-        a whole decode step of the 135M model took 37.6 vs 45.8 ms at batch 1 and 47.9 vs 68.7 ms
-        at batch 4, but 85 vs 83 ms at 16 and 211 vs 199 at 64 (2-core EPYC), so larger batches
-        keep MKL. The reorder (210 ms for all layers) happens the first time a sync needs it.
-        Otherwise MKL's kernels for 2 <= N < 16 columns run slower than for 16 (1.3 ms vs 0.8 ms for
-        a 3072x576 weight): pad to 16."""
-        n = x.shape[1]
-        if n < self.SMALL_BATCH and self._can_pack:
-            return self._onednn(weight, x).t()
-        if self.device.type == "cpu" and 1 < n < 16:
-            return (weight @ F.pad(x, (0, 16 - n)))[:, :n]
-        return weight @ x
-
-    def _onednn(self, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(weight @ x).T``, [N, out], with oneDNN's linear on the weight reordered into its blocked
-        layout once per sync (16 = the batch the layout is tuned for)."""
-        packed = self._packed.get(weight.data_ptr())
-        if packed is None:
-            packed = self._packed[weight.data_ptr()] = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
-        return torch.ops.mkldnn._linear_pointwise(x.t(), packed, None, "none", [], "")
-
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # x [C, N], weight [C, 1]
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + self.eps)).to(self.dtype) * weight
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -254,42 +281,42 @@ class LlamaDecoder:
         """
         B, T = tokens.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        end = start + T
         cos, sin = self._cos_sin(positions)
         x = self.embed[tokens.reshape(-1)].t().contiguous()  # [C, B*T], row-major
-        mask = self._mask(key_valid, start, T)  # [B, 1, T, end] or None
+        # A decode step on an fp32 CPU: attention (RoPE and the cache write included) in one call
+        # of our kernel per layer; otherwise ~25 torch operations.
+        fast = self._attend is not None and T == 1 and B <= cpu_kernels.MAX_COLUMNS
+        if fast:
+            cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
+        else:
+            mask = self._mask(key_valid, start, T)  # [B, 1, T, end] or None
         for i, ly in enumerate(self.layers):
-            h = self._rms(x, ly["ln1"])
-            qkv = self._mm(ly["wqkv"], h)  # [(H + 2 KV) * D, B*T]
-            if ly["bqkv"] is not None:
-                qkv = qkv + ly["bqkv"]
-            qkv = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)  # [B, H + 2 KV, T, D]
-            q, k, v = qkv.split([H, KV, KV], dim=1)
-            if ly["q_norm"] is not None:
-                q = F.rms_norm(q.float(), (D,), ly["q_norm"].float(), self.eps).to(self.dtype)
-                k = F.rms_norm(k.float(), (D,), ly["k_norm"].float(), self.eps).to(self.dtype)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            cache = self.cache[i]  # [2, B, KV, max_len, D]
-            cache[0, :, :, start:end] = k
-            cache[1, :, :, start:end] = v
-            o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask)  # [B, H, T, D]
-            o = o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()  # [H*D, B*T]
-            x = x + (self._mm(ly["wo"], o) if ly["bo"] is None else self._mm(ly["wo"], o) + ly["bo"])
-            h = self._rms(x, ly["ln2"])
-            gu = self._mm(ly["wgu"], h)
-            if ly["bgu"] is not None:
-                gu = gu + ly["bgu"]
-            g, u = gu.chunk(2, dim=0)
-            act = F.silu(g) * u
-            x = x + (self._mm(ly["wd"], act) if ly["bd"] is None else self._mm(ly["wd"], act) + ly["bd"])
+            qkv = ly["wqkv"](x, "rmsnorm", ly["ln1"], self.eps, ly["bqkv"])  # [(H + 2 KV) * D, B*T]
+            if fast:
+                o = cpu_kernels.attend_decode(self._attend, qkv, H, KV, cos, sin, self.cache[i], start, key_valid)
+            else:
+                o = self._attention(ly, qkv, self.cache[i], B, T, cos, sin, start, mask)
+            ly["wo"](o, bias=ly["bo"], into=x)  # the residual stream, updated in place
+            gu = ly["wgu"](x, "rmsnorm", ly["ln2"], self.eps, ly["bgu"])
+            ly["wd"](gu, "swiglu", bias=ly["bd"], into=x)
         last = x.view(-1, B, T)[:, :, -1].contiguous()  # [C, B]
-        last = self._rms(last, self.norm)
-        if self._can_pack:
-            # oneDNN computes the vocabulary head (49k x 576) in 13.7 ms at batch 16 against 20.4 ms
-            # for MKL's ``W @ x`` (5.3-7 vs 11.3 ms at batch 1, 33 vs 37 ms at 64; 2-core EPYC, fp32),
-            # for an 80 ms reorder per sync.
-            return self._onednn(self.head, last)
-        return self._mm(self.head, last).t().float()  # [B, V]
+        return self.head(last, "rmsnorm", self.norm, self.eps, transposed=True).float()  # [B, V]
+
+    def _attention(self, ly, qkv, cache, B, T, cos, sin, start, mask):
+        """qkv [(H + 2 KV) * D, B*T] -> attention output [H*D, B*T], keys and values written to
+        ``cache`` [2, B, KV, max_len, D] at columns start .. start+T."""
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        end = start + T
+        qkv = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)  # [B, H + 2 KV, T, D]
+        q, k, v = qkv.split([H, KV, KV], dim=1)
+        if ly["q_norm"] is not None:
+            q = F.rms_norm(q.float(), (D,), ly["q_norm"].float(), self.eps).to(self.dtype)
+            k = F.rms_norm(k.float(), (D,), ly["k_norm"].float(), self.eps).to(self.dtype)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        cache[0, :, :, start:end] = k
+        cache[1, :, :, start:end] = v
+        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask)  # [B, H, T, D]
+        return o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()
 
     def _mask(self, key_valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
         """Boolean attention mask [B, 1, T, start+T]: causal, pads hidden; None when not needed."""

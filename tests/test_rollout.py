@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from r1lite import cpu_kernels
 from r1lite.models import cpu_bf16_flags, load_model, resolve_runtime, stop_token_ids
 from r1lite.rollout import GenerationStats, HFDecoder, LlamaDecoder, Sampling, encode_prompts, generate, left_pad, make_decoder, render_prompt, sample_next
 
@@ -55,9 +56,12 @@ def run_greedy(model, tokenizer, dtype, max_new_tokens=32, batch_size=64):
     return prompts, [o[0].token_ids for o in out]
 
 
-@pytest.mark.parametrize("batch_size", [64, 3])  # 3: the small-batch projections (oneDNN on CPU)
+@pytest.mark.parametrize("kernels", ["ours", "torch"])  # torch: the path where our CPU kernel cannot be built
+@pytest.mark.parametrize("batch_size", [64, 3])  # 3: small batches (prefill on the kernel; oneDNN without it)
 @pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
-def test_greedy_tokens_identical_to_transformers_in_fp32(which, batch_size, request):
+def test_greedy_tokens_identical_to_transformers_in_fp32(which, batch_size, kernels, request, monkeypatch):
+    if kernels == "torch":
+        monkeypatch.setattr(cpu_kernels, "load", lambda: None)
     model, tokenizer = request.getfixturevalue(which)
     prompts, ours = run_greedy(model, tokenizer, torch.float32, batch_size=batch_size)
     ref = reference_greedy(model, tokenizer, prompts, 32)

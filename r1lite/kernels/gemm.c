@@ -1,0 +1,257 @@
+/* The projections of a decode step on x86-64 CPUs with AVX2 and FMA, fp32.
+ *
+ * r1_linear computes out[O, N] (+)= W[O, K] @ f(x) (+ bias), activations feature-major ([K, N],
+ * one column per sequence), where f is the identity, an RMS norm over K times a weight, or SwiGLU
+ * (x has 2K rows: silu(gate) * up). W is packed once by r1_pack6 into panels of 6 rows laid out
+ * k-major ([O/6][K][6], zero rows at the end), so the inner loop reads it sequentially. Each step
+ * of the inner loop broadcasts 6 weights and multiplies them into 16 columns of f(x) held in two
+ * registers: 12 accumulators, enough independent FMAs to hide their latency. f(x) is written once
+ * per call into a scratch buffer padded to a multiple of 16 columns. Threads split the panels with
+ * OpenMP; the library links against the libgomp PyTorch loaded, so both share one thread pool.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+enum { PLAIN = 0, RMSNORM = 1, SWIGLU = 2 };
+
+/* W [O, K] -> P [ceil(O/6), K, 6] */
+void r1_pack6(const float *W, float *P, long O, long K) {
+    long panels = (O + 5) / 6;
+    #pragma omp parallel for schedule(static)
+    for (long t = 0; t < panels; t++) {
+        float *p = P + t * K * 6;
+        for (long k = 0; k < K; k++)
+            for (long r = 0; r < 6; r++) {
+                long o = t * 6 + r;
+                p[k * 6 + r] = o < O ? W[o * K + k] : 0.0f;
+            }
+    }
+}
+
+/* exp(x) for 8 floats: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, e^r by its degree-6
+   Taylor polynomial (relative error ~2e-7), x clamped to [-87, 88] (results stay normal) */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);      /* ln 2 in two parts, */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);          /* exact products */
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* xs [K, NP] = f(x), x [K or 2K, N]; columns N..NP are zero. Called by every thread of a
+   parallel region: rows are split between them; inv is a shared scratch of NP floats. */
+static void prologue(const float *x, long K, long N, long NP, int mode, const float *norm_w, float eps, float *xs, float *inv) {
+    #pragma omp for schedule(static)
+    for (long k = 0; k < K; k++) {
+        float *row = xs + k * NP;
+        const float *src = x + k * N;
+        if (mode == SWIGLU) {
+            const float *up = x + (K + k) * N;
+            long n = 0;
+            for (; n + 8 <= N; n += 8) {
+                __m256 g = _mm256_loadu_ps(src + n);
+                __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+                _mm256_storeu_ps(row + n, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + n)));
+            }
+            for (; n < N; n++)
+                row[n] = src[n] / (1.0f + expf(-src[n])) * up[n];
+        } else {
+            memcpy(row, src, N * sizeof(float));
+        }
+        for (long n = N; n < NP; n++)
+            row[n] = 0.0f;
+    }
+    if (mode != RMSNORM)
+        return;
+    #pragma omp single
+    {
+        for (long n = 0; n < NP; n++)
+            inv[n] = 0.0f;
+        for (long k = 0; k < K; k++)
+            for (long n = 0; n < N; n++)
+                inv[n] += xs[k * NP + n] * xs[k * NP + n];
+        for (long n = 0; n < N; n++)
+            inv[n] = 1.0f / sqrtf(inv[n] / (float)K + eps);
+    }
+    #pragma omp for schedule(static)
+    for (long k = 0; k < K; k++)
+        for (long n = 0; n < N; n++)
+            xs[k * NP + n] = xs[k * NP + n] * inv[n] * norm_w[k];
+}
+
+#define FMA2(i, p) { __m256 b = _mm256_broadcast_ss(p); \
+    c##i##0 = _mm256_fmadd_ps(b, x0, c##i##0); c##i##1 = _mm256_fmadd_ps(b, x1, c##i##1); }
+
+/* one panel of 6 weight rows times 16 columns of xs (row stride NP), written to out rows o..o+rows
+   and columns n..n+cols: out[o, n] at out + o * ldo + n, or out + n * ldo + o when transposed */
+static inline void panel(const float *P, const float *xs, long K, long NP, long o, int rows, long n, int cols,
+                         const float *bias, float *out, long ldo, int accumulate, int transposed) {
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const float *x = xs + n;
+    for (long k = 0; k < K; k++) {
+        __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+        x += NP;
+        FMA2(0, P) FMA2(1, P + 1) FMA2(2, P + 2) FMA2(3, P + 3) FMA2(4, P + 4) FMA2(5, P + 5)
+        P += 6;
+    }
+    float acc[6][16];
+    _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);
+    _mm256_storeu_ps(acc[1], c10); _mm256_storeu_ps(acc[1] + 8, c11);
+    _mm256_storeu_ps(acc[2], c20); _mm256_storeu_ps(acc[2] + 8, c21);
+    _mm256_storeu_ps(acc[3], c30); _mm256_storeu_ps(acc[3] + 8, c31);
+    _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
+    _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
+    for (int r = 0; r < rows; r++) {
+        float b = bias ? bias[o + r] : 0.0f;
+        for (int j = 0; j < cols; j++) {
+            float *dst = transposed ? out + (n + j) * ldo + o + r : out + (o + r) * ldo + n + j;
+            *dst = accumulate ? *dst + acc[r][j] + b : acc[r][j] + b;
+        }
+    }
+}
+
+/* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
+   K * ceil(N/16)*16 floats; out [O, N] (ldo = N), or [N, O] when transposed (ldo = O).
+   Columns go in chunks of 64 so that a chunk of xs stays in L2 while the panels stream past it. */
+void r1_linear(const float *P, long O, long K, const float *x, long N, int mode, const float *norm_w, float eps,
+               float *xs, const float *bias, float *out, int accumulate, int transposed) {
+    long NP = (N + 15) / 16 * 16, panels = (O + 5) / 6, ldo = transposed ? O : N;
+    float inv[NP];
+    #pragma omp parallel
+    {
+    prologue(x, K, N, NP, mode, norm_w, eps, xs, inv);
+    for (long n0 = 0; n0 < NP; n0 += 64) {
+        long n1 = n0 + 64 < NP ? n0 + 64 : NP;
+        #pragma omp for schedule(static)
+        for (long t = 0; t < panels; t++) {
+            int rows = O - t * 6 < 6 ? (int)(O - t * 6) : 6;
+            for (long n = n0; n < n1; n += 16) {
+                int cols = N - n < 16 ? (int)(N - n) : 16;
+                panel(P + t * K * 6, xs, K, NP, t * 6, rows, n, cols, bias, out, ldo, accumulate, transposed);
+            }
+        }
+    }
+    }
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* rotate-half RoPE of one head vector src (stride `stride` between its D elements) into dst */
+static inline void rope(const float *src, long stride, const float *cos, const float *sin, long D, float *dst) {
+    long half = D / 2;
+    for (long d = 0; d < half; d++) {
+        float a = src[d * stride], b = src[(d + half) * stride];
+        dst[d] = a * cos[d] - b * sin[d];
+        dst[d + half] = b * cos[d + half] + a * sin[d + half];
+    }
+}
+
+/* scores, softmax and weighted values of one query head q [D] over keys K and values V [S, D]
+   (rows where ok[j] == 0 masked); o [D]. Inlined with D a constant (64, 128) so that the compiler
+   keeps a head's accumulators in registers. */
+static inline __attribute__((always_inline)) void attend_head(const float *q, const float *K, const float *V, long S,
+        const unsigned char *ok, float scale, float *sc, float *o, const long D) {
+    long j = 0;
+    for (; j + 4 <= S; j += 4) {  /* four keys at a time: four independent FMA chains */
+        const float *k0 = K + j * D;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (long d = 0; d < D; d += 8) {
+            __m256 qd = _mm256_loadu_ps(q + d);
+            a0 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + d), a0);
+            a1 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + D + d), a1);
+            a2 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + 2 * D + d), a2);
+            a3 = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k0 + 3 * D + d), a3);
+        }
+        sc[j] = hsum8(a0) * scale; sc[j + 1] = hsum8(a1) * scale;
+        sc[j + 2] = hsum8(a2) * scale; sc[j + 3] = hsum8(a3) * scale;
+    }
+    for (; j < S; j++) {
+        __m256 a0 = _mm256_setzero_ps();
+        for (long d = 0; d < D; d += 8)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + j * D + d), a0);
+        sc[j] = hsum8(a0) * scale;
+    }
+    float top = -INFINITY;
+    for (j = 0; j < S; j++) {
+        if (ok && !ok[j])
+            sc[j] = -INFINITY;
+        top = sc[j] > top ? sc[j] : top;
+    }
+    __m256 sum8 = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= S; j += 8) {
+        __m256 x = _mm256_loadu_ps(sc + j);
+        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(x, _mm256_set1_ps(top))),
+                                 _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_GT_OQ));  /* masked: exactly 0 */
+        _mm256_storeu_ps(sc + j, e);
+        sum8 = _mm256_add_ps(sum8, e);
+    }
+    float total = hsum8(sum8);
+    for (; j < S; j++) {
+        sc[j] = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - top);
+        total += sc[j];
+    }
+    for (long d0 = 0; d0 < D; d0 += 64) {  /* 64 outputs (8 registers) at a time */
+        long width = D - d0 < 64 ? D - d0 : 64;
+        __m256 acc[8];
+        for (int r = 0; r < 8; r++)
+            acc[r] = _mm256_setzero_ps();
+        for (j = 0; j < S; j++) {
+            __m256 p = _mm256_set1_ps(sc[j]);
+            const float *v = V + j * D + d0;
+            for (int r = 0; r < width / 8; r++)
+                acc[r] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * r), acc[r]);
+        }
+        __m256 norm = _mm256_set1_ps(1.0f / total);
+        for (int r = 0; r < width / 8; r++)
+            _mm256_storeu_ps(o + d0 + 8 * r, _mm256_mul_ps(acc[r], norm));
+    }
+}
+
+/* One decode step of grouped-query attention for every sequence (T = 1), RoPE and the cache
+   write included. qkv [(H + 2 KV) * D, N] feature-major (the output of the qkv projection);
+   cos, sin [N, D]; cache [2, N, KV, L, D] for this layer, position `pos` written here and
+   columns 0..pos attended; valid [N, valid_stride] (nonzero = a real token) or NULL for all;
+   scores: scratch of N * H * (pos + 1) floats; out [H * D, N] feature-major. D % 8 == 0, D <= 256. */
+void r1_attend_decode(const float *qkv, long N, long H, long KV, long D, const float *cos, const float *sin,
+                      float *cache, long L, long pos, const unsigned char *valid, long valid_stride,
+                      float scale, float *scores, float *out) {
+    long G = H / KV, S = pos + 1;
+    #pragma omp parallel for schedule(static)
+    for (long bg = 0; bg < N * KV; bg++) {
+        long b = bg / KV, g = bg % KV;
+        const float *c = cos + b * D, *s = sin + b * D;
+        float *K = cache + (b * KV + g) * L * D, *V = cache + ((N + b) * KV + g) * L * D;
+        rope(qkv + ((H + g) * D) * N + b, N, c, s, D, K + pos * D);
+        for (long d = 0; d < D; d++)
+            V[pos * D + d] = qkv[((H + KV + g) * D + d) * N + b];
+        const unsigned char *ok = valid ? valid + b * valid_stride : NULL;
+        for (long h = g * G; h < (g + 1) * G; h++) {
+            float q[256], o[256];
+            rope(qkv + (h * D) * N + b, N, c, s, D, q);
+            float *sc = scores + (b * H + h) * S;
+            if (D == 64)
+                attend_head(q, K, V, S, ok, scale, sc, o, 64);
+            else if (D == 128)
+                attend_head(q, K, V, S, ok, scale, sc, o, 128);
+            else
+                attend_head(q, K, V, S, ok, scale, sc, o, D);
+            for (long d = 0; d < D; d++)
+                out[(h * D + d) * N + b] = o[d];
+        }
+    }
+}

@@ -1,0 +1,120 @@
+"""The CPU decoding kernels against PyTorch: projections with their fused prologues, attention,
+and the fallback when the kernel cannot be built."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r1lite import cpu_kernels
+from r1lite.rollout import gqa_attention
+
+LIB = cpu_kernels.load()
+needs_kernel = pytest.mark.skipif(LIB is None, reason="the CPU kernel cannot be built on this machine (see its message)")
+
+
+def rms(x, w, eps):  # feature-major x [K, N]
+    return x * torch.rsqrt(x.pow(2).mean(0, keepdim=True) + eps) * w[:, None]
+
+
+@needs_kernel
+@pytest.mark.parametrize("N", [1, 7, 16, 17, 40, 96])
+@pytest.mark.parametrize("O,K", [(13, 24), (100, 40), (960, 576)])
+def test_projection_matches_torch_for_every_prologue_and_output(O, K, N):
+    g = torch.Generator().manual_seed(O * 1000 + K + N)
+    w = torch.randn(O, K, generator=g)
+    packed = cpu_kernels.PackedWeight(w, LIB)
+    x = torch.randn(K, N, generator=g)
+    gu = torch.randn(2 * K, N, generator=g) * 4
+    norm, bias = torch.rand(K, generator=g) + 0.5, torch.randn(O, generator=g)
+    close = dict(atol=1e-4 * K ** 0.5 * 4, rtol=1e-4)
+    torch.testing.assert_close(packed.linear(x), w @ x, **close)
+    torch.testing.assert_close(packed.linear(x, "rmsnorm", norm, 1e-5), w @ rms(x, norm, 1e-5), **close)
+    torch.testing.assert_close(packed.linear(gu, "swiglu"), w @ (F.silu(gu[:K]) * gu[K:]), **close)
+    torch.testing.assert_close(packed.linear(x, bias=bias, transposed=True), (w @ x + bias[:, None]).t(), **close)
+    residual = torch.randn(O, N, generator=g)
+    expected = residual + w @ x + bias[:, None]
+    out = packed.linear(x, bias=bias, into=residual)
+    assert out is residual
+    torch.testing.assert_close(residual, expected, **close)
+
+
+@needs_kernel
+def test_swiglu_exp_holds_over_the_whole_float_range():
+    """silu(g) * u with g from -100 to 100: the vectorised exp is clamped, never inf or nan."""
+    K = 1
+    w = torch.ones(1, K)
+    packed = cpu_kernels.PackedWeight(w, LIB)
+    g = torch.linspace(-100, 100, 96)
+    gu = torch.stack([g, torch.ones(96)])
+    ours = packed.linear(gu.contiguous(), "swiglu")[0]
+    torch.testing.assert_close(ours, F.silu(g), atol=1e-6, rtol=1e-6)
+
+
+@needs_kernel
+def test_projection_rejects_what_it_cannot_compute():
+    packed = cpu_kernels.PackedWeight(torch.randn(8, 4), LIB)
+    with pytest.raises(ValueError, match="rows"):
+        packed.linear(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="at most"):
+        packed.linear(torch.randn(4, cpu_kernels.MAX_COLUMNS + 1))
+    with pytest.raises(ValueError, match="fp32"):
+        cpu_kernels.PackedWeight(torch.randn(8, 4, dtype=torch.bfloat16), LIB)
+
+
+def reference_attention(qkv, H, KV, cos, sin, cache, pos, valid):
+    """Decode-step attention with PyTorch: RoPE, cache write, gqa_attention over 0..pos."""
+    D = cache.shape[-1]
+    N = qkv.shape[1]
+    t = qkv.t().reshape(N, 1, H + 2 * KV, D).transpose(1, 2)
+    q, k, v = t.split([H, KV, KV], dim=1)
+
+    def rope(x):
+        half = D // 2
+        c, s = cos[:, None, None], sin[:, None, None]
+        return x * c + torch.cat([-x[..., half:], x[..., :half]], -1) * s
+
+    cache[0, :, :, pos:pos + 1] = rope(k)
+    cache[1, :, :, pos:pos + 1] = v
+    mask = valid[:, None, None, :pos + 1]
+    o = gqa_attention(rope(q), cache[0, :, :, :pos + 1], cache[1, :, :, :pos + 1], mask)
+    return o.transpose(1, 2).reshape(N, H * D).t()
+
+
+@needs_kernel
+@pytest.mark.parametrize("H,KV,D", [(9, 3, 64), (4, 4, 32), (4, 2, 128)])
+@pytest.mark.parametrize("N", [1, 5, 16])
+def test_decode_attention_matches_torch(H, KV, D, N):
+    g = torch.Generator().manual_seed(H * 100 + D + N)
+    L, pos = 40, 29
+    qkv = torch.randn((H + 2 * KV) * D, N, generator=g)
+    angles = torch.rand(N, D // 2, generator=g) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    cache = torch.randn(2, N, KV, L, D, generator=g)
+    valid = torch.rand(N, L, generator=g) > 0.3  # left padding and holes: masked keys
+    valid[:, pos] = True
+    ours_cache, ref_cache = cache.clone(), cache.clone()
+    ours = cpu_kernels.attend_decode(LIB, qkv, H, KV, cos, sin, ours_cache, pos, valid)
+    ref = reference_attention(qkv, H, KV, cos, sin, ref_cache, pos, valid)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours_cache, ref_cache, atol=1e-6, rtol=1e-6)
+
+
+def test_an_unbuildable_kernel_falls_back_and_says_why(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setenv("R1LITE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    assert cpu_kernels.load() is None
+    err = capsys.readouterr().err
+    if LIB is not None:  # on a machine that can build it, the reason is the compiler we broke
+        assert "/bin/false" in err and "PyTorch's matmul" in err
+    assert not list(tmp_path.glob("kernels/*.so"))  # no half-written library left behind
+    assert cpu_kernels.load() is None and capsys.readouterr().err == ""  # said once
+
+
+def test_kernels_can_be_turned_off(monkeypatch, capsys):
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_lib", None)
+    monkeypatch.setenv("R1LITE_CPU_KERNELS", "0")
+    assert cpu_kernels.load() is None
+    assert capsys.readouterr().err == ""
