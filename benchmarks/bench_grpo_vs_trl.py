@@ -64,6 +64,8 @@ def run_r1lite(steps: int) -> dict:
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         return {"config": to_dict(cfg), "runtime": trainer.runtime.describe(),
                 "step_seconds": [r["step_seconds"] for r in rows],
+                "rollout_seconds": [r["rollout_seconds"] for r in rows],
+                "train_seconds": [r["train_seconds"] for r in rows],
                 "tokens_generated": [round(r["completion_len_mean"] * cfg.batch_size) for r in rows],
                 "train_tokens": [r.get("train_tokens", 0) for r in rows],
                 "peak_rss_mb": peak_rss_mb()}

@@ -107,23 +107,28 @@ def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
 
 
 class Projection:
-    """One weight of the decoder: ``weight @ f(x) + bias`` for feature-major activations x [K, N],
-    with the fastest product this machine has for it. f is the identity, an RMS norm (a layer's
-    input norm, fused into the product) or SwiGLU (x holds gate and up).
+    """One weight of the decoder (several stacked: q/k/v, gate/up): ``weight @ f(x) + bias`` for
+    feature-major activations x [K, N], with the fastest product this machine has for it. f is the
+    identity, an RMS norm (a layer's input norm, fused into the product) or SwiGLU (x holds gate
+    and up).
 
-    fp32 on CPU, best first: our kernel (:mod:`r1lite.cpu_kernels`) on a copy of the weight packed
-    at each sync, up to ``cpu_kernels.MAX_COLUMNS`` columns; where it cannot be built, oneDNN's
+    fp32 on x86-64 CPUs: our kernel (:mod:`r1lite.cpu_kernels`) on a copy of the weights packed at
+    each sync (into the previous sync's memory, ``reuse``). Where it cannot be built: oneDNN's
     linear on a copy reordered for it below ``SMALL_BATCH`` columns and for the vocabulary head
     (decode step of the 135M model 37.6 vs 45.8 ms at batch 1 against MKL, head 13.7 vs 20.4 ms
     at 16; 2-core EPYC); otherwise MKL, with 2..15 columns padded to 16 (its kernels for fewer
-    run slower: 1.3 vs 0.8 ms for a 3072x576 weight).
+    run slower: 1.3 vs 0.8 ms for a 3072x576 weight). Other dtypes and devices: ``weight @ x``.
     """
 
     SMALL_BATCH = 8
 
-    def __init__(self, weight: torch.Tensor, lib, onednn: bool):
-        self.weight = weight
-        self.packed = cpu_kernels.PackedWeight(weight, lib) if lib is not None else None
+    def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None):
+        if lib is not None:
+            self.weight = None
+            self.packed = cpu_kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None)
+        else:
+            self.weight = torch.cat(parts) if len(parts) > 1 else parts[0]
+            self.packed = None
         self.onednn = onednn
         self._reordered: torch.Tensor | None = None  # oneDNN's layout, made on first use
 
@@ -131,9 +136,9 @@ class Projection:
                  bias: torch.Tensor | None = None, into: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
         """[O, N], or [N, O] with ``transposed``; added into ``into`` in place when given (see
         :meth:`r1lite.cpu_kernels.PackedWeight.linear`, whose meaning this keeps on every path)."""
-        n = x.shape[1]
-        if self.packed is not None and n <= cpu_kernels.MAX_COLUMNS:
+        if self.packed is not None:
             return self.packed.linear(x, prologue, norm, eps, bias, into, transposed)
+        n = x.shape[1]
         if prologue == "rmsnorm":
             xf = x.float()
             x = (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + eps)).to(x.dtype) * norm[:, None]
@@ -216,26 +221,32 @@ class LlamaDecoder:
         lib = cpu_kernels.load() if on_cpu32 else None
         onednn = on_cpu32 and lib is None and torch.backends.mkldnn.is_available()
 
-        def proj(weight):
-            return Projection(weight, lib, onednn)
+        old = getattr(self, "layers", None)  # the previous sync's projections, whose memory is reused
 
-        self.layers = []
-        for layer in model.model.layers:
+        def proj(i, name, *linears):
+            if i < 0:
+                reuse = getattr(self, "head", None)
+            else:
+                reuse = old[i][name] if old and i < len(old) else None
+            return Projection([w(lin) for lin in linears], lib, onednn, reuse)
+
+        layers = []
+        for i, layer in enumerate(model.model.layers):
             att, mlp = layer.self_attn, layer.mlp
-            self.layers.append(dict(
+            layers.append(dict(
                 ln1=layer.input_layernorm.weight.detach().to(self.dtype),
-                wqkv=proj(torch.cat([w(att.q_proj), w(att.k_proj), w(att.v_proj)])),
-                bqkv=b(att.q_proj, att.k_proj, att.v_proj),
-                wo=proj(w(att.o_proj)), bo=b(att.o_proj),
+                wqkv=proj(i, "wqkv", att.q_proj, att.k_proj, att.v_proj), bqkv=b(att.q_proj, att.k_proj, att.v_proj),
+                wo=proj(i, "wo", att.o_proj), bo=b(att.o_proj),
                 q_norm=att.q_norm.weight.detach().to(self.dtype) if hasattr(att, "q_norm") else None,
                 k_norm=att.k_norm.weight.detach().to(self.dtype) if hasattr(att, "k_norm") else None,
                 ln2=layer.post_attention_layernorm.weight.detach().to(self.dtype),
-                wgu=proj(torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])), bgu=b(mlp.gate_proj, mlp.up_proj),
-                wd=proj(w(mlp.down_proj)), bd=b(mlp.down_proj),
+                wgu=proj(i, "wgu", mlp.gate_proj, mlp.up_proj), bgu=b(mlp.gate_proj, mlp.up_proj),
+                wd=proj(i, "wd", mlp.down_proj), bd=b(mlp.down_proj),
             ))
+        self.layers = layers
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
         self.norm = model.model.norm.weight.detach().to(self.dtype)
-        self.head = proj(model.lm_head.weight.detach().to(self.dtype))
+        self.head = proj(-1, "head", model.lm_head)
         # one call per layer for a decode step's attention (fp32 CPU kernel; not with Qwen3's q/k norms)
         self._attend = lib if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0 else None
         rotary = model.model.rotary_emb
@@ -285,7 +296,7 @@ class LlamaDecoder:
         x = self.embed[tokens.reshape(-1)].t().contiguous()  # [C, B*T], row-major
         # A decode step on an fp32 CPU: attention (RoPE and the cache write included) in one call
         # of our kernel per layer; otherwise ~25 torch operations.
-        fast = self._attend is not None and T == 1 and B <= cpu_kernels.MAX_COLUMNS
+        fast = self._attend is not None and T == 1
         if fast:
             cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
         else:

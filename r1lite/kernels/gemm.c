@@ -15,17 +15,23 @@
 
 enum { PLAIN = 0, RMSNORM = 1, SWIGLU = 2 };
 
-/* W [O, K] -> P [ceil(O/6), K, 6] */
-void r1_pack6(const float *W, float *P, long O, long K) {
+/* the rows of parts[0], parts[1], ... (part_rows[i] rows of K each, stacked: O rows in all) ->
+   P [ceil(O/6), K, 6]; stacking q/k/v or gate/up this way needs no concatenated copy */
+void r1_pack6(const float *const *parts, const long *part_rows, long nparts, float *P, long O, long K) {
     long panels = (O + 5) / 6;
     #pragma omp parallel for schedule(static)
     for (long t = 0; t < panels; t++) {
+        const float *src[6];
+        for (long r = 0; r < 6; r++) {
+            long o = t * 6 + r, i = 0;
+            while (i < nparts && o >= part_rows[i])
+                o -= part_rows[i++];
+            src[r] = i < nparts ? parts[i] + o * K : NULL;
+        }
         float *p = P + t * K * 6;
         for (long k = 0; k < K; k++)
-            for (long r = 0; r < 6; r++) {
-                long o = t * 6 + r;
-                p[k * 6 + r] = o < O ? W[o * K + k] : 0.0f;
-            }
+            for (long r = 0; r < 6; r++)
+                p[k * 6 + r] = src[r] ? src[r][k] : 0.0f;
     }
 }
 
@@ -47,60 +53,78 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* xs [K, NP] = f(x), x [K or 2K, N]; columns N..NP are zero. Called by every thread of a
+/* f(x) is laid out chunk by chunk: columns 64c..64c+w (w = 64, less for the last chunk) of all K
+   rows are one contiguous [K, w] block at xs + 64cK, so the chunk a panel works on stays in L2. */
+static inline float *chunk_at(float *xs, long K, long NP, long n, long *width) {
+    long c0 = n / 64 * 64;
+    *width = NP - c0 < 64 ? NP - c0 : 64;
+    return xs + c0 * K;
+}
+
+/* xs = f(x), x [K or 2K, N], chunked as above; columns N..NP are zero. Called by every thread of a
    parallel region: rows are split between them; inv is a shared scratch of NP floats. */
 static void prologue(const float *x, long K, long N, long NP, int mode, const float *norm_w, float eps, float *xs, float *inv) {
     #pragma omp for schedule(static)
     for (long k = 0; k < K; k++) {
-        float *row = xs + k * NP;
         const float *src = x + k * N;
-        if (mode == SWIGLU) {
-            const float *up = x + (K + k) * N;
-            long n = 0;
-            for (; n + 8 <= N; n += 8) {
-                __m256 g = _mm256_loadu_ps(src + n);
-                __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-                _mm256_storeu_ps(row + n, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + n)));
+        const float *up = x + (K + k) * N;
+        for (long c = 0; c < NP; c += 64) {
+            long w;
+            float *row = chunk_at(xs, K, NP, c, &w) + k * w;
+            long n = c, end = c + w < N ? c + w : N;
+            if (mode == SWIGLU) {
+                for (; n + 8 <= end; n += 8) {
+                    __m256 g = _mm256_loadu_ps(src + n);
+                    __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+                    _mm256_storeu_ps(row + n - c, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + n)));
+                }
+                for (; n < end; n++)
+                    row[n - c] = src[n] / (1.0f + expf(-src[n])) * up[n];
+            } else if (end > n) {
+                memcpy(row, src + n, (end - n) * sizeof(float));
+                n = end;
             }
-            for (; n < N; n++)
-                row[n] = src[n] / (1.0f + expf(-src[n])) * up[n];
-        } else {
-            memcpy(row, src, N * sizeof(float));
+            for (n = n > end ? n : end; n < c + w; n++)
+                row[n - c] = 0.0f;
         }
-        for (long n = N; n < NP; n++)
-            row[n] = 0.0f;
     }
     if (mode != RMSNORM)
         return;
-    #pragma omp single
-    {
-        for (long n = 0; n < NP; n++)
-            inv[n] = 0.0f;
+    #pragma omp for schedule(static)
+    for (long c = 0; c < NP; c += 64) {
+        long w;
+        float *block = chunk_at(xs, K, NP, c, &w);
+        for (long j = 0; j < w; j++)
+            inv[c + j] = 0.0f;
         for (long k = 0; k < K; k++)
-            for (long n = 0; n < N; n++)
-                inv[n] += xs[k * NP + n] * xs[k * NP + n];
-        for (long n = 0; n < N; n++)
-            inv[n] = 1.0f / sqrtf(inv[n] / (float)K + eps);
+            for (long j = 0; j < w; j++)
+                inv[c + j] += block[k * w + j] * block[k * w + j];
+        for (long j = 0; j < w; j++)
+            inv[c + j] = 1.0f / sqrtf(inv[c + j] / (float)K + eps);
     }
     #pragma omp for schedule(static)
     for (long k = 0; k < K; k++)
-        for (long n = 0; n < N; n++)
-            xs[k * NP + n] = xs[k * NP + n] * inv[n] * norm_w[k];
+        for (long c = 0; c < NP; c += 64) {
+            long w;
+            float *row = chunk_at(xs, K, NP, c, &w) + k * w;
+            for (long j = 0; j < w; j++)
+                row[j] *= inv[c + j] * norm_w[k];
+        }
 }
 
 #define FMA2(i, p) { __m256 b = _mm256_broadcast_ss(p); \
     c##i##0 = _mm256_fmadd_ps(b, x0, c##i##0); c##i##1 = _mm256_fmadd_ps(b, x1, c##i##1); }
 
-/* one panel of 6 weight rows times 16 columns of xs (row stride NP), written to out rows o..o+rows
-   and columns n..n+cols: out[o, n] at out + o * ldo + n, or out + n * ldo + o when transposed */
-static inline void panel(const float *P, const float *xs, long K, long NP, long o, int rows, long n, int cols,
+/* one panel of 6 weight rows times 16 columns of f(x) (x: their first row, stride ldx), written
+   to out rows o..o+rows and columns n..n+cols: out[o, n] at out + o * ldo + n, or out + n * ldo + o
+   when transposed */
+static inline void panel(const float *P, const float *x, long ldx, long K, long o, int rows, long n, int cols,
                          const float *bias, float *out, long ldo, int accumulate, int transposed) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const float *x = xs + n;
     for (long k = 0; k < K; k++) {
         __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
-        x += NP;
+        x += ldx;
         FMA2(0, P) FMA2(1, P + 1) FMA2(2, P + 2) FMA2(3, P + 3) FMA2(4, P + 4) FMA2(5, P + 5)
         P += 6;
     }
@@ -121,26 +145,28 @@ static inline void panel(const float *P, const float *xs, long K, long NP, long 
 }
 
 /* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
-   K * ceil(N/16)*16 floats; out [O, N] (ldo = N), or [N, O] when transposed (ldo = O).
-   Columns go in chunks of 64 so that a chunk of xs stays in L2 while the panels stream past it. */
+   (K + 1) * NP floats, NP = N rounded up to 16; out [O, N] (ldo = N), or [N, O] when transposed
+   (ldo = O). Columns go in chunks of 64 (a [K, 64] block of f(x), in L2) past all the panels. */
 void r1_linear(const float *P, long O, long K, const float *x, long N, int mode, const float *norm_w, float eps,
                float *xs, const float *bias, float *out, int accumulate, int transposed) {
     long NP = (N + 15) / 16 * 16, panels = (O + 5) / 6, ldo = transposed ? O : N;
-    float inv[NP];
+    float *inv = xs + K * NP;
     #pragma omp parallel
     {
-    prologue(x, K, N, NP, mode, norm_w, eps, xs, inv);
-    for (long n0 = 0; n0 < NP; n0 += 64) {
-        long n1 = n0 + 64 < NP ? n0 + 64 : NP;
-        #pragma omp for schedule(static)
-        for (long t = 0; t < panels; t++) {
-            int rows = O - t * 6 < 6 ? (int)(O - t * 6) : 6;
-            for (long n = n0; n < n1; n += 16) {
-                int cols = N - n < 16 ? (int)(N - n) : 16;
-                panel(P + t * K * 6, xs, K, NP, t * 6, rows, n, cols, bias, out, ldo, accumulate, transposed);
+        prologue(x, K, N, NP, mode, norm_w, eps, xs, inv);
+        for (long c = 0; c < NP; c += 64) {
+            long w;
+            const float *block = chunk_at(xs, K, NP, c, &w);
+            #pragma omp for schedule(static)
+            for (long t = 0; t < panels; t++) {
+                int rows = O - t * 6 < 6 ? (int)(O - t * 6) : 6;
+                for (long n = c; n < c + w; n += 16) {
+                    int cols = N - n < 16 ? (int)(N - n) : 16;
+                    if (cols > 0)
+                        panel(P + t * K * 6, block + (n - c), w, K, t * 6, rows, n, cols, bias, out, ldo, accumulate, transposed);
+                }
             }
         }
-    }
     }
 }
 
