@@ -138,7 +138,7 @@ class PackedWeight:
         out = into if into is not None else torch.empty(shape)
         if tuple(out.shape) != shape or not out.is_contiguous():
             raise ValueError(f"into must be a contiguous {shape} tensor, got {tuple(out.shape)}")
-        scratch = torch.empty((K + 1) * -(-N // COLUMNS) * COLUMNS)
+        scratch = torch.empty((K + 1) * (8 if N <= 8 else -(-N // COLUMNS) * COLUMNS))
         for t in (norm, bias):
             if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
                 raise ValueError("norm and bias must be contiguous fp32")

@@ -115,9 +115,20 @@ static void prologue(const float *x, long K, long N, long NP, int mode, const fl
 #define FMA2(i, p) { __m256 b = _mm256_broadcast_ss(p); \
     c##i##0 = _mm256_fmadd_ps(b, x0, c##i##0); c##i##1 = _mm256_fmadd_ps(b, x1, c##i##1); }
 
-/* one panel of 6 weight rows times 16 columns of f(x) (x: their first row, stride ldx), written
-   to out rows o..o+rows and columns n..n+cols: out[o, n] at out + o * ldo + n, or out + n * ldo + o
-   when transposed */
+/* rows o..o+rows, columns n..n+cols of the result, from acc (row r at acc + r * lda): out[o, n] at
+   out + o * ldo + n, or out + n * ldo + o when transposed */
+static inline void store(const float *acc, int lda, long o, int rows, long n, int cols, const float *bias,
+                         float *out, long ldo, int accumulate, int transposed) {
+    for (int r = 0; r < rows; r++) {
+        float b = bias ? bias[o + r] : 0.0f;
+        for (int j = 0; j < cols; j++) {
+            float *dst = transposed ? out + (n + j) * ldo + o + r : out + (o + r) * ldo + n + j;
+            *dst = accumulate ? *dst + acc[r * lda + j] + b : acc[r * lda + j] + b;
+        }
+    }
+}
+
+/* one panel of 6 weight rows times 16 columns of f(x) (x: their first row, stride ldx) */
 static inline void panel(const float *P, const float *x, long ldx, long K, long o, int rows, long n, int cols,
                          const float *bias, float *out, long ldo, int accumulate, int transposed) {
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
@@ -135,26 +146,57 @@ static inline void panel(const float *P, const float *x, long ldx, long K, long 
     _mm256_storeu_ps(acc[3], c30); _mm256_storeu_ps(acc[3] + 8, c31);
     _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
     _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
-    for (int r = 0; r < rows; r++) {
-        float b = bias ? bias[o + r] : 0.0f;
-        for (int j = 0; j < cols; j++) {
-            float *dst = transposed ? out + (n + j) * ldo + o + r : out + (o + r) * ldo + n + j;
-            *dst = accumulate ? *dst + acc[r][j] + b : acc[r][j] + b;
-        }
+    store(acc[0], 16, o, rows, n, cols, bias, out, ldo, accumulate, transposed);
+}
+
+#define FMA1(i, p) c##i = _mm256_fmadd_ps(_mm256_broadcast_ss(p), x0, c##i);
+
+/* two panels (12 weight rows, the second starting at P1) times 8 columns: for batches of 1..8
+   sequences, half the work of padding them to 16 with the same 12 independent accumulators */
+static inline void panel_pair8(const float *P0, const float *P1, const float *x, long ldx, long K, long o, int rows,
+                               int cols, const float *bias, float *out, long ldo, int accumulate, int transposed) {
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0,
+           c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+    for (long k = 0; k < K; k++) {
+        /* the weights stream from memory: ask for them 2 KB ahead (all products of a batch-8 step
+           28.8 vs 32.0 ms, batch 1 29.4 vs 30.7 on the 2-core EPYC) */
+        _mm_prefetch((const char *)(P0 + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(P1 + 512), _MM_HINT_T0);
+        __m256 x0 = _mm256_loadu_ps(x);
+        x += ldx;
+        FMA1(0, P0) FMA1(1, P0 + 1) FMA1(2, P0 + 2) FMA1(3, P0 + 3) FMA1(4, P0 + 4) FMA1(5, P0 + 5)
+        FMA1(6, P1) FMA1(7, P1 + 1) FMA1(8, P1 + 2) FMA1(9, P1 + 3) FMA1(10, P1 + 4) FMA1(11, P1 + 5)
+        P0 += 6;
+        P1 += 6;
     }
+    float acc[12][8];
+    _mm256_storeu_ps(acc[0], c0); _mm256_storeu_ps(acc[1], c1); _mm256_storeu_ps(acc[2], c2);
+    _mm256_storeu_ps(acc[3], c3); _mm256_storeu_ps(acc[4], c4); _mm256_storeu_ps(acc[5], c5);
+    _mm256_storeu_ps(acc[6], c6); _mm256_storeu_ps(acc[7], c7); _mm256_storeu_ps(acc[8], c8);
+    _mm256_storeu_ps(acc[9], c9); _mm256_storeu_ps(acc[10], c10); _mm256_storeu_ps(acc[11], c11);
+    store(acc[0], 8, o, rows, 0, cols, bias, out, ldo, accumulate, transposed);
 }
 
 /* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
-   (K + 1) * NP floats, NP = N rounded up to 16; out [O, N] (ldo = N), or [N, O] when transposed
-   (ldo = O). Columns go in chunks of 64 (a [K, 64] block of f(x), in L2) past all the panels. */
+   (K + 1) * NP floats, NP = N rounded up to 16 (to 8 when N <= 8); out [O, N] (ldo = N), or [N, O]
+   when transposed (ldo = O). Columns go in chunks of 64 (a [K, 64] block of f(x), in L2) past all
+   the panels. */
 void r1_linear(const float *P, long O, long K, const float *x, long N, int mode, const float *norm_w, float eps,
                float *xs, const float *bias, float *out, int accumulate, int transposed) {
-    long NP = (N + 15) / 16 * 16, panels = (O + 5) / 6, ldo = transposed ? O : N;
+    long NP = N <= 8 ? 8 : (N + 15) / 16 * 16, panels = (O + 5) / 6, ldo = transposed ? O : N;
     float *inv = xs + K * NP;
     #pragma omp parallel
     {
         prologue(x, K, N, NP, mode, norm_w, eps, xs, inv);
-        for (long c = 0; c < NP; c += 64) {
+        if (NP == 8) {
+            #pragma omp for schedule(static)
+            for (long t = 0; t < panels; t += 2) {
+                const float *P0 = P + t * K * 6, *P1 = t + 1 < panels ? P0 + K * 6 : P0;
+                long rows = O - t * 6 < 12 ? O - t * 6 : 12;
+                panel_pair8(P0, P1, xs, 8, K, t * 6, (int)rows, (int)N, bias, out, ldo, accumulate, transposed);
+            }
+        }
+        for (long c = 0; NP > 8 && c < NP; c += 64) {
             long w;
             const float *block = chunk_at(xs, K, NP, c, &w);
             #pragma omp for schedule(static)
