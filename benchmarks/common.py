@@ -14,11 +14,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def git_commit() -> str:
-    """The commit the benchmark ran on, with ``+dirty`` when the tree has uncommitted changes."""
+    """The commit the benchmark ran on, with ``+dirty`` when the tree has uncommitted changes outside
+    ``benchmarks/results``."""
     root = Path(__file__).parent
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=root).stdout.strip()
+    # results/ holds the benchmarks' own output: a result written by an earlier script does not make the code dirty
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+                           capture_output=True, text=True, cwd=root.parent).stdout.strip()
     return sha + ("+dirty" if dirty else "")
 
 
