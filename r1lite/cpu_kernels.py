@@ -92,12 +92,15 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
-    lib.r1_pack6.restype = lib.r1_linear.restype = None
-    lib.r1_pack6.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
-    ptr, long, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    lib.r1_linear.argtypes = [ptr, long, long, ptr, long, int_, ptr, ctypes.c_float, ptr, ptr, ptr, int_, int_]
-    lib.r1_attend_decode.restype = None
-    lib.r1_attend_decode.argtypes = [ptr, long, long, long, long, ptr, ptr, ptr, long, long, ptr, long, ctypes.c_float, ptr, ptr]
+    ptr, long, int_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+    signatures = {  # argument types, in gemm.c's order
+        "r1_pack6": [ptr, ptr, long, ptr, long, long],
+        "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
+        "r1_attend_decode": [ptr, long, long, long, long, ptr, ptr, ptr, long, long, ptr, long, float_, ptr, ptr],
+    }
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = None, argtypes
     return lib
 
 
@@ -139,9 +142,11 @@ class PackedWeight:
         if tuple(out.shape) != shape or not out.is_contiguous():
             raise ValueError(f"into must be a contiguous {shape} tensor, got {tuple(out.shape)}")
         scratch = torch.empty((K + 1) * (8 if N <= 8 else -(-N // COLUMNS) * COLUMNS))
-        for t in (norm, bias):
-            if t is not None and (t.dtype != torch.float32 or not t.is_contiguous()):
-                raise ValueError("norm and bias must be contiguous fp32")
+        for name, t, size in (("norm", norm, K), ("bias", bias, self.out_features)):
+            if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != size):
+                raise ValueError(f"{name} must be a contiguous fp32 vector of {size}, got {t.dtype} {tuple(t.shape)}")
+        if prologue == "rmsnorm" and norm is None:
+            raise ValueError("the rmsnorm prologue needs its norm weight")
         self.lib.r1_linear(self.data.data_ptr(), self.out_features, K, x.data_ptr(), N, _PROLOGUES[prologue],
                            None if norm is None else norm.data_ptr(), eps, scratch.data_ptr(),
                            None if bias is None else bias.data_ptr(), out.data_ptr(), into is not None, transposed)
@@ -163,9 +168,16 @@ def attend_decode(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int
     """
     N = qkv.shape[1]
     D = cache.shape[-1]
-    if not (qkv.is_contiguous() and cache.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
-            and valid.stride(1) == 1 and valid.dtype == torch.bool and D % 8 == 0 and D <= 256):
-        raise ValueError("attend_decode: contiguous fp32 inputs, a bool mask and a head size that is a multiple of 8 (<= 256)")
+    shapes_ok = (qkv.shape[0] == (heads + 2 * kv_heads) * D and heads % kv_heads == 0
+                 and tuple(cache.shape[:3]) == (2, N, kv_heads) and 0 <= pos < cache.shape[3]
+                 and tuple(cos.shape) == tuple(sin.shape) == (N, D) and valid.shape[0] == N and valid.shape[1] > pos)
+    layout_ok = (qkv.is_contiguous() and cache.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+                 and valid.stride(1) == 1 and valid.dtype == torch.bool
+                 and all(t.dtype == torch.float32 for t in (qkv, cache, cos, sin)))
+    if not (shapes_ok and layout_ok and D % 8 == 0 and D <= 256):
+        raise ValueError(f"attend_decode: qkv {tuple(qkv.shape)}, cache {tuple(cache.shape)}, cos/sin {tuple(cos.shape)}, "
+                         f"valid {tuple(valid.shape)} at position {pos} for {heads}/{kv_heads} heads: needs contiguous fp32, "
+                         "a bool mask, a head size that is a multiple of 8 (<= 256) and a position inside the cache")
     out = torch.empty(heads * D, N)
     scores = torch.empty(N * heads * (pos + 1))
     lib.r1_attend_decode(qkv.data_ptr(), N, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),

@@ -71,6 +71,14 @@ def test_projection_rejects_what_it_cannot_compute():
         packed.linear(torch.randn(5, 3))
     with pytest.raises(ValueError, match="fp32"):
         cpu_kernels.PackedWeight(torch.randn(8, 4, dtype=torch.bfloat16), LIB)
+    with pytest.raises(ValueError, match="bias must be"):
+        packed.linear(torch.randn(4, 3), bias=torch.randn(7))
+    with pytest.raises(ValueError, match="norm weight"):
+        packed.linear(torch.randn(4, 3), "rmsnorm")
+    qkv, cache = torch.randn(3 * 8, 2), torch.zeros(2, 2, 1, 5, 8)
+    cos = sin = torch.ones(2, 8)
+    with pytest.raises(ValueError, match="inside the cache"):
+        cpu_kernels.attend_decode(LIB, qkv, 1, 1, cos, sin, cache, 5, torch.ones(2, 6, dtype=torch.bool))
 
 
 def reference_attention(qkv, H, KV, cos, sin, cache, pos, valid):
