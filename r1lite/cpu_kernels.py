@@ -96,7 +96,7 @@ def _build() -> ctypes.CDLL:
     signatures = {  # argument types, in gemm.c's order
         "r1_pack6": [ptr, ptr, long, ptr, long, long],
         "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
-        "r1_attend_decode": [ptr, long, long, long, long, ptr, ptr, ptr, long, long, ptr, long, float_, ptr, ptr],
+        "r1_attend_decode": [ptr, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr, ptr],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
@@ -157,19 +157,21 @@ _PROLOGUES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
 
 
 def attend_decode(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
-                  cache: torch.Tensor, pos: int, valid: torch.Tensor) -> torch.Tensor:
+                  cache: torch.Tensor, pos: int, valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
     """One decode step (one new token per sequence) of grouped-query attention, fp32.
 
     ``qkv`` [(H + 2 KV) * D, N]: the qkv projection, feature-major. Applies rotate-half RoPE with
     ``cos``/``sin`` [N, D] to queries and keys, writes key and value at column ``pos`` of
     ``cache`` [2, N, KV, L, D], attends over columns 0..pos where ``valid`` [N, >= pos + 1] (bool)
-    is true, and returns [H * D, N] feature-major. Reads each cached key and value once: the
+    is true, and returns [H * D, N] feature-major. Columns 0..``shared`` hold the same keys and
+    values in every row (a prompt prefix prefilled once): they are read from row 0, which stays in
+    cache for all rows. Reads each cached key and value once: the
     torch version (``gqa_attention``, ~25 small operations a layer) took ~3x as long at batch 16.
     """
     N = qkv.shape[1]
     D = cache.shape[-1]
     shapes_ok = (qkv.shape[0] == (heads + 2 * kv_heads) * D and heads % kv_heads == 0
-                 and tuple(cache.shape[:3]) == (2, N, kv_heads) and 0 <= pos < cache.shape[3]
+                 and tuple(cache.shape[:3]) == (2, N, kv_heads) and 0 <= pos < cache.shape[3] and 0 <= shared <= pos
                  and tuple(cos.shape) == tuple(sin.shape) == (N, D) and valid.shape[0] == N and valid.shape[1] > pos)
     layout_ok = (qkv.is_contiguous() and cache.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
                  and valid.stride(1) == 1 and valid.dtype == torch.bool
@@ -181,5 +183,5 @@ def attend_decode(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int
     out = torch.empty(heads * D, N)
     scores = torch.empty(N * heads * (pos + 1))
     lib.r1_attend_decode(qkv.data_ptr(), N, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
-                         cache.shape[-2], pos, valid.data_ptr(), valid.stride(0), D ** -0.5, scores.data_ptr(), out.data_ptr())
+                         cache.shape[-2], pos, shared, valid.data_ptr(), valid.stride(0), D ** -0.5, scores.data_ptr(), out.data_ptr())
     return out

@@ -259,6 +259,12 @@ class LlamaDecoder:
         """Allocate the static KV cache: [layers, 2 (k, v), rows, kv heads, max_len, head dim]."""
         self.cache = torch.zeros(self.n_layers, 2, rows, self.n_kv, max_len, self.head_dim,
                                  dtype=self.dtype, device=self.device)
+        self.shared = 0
+
+    def share_prefix(self, columns: int) -> None:
+        """Cache columns 0..columns hold the same tokens in every row (a prompt prefix prefilled
+        once and copied into each row): decode steps may read them from one row."""
+        self.shared = columns
 
     def select(self, rows: torch.Tensor) -> None:
         """Rebuild the cache from these rows: drops finished sequences, or copies a shared prefix
@@ -304,7 +310,7 @@ class LlamaDecoder:
         for i, ly in enumerate(self.layers):
             qkv = ly["wqkv"](x, "rmsnorm", ly["ln1"], self.eps, ly["bqkv"])  # [(H + 2 KV) * D, B*T]
             if fast:
-                o = cpu_kernels.attend_decode(self._attend, qkv, H, KV, cos, sin, self.cache[i], start, key_valid)
+                o = cpu_kernels.attend_decode(self._attend, qkv, H, KV, cos, sin, self.cache[i], start, key_valid, self.shared)
             else:
                 o = self._attention(ly, qkv, self.cache[i], B, T, cos, sin, start, mask)
             ly["wo"](o, bias=ly["bo"], into=x)  # the residual stream, updated in place
@@ -357,6 +363,9 @@ class HFDecoder:
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.reorder_cache(rows)
+
+    def share_prefix(self, columns: int) -> None:
+        pass
 
     def stop(self) -> None:
         self.cache = None
@@ -489,6 +498,7 @@ def _generate_batch(decoder, tokenizer, prompts, s: Sampling, n, generator, stop
         if L:
             decoder.forward(torch.tensor([prompts[0][:L]], device=device), positions[:1, :L], 0, valid[:1])
             decoder.select(torch.zeros(B, dtype=torch.long, device=device))
+            decoder.share_prefix(L)
         logits = decoder.forward(suffix, positions[:, L:].clamp(min=0), L, valid)  # [B, V]
         if n > 1:
             expand = torch.arange(B, device=device).repeat_interleave(n)

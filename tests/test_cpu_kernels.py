@@ -101,9 +101,10 @@ def reference_attention(qkv, H, KV, cos, sin, cache, pos, valid):
 
 
 @needs_kernel
+@pytest.mark.parametrize("shared", [0, 11])  # 11: a prefix all rows hold, read from row 0
 @pytest.mark.parametrize("H,KV,D", [(9, 3, 64), (4, 4, 32), (4, 2, 128)])
 @pytest.mark.parametrize("N", [1, 5, 16])
-def test_decode_attention_matches_torch(H, KV, D, N):
+def test_decode_attention_matches_torch(H, KV, D, N, shared):
     g = torch.Generator().manual_seed(H * 100 + D + N)
     L, pos = 40, 29
     qkv = torch.randn((H + 2 * KV) * D, N, generator=g)
@@ -112,8 +113,10 @@ def test_decode_attention_matches_torch(H, KV, D, N):
     cache = torch.randn(2, N, KV, L, D, generator=g)
     valid = torch.rand(N, L, generator=g) > 0.3  # left padding and holes: masked keys
     valid[:, pos] = True
+    cache[:, :, :, :shared] = cache[:, :1, :, :shared]
+    valid[:, :shared] = True
     ours_cache, ref_cache = cache.clone(), cache.clone()
-    ours = cpu_kernels.attend_decode(LIB, qkv, H, KV, cos, sin, ours_cache, pos, valid)
+    ours = cpu_kernels.attend_decode(LIB, qkv, H, KV, cos, sin, ours_cache, pos, valid, shared)
     ref = reference_attention(qkv, H, KV, cos, sin, ref_cache, pos, valid)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours_cache, ref_cache, atol=1e-6, rtol=1e-6)

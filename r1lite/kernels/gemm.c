@@ -229,13 +229,11 @@ static inline void rope(const float *src, long stride, const float *cos, const f
     }
 }
 
-/* scores, softmax and weighted values of one query head q [D] over keys K and values V [S, D]
-   (rows where ok[j] == 0 masked); o [D]. Inlined with D a constant (64, 128) so that the compiler
-   keeps a head's accumulators in registers. */
-static inline __attribute__((always_inline)) void attend_head(const float *q, const float *K, const float *V, long S,
-        const unsigned char *ok, float scale, float *sc, float *o, const long D) {
-    long j = 0;
-    for (; j + 4 <= S; j += 4) {  /* four keys at a time: four independent FMA chains */
+/* sc[j] = q . K[j] * scale for j in j0..j1 */
+static inline __attribute__((always_inline)) void dot_keys(const float *q, const float *K, long j0, long j1, float scale,
+                                                           float *sc, const long D) {
+    long j = j0;
+    for (; j + 4 <= j1; j += 4) {  /* four keys at a time: four independent FMA chains */
         const float *k0 = K + j * D;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (long d = 0; d < D; d += 8) {
@@ -248,12 +246,24 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
         sc[j] = hsum8(a0) * scale; sc[j + 1] = hsum8(a1) * scale;
         sc[j + 2] = hsum8(a2) * scale; sc[j + 3] = hsum8(a3) * scale;
     }
-    for (; j < S; j++) {
+    for (; j < j1; j++) {
         __m256 a0 = _mm256_setzero_ps();
         for (long d = 0; d < D; d += 8)
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(K + j * D + d), a0);
         sc[j] = hsum8(a0) * scale;
     }
+}
+
+/* scores, softmax and weighted values of one query head q [D] over keys K and values V [S, D]
+   (rows where ok[j] == 0 masked); o [D]. Keys and values before `shared` are read from K0, V0
+   instead (a prefix every sequence has: one copy stays in cache for all of them). Inlined with D
+   a constant (64, 128) so that the compiler keeps a head's accumulators in registers. */
+static inline __attribute__((always_inline)) void attend_head(const float *q, const float *K, const float *V,
+        const float *K0, const float *V0, long shared, long S, const unsigned char *ok, float scale, float *sc,
+        float *o, const long D) {
+    long j;
+    dot_keys(q, K0, 0, shared, scale, sc, D);
+    dot_keys(q, K, shared, S, scale, sc, D);
     float top = -INFINITY;
     for (j = 0; j < S; j++) {
         if (ok && !ok[j])
@@ -280,7 +290,7 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
             acc[r] = _mm256_setzero_ps();
         for (j = 0; j < S; j++) {
             __m256 p = _mm256_set1_ps(sc[j]);
-            const float *v = V + j * D + d0;
+            const float *v = (j < shared ? V0 : V) + j * D + d0;
             for (int r = 0; r < width / 8; r++)
                 acc[r] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * r), acc[r]);
         }
@@ -293,10 +303,11 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
 /* One decode step of grouped-query attention for every sequence (T = 1), RoPE and the cache
    write included. qkv [(H + 2 KV) * D, N] feature-major (the output of the qkv projection);
    cos, sin [N, D]; cache [2, N, KV, L, D] for this layer, position `pos` written here and
-   columns 0..pos attended; valid [N, valid_stride] (nonzero = a real token) or NULL for all;
+   columns 0..pos attended, of which 0..shared are the same in every sequence (read from the first);
+   valid [N, valid_stride] (nonzero = a real token) or NULL for all;
    scores: scratch of N * H * (pos + 1) floats; out [H * D, N] feature-major. D % 8 == 0, D <= 256. */
 void r1_attend_decode(const float *qkv, long N, long H, long KV, long D, const float *cos, const float *sin,
-                      float *cache, long L, long pos, const unsigned char *valid, long valid_stride,
+                      float *cache, long L, long pos, long shared, const unsigned char *valid, long valid_stride,
                       float scale, float *scores, float *out) {
     long G = H / KV, S = pos + 1;
     #pragma omp parallel for schedule(static)
@@ -304,6 +315,7 @@ void r1_attend_decode(const float *qkv, long N, long H, long KV, long D, const f
         long b = bg / KV, g = bg % KV;
         const float *c = cos + b * D, *s = sin + b * D;
         float *K = cache + (b * KV + g) * L * D, *V = cache + ((N + b) * KV + g) * L * D;
+        const float *K0 = cache + g * L * D, *V0 = cache + (N * KV + g) * L * D;
         rope(qkv + ((H + g) * D) * N + b, N, c, s, D, K + pos * D);
         for (long d = 0; d < D; d++)
             V[pos * D + d] = qkv[((H + KV + g) * D + d) * N + b];
@@ -313,11 +325,11 @@ void r1_attend_decode(const float *qkv, long N, long H, long KV, long D, const f
             rope(qkv + (h * D) * N + b, N, c, s, D, q);
             float *sc = scores + (b * H + h) * S;
             if (D == 64)
-                attend_head(q, K, V, S, ok, scale, sc, o, 64);
+                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, 64);
             else if (D == 128)
-                attend_head(q, K, V, S, ok, scale, sc, o, 128);
+                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, 128);
             else
-                attend_head(q, K, V, S, ok, scale, sc, o, D);
+                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, D);
             for (long d = 0; d < D; d++)
                 out[(h * D + d) * N + b] = o[d];
         }
