@@ -141,6 +141,7 @@ class PackedWeight:
         out = into if into is not None else torch.empty(shape)
         if tuple(out.shape) != shape or not out.is_contiguous():
             raise ValueError(f"into must be a contiguous {shape} tensor, got {tuple(out.shape)}")
+        # f(x) and the norm's per-column factors, N padded as r1_linear pads it (8 for 1..8, else to 16)
         scratch = torch.empty((K + 1) * (8 if N <= 8 else -(-N // COLUMNS) * COLUMNS))
         for name, t, size in (("norm", norm, K), ("bias", bias, self.out_features)):
             if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != size):

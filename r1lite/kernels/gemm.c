@@ -5,9 +5,10 @@
  * (x has 2K rows: silu(gate) * up). W is packed once by r1_pack6 into panels of 6 rows laid out
  * k-major ([O/6][K][6], zero rows at the end), so the inner loop reads it sequentially. Each step
  * of the inner loop broadcasts 6 weights and multiplies them into 16 columns of f(x) held in two
- * registers: 12 accumulators, enough independent FMAs to hide their latency. f(x) is written once
- * per call into a scratch buffer padded to a multiple of 16 columns. Threads split the panels with
- * OpenMP; the library links against the libgomp PyTorch loaded, so both share one thread pool.
+ * registers: 12 accumulators, enough independent FMAs to hide their latency; 1..8 columns take two
+ * panels times 8 columns instead. f(x) is written once per call into a scratch buffer, padded to a
+ * multiple of 16 columns (8 for 1..8) and laid out in chunks of 64 columns. Threads split the panels
+ * with OpenMP; the library links against the libgomp PyTorch loaded, so both share one thread pool.
  */
 #include <immintrin.h>
 #include <math.h>
