@@ -8,8 +8,9 @@ vs 17.8 ms (MKL) and 11.6 ms (oneDNN). With hundreds of columns (prefill) it is 
 MKL either way (2048 columns: 56 vs 72 ms for 3072x576, 32 vs 30 ms for 576x1536), so it serves
 every product and the decoder keeps no second copy of the weights. The projections take their
 layer's RMS norm or SwiGLU as a prologue and the residual add as an epilogue; a decode step's
-attention (RoPE, cache write, scores, softmax, values) is one call per layer. A batch-16 decode
-step of the 135M model: 45 ms against 100 ms for the same decoder on PyTorch operations.
+attention (RoPE, cache write, scores, softmax, values) is one call per layer, and a whole decode
+step (every layer and the head) is one call from Python. A batch-16 decode step of the 135M model:
+~40-45 ms against 100 ms for the same decoder on PyTorch operations.
 
 The C source is compiled with the system compiler (``$CC``, else ``cc``) into
 ``$R1LITE_CACHE/kernels`` the first time it is needed, and linked against the OpenMP runtime
@@ -97,10 +98,12 @@ def _build() -> ctypes.CDLL:
         "r1_pack6": [ptr, ptr, long, ptr, long, long],
         "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
         "r1_attend_decode": [ptr, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr, ptr],
+        "r1_decode_work": [long] * 7,
+        "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
-        fn.restype, fn.argtypes = None, argtypes
+        fn.restype, fn.argtypes = (long if name == "r1_decode_work" else None), argtypes
     return lib
 
 
@@ -186,3 +189,59 @@ def attend_decode(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int
     lib.r1_attend_decode(qkv.data_ptr(), N, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
                          cache.shape[-2], pos, shared, valid.data_ptr(), valid.stride(0), D ** -0.5, scores.data_ptr(), out.data_ptr())
     return out
+
+
+class DecodeStep:
+    """A whole decode step of a Llama-family model in one call of ``r1_decode_step``: per layer the
+    qkv projection (RMS norm fused), :func:`attend_decode`, the output projection into the residual,
+    gate/up (RMS norm fused) and down (SwiGLU fused) into the residual; then the vocabulary head.
+    The products and the attention are the ones the decoder calls one by one for prefill; one call
+    instead of ~150 saves their Python and ctypes overhead (~15-40 us each, a few ms a step).
+
+    ``layers``: per layer (qkv, o, gate_up, down) PackedWeights and (ln1, ln2, bqkv, bo, bgu, bd)
+    fp32 vectors (biases may be None); the tensors must outlive this object (the decoder holds them).
+    """
+
+    def __init__(self, lib: ctypes.CDLL, layers: list[tuple[tuple[PackedWeight, ...], tuple]], head: PackedWeight,
+                 final_norm: torch.Tensor, heads: int, kv_heads: int, head_dim: int, eps: float):
+        self.lib = lib
+        self.n_layers = len(layers)
+        qkv, o, gu, down = layers[0][0]
+        self.C, self.I, self.V = o.out_features, down.in_features, head.out_features
+        self.H, self.KV, self.D, self.eps = heads, kv_heads, head_dim, eps
+        for i, (ws, vs) in enumerate(layers):
+            shapes = [(w.out_features, w.in_features) for w in ws]
+            expected = [((heads + 2 * kv_heads) * head_dim, self.C), (self.C, heads * head_dim), (2 * self.I, self.C), (self.C, self.I)]
+            sizes = [self.C, self.C, shapes[0][0], self.C, 2 * self.I, self.C]
+            if shapes != expected or any(v is not None and (v.dtype != torch.float32 or not v.is_contiguous() or v.numel() != n)
+                                         for v, n in zip(vs, sizes)):
+                raise ValueError(f"DecodeStep: layer {i} has projections {shapes} and vectors "
+                                 f"{[None if v is None else tuple(v.shape) for v in vs]}; expected {expected} and {sizes}")
+        self._keep = [layers, head, final_norm]
+        self.weights = (ctypes.c_void_p * (4 * self.n_layers + 1))(
+            *[w.data.data_ptr() for ws, _ in layers for w in ws], head.data.data_ptr())
+        self.vectors = (ctypes.c_void_p * (6 * self.n_layers + 1))(
+            *[None if v is None else v.data_ptr() for _, vs in layers for v in vs], final_norm.data_ptr())
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: torch.Tensor, pos: int,
+                 valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
+        """x [C, N] the embedded new tokens (updated in place: the residual stream), cos/sin [N, D],
+        cache [layers, 2, N, KV, L, D], new keys at column ``pos``, ``valid`` and ``shared`` as in
+        :func:`attend_decode`. Returns the logits [N, V]."""
+        N = x.shape[1]
+        ok = (tuple(x.shape) == (self.C, N) and x.is_contiguous() and x.dtype == torch.float32
+              and tuple(cache.shape[:5]) == (self.n_layers, 2, N, self.KV, cache.shape[4]) and cache.shape[5] == self.D
+              and cache.is_contiguous() and cache.dtype == torch.float32 and 0 <= shared <= pos < cache.shape[4]
+              and tuple(cos.shape) == tuple(sin.shape) == (N, self.D) and cos.is_contiguous() and sin.is_contiguous()
+              and valid.dtype == torch.bool and valid.shape[0] == N and valid.shape[1] > pos and valid.stride(1) == 1)
+        if not ok:
+            raise ValueError(f"DecodeStep: x {tuple(x.shape)}, cache {tuple(cache.shape)}, cos/sin {tuple(cos.shape)}, "
+                             f"valid {tuple(valid.shape)} at position {pos}: expected contiguous fp32 x [{self.C}, N], "
+                             f"cache [{self.n_layers}, 2, N, {self.KV}, L, {self.D}], cos/sin [N, {self.D}], a bool mask")
+        S = pos + 1
+        work = torch.empty(self.lib.r1_decode_work(self.C, self.H, self.KV, self.D, self.I, N, S))
+        logits = torch.empty(N, self.V)
+        self.lib.r1_decode_step(self.n_layers, self.C, self.H, self.KV, self.D, self.I, self.V, self.weights, self.vectors,
+                                self.eps, self.D ** -0.5, x.data_ptr(), N, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
+                                cache.shape[4], pos, shared, valid.data_ptr(), valid.stride(0), work.data_ptr(), logits.data_ptr())
+        return logits

@@ -247,8 +247,14 @@ class LlamaDecoder:
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
         self.norm = model.model.norm.weight.detach().to(self.dtype)
         self.head = proj(-1, "head", model.lm_head)
-        # one call per layer for a decode step's attention (fp32 CPU kernel; not with Qwen3's q/k norms)
-        self._attend = lib if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0 else None
+        # a decode step in one call of our kernels: every layer and the head (fp32 CPU; not with
+        # Qwen3's q/k norms)
+        self._step = None
+        if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0:
+            self._step = cpu_kernels.DecodeStep(
+                lib, [((ly["wqkv"].packed, ly["wo"].packed, ly["wgu"].packed, ly["wd"].packed),
+                       (ly["ln1"], ly["ln2"], ly["bqkv"], ly["bo"], ly["bgu"], ly["bd"])) for ly in layers],
+                self.head.packed, self.norm, self.n_heads, self.n_kv, self.head_dim, self.eps)
         rotary = model.model.rotary_emb
         self.inv_freq = rotary.inv_freq.detach().float().to(self.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -300,19 +306,13 @@ class LlamaDecoder:
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self._cos_sin(positions)
         x = self.embed[tokens.reshape(-1)].t().contiguous()  # [C, B*T], row-major
-        # A decode step on an fp32 CPU: attention (RoPE and the cache write included) in one call
-        # of our kernel per layer; otherwise ~25 torch operations.
-        fast = self._attend is not None and T == 1
-        if fast:
-            cos, sin = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
-        else:
-            mask = self._mask(key_valid, start, T)  # [B, 1, T, end] or None
+        if self._step is not None and T == 1:  # a decode step on an fp32 CPU: one call of our kernels
+            return self._step(x, cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), self.cache, start,
+                              key_valid, self.shared)
+        mask = self._mask(key_valid, start, T)  # [B, 1, T, end] or None
         for i, ly in enumerate(self.layers):
             qkv = ly["wqkv"](x, "rmsnorm", ly["ln1"], self.eps, ly["bqkv"])  # [(H + 2 KV) * D, B*T]
-            if fast:
-                o = cpu_kernels.attend_decode(self._attend, qkv, H, KV, cos, sin, self.cache[i], start, key_valid, self.shared)
-            else:
-                o = self._attention(ly, qkv, self.cache[i], B, T, cos, sin, start, mask)
+            o = self._attention(ly, qkv, self.cache[i], B, T, cos, sin, start, mask)
             ly["wo"](o, bias=ly["bo"], into=x)  # the residual stream, updated in place
             gu = ly["wgu"](x, "rmsnorm", ly["ln2"], self.eps, ly["bgu"])
             ly["wd"](gu, "swiglu", bias=ly["bd"], into=x)

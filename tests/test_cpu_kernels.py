@@ -122,6 +122,41 @@ def test_decode_attention_matches_torch(H, KV, D, N, shared):
     torch.testing.assert_close(ours_cache, ref_cache, atol=1e-6, rtol=1e-6)
 
 
+@needs_kernel
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: q/k/v biases, two query heads per kv head
+def test_decode_step_in_one_call_matches_transformers(arch):
+    """Prefill (the projections one by one) then decode steps (the whole step in one call) give the
+    logits of transformers' forward over the whole sequence, padding included."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from r1lite.rollout import LlamaDecoder
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=300, hidden_size=64, intermediate_size=136, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+    model = (LlamaForCausalLM(LlamaConfig(**shape)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**shape))).eval()
+    if arch == "qwen2":
+        for layer in model.model.layers:
+            torch.nn.init.normal_(layer.self_attn.q_proj.bias, std=0.5)
+    decoder = LlamaDecoder(model, torch.float32)
+    assert decoder._step is not None
+    B, P, new = 5, 7, 4
+    tokens = torch.randint(0, 300, (B, P + new))
+    mask = torch.ones(B, P + new, dtype=torch.long)
+    mask[1, :3] = 0  # a left-padded row
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    decoder.start(B, P + new)
+    valid = mask.bool()
+    decoder.forward(tokens[:, :P], positions[:, :P], 0, valid)
+    with torch.no_grad():
+        ref = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
+    for t in range(P, P + new):
+        logits = decoder.forward(tokens[:, t:t + 1], positions[:, t:t + 1], t, valid)
+        torch.testing.assert_close(logits, ref[:, t], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="DecodeStep"):
+        decoder._step(torch.randn(64, B), torch.ones(B, 16), torch.ones(B, 16), decoder.cache, P + new, valid)
+
+
 def test_an_unbuildable_kernel_falls_back_and_says_why(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cpu_kernels, "_tried", False)
     monkeypatch.setattr(cpu_kernels, "_lib", None)
