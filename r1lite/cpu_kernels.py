@@ -97,8 +97,8 @@ def _build() -> ctypes.CDLL:
     signatures = {  # argument types, in gemm.c's order
         "r1_pack6": [ptr, ptr, long, ptr, long, long],
         "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
-        "r1_attend_decode": [ptr, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr, ptr],
-        "r1_decode_work": [long] * 7,
+        "r1_attend": [ptr, long, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr],
+        "r1_decode_work": [long] * 6,
         "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr],
     }
     for name, argtypes in signatures.items():
@@ -160,40 +160,41 @@ class PackedWeight:
 _PROLOGUES = {"plain": 0, "rmsnorm": 1, "swiglu": 2}
 
 
-def attend_decode(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
-                  cache: torch.Tensor, pos: int, valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
-    """One decode step (one new token per sequence) of grouped-query attention, fp32.
+def attend(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+           cache: torch.Tensor, pos: int, valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
+    """Grouped-query attention of T new tokens per sequence (T = 1: a decode step; more: prefill), fp32.
 
-    ``qkv`` [(H + 2 KV) * D, N]: the qkv projection, feature-major. Applies rotate-half RoPE with
-    ``cos``/``sin`` [N, D] to queries and keys, writes key and value at column ``pos`` of
-    ``cache`` [2, N, KV, L, D], attends over columns 0..pos where ``valid`` [N, >= pos + 1] (bool)
-    is true, and returns [H * D, N] feature-major. Columns 0..``shared`` hold the same keys and
-    values in every row (a prompt prefix prefilled once): they are read from row 0, which stays in
-    cache for all rows. Reads each cached key and value once: the
-    torch version (``gqa_attention``, ~25 small operations a layer) took ~3x as long at batch 16.
+    ``cache`` [2, B, KV, L, D]; ``qkv`` [(H + 2 KV) * D, B * T]: the qkv projection, feature-major,
+    column b * T + t for token t of sequence b. Applies rotate-half RoPE with ``cos``/``sin``
+    [B * T, D] to queries and keys, writes keys and values at columns pos..pos + T of the cache, and
+    token t attends causally over columns 0..pos + t where ``valid`` [B, >= pos + T] (bool) is true
+    (a pad token attends to itself alone); returns [H * D, B * T] feature-major. Columns
+    0..``shared`` hold the same keys and values in every row (a prompt prefix prefilled once): they
+    are read from row 0, which stays in cache for all rows. The torch version (``gqa_attention``,
+    ~25 small operations a layer) took ~3x as long for a batch-16 decode step and ~10x for a prefill.
     """
-    N = qkv.shape[1]
-    D = cache.shape[-1]
-    shapes_ok = (qkv.shape[0] == (heads + 2 * kv_heads) * D and heads % kv_heads == 0
-                 and tuple(cache.shape[:3]) == (2, N, kv_heads) and 0 <= pos < cache.shape[3] and 0 <= shared <= pos
-                 and tuple(cos.shape) == tuple(sin.shape) == (N, D) and valid.shape[0] == N and valid.shape[1] > pos)
+    B, D = cache.shape[1], cache.shape[-1]
+    T = qkv.shape[1] // max(B, 1)
+    shapes_ok = (cache.dim() == 5 and cache.shape[0] == 2 and cache.shape[2] == kv_heads and B > 0 and T > 0
+                 and tuple(qkv.shape) == ((heads + 2 * kv_heads) * D, B * T) and heads % kv_heads == 0
+                 and 0 <= pos and pos + T <= cache.shape[3] and 0 <= shared <= pos
+                 and tuple(cos.shape) == tuple(sin.shape) == (B * T, D) and valid.shape[0] == B and valid.shape[1] >= pos + T)
     layout_ok = (qkv.is_contiguous() and cache.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
                  and valid.stride(1) == 1 and valid.dtype == torch.bool
                  and all(t.dtype == torch.float32 for t in (qkv, cache, cos, sin)))
     if not (shapes_ok and layout_ok and D % 8 == 0 and D <= 256):
-        raise ValueError(f"attend_decode: qkv {tuple(qkv.shape)}, cache {tuple(cache.shape)}, cos/sin {tuple(cos.shape)}, "
+        raise ValueError(f"attend: qkv {tuple(qkv.shape)}, cache {tuple(cache.shape)}, cos/sin {tuple(cos.shape)}, "
                          f"valid {tuple(valid.shape)} at position {pos} for {heads}/{kv_heads} heads: needs contiguous fp32, "
-                         "a bool mask, a head size that is a multiple of 8 (<= 256) and a position inside the cache")
-    out = torch.empty(heads * D, N)
-    scores = torch.empty(N * heads * (pos + 1))
-    lib.r1_attend_decode(qkv.data_ptr(), N, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
-                         cache.shape[-2], pos, shared, valid.data_ptr(), valid.stride(0), D ** -0.5, scores.data_ptr(), out.data_ptr())
+                         "a bool mask, a head size that is a multiple of 8 (<= 256) and the new tokens inside the cache")
+    out = torch.empty(heads * D, B * T)
+    lib.r1_attend(qkv.data_ptr(), B, T, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
+                  cache.shape[-2], pos, shared, valid.data_ptr(), valid.stride(0), D ** -0.5, out.data_ptr())
     return out
 
 
 class DecodeStep:
     """A whole decode step of a Llama-family model in one call of ``r1_decode_step``: per layer the
-    qkv projection (RMS norm fused), :func:`attend_decode`, the output projection into the residual,
+    qkv projection (RMS norm fused), :func:`attend`, the output projection into the residual,
     gate/up (RMS norm fused) and down (SwiGLU fused) into the residual; then the vocabulary head.
     The products and the attention are the ones the decoder calls one by one for prefill; one call
     instead of ~150 saves their Python and ctypes overhead (~15-40 us each, a few ms a step).
@@ -227,7 +228,7 @@ class DecodeStep:
                  valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
         """x [C, N] the embedded new tokens (updated in place: the residual stream), cos/sin [N, D],
         cache [layers, 2, N, KV, L, D], new keys at column ``pos``, ``valid`` and ``shared`` as in
-        :func:`attend_decode`. Returns the logits [N, V]."""
+        :func:`attend`. Returns the logits [N, V]."""
         N = x.shape[1]
         ok = (tuple(x.shape) == (self.C, N) and x.is_contiguous() and x.dtype == torch.float32
               and tuple(cache.shape[:5]) == (self.n_layers, 2, N, self.KV, cache.shape[4]) and cache.shape[5] == self.D
@@ -238,8 +239,7 @@ class DecodeStep:
             raise ValueError(f"DecodeStep: x {tuple(x.shape)}, cache {tuple(cache.shape)}, cos/sin {tuple(cos.shape)}, "
                              f"valid {tuple(valid.shape)} at position {pos}: expected contiguous fp32 x [{self.C}, N], "
                              f"cache [{self.n_layers}, 2, N, {self.KV}, L, {self.D}], cos/sin [N, {self.D}], a bool mask")
-        S = pos + 1
-        work = torch.empty(self.lib.r1_decode_work(self.C, self.H, self.KV, self.D, self.I, N, S))
+        work = torch.empty(self.lib.r1_decode_work(self.C, self.H, self.KV, self.D, self.I, N))
         logits = torch.empty(N, self.V)
         self.lib.r1_decode_step(self.n_layers, self.C, self.H, self.KV, self.D, self.I, self.V, self.weights, self.vectors,
                                 self.eps, self.D ** -0.5, x.data_ptr(), N, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),

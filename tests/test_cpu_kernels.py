@@ -78,45 +78,50 @@ def test_projection_rejects_what_it_cannot_compute():
     qkv, cache = torch.randn(3 * 8, 2), torch.zeros(2, 2, 1, 5, 8)
     cos = sin = torch.ones(2, 8)
     with pytest.raises(ValueError, match="inside the cache"):
-        cpu_kernels.attend_decode(LIB, qkv, 1, 1, cos, sin, cache, 5, torch.ones(2, 6, dtype=torch.bool))
+        cpu_kernels.attend(LIB, qkv, 1, 1, cos, sin, cache, 5, torch.ones(2, 6, dtype=torch.bool))
 
 
 def reference_attention(qkv, H, KV, cos, sin, cache, pos, valid):
-    """Decode-step attention with PyTorch: RoPE, cache write, gqa_attention over 0..pos."""
-    D = cache.shape[-1]
-    N = qkv.shape[1]
-    t = qkv.t().reshape(N, 1, H + 2 * KV, D).transpose(1, 2)
+    """Attention of T new tokens per row with PyTorch: RoPE, cache write, causal gqa_attention
+    over 0..pos + t (a pad query sees itself)."""
+    D, B = cache.shape[-1], cache.shape[1]
+    T = qkv.shape[1] // B
+    t = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)
     q, k, v = t.split([H, KV, KV], dim=1)
+    c, s = cos.reshape(B, 1, T, D), sin.reshape(B, 1, T, D)
 
     def rope(x):
         half = D // 2
-        c, s = cos[:, None, None], sin[:, None, None]
         return x * c + torch.cat([-x[..., half:], x[..., :half]], -1) * s
 
-    cache[0, :, :, pos:pos + 1] = rope(k)
-    cache[1, :, :, pos:pos + 1] = v
-    mask = valid[:, None, None, :pos + 1]
-    o = gqa_attention(rope(q), cache[0, :, :, :pos + 1], cache[1, :, :, :pos + 1], mask)
-    return o.transpose(1, 2).reshape(N, H * D).t()
+    end = pos + T
+    cache[0, :, :, pos:end] = rope(k)
+    cache[1, :, :, pos:end] = v
+    causal = torch.ones(T, end, dtype=torch.bool).tril(pos)
+    own = torch.zeros(T, end, dtype=torch.bool)
+    own[torch.arange(T), pos + torch.arange(T)] = True
+    mask = (causal[None] & valid[:, None, :end]) | own[None]
+    o = gqa_attention(rope(q), cache[0, :, :, :end], cache[1, :, :, :end], mask[:, None])
+    return o.transpose(1, 2).reshape(B * T, H * D).t()
 
 
 @needs_kernel
 @pytest.mark.parametrize("shared", [0, 11])  # 11: a prefix all rows hold, read from row 0
 @pytest.mark.parametrize("H,KV,D", [(9, 3, 64), (4, 4, 32), (4, 2, 128)])
-@pytest.mark.parametrize("N", [1, 5, 16])
-def test_decode_attention_matches_torch(H, KV, D, N, shared):
-    g = torch.Generator().manual_seed(H * 100 + D + N)
+@pytest.mark.parametrize("N,T", [(1, 1), (5, 1), (16, 1), (1, 9), (3, 6)])  # T > 1: prefill, causal
+def test_attention_matches_torch(H, KV, D, N, T, shared):
+    g = torch.Generator().manual_seed(H * 100 + D + N + T)
     L, pos = 40, 29
-    qkv = torch.randn((H + 2 * KV) * D, N, generator=g)
-    angles = torch.rand(N, D // 2, generator=g) * 6
+    qkv = torch.randn((H + 2 * KV) * D, N * T, generator=g)
+    angles = torch.rand(N * T, D // 2, generator=g) * 6
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     cache = torch.randn(2, N, KV, L, D, generator=g)
-    valid = torch.rand(N, L, generator=g) > 0.3  # left padding and holes: masked keys
+    valid = torch.rand(N, L, generator=g) > 0.3  # left padding and holes: masked keys, pad queries
     valid[:, pos] = True
     cache[:, :, :, :shared] = cache[:, :1, :, :shared]
     valid[:, :shared] = True
     ours_cache, ref_cache = cache.clone(), cache.clone()
-    ours = cpu_kernels.attend_decode(LIB, qkv, H, KV, cos, sin, ours_cache, pos, valid, shared)
+    ours = cpu_kernels.attend(LIB, qkv, H, KV, cos, sin, ours_cache, pos, valid, shared)
     ref = reference_attention(qkv, H, KV, cos, sin, ref_cache, pos, valid)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ours_cache, ref_cache, atol=1e-6, rtol=1e-6)

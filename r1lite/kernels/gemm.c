@@ -9,10 +9,12 @@
  * panels times 8 columns instead. f(x) is written once per call into a scratch buffer, padded to a
  * multiple of 16 columns (8 for 1..8) and laid out in chunks of 64 columns. Threads split the panels
  * with OpenMP; the library links against the libgomp PyTorch loaded, so both share one thread pool.
- * r1_attend_decode is a decode step's attention; r1_decode_step chains them into a whole step.
+ * r1_attend is the attention (a decode step's or prefill's); r1_decode_step chains them into a whole
+ * decode step.
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { PLAIN = 0, RMSNORM = 1, SWIGLU = 2 };
@@ -265,7 +267,8 @@ static inline __attribute__((always_inline)) void dot_keys(const float *q, const
 }
 
 /* scores, softmax and weighted values of one query head q [D] over keys K and values V [S, D]
-   (rows where ok[j] == 0 masked); o [D]. Keys and values before `shared` are read from K0, V0
+   (rows where ok[j] == 0 masked, except the last, the query's own: a pad query of a left-padded
+   row then attends to itself alone and stays finite); o [D]. Keys and values before `shared` are read from K0, V0
    instead (a prefix every sequence has: one copy stays in cache for all of them). Inlined with D
    a constant (64, 128) so that the compiler keeps a head's accumulators in registers. */
 static inline __attribute__((always_inline)) void attend_head(const float *q, const float *K, const float *V,
@@ -276,7 +279,7 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
     dot_keys(q, K, shared, S, scale, sc, D);
     float top = -INFINITY;
     for (j = 0; j < S; j++) {
-        if (ok && !ok[j])
+        if (ok && !ok[j] && j < S - 1)
             sc[j] = -INFINITY;
         top = sc[j] > top ? sc[j] : top;
     }
@@ -310,71 +313,79 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
     }
 }
 
-/* One decode step of grouped-query attention for every sequence (T = 1), RoPE and the cache
-   write included. qkv [(H + 2 KV) * D, N] feature-major (the output of the qkv projection);
-   cos, sin [N, D]; cache [2, N, KV, L, D] for this layer, position `pos` written here and
-   columns 0..pos attended, of which 0..shared are the same in every sequence (read from the first);
-   valid [N, valid_stride] (nonzero = a real token) or NULL for all;
-   scores: scratch of N * H * (pos + 1) floats; out [H * D, N] feature-major. D % 8 == 0, D <= 256. */
-void r1_attend_decode(const float *qkv, long N, long H, long KV, long D, const float *cos, const float *sin,
-                      float *cache, long L, long pos, long shared, const unsigned char *valid, long valid_stride,
-                      float scale, float *scores, float *out) {
-    long G = H / KV, S = pos + 1;
-    #pragma omp parallel for schedule(static)
-    for (long bg = 0; bg < N * KV; bg++) {
-        long b = bg / KV, g = bg % KV;
-        const float *c = cos + b * D, *s = sin + b * D;
-        float *K = cache + (b * KV + g) * L * D, *V = cache + ((N + b) * KV + g) * L * D;
-        const float *K0 = cache + g * L * D, *V0 = cache + (N * KV + g) * L * D;
-        rope(qkv + ((H + g) * D) * N + b, N, c, s, D, K + pos * D);
-        for (long d = 0; d < D; d++)
-            V[pos * D + d] = qkv[((H + KV + g) * D + d) * N + b];
-        const unsigned char *ok = valid ? valid + b * valid_stride : NULL;
-        for (long h = g * G; h < (g + 1) * G; h++) {
-            float q[256], o[256];
-            rope(qkv + (h * D) * N + b, N, c, s, D, q);
-            float *sc = scores + (b * H + h) * S;
-            if (D == 64)
-                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, 64);
-            else if (D == 128)
-                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, 128);
-            else
-                attend_head(q, K, V, K0, V0, shared, S, ok, scale, sc, o, D);
-            for (long d = 0; d < D; d++)
-                out[(h * D + d) * N + b] = o[d];
+/* Grouped-query attention of T new tokens per sequence (T = 1: a decode step; more: prefill),
+   RoPE and the cache write included. qkv [(H + 2 KV) * D, B * T] feature-major (the output of the
+   qkv projection; column b * T + t is token t of sequence b); cos, sin [B * T, D]; cache
+   [2, B, KV, L, D] for this layer: the new keys and values go to columns pos..pos + T, and token t
+   attends causally to columns 0..pos + t, of which 0..shared are the same in every sequence (read
+   from the first); valid [B, valid_stride] (nonzero = a real token) or NULL for all; out [H * D, B * T]
+   feature-major. D % 8 == 0, D <= 256. Threads split the sequences' kv groups to write the cache,
+   then the (sequence, head, token) queries. */
+void r1_attend(const float *qkv, long B, long T, long H, long KV, long D, const float *cos, const float *sin,
+               float *cache, long L, long pos, long shared, const unsigned char *valid, long valid_stride,
+               float scale, float *out) {
+    long G = H / KV, N = B * T;
+    #pragma omp parallel
+    {
+        #pragma omp for schedule(static)
+        for (long bg = 0; bg < B * KV; bg++) {
+            long b = bg / KV, g = bg % KV;
+            float *K = cache + (b * KV + g) * L * D, *V = cache + ((B + b) * KV + g) * L * D;
+            for (long t = 0, n = b * T; t < T; t++, n++) {
+                rope(qkv + ((H + g) * D) * N + n, N, cos + n * D, sin + n * D, D, K + (pos + t) * D);
+                for (long d = 0; d < D; d++)
+                    V[(pos + t) * D + d] = qkv[((H + KV + g) * D + d) * N + n];
+            }
         }
+        float *sc = malloc((pos + T) * sizeof(float));  /* this thread's scores */
+        #pragma omp for schedule(static)
+        for (long item = 0; item < B * H * T; item++) {
+            long t = item % T, h = item / T % H, b = item / T / H, g = h / G, n = b * T + t, S = pos + t + 1;
+            const float *K = cache + (b * KV + g) * L * D, *V = cache + ((B + b) * KV + g) * L * D;
+            const float *K0 = cache + g * L * D, *V0 = cache + (B * KV + g) * L * D;
+            const unsigned char *ok = valid ? valid + b * valid_stride : NULL;
+            long sh = shared < S ? shared : S;
+            float q[256], o[256];
+            rope(qkv + (h * D) * N + n, N, cos + n * D, sin + n * D, D, q);
+            if (D == 64)
+                attend_head(q, K, V, K0, V0, sh, S, ok, scale, sc, o, 64);
+            else if (D == 128)
+                attend_head(q, K, V, K0, V0, sh, S, ok, scale, sc, o, 128);
+            else
+                attend_head(q, K, V, K0, V0, sh, S, ok, scale, sc, o, D);
+            for (long d = 0; d < D; d++)
+                out[(h * D + d) * N + n] = o[d];
+        }
+        free(sc);
     }
 }
 
-/* floats of scratch r1_decode_step needs for N sequences attending over S cache columns */
-long r1_decode_work(long C, long H, long KV, long D, long I, long N, long S) {
+/* floats of scratch r1_decode_step needs for N sequences */
+long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
     long NP = N <= 8 ? 8 : (N + 15) / 16 * 16, K = C > H * D ? C : H * D;
     K = K > I ? K : I;
-    return ((H + 2 * KV) * D + H * D + 2 * I) * N + (K + 1) * NP + N * H * S;
+    return ((H + 2 * KV) * D + H * D + 2 * I) * N + (K + 1) * NP;
 }
 
 /* One decode step of a Llama-family model, one new token per sequence, in one call: per layer
    x += o(attention(qkv(rmsnorm(x)))), x += down(swiglu(gate_up(rmsnorm(x)))), then the vocabulary
-   head of rmsnorm(x). The same sequence of r1_linear and r1_attend_decode calls the decoder makes
+   head of rmsnorm(x). The same sequence of r1_linear and r1_attend calls the decoder makes
    from Python for prefill; here a step pays for one call from Python instead of ~150 (~15-40 us
    each).
    weights: per layer the packed qkv, o, gate|up and down projections, then the head (4 n + 1);
    vectors: per layer ln1, ln2 and the biases of qkv, o, gate|up, down (NULL: none), then the final
    norm (6 n + 1); scale: the attention's, 1/sqrt(D); x [C, N] the residual stream (the embedded tokens; updated); cos, sin [N, D];
-   cache [n, 2, N, KV, L, D]; valid as r1_attend_decode; work r1_decode_work floats; logits [N, V]. */
+   cache [n, 2, N, KV, L, D]; valid as r1_attend; work r1_decode_work floats; logits [N, V]. */
 void r1_decode_step(long n_layers, long C, long H, long KV, long D, long I, long V,
                     const float *const *weights, const float *const *vectors, float eps, float scale, float *x, long N,
                     const float *cos, const float *sin, float *cache, long L, long pos, long shared,
                     const unsigned char *valid, long valid_stride, float *work, float *logits) {
     float *qkv = work, *att = qkv + (H + 2 * KV) * D * N, *gu = att + H * D * N, *xs = gu + 2 * I * N;
-    long NP = N <= 8 ? 8 : (N + 15) / 16 * 16, K = C > H * D ? C : H * D;
-    K = K > I ? K : I;
-    float *scores = xs + (K + 1) * NP;
     for (long i = 0; i < n_layers; i++) {
         const float *const *w = weights + 4 * i, *const *v = vectors + 6 * i;
         r1_linear(w[0], (H + 2 * KV) * D, C, x, N, RMSNORM, v[0], eps, xs, v[2], qkv, 0, 0);
-        r1_attend_decode(qkv, N, H, KV, D, cos, sin, cache + i * 2 * N * KV * L * D, L, pos, shared, valid,
-                         valid_stride, scale, scores, att);
+        r1_attend(qkv, N, 1, H, KV, D, cos, sin, cache + i * 2 * N * KV * L * D, L, pos, shared, valid, valid_stride,
+                  scale, att);
         r1_linear(w[1], C, H * D, att, N, PLAIN, NULL, 0.0f, xs, v[3], x, 1, 0);
         r1_linear(w[2], 2 * I, C, x, N, RMSNORM, v[1], eps, xs, v[4], gu, 0, 0);
         r1_linear(w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
