@@ -99,6 +99,7 @@ def _build() -> ctypes.CDLL:
         "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
         "r1_attend": [ptr, long, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr],
         "r1_decode_work": [long] * 6,
+        "r1_sample": [ptr, long, long, ptr, ptr],
         "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr],
     }
     for name, argtypes in signatures.items():
@@ -189,6 +190,19 @@ def attend(lib: ctypes.CDLL, qkv: torch.Tensor, heads: int, kv_heads: int, cos: 
     out = torch.empty(heads * D, B * T)
     lib.r1_attend(qkv.data_ptr(), B, T, heads, kv_heads, D, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
                   cache.shape[-2], pos, shared, valid.data_ptr(), valid.stride(0), D ** -0.5, out.data_ptr())
+    return out
+
+
+def sample(lib: ctypes.CDLL, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One token per row of fp32 ``logits`` [N, V], drawn from their softmax by inverting its
+    cumulative distribution at ``u`` [N] (uniform in [0, 1)); -inf logits are never drawn."""
+    N, V = logits.shape
+    if logits.dtype != torch.float32 or u.dtype != torch.float32 or u.shape != (N,) or V == 0:
+        raise ValueError(f"sample: logits {logits.dtype} {tuple(logits.shape)}, u {u.dtype} {tuple(u.shape)}: "
+                         "needs fp32 logits [N, V] and fp32 u [N]")
+    logits, u = logits.contiguous(), u.contiguous()
+    out = torch.empty(N, dtype=torch.long)
+    lib.r1_sample(logits.data_ptr(), N, V, u.data_ptr(), out.data_ptr())
     return out
 
 

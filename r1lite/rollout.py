@@ -419,12 +419,17 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None) 
     ``torch.multinomial`` draws one exponential number per vocabulary entry instead: 24 ms per
     step for 16 rows x 49k tokens on the 2-core CPU we measured, against 1.4 ms here, and 94 ms
     against 6 ms for 64 rows, more than a whole decode step of the layers at batch 16.
-    Tokens with probability 0 (masked to -inf) are never drawn.
+    Tokens with probability 0 (masked to -inf) are never drawn. fp32 logits on a CPU where our
+    kernels run take :func:`r1lite.cpu_kernels.sample`, the same draw in one pass over block sums
+    (0.3 vs 1.4 ms for 16 x 49k logits).
     """
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+    lib = cpu_kernels.load() if logits.device.type == "cpu" and logits.dtype == torch.float32 else None
+    if lib is not None:
+        return cpu_kernels.sample(lib, logits, u[:, 0])
     weights = (logits - logits.amax(-1, keepdim=True)).exp_()  # unnormalised: u is scaled instead
     cdf = weights.cumsum_(-1)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------

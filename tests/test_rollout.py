@@ -151,7 +151,16 @@ def test_seeded_sampling_is_reproducible(tiny):
     assert ids(a) == ids(b) and ids(a) != ids(c)
 
 
-def test_sample_next_follows_the_distribution():
+@pytest.fixture(params=["ours", "torch"])
+def sampler_path(request, monkeypatch):
+    """Sampling on our CPU kernel, and on PyTorch where it cannot be built."""
+    if request.param == "torch":
+        monkeypatch.setattr(cpu_kernels, "load", lambda: None)
+    elif cpu_kernels.load() is None:
+        pytest.skip("the CPU kernel cannot be built on this machine")
+
+
+def test_sample_next_follows_the_distribution(sampler_path):
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, 4).contiguous()
     g = torch.Generator().manual_seed(0)
     counts = torch.bincount(sample_next(logits, Sampling(temperature=1.0), g), minlength=4).float() / 20000
@@ -179,7 +188,7 @@ def test_llama_family_uses_the_fast_decoder_and_others_the_generic_one(tiny):
     assert [o[0].token_ids for o in out] == ref
 
 
-def test_sampler_never_draws_masked_tokens_and_applies_temperature():
+def test_sampler_never_draws_masked_tokens_and_applies_temperature(sampler_path):
     probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
     logits = probs.log().expand(40000, 6).contiguous()
     g = torch.Generator().manual_seed(1)
@@ -194,3 +203,24 @@ def test_sampler_never_draws_masked_tokens_and_applies_temperature():
     counts = torch.bincount(sample_next(wide.expand(16000, -1).contiguous(), Sampling(), g), minlength=4096).float() / 16000
     top = wide[0].softmax(-1).topk(5).indices
     assert torch.allclose(counts[top], wide[0].softmax(-1)[top], atol=0.01)
+
+
+def test_kernel_sampler_draws_what_the_cumulative_sum_draws():
+    """Same uniform numbers, same tokens as PyTorch's cumulative sum and binary search, on a real
+    vocabulary width (several blocks and a ragged tail) with masked tokens."""
+    lib = cpu_kernels.load()
+    if lib is None:
+        pytest.skip("the CPU kernel cannot be built on this machine")
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(64, 49157, generator=g) * 4
+    logits[:, ::7] = float("-inf")
+    u = torch.rand(64, generator=g)
+    cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)
+    ref = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+    ours = cpu_kernels.sample(lib, logits, u)
+    assert (ours == ref).float().mean() > 0.95  # only float rounding near a boundary may differ
+    assert torch.isfinite(logits.gather(1, ours[:, None])).all()
+    assert (cpu_kernels.sample(lib, logits, torch.zeros(64)) == (logits > -1e30).float().argmax(-1)).all()
+    # u = 1 (past the end, as rounding can leave the target): the last token that can be drawn
+    logits[:, -1] = float("-inf")
+    assert (cpu_kernels.sample(lib, logits, torch.ones(64)) == 49155).all()
