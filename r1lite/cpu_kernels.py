@@ -38,7 +38,6 @@ from r1lite.models import cache_dir
 SOURCE = Path(__file__).with_name("kernels") / "gemm.c"
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 6  # weight rows per packed panel (gemm.c)
-COLUMNS = 16  # the kernel works on multiples of this many columns
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -98,13 +97,14 @@ def _build() -> ctypes.CDLL:
         "r1_pack6": [ptr, ptr, long, ptr, long, long],
         "r1_linear": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
         "r1_attend": [ptr, long, long, long, long, long, ptr, ptr, ptr, long, long, long, ptr, long, float_, ptr],
+        "r1_linear_work": [long] * 2,
         "r1_decode_work": [long] * 6,
         "r1_sample": [ptr, long, long, ptr, ptr],
         "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
-        fn.restype, fn.argtypes = (long if name == "r1_decode_work" else None), argtypes
+        fn.restype, fn.argtypes = (long if name.endswith("_work") else None), argtypes
     return lib
 
 
@@ -145,8 +145,7 @@ class PackedWeight:
         out = into if into is not None else torch.empty(shape)
         if tuple(out.shape) != shape or not out.is_contiguous():
             raise ValueError(f"into must be a contiguous {shape} tensor, got {tuple(out.shape)}")
-        # f(x) and the norm's per-column factors, N padded as r1_linear pads it (8 for 1..8, else to 16)
-        scratch = torch.empty((K + 1) * (8 if N <= 8 else -(-N // COLUMNS) * COLUMNS))
+        scratch = torch.empty(self.lib.r1_linear_work(K, N))  # f(x) and the norm's per-column factors
         for name, t, size in (("norm", norm, K), ("bias", bias, self.out_features)):
             if t is not None and (t.dtype != torch.float32 or not t.is_contiguous() or t.numel() != size):
                 raise ValueError(f"{name} must be a contiguous fp32 vector of {size}, got {t.dtype} {tuple(t.shape)}")

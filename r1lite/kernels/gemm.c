@@ -19,6 +19,11 @@
 
 enum { PLAIN = 0, RMSNORM = 1, SWIGLU = 2 };
 
+/* the columns f(x) is padded to: 8 for 1..8, else a multiple of 16 */
+static inline long padded_columns(long N) {
+    return N <= 8 ? 8 : (N + 15) / 16 * 16;
+}
+
 /* the rows of parts[0], parts[1], ... (part_rows[i] rows of K each, stacked: O rows in all) ->
    P [ceil(O/6), K, 6]; stacking q/k/v or gate/up this way needs no concatenated copy */
 void r1_pack6(const float *const *parts, const long *part_rows, long nparts, float *P, long O, long K) {
@@ -187,13 +192,18 @@ static inline void panel_pair8(const float *P0, const float *P1, const float *x,
     store(acc[0], 8, o, rows, 0, cols, bias, out, ldo, accumulate, transposed);
 }
 
+/* floats of scratch r1_linear needs for K input features and N columns */
+long r1_linear_work(long K, long N) {
+    return (K + 1) * padded_columns(N);
+}
+
 /* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
    (K + 1) * NP floats, NP = N rounded up to 16 (to 8 when N <= 8); out [O, N] (ldo = N), or [N, O]
    when transposed (ldo = O). Columns go in chunks of 64 (a [K, 64] block of f(x), in L2) past all
    the panels. */
 void r1_linear(const float *P, long O, long K, const float *x, long N, int mode, const float *norm_w, float eps,
                float *xs, const float *bias, float *out, int accumulate, int transposed) {
-    long NP = N <= 8 ? 8 : (N + 15) / 16 * 16, panels = (O + 5) / 6, ldo = transposed ? O : N;
+    long NP = padded_columns(N), panels = (O + 5) / 6, ldo = transposed ? O : N;
     float *inv = xs + K * NP;
     #pragma omp parallel
     {
@@ -214,6 +224,7 @@ void r1_linear(const float *P, long O, long K, const float *x, long N, int mode,
                 int rows = O - t * 6 < 6 ? (int)(O - t * 6) : 6;
                 for (long n = c; n < c + w; n += 16) {
                     int cols = N - n < 16 ? (int)(N - n) : 16;
+                    /* two calls, so that each inlined copy has its prefetch flag as a constant */
                     if (cols > 0 && n == c)
                         panel(P + t * K * 6, block, w, K, t * 6, rows, n, cols, bias, out, ldo, accumulate, transposed, 1);
                     else if (cols > 0)
@@ -268,9 +279,10 @@ static inline __attribute__((always_inline)) void dot_keys(const float *q, const
 
 /* scores, softmax and weighted values of one query head q [D] over keys K and values V [S, D]
    (rows where ok[j] == 0 masked, except the last, the query's own: a pad query of a left-padded
-   row then attends to itself alone and stays finite); o [D]. Keys and values before `shared` are read from K0, V0
-   instead (a prefix every sequence has: one copy stays in cache for all of them). Inlined with D
-   a constant (64, 128) so that the compiler keeps a head's accumulators in registers. */
+   row then attends to itself alone and stays finite); o [D]. Keys and values before `shared` are
+   read from K0, V0 instead (a prefix every sequence has: one copy stays in cache for all of them).
+   Inlined with D a constant (64, 128) so that the compiler keeps a head's accumulators in
+   registers. */
 static inline __attribute__((always_inline)) void attend_head(const float *q, const float *K, const float *V,
         const float *K0, const float *V0, long shared, long S, const unsigned char *ok, float scale, float *sc,
         float *o, const long D) {
@@ -362,9 +374,9 @@ void r1_attend(const float *qkv, long B, long T, long H, long KV, long D, const 
 
 /* floats of scratch r1_decode_step needs for N sequences */
 long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
-    long NP = N <= 8 ? 8 : (N + 15) / 16 * 16, K = C > H * D ? C : H * D;
+    long K = C > H * D ? C : H * D;  /* the widest input of a projection */
     K = K > I ? K : I;
-    return ((H + 2 * KV) * D + H * D + 2 * I) * N + (K + 1) * NP;
+    return ((H + 2 * KV) * D + H * D + 2 * I) * N + r1_linear_work(K, N);
 }
 
 /* One decode step of a Llama-family model, one new token per sequence, in one call: per layer
@@ -374,8 +386,9 @@ long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
    each).
    weights: per layer the packed qkv, o, gate|up and down projections, then the head (4 n + 1);
    vectors: per layer ln1, ln2 and the biases of qkv, o, gate|up, down (NULL: none), then the final
-   norm (6 n + 1); scale: the attention's, 1/sqrt(D); x [C, N] the residual stream (the embedded tokens; updated); cos, sin [N, D];
-   cache [n, 2, N, KV, L, D]; valid as r1_attend; work r1_decode_work floats; logits [N, V]. */
+   norm (6 n + 1); scale: the attention's, 1/sqrt(D); x [C, N] the residual stream (the embedded
+   tokens; updated); cos, sin [N, D]; cache [n, 2, N, KV, L, D]; valid as r1_attend; work
+   r1_decode_work floats; logits [N, V]. */
 void r1_decode_step(long n_layers, long C, long H, long KV, long D, long I, long V,
                     const float *const *weights, const float *const *vectors, float eps, float scale, float *x, long N,
                     const float *cos, const float *sin, float *cache, long L, long pos, long shared,
