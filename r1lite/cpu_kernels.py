@@ -7,10 +7,11 @@ MKL and oneDNN run these tall-skinny products at 50-75 GFLOP/s on the 2-core EPY
 vs 17.8 ms (MKL) and 11.6 ms (oneDNN). With hundreds of columns (prefill) it is within ~10-20% of
 MKL either way (2048 columns: 56 vs 72 ms for 3072x576, 32 vs 30 ms for 576x1536), so it serves
 every product and the decoder keeps no second copy of the weights. The projections take their
-layer's RMS norm or SwiGLU as a prologue and the residual add as an epilogue; a decode step's
-attention (RoPE, cache write, scores, softmax, values) is one call per layer, and a whole decode
-step (every layer and the head) is one call from Python. A batch-16 decode step of the 135M model:
-~40-45 ms against 100 ms for the same decoder on PyTorch operations.
+layer's RMS norm or SwiGLU as a prologue and the residual add as an epilogue; attention (RoPE,
+cache write, scores, softmax, values; a decode step's or a prefill's) is one call per layer, a whole
+decode step (every layer and the head) is one call from Python, and the draw of the next tokens
+from the logits another. A batch-16 decode step of the 135M model: 33-39 ms against 86-102 ms for
+the same decoder on PyTorch operations (same process, fast and slow spells of the machine).
 
 The C source is compiled with the system compiler (``$CC``, else ``cc``) into
 ``$R1LITE_CACHE/kernels`` the first time it is needed, and linked against the OpenMP runtime
