@@ -17,6 +17,7 @@ own inference forward; any other architecture runs the same loop on the transfor
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -358,6 +359,9 @@ class HFDecoder:
     def __init__(self, model, dtype: torch.dtype):
         self.model, self.dtype, self.cache = model, dtype, None
         self.device = next(model.parameters()).device
+        # transformers 5 renames the forward's past_key_values to cache (the old name goes in 5.40)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._cache_name = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def sync(self, model) -> None:
         self.model = model
@@ -378,8 +382,8 @@ class HFDecoder:
     def forward(self, tokens, positions, start, key_valid):
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             out = self.model(input_ids=tokens, position_ids=positions, attention_mask=key_valid[:, :start + tokens.shape[1]].long(),
-                             past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                             use_cache=True, **{self._cache_name: self.cache})
+        self.cache = getattr(out, self._cache_name)
         return out.logits[:, -1].float()
 
 
