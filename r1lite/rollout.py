@@ -248,11 +248,10 @@ class LlamaDecoder:
         self.embed = model.model.embed_tokens.weight.detach().to(self.dtype)
         self.norm = model.model.norm.weight.detach().to(self.dtype)
         self.head = proj(-1, "head", model.lm_head)
-        # attention in one call of our kernel per layer, a decode step in one call: every layer and
-        # the head (fp32 CPU; not with Qwen3's q/k norms)
-        self._attend = lib if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0 else None
+        # a decode step in one call of our kernels (every layer and the head), and prefill's
+        # attention in one call per layer (fp32 CPU; not with Qwen3's q/k norms)
         self._step = None
-        if self._attend is not None:
+        if lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0:
             self._step = cpu_kernels.DecodeStep(
                 lib, [((ly["wqkv"].packed, ly["wo"].packed, ly["wgu"].packed, ly["wd"].packed),
                        (ly["ln1"], ly["ln2"], ly["bqkv"], ly["bo"], ly["bgu"], ly["bd"])) for ly in layers],
@@ -311,7 +310,7 @@ class LlamaDecoder:
         if self._step is not None and T == 1:  # a decode step on an fp32 CPU: one call of our kernels
             return self._step(x, cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), self.cache, start,
                               key_valid, self.shared)
-        mask = None if self._attend is not None else self._mask(key_valid, start, T)  # [B, 1, T, end] or None
+        mask = None if self._step is not None else self._mask(key_valid, start, T)  # [B, 1, T, end] or None
         for i, ly in enumerate(self.layers):
             qkv = ly["wqkv"](x, "rmsnorm", ly["ln1"], self.eps, ly["bqkv"])  # [(H + 2 KV) * D, B*T]
             o = self._attention(ly, qkv, self.cache[i], B, T, cos, sin, start, mask, key_valid)
@@ -325,8 +324,8 @@ class LlamaDecoder:
         """qkv [(H + 2 KV) * D, B*T] -> attention output [H*D, B*T], keys and values written to
         ``cache`` [2, B, KV, max_len, D] at columns start .. start+T."""
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        if self._attend is not None:
-            return cpu_kernels.attend(self._attend, qkv, H, KV, cos.reshape(B * T, D).contiguous(),
+        if self._step is not None:
+            return cpu_kernels.attend(self._step.lib, qkv, H, KV, cos.reshape(B * T, D).contiguous(),
                                       sin.reshape(B * T, D).contiguous(), cache, start, key_valid, self.shared)
         end = start + T
         qkv = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)  # [B, H + 2 KV, T, D]
