@@ -235,6 +235,12 @@ void r1_linear(const float *P, long O, long K, const float *x, long N, int mode,
     }
 }
 
+/* exp(x - top) for the 8 scores or logits at x, exactly 0 where one is -inf (masked) */
+static inline __m256 weight8(const float *x, __m256 top) {
+    __m256 v = _mm256_loadu_ps(x);
+    return _mm256_and_ps(exp8(_mm256_sub_ps(v, top)), _mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_GT_OQ));
+}
+
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -297,9 +303,7 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
     }
     __m256 sum8 = _mm256_setzero_ps();
     for (j = 0; j + 8 <= S; j += 8) {
-        __m256 x = _mm256_loadu_ps(sc + j);
-        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(x, _mm256_set1_ps(top))),
-                                 _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_GT_OQ));  /* masked: exactly 0 */
+        __m256 e = weight8(sc + j, _mm256_set1_ps(top));
         _mm256_storeu_ps(sc + j, e);
         sum8 = _mm256_add_ps(sum8, e);
     }
@@ -404,12 +408,6 @@ void r1_decode_step(long n_layers, long C, long H, long KV, long D, long I, long
         r1_linear(w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
     }
     r1_linear(weights[4 * n_layers], V, C, x, N, RMSNORM, vectors[6 * n_layers], eps, xs, NULL, logits, 0, 1);
-}
-
-/* exp(x - top) for the 8 logits at x, exactly 0 where a logit is -inf (a masked token) */
-static inline __m256 weight8(const float *x, __m256 top) {
-    __m256 v = _mm256_loadu_ps(x);
-    return _mm256_and_ps(exp8(_mm256_sub_ps(v, top)), _mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_GT_OQ));
 }
 
 /* w[0..n) = exp(x - top) for n <= 256 logits (0 at -inf); returns their sum */
