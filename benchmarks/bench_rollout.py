@@ -1,9 +1,14 @@
 """Tokens/s of r1lite's generation loop against transformers ``generate``, and the roofline.
 
-Same model (the embedded SmolLM2-135M-Instruct), same dtype (the one r1lite resolves for this
-machine, or --dtype), same prompts (held-out arithmetic prompts in the R1 format), exactly
---new-tokens new tokens per sequence (EOS ignored: r1lite's ``ignore_eos``, transformers'
-``min_new_tokens``), sampling at temperature 1 with no top-k/top-p on both sides, at batch 1, 16, 64.
+Same model (the embedded SmolLM2-135M-Instruct), same prompts (held-out arithmetic prompts in the
+R1 format), exactly --new-tokens new tokens per sequence (EOS ignored: r1lite's ``ignore_eos``,
+transformers' ``min_new_tokens``), sampling at temperature 1 with no top-k/top-p on both sides, at
+batch 1, 16, 64, one row per precision of the weights:
+
+- fp32: both sides in fp32;
+- bf16: r1lite as a bf16 run decodes (the weights rounded to bf16; on a CPU where our kernels
+  build they compute in fp32, elsewhere PyTorch in bf16) against transformers in bf16 — where bf16
+  is slow (no AVX-512 BF16/AMX, ~1 GFLOP/s) transformers runs fp32 instead, and the row says so.
 
 The roofline comes from the same process: peak FLOP/s of a large matmul in the dtype, and memory
 bandwidth of a >= 1 GiB multithreaded copy (bytes read + written), best of 5 each, measured before
@@ -17,6 +22,7 @@ batch B must move the weights and the KV cache once and do ~2·N·B FLOPs, so it
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -26,8 +32,9 @@ import torch
 from common import RESULTS, best_of, git_commit, machine
 
 from r1lite import tasks
+from r1lite.engine import Request, Sampling, make_engine
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.rollout import Sampling, encode_prompts, generate, left_pad, make_decoder, render_prompt
+from r1lite.prompts import item_prompts, left_pad
 
 
 def peak_flops(dtype: torch.dtype, device: torch.device, n: int = 2048) -> float:
@@ -81,10 +88,10 @@ def hf_generate(model, tokenizer, prompts: list[list[int]], new_tokens: int, eos
     return len(prompts) * new_tokens / seconds
 
 
-def r1lite_generate(decoder, tokenizer, prompts, new_tokens: int, eos: list[int]) -> float:
+def r1lite_generate(engine, prompts, new_tokens: int) -> float:
     sampling = Sampling(max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True)
     t = time.perf_counter()
-    out = generate(decoder, tokenizer, prompts, sampling, seed=0, batch_size=len(prompts), stop_ids=eos)
+    out = engine.generate([Request(p, sampling, seed=i) for i, p in enumerate(prompts)], max_rows=len(prompts))
     seconds = time.perf_counter() - t
     assert all(len(o[0].token_ids) == new_tokens for o in out)
     return len(prompts) * new_tokens / seconds
@@ -96,58 +103,60 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side and batch, interleaved; the best counts")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--model", default="default", help="default, or a directory (e.g. a random model of the same shape)")
-    p.add_argument("--out", type=Path, default=RESULTS / "rollout.json")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/rollout-<cpu kind>.json (or -<gpu>.json)")
     args = p.parse_args()
 
-    runtime = resolve_runtime(args.device, args.dtype)
-    print(f"runtime: {runtime.describe()}", flush=True)
-    model, tokenizer = load_model(args.model, runtime)
-    model = model.to(runtime.dtype)  # transformers runs in the same dtype as r1lite's rollout weights
-    decoder = make_decoder(model, runtime.dtype)
+    from r1lite.models import cpu_bf16_flags, cpu_kind
+
+    base = resolve_runtime(args.device, "fp32")
+    model, tokenizer = load_model(args.model, base)
     eos = stop_token_ids(tokenizer, model)
     task = tasks.load_task("arithmetic")
     items = task.split("test", max(args.batches), seed=0)
-    texts = [render_prompt(tokenizer, *tasks.build_messages(item, task, "r1")) for item in items]
-    all_prompts = encode_prompts(tokenizer, texts)
-    # The roofline is measured before the runs and again after each batch, and the best figures
-    # count: a slow spell of a shared machine during one measurement must not lower the limit.
-    peak = peak_flops(runtime.dtype, runtime.device)
-    bw = bandwidth(runtime.device)
-    measured = []
-    for batch in args.batches:
-        prompts = all_prompts[:batch]
-        context = statistics.mean(map(len, prompts)) + args.new_tokens / 2
-        hf = ours = 0.0
-        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both sides
-            hf = max(hf, hf_generate(model, tokenizer, prompts, args.new_tokens, eos))
-            ours = max(ours, r1lite_generate(decoder, tokenizer, prompts, args.new_tokens, eos))
-        print(f"batch {batch:3d}: transformers {hf:7.1f} tok/s  r1lite {ours:7.1f} tok/s  ({ours / hf:.2f}x)", flush=True)
-        measured.append((batch, context, hf, ours))
-        peak = max(peak, peak_flops(runtime.dtype, runtime.device))
-        bw = max(bw, bandwidth(runtime.device))
-    print(f"peak {peak / 1e9:.0f} GFLOP/s ({runtime.dtype}), bandwidth {bw / 1e9:.1f} GB/s (best of {len(args.batches) + 1} measurements)", flush=True)
-
-    rows = []
-    for batch, context, hf, ours in measured:
-        limit = decode_limit(model, batch, context, runtime.dtype, peak, bw)
-        row = {"batch": batch, "transformers_tokens_per_s": hf, "r1lite_tokens_per_s": ours, "speedup": ours / hf,
-               "roofline_tokens_per_s": limit["tokens_per_s"], "fraction_of_roofline": ours / limit["tokens_per_s"],
-               "bound": limit["bound"], "mean_context": context}
-        rows.append(row)
-        print(f"batch {batch:3d}: roofline {limit['tokens_per_s']:7.1f} tok/s ({limit['bound']}-bound) -> "
-              f"r1lite at {ours / limit['tokens_per_s']:.0%}", flush=True)
-
-    result = {
-        "benchmark": "rollout", "commit": git_commit(), "model": args.model, "dtype": str(runtime.dtype),
-        "device": runtime.describe(), "new_tokens": args.new_tokens,
-        "machine": machine(),
-        "peak_flops": peak, "bandwidth_bytes_per_s": bw, "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    all_prompts = [p.ids for p in item_prompts(tokenizer, task, items, "r1")]
+    fast_bf16 = base.device.type == "cuda" or bool(cpu_bf16_flags())
+    result = {"benchmark": "rollout", "commit": git_commit(), "model": args.model, "new_tokens": args.new_tokens,
+              "machine": machine(), "rows": []}
+    for name in args.dtypes:
+        dtype = torch.bfloat16 if name == "bf16" else torch.float32
+        hf_dtype = dtype if fast_bf16 else torch.float32
+        reference = model if hf_dtype == torch.float32 else copy.deepcopy(model).to(hf_dtype)
+        engine = make_engine(model, tokenizer, dtype, eos, max(args.batches))
+        path = "our fp32 kernels" if engine.decoder.lib is not None else f"PyTorch in {engine.decoder.compute}"
+        print(f"{name}: r1lite on {name} weights ({path}), transformers in {hf_dtype}", flush=True)
+        # The roofline is measured before the runs and again after each batch, and the best figures
+        # count: a slow spell of a shared machine during one measurement must not lower the limit.
+        peak, bw = peak_flops(dtype, base.device), bandwidth(base.device)
+        measured = []
+        for batch in args.batches:
+            prompts = all_prompts[:batch]
+            context = statistics.mean(map(len, prompts)) + args.new_tokens / 2
+            hf = ours = 0.0
+            for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits both sides
+                hf = max(hf, hf_generate(reference, tokenizer, prompts, args.new_tokens, eos))
+                ours = max(ours, r1lite_generate(engine, prompts, args.new_tokens))
+            print(f"  batch {batch:3d}: transformers {hf:7.1f} tok/s  r1lite {ours:7.1f} tok/s  ({ours / hf:.2f}x)", flush=True)
+            measured.append((batch, context, hf, ours))
+            peak, bw = max(peak, peak_flops(dtype, base.device)), max(bw, bandwidth(base.device))
+        print(f"  peak {peak / 1e9:.0f} GFLOP/s ({name}), bandwidth {bw / 1e9:.1f} GB/s", flush=True)
+        rows = []
+        for batch, context, hf, ours in measured:
+            limit = decode_limit(model, batch, context, dtype, peak, bw)
+            rows.append({"batch": batch, "transformers_tokens_per_s": hf, "r1lite_tokens_per_s": ours, "speedup": ours / hf,
+                         "roofline_tokens_per_s": limit["tokens_per_s"], "fraction_of_roofline": ours / limit["tokens_per_s"],
+                         "bound": limit["bound"], "mean_context": context})
+            print(f"  batch {batch:3d}: roofline {limit['tokens_per_s']:7.1f} tok/s ({limit['bound']}-bound) -> "
+                  f"r1lite at {ours / limit['tokens_per_s']:.0%}", flush=True)
+        result["rows"].append({"weights": name, "transformers_dtype": str(hf_dtype).removeprefix("torch."),
+                               "r1lite_compute": str(engine.decoder.compute).removeprefix("torch."),
+                               "peak_flops": peak, "bandwidth_bytes_per_s": bw, "results": rows})
+    kind = cpu_kind() if base.device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-").lower()
+    out = args.out or RESULTS / f"rollout-{kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

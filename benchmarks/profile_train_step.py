@@ -33,9 +33,8 @@ def phases(trainer: Trainer, groups: list[dict]) -> dict:
                              [c.token_ids for c in completions], trainer.tokenizer.pad_token_id)
     advantages = grpo.group_advantages(torch.cat([g["reward"] for g in groups]), cfg.group_size, cfg.scale_rewards)
     weights = grpo.token_weights(batch.completion_mask, cfg.loss_type, cfg.group_size, cfg.max_new_tokens)
-    trainer.model.train()
     t0 = time.perf_counter()
-    logp, _ = trainer.logprobs(trainer.model, batch.rows(slice(None)))
+    logp, _ = trainer.logprobs(batch.rows(slice(None)))
     loss, _ = grpo.policy_loss(logp, logp.detach(), None, advantages, weights, cfg)
     t1 = time.perf_counter()
     loss.backward()
@@ -44,7 +43,6 @@ def phases(trainer: Trainer, groups: list[dict]) -> dict:
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
-    trainer.model.eval()
     return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "tokens": batch.tokens}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from r1lite.errors import UsageError
-from r1lite.files import write_text
+from r1lite.files import atomic_dir, write_text
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -47,22 +46,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str, Any]) -> Path:
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    save_file(trainable_state(model), tmp / "weights.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(root / name) as tmp:  # every file fsynced before the directory is renamed in
+        save_file(trainable_state(model), tmp / "weights.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
     write_text(root / "latest", name + "\n")
     for old in root.iterdir():
         if old.name not in (name, "latest"):
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
-    return final
+    return root / name
 
 
 def latest(run_dir: Path) -> Path | None:

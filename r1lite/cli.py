@@ -63,19 +63,21 @@ def cmd_eval(args) -> int:
         raise UsageError(f"--samples {args.samples}: must be >= 1")
     if args.limit == 0 or args.limit < -1:
         raise UsageError(f"--limit {args.limit}: give a positive number of items, or -1 for the whole split")
+    from r1lite.engine import make_engine
     from r1lite.models import load_model, resolve_runtime, stop_token_ids
-    from r1lite.rollout import make_decoder
+    from r1lite.progress import progress
 
     runtime = resolve_runtime(args.device, args.dtype)
     items = task.split(args.split, None if args.limit == -1 else args.limit, seed=args.seed)
     console.print(f"r1lite eval: {len(items)} {args.split} items of {task.name}, {args.samples} sample(s) each, "
                   f"format {args.format}, on {runtime.describe()}")
     model, tokenizer = load_model(args.model, runtime)
-    decoder = make_decoder(model, runtime.dtype)
-    rows, summary = evaluate.evaluate(
-        decoder, tokenizer, task, items, args.format, samples=args.samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-        prefill_think=args.prefill_think, stop_ids=stop_token_ids(tokenizer, model))
+    engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), args.batch_size)
+    with progress(console, "eval", len(items) * args.samples, "seq") as update:
+        rows, summary = evaluate.evaluate(
+            engine, tokenizer, task, items, args.format, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p, seed=args.seed, prefill_think=args.prefill_think,
+            on_progress=update)
     summary = {"model": args.model, "split": args.split, **summary}
     console.print(evaluate.summary_table(summary, f"{args.model} · {task.name} · {args.format}"))
     if args.out:
@@ -101,6 +103,7 @@ def _train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from r1lite import grpo
     from r1lite.config import build, read_yaml
     from r1lite.grpo import GRPOConfig
     from r1lite.trainer import Trainer
@@ -113,7 +116,7 @@ def cmd_train(args) -> int:
             raise UsageError(f"--resume {args.resume} but --out {out}: a resumed run writes where it started; "
                              f"pass --out {args.resume} or drop --out")
         flags["out"] = out
-    cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"))
+    cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"), presets=grpo.preset)
     return Trainer(cfg, resume=args.resume is not None).train()
 
 

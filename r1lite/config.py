@@ -111,8 +111,13 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def build(cls, recipe: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, source: str = "config"):
-    """Construct ``cls`` from recipe keys, then flags; unknown keys and wrong types are errors."""
+def build(cls, recipe: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, source: str = "config",
+          presets=None):
+    """Construct ``cls`` from recipe keys, then flags; unknown keys and wrong types are errors.
+
+    ``presets(explicit) -> dict`` gives defaults that depend on the keys given (GRPO's
+    ``algorithm``); keys given explicitly, in the recipe or as flags, win over them.
+    """
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     values: dict[str, Any] = {}
@@ -125,6 +130,8 @@ def build(cls, recipe: dict[str, Any] | None = None, flags: dict[str, Any] | Non
         if (typing.get_origin(base) or base) is dict and isinstance(value, list):
             value = {**values.get(key, {}), **parse_key_values(value, "--" + key.replace("_", "-"))}
         values[key] = _check(value, hints[key], f"--{key.replace('_', '-')}")
+    if presets is not None:
+        values = {**presets(values), **values}
     return cls(**values)
 
 

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from r1lite import tasks
 from r1lite.files import read_jsonl, write_json, write_jsonl
-from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, render_prompt
+from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.prompts import item_prompts
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k).
+
+    An item with fewer than k samples gives pass@n: 1 if any of its n samples is correct, else 0
+    (the estimator is undefined there; :func:`summarize` counts such items in ``items_below_k``).
 
     >>> pass_at_k(4, 1, 1)
     0.25
@@ -25,7 +29,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     1.0
     >>> round(pass_at_k(10, 2, 3), 4)
     0.5333
+    >>> pass_at_k(2, 0, 4), pass_at_k(2, 1, 4)
+    (0.0, 1.0)
     """
+    if n < 1 or not 0 <= c <= n or k < 1:
+        raise ValueError(f"pass_at_k(n={n}, c={c}, k={k}): needs 1 <= n, 0 <= c <= n, 1 <= k")
+    k = min(k, n)
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
@@ -96,6 +105,7 @@ def summarize(rows: list[dict], samples: int) -> dict:
     out["pass@1"] = sum(sum(r["accuracy"] for r in g) / len(g) for g in scored) / n_scored
     for k in ks_for(samples)[1:]:
         out[f"pass@{k}"] = sum(pass_at_k(len(g), sum(r["accuracy"] >= 1.0 for r in g), k) for g in scored) / n_scored
+    out["items_below_k"] = sum(len(g) < samples for g in scored)  # these count pass@n (see pass_at_k)
     if samples > 1:
         out[f"maj@{samples}"] = sum(majority_correct([r["answer_key"] for r in g], [r["accuracy"] for r in g])
                                     for g in scored) / n_scored
@@ -116,34 +126,38 @@ def summarize(rows: list[dict], samples: int) -> dict:
     return out
 
 
-def evaluate(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str, samples: int = 1,
+def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str, samples: int = 1,
              max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
-             seed: int = 0, batch_size: int = 64, prefill_think: bool = False,
-             stop_ids: list[int] | None = None) -> tuple[list[dict], dict]:
+             seed: int = 0, batch_size: int | None = None, prefill_think: bool = False,
+             on_progress=None) -> tuple[list[dict], dict]:
     """Generate ``samples`` completions per item and score them. One sample means greedy decoding;
-    more use temperature 0.6 and top-p 0.95 unless given (the R1 paper's evaluation setting)."""
+    more use temperature 0.6 and top-p 0.95 unless given (the R1 paper's evaluation setting).
+
+    An item's samples draw from a seed fixed by (``seed``, the item), so they do not depend on
+    which other items are evaluated with it or in what batch. ``on_progress(sequences_done)``."""
     if samples == 1:
         temperature, top_p = (0.0 if temperature is None else temperature), (1.0 if top_p is None else top_p)
     else:
         temperature, top_p = (0.6 if temperature is None else temperature), (0.95 if top_p is None else top_p)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    built = [tasks.build_messages(item, task, fmt, prefill_think=prefill_think) for item in items]
-    prompts = encode_prompts(tokenizer, [render_prompt(tokenizer, m, prefill) for m, prefill in built])
+    prompts = item_prompts(tokenizer, task, items, fmt, prefill_think)
     stats = GenerationStats()
-    outputs = generate(decoder, tokenizer, prompts, sampling, n=samples, seed=seed, batch_size=batch_size,
-                       stop_ids=stop_ids, stats=stats)
+    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16)))
+                for item, p in zip(items, prompts)]
+    outputs = engine.generate(requests, stats=stats, max_rows=batch_size, on_progress=on_progress)
     rows = []
-    for item, (_, prefill), completions in zip(items, built, outputs):
+    for item, prompt, completions in zip(items, prompts, outputs):
         for s, c in enumerate(completions):
             row = {"item_id": item.id, "sample": s, "question": item.question, "answer": item.answer,
                    "completion": c.text, "finish": c.finish, "completion_tokens": len(c.token_ids)}
-            row.update(score_row(c.text, item, task, fmt, prefill))
-            think = think_text(prefill + c.text)
+            row.update(score_row(c.text, item, task, fmt, prompt.prefill))
+            think = think_text(prompt.prefill + c.text)
             row["think_tokens"] = None if think is None else len(tokenizer.encode(think, add_special_tokens=False))
             rows.append(row)
     summary = {"task": task.name, "format": fmt, **summarize(rows, samples),
                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-               "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.new_tokens}
+               "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.new_tokens,
+               "prompt_tokens": stats.prompt_tokens, "flops": stats.flops}
     return rows, summary
 
 

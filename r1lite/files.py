@@ -1,9 +1,17 @@
-"""Atomic file writes and JSONL, so a killed run never leaves half a file behind."""
+"""Atomic file writes and the one JSONL reader, so a killed run never leaves half a file behind.
+
+Every write goes to a temporary name beside its target, is flushed to disk (``fsync``), and is
+renamed into place; the directory is then fsynced too, so after a power cut the target is the old
+version or the new one, never an empty or torn file (a rename alone can reach the disk before the
+data it names).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -12,8 +20,17 @@ from typing import Any
 from r1lite.errors import UsageError
 
 
+def fsync_path(path: Path | str) -> None:
+    """Flush a file, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then rename it into place.
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it into place.
 
     The rename is atomic on POSIX, so readers see the old file or the new one, never a torn one.
     """
@@ -23,11 +40,46 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these files are for reading
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Fill a temporary directory beside ``path`` inside the block; on success fsync every file in
+    it and rename it to ``path`` (replacing a directory already there). On an exception the
+    temporary directory is removed and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for item in tmp.rglob("*"):
+            if item.is_file():
+                fsync_path(item)
+        fsync_path(tmp)
+        os.chmod(tmp, 0o755)
+        if path.exists():  # rename the old one aside first: a rename cannot replace a non-empty directory
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(path.parent)
+
+
+def write_bytes(path: Path | str, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_text(path: Path | str, text: str) -> Path:
@@ -42,23 +94,54 @@ def write_jsonl(path: Path | str, rows: Iterable[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
-def read_jsonl(path: Path | str, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+def append_jsonl(path: Path | str, row: dict) -> None:
+    """Append one row and flush it to disk. A kill mid-write can leave a cut-off last line, which
+    :func:`read_jsonl` with ``notes`` drops."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path | str, required: tuple[str, ...] = (), notes: list[str] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)`` for each non-blank line, with a one-line error naming the file
-    and line for malformed JSON, a row that is not an object, or a missing required key."""
+    and line for malformed JSON, a row that is not an object, or a missing required key.
+
+    With ``notes`` (a file this program appends to, such as ``metrics.jsonl``), a last line that
+    is cut off — no newline at its end and not valid JSON, as a kill mid-append leaves it — is
+    dropped and a note saying so is appended to ``notes``; anywhere else it is an error.
+    """
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file")
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            for key in required:
-                if key not in row:
-                    raise UsageError(f"{path}:{n}: missing key '{key}'; every row needs {', '.join(repr(k) for k in required)}")
-            yield n, row
+    with path.open(encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    torn_tail = lines[-1] != ""  # the file does not end with a newline
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if notes is not None and torn_tail and n == len(lines):
+                notes.append(f"{path.name}:{n} is cut off (the run stopped while writing it); left out")
+                return
+            raise UsageError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for key in required:
+            if key not in row:
+                raise UsageError(f"{path}:{n}: missing key '{key}'; every row needs {', '.join(repr(k) for k in required)}")
+        yield n, row
+
+
+def read_json(path: Path | str, what: str) -> dict:
+    """A JSON object from a file this program wrote, with a one-line error when it is not one."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not JSON ({e.msg} at line {e.lineno}); {what}") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{path}: expected a JSON object; {what}")
+    return obj

@@ -44,11 +44,53 @@ import torch
 
 from r1lite.config import opt
 from r1lite.errors import UsageError
+from r1lite.tasks import FORMATS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULES = ("constant", "linear", "cosine")
 REWARDS = ("accuracy", "format", "format_partial")
+
+
+def _preset_grpo(explicit: dict) -> dict:
+    """GRPO as DeepSeekMath published it: per-sequence mean loss, group-std advantages, KL 0.04."""
+    return dict(loss_type="grpo", scale_rewards="group", epsilon=0.2, epsilon_high=0.2, beta=0.04,
+                dynamic_sampling=False, mask_truncated=False, overlong_buffer=0)
+
+
+def _preset_dr_grpo(explicit: dict) -> dict:
+    """Dr. GRPO (Liu et al. 2025): no length or std normalisation, no KL."""
+    return dict(loss_type="dr_grpo", scale_rewards="none", epsilon=0.2, epsilon_high=0.2, beta=0.0,
+                dynamic_sampling=False, mask_truncated=False, overlong_buffer=0)
+
+
+def _preset_dapo(explicit: dict) -> dict:
+    """DAPO (Yu et al. 2025): token-level loss, clip-higher 0.28, dynamic sampling, soft overlong
+    punishment over the last 20% of the budget (their 4,096 of 20,480 tokens), no KL."""
+    max_new = explicit.get("max_new_tokens", GRPOConfig.max_new_tokens)
+    return dict(loss_type="dapo", scale_rewards="group", epsilon=0.2, epsilon_high=0.28, beta=0.0,
+                dynamic_sampling=True, mask_truncated=False, overlong_buffer=max_new // 5)
+
+
+def _preset_r1(explicit: dict) -> dict:
+    """DeepSeek-R1's RL settings (Nature paper, Methods): GRPO, lr 3e-6, KL 0.001, 16 samples of
+    32 prompts a step, temperature 1, the reference replaced by the policy every 400 steps."""
+    group = explicit.get("group_size", 16)
+    return dict(loss_type="grpo", scale_rewards="group", lr=3e-6, beta=0.001, group_size=group,
+                batch_size=32 * group, temperature=1.0, ref_reset_every=400, dynamic_sampling=False)
+
+
+ALGORITHMS = {"none": lambda explicit: {}, "grpo": _preset_grpo, "dr_grpo": _preset_dr_grpo, "dapo": _preset_dapo,
+              "r1": _preset_r1}
+"""``algorithm`` → the fields it sets (a function of the keys given explicitly, which still win)."""
+
+
+def preset(explicit: dict) -> dict:
+    """The fields the ``algorithm`` key sets, for :func:`r1lite.config.build`."""
+    name = explicit.get("algorithm", "none")
+    if name not in ALGORITHMS:
+        raise UsageError(f"algorithm '{name}' is unknown; use one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name](explicit)
 
 
 @dataclass
@@ -63,6 +105,8 @@ class GRPOConfig:
     prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
     out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
     seed: int = opt(0, "seed for data order, sampling and initialisation")
+    algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo or r1; sets every field of "
+                                 "the published variant (README); keys given explicitly still win")
     # schedule
     max_steps: int = opt(40, "GRPO steps; one step = one batch of rollouts and mu optimizer updates")
     batch_size: int = opt(32, "completions per step (prompts per step x group_size)")
@@ -82,7 +126,9 @@ class GRPOConfig:
     scale_rewards: str = opt("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)")
     epsilon: float = opt(0.2, "lower clip range: ratio >= 1 - epsilon")
     epsilon_high: float = opt(0.2, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher uses 0.28)")
-    beta: float = opt(0.0, "KL penalty to the frozen reference (k3 estimator); 0 = no reference model at all")
+    beta: float = opt(0.0, "KL penalty to the reference (k3 estimator): the policy as RL starts, after any cold start; "
+                           "0 = no reference model at all")
+    ref_reset_every: int = opt(0, "replace the KL reference by the current policy every N steps (R1: 400); 0 = never")
     rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, format_partial")
     dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and refill")
     max_refill_rounds: int = opt(4, "dynamic sampling: most extra generation rounds per step")
@@ -109,9 +155,12 @@ class GRPOConfig:
     cold_start_temperature: float = opt(0.7, "cold start: sampling temperature")
     cold_start_epochs: int = opt(2, "cold start: SFT epochs over the kept traces")
     cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
+    cold_start_batch_size: int = opt(8, "cold start: traces per SFT optimizer step")
     cold_start_per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
+    rollout_dtype: str = opt("auto", "precision of the rollout and evaluation weights: auto (= dtype), fp32 or bf16 "
+                                     "(bf16 with dtype fp32 emulates a bf16 machine's rollouts on an fp32 one)")
     hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
     usd_per_hour: float | None = opt(None, "cost meter: price of one device-hour in USD (unset = the table's)")
     watts: float | None = opt(None, "cost meter: average draw of one busy device in watts (unset = the table's)")
@@ -137,7 +186,8 @@ class GRPOConfig:
                 "set epsilon_high >= epsilon")
         if not 0 < self.epsilon < 1:
             bad(f"epsilon={self.epsilon} must be in (0, 1)")
-        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "eval_batch_size", "lora_r"):
+        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "eval_batch_size", "lora_r",
+                    "cold_start_batch_size", "cold_start_samples", "cold_start_epochs", "cold_start_per_item"):
             if getattr(self, key) < 1:
                 bad(f"{key}={getattr(self, key)} must be >= 1")
         if self.rollout_batch_size < self.group_size:
@@ -151,13 +201,25 @@ class GRPOConfig:
         unknown = set(self.rewards) - set(REWARDS)
         if unknown or not self.rewards:
             bad(f"rewards: unknown reward {', '.join(sorted(unknown)) or '(none given)'}; use some of {', '.join(REWARDS)}")
-        if self.format not in ("r1", "plain") and not self.format.startswith("plain:"):
-            bad(f"format '{self.format}' is unknown; use r1 or plain")
-        if not self.cold_start_format.startswith("plain"):
-            bad(f"cold_start_format '{self.cold_start_format}': use plain, plain:1 or plain:2")
+        if self.format not in FORMATS:
+            bad(f"format '{self.format}' is unknown; use one of {', '.join(FORMATS)}")
+        if self.cold_start_format not in FORMATS[1:]:
+            bad(f"cold_start_format '{self.cold_start_format}': use one of {', '.join(FORMATS[1:])}")
+        if self.temperature <= 0:
+            bad(f"temperature={self.temperature}: GRPO needs sampled rollouts (greedy gives every group equal rewards, "
+                "so no advantage); use a temperature > 0 such as 1.0")
+        if self.algorithm not in ALGORITHMS:
+            bad(f"algorithm '{self.algorithm}' is unknown; use one of {', '.join(ALGORITHMS)}")
+        for key in ("dtype", "rollout_dtype"):
+            if getattr(self, key) not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
+                bad(f"{key} '{getattr(self, key)}': use auto, bf16 or fp32")
+        if self.device != "auto" and self.device != "cpu" and not self.device.split(":")[0] == "cuda":
+            bad(f"device '{self.device}': use auto, cpu or cuda[:N]")
+        if self.ref_reset_every and self.beta == 0:
+            bad(f"ref_reset_every={self.ref_reset_every} resets a KL reference, but beta=0 keeps none; set beta > 0")
         if self.prefill_think and self.format != "r1":
             bad("prefill_think needs format r1")
-        for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps"):
+        for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
             if getattr(self, key) < 0:
                 bad(f"{key}={getattr(self, key)} must be >= 0")
 

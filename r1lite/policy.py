@@ -10,6 +10,10 @@ other architectures take the transformers forward over the concatenated rows.
 The vocabulary projection and log-softmax run in chunks of positions inside one autograd
 function that keeps no ``[positions, vocabulary]`` tensor for the backward pass (it recomputes
 each chunk's logits), so a 49k-token vocabulary costs memory for one chunk, not for the batch.
+
+Log-probs are those of the distribution the rollouts sampled from: logits divided by the sampling
+temperature (as TRL and verl do). Training reaches the model only through :class:`Policy`, one
+module whose forward is this computation, so DDP and FSDP can wrap it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from r1lite.rollout import LlamaDecoder, gqa_attention, left_pad
+from r1lite.models import body_weights, gqa_attention, llama_family
+from r1lite.prompts import left_pad
 
 CHUNK_POSITIONS = 128
 """Positions per chunk of the fused vocabulary projection + log-softmax: 128 x 49k fp32 logits are
@@ -70,18 +75,70 @@ def make_group_batch(prompts: list[list[int]], group: list[int], completions: li
     return GroupBatch(ids, valid.bool(), torch.tensor(group, dtype=torch.long), cids, cmask)
 
 
-def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probability of each completion token, [N, Lc] fp32, and optionally the policy's entropy
-    at each completion position, [N, Lc] (no gradient). Padding positions hold 0."""
+class Policy(torch.nn.Module):
+    """The model being trained, as one module: ``policy(batch)`` → completion log-probs (and the
+    entropy), at the sampling temperature. ``model`` may be a peft model (LoRA)."""
+
+    def __init__(self, model, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature}: log-probs need a sampling temperature > 0")
+        self.model = model
+        self.temperature = temperature
+
+    def forward(self, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return completion_logprobs(self.model, batch, with_entropy=with_entropy, temperature=self.temperature)
+
+
+def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probability of each completion token under softmax(logits / temperature), [N, Lc] fp32,
+    and optionally that distribution's entropy at each completion position, [N, Lc] (no
+    gradient). Padding positions hold 0."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     real = batch.completion_mask.bool()
-    if LlamaDecoder.supports(base):
+    if llama_family(base):
         hidden = _llama_hidden(base, batch)  # [M, C]: the states that predict the M real completion tokens
     else:
         hidden = _generic_hidden(base, model, batch)[real]
-    logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy)
+    logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy, temperature)
     full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
     return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
+
+
+def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
+    """FLOPs of :func:`completion_logprobs` on ``batch`` as it computes them, and of its backward.
+
+    Forward: the layers' products on every prompt position (padding included, each prompt once)
+    and on the real completion tokens; attention over the full score matrices (prompts: Lp x Lp,
+    completions: Lc x (Lp + Lc), masked entries included); the vocabulary head on the real
+    completion tokens. Backward: twice the forward for products with trainable weights (input
+    and weight gradients), once for frozen ones (LoRA's base); attention twice; the head three
+    times (its logits recomputed, then both gradients; the weight gradient only if it trains).
+    The generic (non-Llama) path runs every prompt per completion and is counted that way.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    H = cfg.num_attention_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    P, Lp = batch.prompt_ids.shape
+    N, Lc = batch.completion_ids.shape
+    M = int(batch.completion_mask.sum())
+    weights = body_weights(base)
+    trained = sum(w.numel() for w in weights if w.requires_grad)
+    frozen = sum(w.numel() for w in weights if not w.requires_grad)
+    if llama_family(base):
+        positions, pairs = P * Lp + M, P * H * Lp * Lp + N * H * Lc * (Lp + Lc)
+    else:
+        positions, pairs = N * (Lp + Lc), N * H * (Lp + Lc) ** 2
+    layers = 2 * (trained + frozen) * positions
+    attention = 4 * cfg.num_hidden_layers * D * pairs
+    head = 2 * cfg.vocab_size * cfg.hidden_size * M
+    if not backward:
+        return float(layers + attention + head)
+    head_trains = base.get_output_embeddings().weight.requires_grad
+    backward_flops = 2 * (2 * trained + frozen) * positions + 2 * attention + head * (2 + head_trains)
+    return float(layers + attention + head + backward_flops)
 
 
 def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
@@ -172,16 +229,16 @@ def _generic_hidden(base, model, b: GroupBatch) -> torch.Tensor:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """log p(target) = (h W^T)[target] - logsumexp(h W^T), chunk by chunk.
+    """log p(target) = z[target] - logsumexp(z), z = h W^T / temperature, chunk by chunk.
 
     The backward pass recomputes each chunk's logits instead of keeping them. Every pass over a
-    chunk works in place in one reused [chunk, V] buffer (and the weight gradient accumulates with
-    ``addmm_``): on a 2-core CPU, fresh 25-113 MB temporaries per chunk cost more in page faults
+    chunk works in place in one reused [chunk, V] buffer (and the weight gradient accumulates in
+    place, ``addmm(out=)``): on a 2-core CPU, fresh 25-113 MB temporaries per chunk cost more in page faults
     than the matmuls themselves (a GRPO step's head went from 8.2 s to ~3 s).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, with_entropy):  # hidden [M, C], weight [V, C], targets [M]
+    def forward(ctx, hidden, weight, targets, with_entropy, inv_temp):  # hidden [M, C], weight [V, C], targets [M]
         M = hidden.shape[0]
         logp = torch.empty(M, dtype=torch.float32, device=hidden.device)
         lse_all = torch.empty_like(logp)
@@ -191,6 +248,8 @@ class _HeadLogprobs(torch.autograd.Function):
             h, t = hidden[s:s + CHUNK_POSITIONS], targets[s:s + CHUNK_POSITIONS]
             z = buf[:h.shape[0]]
             torch.mm(h, weight.t(), out=z) if h.dtype == torch.float32 else z.copy_(h @ weight.t())
+            if inv_temp != 1.0:
+                z.mul_(inv_temp)
             target_logit = z.gather(1, t[:, None]).squeeze(1)
             top = z.max(dim=1).values
             z.sub_(top[:, None])  # z = logits - max <= 0
@@ -206,6 +265,7 @@ class _HeadLogprobs(torch.autograd.Function):
             lse_all[s:s + CHUNK_POSITIONS] = lse
             logp[s:s + CHUNK_POSITIONS] = target_logit - lse
         ctx.save_for_backward(hidden, weight, targets, lse_all)
+        ctx.inv_temp = inv_temp
         if entropy is not None:
             ctx.mark_non_differentiable(entropy)
         return logp, entropy
@@ -222,20 +282,23 @@ class _HeadLogprobs(torch.autograd.Function):
             h = hidden[s:s + CHUNK_POSITIONS].float()
             g = buf[:h.shape[0]]
             torch.mm(h, w.t(), out=g)
-            # d logp / d logits = onehot(target) - softmax(logits), times the incoming gradient
+            if ctx.inv_temp != 1.0:
+                g.mul_(ctx.inv_temp)
+            # d logp / d (h W^T) = (onehot(target) - softmax(h W^T / T)) / T, times the incoming gradient
             g.sub_(lse_all[s:s + CHUNK_POSITIONS, None]).exp_().neg_()
             g.scatter_add_(1, targets[s:s + CHUNK_POSITIONS, None], torch.ones(h.shape[0], 1, device=g.device))
-            g.mul_(grad_logp[s:s + CHUNK_POSITIONS, None])
+            g.mul_(grad_logp[s:s + CHUNK_POSITIONS, None] * ctx.inv_temp)
             if grad_hidden is not None:
                 grad_hidden[s:s + CHUNK_POSITIONS] = (g @ w).to(hidden.dtype)
             if grad_weight is not None:
-                grad_weight.addmm_(g.t(), h)
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+                torch.addmm(grad_weight, g.t(), h, out=grad_weight)  # = addmm_, which FlopCounterMode does not see
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
 
 
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """hidden [N, T, C] (after the final norm), targets [N, T] → log-probs [N, T] (and entropy)."""
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """hidden [N, T, C] (after the final norm), targets [N, T] → log-probs [N, T] under
+    softmax(hidden W^T / temperature) (and that distribution's entropy)."""
     N, T, C = hidden.shape
     if torch.is_autocast_enabled(hidden.device.type):  # run the projection in the autocast dtype
         dtype = torch.get_autocast_dtype(hidden.device.type)
@@ -243,7 +306,8 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     else:
         weight_used = weight
     with torch.autocast(hidden.device.type, enabled=False):
-        logp, entropy = _HeadLogprobs.apply(hidden.reshape(N * T, C), weight_used, targets.reshape(-1), with_entropy)
+        logp, entropy = _HeadLogprobs.apply(hidden.reshape(N * T, C), weight_used, targets.reshape(-1), with_entropy,
+                                            1.0 / temperature)
     return logp.view(N, T), None if entropy is None else entropy.view(N, T)
 
 

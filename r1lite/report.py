@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from r1lite.cost import (
     short_number, usd,
 )
 from r1lite.errors import UsageError
+from r1lite.files import read_json, read_jsonl, write_bytes
 
 # ---------------------------------------------------------------------------------------------
 # The before/after table
@@ -103,34 +101,15 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
     """
     if not path.exists():
         return [], []
-    lines = path.read_text().splitlines()
-    rows, notes = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                notes.append(f"{path.name}:{number} is cut off (the run stopped while writing it); left out")
-                continue
-            raise UsageError(f"{path}:{number}: not JSON ({e.msg}); fix or delete that line") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-        rows.append(row)
+    notes: list[str] = []
+    rows = [row for _, row in read_jsonl(path, notes=notes)]
     return rows, notes
 
 
 def read_summary(path: Path) -> dict:
     if not path.exists():
         return {}
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}: not JSON ({e.msg} at line {e.lineno}); rerun the evaluation to rewrite it") from None
-    if not isinstance(summary, dict):
-        raise UsageError(f"{path}: expected a JSON object with eval_* and cost blocks")
-    return summary
+    return read_json(path, "rerun the evaluation to rewrite it")
 
 
 def task_name(summary: dict, config_text: str, config_path: Path) -> str:
@@ -254,7 +233,7 @@ def write_plots(rows: list[dict], plots_dir: Path) -> list[Plot]:
         png = draw(plot, rows)
         if png is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(plots_dir / plot.file, png)
+            write_bytes(plots_dir / plot.file, png)
             written.append(plot)
     return written
 
@@ -387,19 +366,6 @@ def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots
 # Entry point
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_report(run_dir: Path) -> Path:
     """Write ``run_dir/plots/*.png`` and ``run_dir/report.html``; return the HTML's path."""
     run_dir = Path(run_dir)
@@ -413,5 +379,5 @@ def write_report(run_dir: Path) -> Path:
     page = render_html(run_dir.resolve().name, task_name(summary, config_text, config_path), summary, rows, plots,
                        config_text, notes)
     target = run_dir / "report.html"
-    atomic_write(target, page.encode())
+    write_bytes(target, page.encode())
     return target

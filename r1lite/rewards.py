@@ -18,6 +18,7 @@ import math
 import re
 import threading
 from collections import Counter
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -148,10 +149,20 @@ def parse_number(text: str) -> float | None:
     >>> [parse_number(t) for t in ("41 or 42", "41, 42, 43", "4 2", "42abc", "1,23", "")]
     [None, None, None, None, None, None]
     """
+    value = parse_decimal(text)
+    return None if value is None else float(value)
+
+
+def parse_decimal(text: str) -> Decimal | None:
+    """:func:`parse_number` as an exact decimal (no float rounding: 99980100 stays 99980100).
+
+    >>> parse_decimal("1,000.50"), parse_decimal("x")
+    (Decimal('1000.50'), None)
+    """
     text = _unbox(text.strip())
     if not _NUMBER.fullmatch(text):
         return None
-    return float(text.replace(",", ""))
+    return Decimal(text.replace(",", ""))
 
 
 def last_number(text: str) -> str | None:
@@ -190,31 +201,40 @@ def last_number(text: str) -> str | None:
     return run
 
 
-def _gold_number(gold: float | int | str) -> float | None:
-    """A finite float from a gold answer, or None when it is not one number."""
+def _gold_number(gold: float | int | str) -> Decimal | None:
+    """The exact value of a gold answer, or None when it is not one finite number. A float gold is
+    read as its shortest repr (0.1 -> Decimal('0.1')), so it equals the same text written out."""
     if isinstance(gold, bool):
         return None
-    value = float(gold) if isinstance(gold, (int, float)) else parse_number(str(gold))
-    return value if value is not None and math.isfinite(value) else None
+    if isinstance(gold, int):
+        return Decimal(gold)
+    if isinstance(gold, float):
+        return Decimal(repr(gold)) if math.isfinite(gold) else None
+    return parse_decimal(str(gold))
 
 
-def numeric_equal(
-    response: str, gold: float | int | str, rel_tol: float = 1e-6, abs_tol: float = 1e-9
-) -> float | None:
-    """1.0 when the response is one number equal to ``gold`` (``math.isclose``); None if gold isn't a number.
+def numeric_equal(response: str, gold: float | int | str, tolerance: float = 0.0, rel_tolerance: float = 0.0) -> float | None:
+    """1.0 when the response is one number equal to ``gold``; None if gold isn't a number.
+
+    Equality is exact (decimal arithmetic, no float slack): ``99980100`` is not ``99980001``, and
+    ``1.5`` is not ``1.50001``. A tolerance is only what the caller asks for: ``|response - gold| <=
+    tolerance``, or ``<= rel_tolerance * |gold|``.
 
     >>> numeric_equal("\\\\boxed{1,000}", 1000), numeric_equal("999", "1,000"), numeric_equal("41 or 42", 42)
     (1.0, 0.0, 0.0)
+    >>> numeric_equal("99980100", 99980001), numeric_equal("0.10", 0.1), numeric_equal("10.4", 10, tolerance=0.5)
+    (0.0, 1.0, 1.0)
     >>> numeric_equal("3", "three") is None
     True
     """
     target = _gold_number(gold)
     if target is None:
         return None
-    value = parse_number(response)
+    value = parse_decimal(response)
     if value is None:
         return 0.0
-    return 1.0 if math.isclose(value, target, rel_tol=rel_tol, abs_tol=abs_tol) else 0.0
+    slack = max(Decimal(repr(float(tolerance))), Decimal(repr(float(rel_tolerance))) * abs(target))
+    return 1.0 if abs(value - target) <= slack else 0.0
 
 
 def exact_match(response: str, gold: Any) -> float:

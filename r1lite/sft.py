@@ -21,8 +21,9 @@ import torch
 from r1lite import rewards, tasks
 from r1lite.config import opt
 from r1lite.errors import UsageError
-from r1lite.policy import adamw, completion_logprobs, make_group_batch
-from r1lite.rollout import Sampling, encode_prompts, generate, render_prompt
+from r1lite.engine import Request, Sampling, derive_seed
+from r1lite.policy import Policy, adamw, make_group_batch, pass_flops
+from r1lite.prompts import encode_messages, item_prompts
 
 
 @dataclass
@@ -75,8 +76,9 @@ def run(cfg: SFTConfig, console) -> int:
     """``r1lite sft``: fine-tune ``cfg.model`` on ``cfg.data`` and save ``<out>/final``."""
     from pathlib import Path
 
-    from r1lite.files import write_jsonl
+    from r1lite.files import atomic_dir, write_jsonl
     from r1lite.models import load_model, resolve_runtime
+    from r1lite.progress import progress
 
     out = Path(cfg.out)
     if (out / "final").exists():
@@ -87,21 +89,23 @@ def run(cfg: SFTConfig, console) -> int:
     model, tokenizer = load_model(cfg.model, runtime, seed=cfg.seed)
     pairs = [encode_pair(tokenizer, m, p, c) for m, p, c in rows]
     console.print(f"r1lite sft: {len(pairs)} examples x {cfg.epochs} epochs on {runtime.describe()}")
-    history = train_sft(model, tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                        micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
-                        device=runtime.device, on_step=lambda r: console.print(f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
+    steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
+    with progress(console, "SFT", steps, "steps") as update:
+        history = train_sft(model, tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                            micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
+                            device=runtime.device,
+                            on_step=lambda r: update(len(r["history"]), f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
     write_jsonl(out / "metrics.jsonl", history)
-    tmp = out / ".final.tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out / "final")
+    with atomic_dir(out / "final") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     console.print(f"model: {out / 'final'}")
     return 0
 
 
 def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) -> tuple[list[int], list[int]]:
     """Prompt ids (chat template, assistant turn opened, prefill) and completion ids ending in eos."""
-    prompt = encode_prompts(tokenizer, [render_prompt(tokenizer, messages, prefill)])[0]
+    prompt = encode_messages(tokenizer, messages, prefill)
     body = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt, body
 
@@ -111,51 +115,54 @@ def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epo
               on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
 
-    Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``.
+    Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``, ``flops``
+    (forward and backward as computed, :func:`r1lite.policy.pass_flops`). ``on_step`` gets each
+    row, with ``history`` (the rows so far). The model stays in eval mode: no dropout, so the
+    loss is that of the model as it samples.
     """
+    policy = Policy(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr)
     rng = random.Random(seed)
-    history = []
-    model.train()
+    history: list[dict] = []
     for epoch in range(epochs):
         order = list(range(len(pairs)))
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
             chunk = [pairs[i] for i in order[start:start + batch_size]]
             total_tokens = sum(len(c) for _, c in chunk)
-            loss_sum = 0.0
+            loss_sum, flops = 0.0, 0.0
             for m in range(0, len(chunk), micro_batch_size):
                 micro = chunk[m:m + micro_batch_size]
                 batch = make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
                                          tokenizer.pad_token_id).to(device)
                 with autocast():
-                    logp, _ = completion_logprobs(model, batch)
+                    logp, _ = policy(batch)
                 loss = -(logp * batch.completion_mask).sum() / total_tokens
                 loss.backward()
                 loss_sum += loss.item()
+                flops += pass_flops(model, batch, backward=True)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            row = {"epoch": epoch, "loss": loss_sum, "tokens": total_tokens}
+            row = {"epoch": epoch, "loss": loss_sum, "tokens": total_tokens, "flops": flops}
             history.append(row)
             if on_step:
-                on_step(row)
-    model.eval()
+                on_step({**row, "history": history})
     return history
 
 
-def self_traces(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], *, phrasing: str, samples: int,
+def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *, phrasing: str, samples: int,
                 temperature: float, max_new_tokens: int, seed: int, per_item: int, model_name: str,
-                stop_ids: list[int] | None = None, batch_size: int = 64) -> list[dict]:
+                batch_size: int | None = None, stats=None, on_progress=None) -> list[dict]:
     """Rejection-sample the model on ``items`` with a plain prompt and rewrite the verified-correct
     completions in the R1 format. Each row records where it came from (provenance)."""
     if not task.numeric:
         raise UsageError(f"cold start rewrites plain answers into <answer> blocks and needs a numeric task; {task.name} is not")
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
-    built = [tasks.build_messages(item, task, phrasing) for item in items]
-    prompts = encode_prompts(tokenizer, [render_prompt(tokenizer, m, p) for m, p in built])
-    outputs = generate(decoder, tokenizer, prompts, sampling, n=samples, seed=seed, batch_size=batch_size, stop_ids=stop_ids)
+    prompts = item_prompts(tokenizer, task, items, phrasing)
+    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16))) for item, p in zip(items, prompts)]
+    outputs = engine.generate(requests, stats=stats, max_rows=batch_size, on_progress=on_progress)
     rows = []
     for item, completions in zip(items, outputs):
         correct = {rewards.strip_end(c.text).strip(): c for c in completions
@@ -169,6 +176,6 @@ def self_traces(decoder, tokenizer, task: tasks.Task, items: list[tasks.Item], *
                 "item_id": item.id, "messages": messages, "prefill": prefill,
                 "completion": f"<think>\n{thought}\n</think>\n<answer>{answer}</answer>",
                 "provenance": {"teacher": model_name, "prompt_format": phrasing, "temperature": temperature,
-                               "raw_completion": c.text, "verified_by": f"{task.name} verifier"},
+                               "seed": seed, "raw_completion": c.text, "verified_by": f"{task.name} verifier"},
             })
     return rows

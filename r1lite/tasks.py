@@ -25,6 +25,7 @@ from typing import Any
 
 from r1lite import rewards
 from r1lite.errors import UsageError
+from r1lite.files import read_jsonl
 
 NUMBER_HINT = "Give the answer as a single number."
 ENUMERATE_LIMIT = 100_000
@@ -262,18 +263,8 @@ def load_gym(spec: str, options: dict | None) -> Task:
 def read_rows(source: str, opts: dict) -> Iterator[tuple[str, dict]]:
     """(``where``, row) for each row of a local JSONL file (``path:line``) or a hub dataset (``id[i]``)."""
     if os.path.exists(source):
-        with open(source, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{source}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from None
-                if not isinstance(row, dict):
-                    raise UsageError(f"{where}: expected a JSON object per line, got {type(row).__name__}")
-                yield where, row
+        for number, row in read_jsonl(source):
+            yield f"{source}:{number}", row
         return
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
         raise UsageError(f"{source}: no such file; pass a JSONL path or a hub id (owner/name)")
@@ -381,7 +372,9 @@ def row_gold(row: dict, default: Any, where: str, python_fns: dict) -> dict:
     why = f"an 'answer' (the gold for the '{kind}' verifier)"
     gold = {"verifier": kind, "gold": row.get("answer") if kind == "json_schema" else need(row, "answer", where, why)}
     if kind == "numeric":
-        gold["tolerance"] = float(row.get("tolerance", params.get("tolerance", 0.0)))
+        gold["tolerance"] = row.get("tolerance", params.get("tolerance", 0.0))
+        if isinstance(gold["tolerance"], bool) or not isinstance(gold["tolerance"], (int, float)) or gold["tolerance"] < 0:
+            raise UsageError(f"{where}: 'tolerance' {gold['tolerance']!r} must be a number >= 0 (0 = exact)")
         if rewards.numeric_equal("0", gold["gold"]) is None:
             raise UsageError(f"{where}: 'answer' {gold['gold']!r} is not a number (numeric verifier)")
     elif kind == "regex":
@@ -419,7 +412,7 @@ def check_row(response: str, answer: dict, python_fns: dict) -> float | None:
     if kind == "exact":
         return rewards.exact_match(response, gold)
     if kind == "numeric":
-        return rewards.numeric_equal(response, gold, abs_tol=max(answer["tolerance"], 1e-9))
+        return rewards.numeric_equal(response, gold, tolerance=answer["tolerance"])
     if kind == "regex":
         return rewards.regex_match(response, gold)
     if kind == "json":

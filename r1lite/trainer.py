@@ -14,8 +14,6 @@ Run directory::
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import random
 import signal
@@ -27,12 +25,15 @@ import yaml
 
 from r1lite import checkpoint, cost, evaluate, grpo, report, rewards, sft, tasks
 from r1lite.config import dump_yaml, to_dict
+from r1lite.engine import GenerationStats, Request, Sampling, derive_seed, make_engine
 from r1lite.errors import UsageError
-from r1lite.files import read_jsonl, write_json, write_jsonl, write_text
+from r1lite.files import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from r1lite.grpo import GRPOConfig
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import adamw, completion_logprobs, make_group_batch
-from r1lite.rollout import GenerationStats, Sampling, encode_prompts, generate, make_decoder, render_prompt
+from r1lite.policy import Policy, adamw, make_group_batch, pass_flops
+from r1lite.progress import progress
+from r1lite.prompts import item_prompts
+from r1lite.reference import Reference
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
 PLAIN_PHRASINGS = ("plain", "plain:1", "plain:2")
@@ -60,7 +61,7 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
         raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
                          "resume with the same flags and recipe as the original run")
     summary_file = run_dir / "summary.json"
-    return json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}
 
 
 def lr_lambda(cfg: GRPOConfig):
@@ -78,6 +79,13 @@ def lr_lambda(cfg: GRPOConfig):
     return factor
 
 
+def rollout_dtype(cfg: GRPOConfig, runtime) -> torch.dtype:
+    """The precision of the rollout and evaluation weights."""
+    if cfg.rollout_dtype == "auto":
+        return runtime.dtype
+    return torch.bfloat16 if cfg.rollout_dtype in ("bf16", "bfloat16") else torch.float32
+
+
 class Trainer:
     def __init__(self, cfg: GRPOConfig, resume: bool = False, console=None):
         from rich.console import Console
@@ -88,18 +96,22 @@ class Trainer:
         self.summary = check_resume(cfg, self.run_dir, resume)
         self.resume = resume
         self.stop_signal: str | None = None
+        # Everything a config can get wrong is checked here, before anything is written or loaded.
+        self.runtime = resolve_runtime(cfg.device, cfg.dtype)
+        self.task = tasks.load_task(cfg.task, cfg.task_options)
+        if cfg.cold_start_items and not self.task.numeric:
+            raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
+                             f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
 
     # -- setup ------------------------------------------------------------------------------------
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.task = tasks.load_task(cfg.task, cfg.task_options)
         if self.summary.get("finished"):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.resume:
             write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
-        self.runtime = resolve_runtime(cfg.device, cfg.dtype)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()})")
@@ -116,28 +128,35 @@ class Trainer:
 
             self.model = get_peft_model(self.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                                target_modules=list(cfg.lora_targets)))
-        self.reference = None
-        if cfg.beta > 0 and not cfg.lora:  # with LoRA the reference is the base with adapters disabled
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # Eval mode throughout, training included: no dropout, so the log-probs trained on are those
+        # of the policy that sampled (the generic, non-Llama path would otherwise drop activations).
+        self.model.eval()
+        self.policy = Policy(self.model, cfg.temperature)
+        self.reference = Reference(self.model, cfg.lora, cfg.temperature) if cfg.beta > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.decoder = make_decoder(self.model, self.runtime.dtype)
-        self.stop_ids = stop_token_ids(self.tokenizer, self.model)
-        base = self.model.get_base_model() if cfg.lora else self.model
-        mc = base.config
-        n_params = sum(p.numel() for p in base.parameters())
-        self.flop_shape = dict(n_params=cost.matmul_params(n_params, mc.vocab_size, mc.hidden_size, mc.tie_word_embeddings),
-                               n_layers=mc.num_hidden_layers, d_model=mc.hidden_size)
+        self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg, self.runtime),
+                                  stop_token_ids(self.tokenizer, self.model), cfg.rollout_batch_size)
         self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
         self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.seed) if cfg.eval_items else []
         self.step, self.data_position = 0, 0
         ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+        state = {}
         if ckpt is not None:
             state = checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
             self.step, self.data_position = state["step"], state["data_position"]
             self.meter.load_state_dict(state["cost"])
             self.console.print(f"resumed from {ckpt} (step {self.step})")
+            if self.reference is not None and state.get("reference_step") is not None:
+                self.reference.load(self.run_dir, state["reference_step"])
+        if self.summary.get("cold_start_done") and not state.get("cold_start_done"):
+            # the run stopped before the cold start's checkpoint was complete: its model is lost
+            self.console.print("[yellow]the cold start's checkpoint was not written before the run stopped; "
+                               "doing the cold start again[/]")
+            for key in ("cold_start_done", "cold_start", "eval_after_sft"):
+                self.summary.pop(key, None)
+            self.save_summary()
         self._truncate_metrics()
 
     def _train_pool_size(self) -> int | None:
@@ -147,18 +166,17 @@ class Trainer:
         return self.cfg.max_steps * self.cfg.prompts_per_step * refills
 
     def _truncate_metrics(self) -> None:
-        """Rows written after the last checkpoint are dropped; the resumed run writes them again."""
+        """Rows written after the last checkpoint are dropped; the resumed run writes them again. A
+        cut-off last line (a kill mid-write) is dropped with a note."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            rows = [r for _, r in read_jsonl(path)] if path.stat().st_size else []
+            notes: list[str] = []
+            rows = [r for _, r in read_jsonl(path, notes=notes)]
+            for note in notes:
+                self.console.print(f"[yellow]{note}[/]")
             write_jsonl(path, [r for r in rows if r["step"] <= self.step])
 
     # -- helpers ------------------------------------------------------------------------------------
-
-    def prompt_ids(self, items: list[tasks.Item], fmt: str) -> tuple[list[list[int]], list[str]]:
-        built = [tasks.build_messages(i, self.task, fmt, prefill_think=self.cfg.prefill_think) for i in items]
-        texts = [render_prompt(self.tokenizer, m, p) for m, p in built]
-        return encode_prompts(self.tokenizer, texts), [p for _, p in built]
 
     def next_items(self, count: int) -> list[tasks.Item]:
         """The next ``count`` training items in a seeded order, reshuffled every epoch."""
@@ -175,22 +193,18 @@ class Trainer:
     def run_eval(self, key: str, fmt: str) -> dict:
         if key in self.summary or not self.eval_items:
             return self.summary.get(key, {})
-        with self.meter.phase("eval"):
-            _, result = evaluate.evaluate(self.decoder_synced(), self.tokenizer, self.task, self.eval_items, fmt,
+        self.engine.sync(self.model)
+        with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(self.eval_items), "seq") as update:
+            _, result = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.eval_items, fmt,
                                           max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                          batch_size=self.cfg.eval_batch_size, stop_ids=self.stop_ids,
-                                          prefill_think=self.cfg.prefill_think and fmt == "r1")
-        self.meter.add_flops("eval", cost.generate_flops(**self.flop_shape, prompt_tokens=0,
-                                                         completion_tokens=result["new_tokens"]))
+                                          batch_size=self.cfg.eval_batch_size,
+                                          prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=update)
+        self.meter.add_flops("eval", result["flops"])
         self.console.print(f"{key}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%} "
                            f"({result['n_items']} items, {fmt})")
         self.summary[key] = result
         self.save_summary()
         return result
-
-    def decoder_synced(self):
-        self.decoder.sync(self.model)
-        return self.decoder
 
     def save_summary(self) -> None:
         write_json(self.run_dir / "summary.json", self.summary)
@@ -212,16 +226,21 @@ class Trainer:
             self.save_summary()
 
     def cold_start(self) -> None:
+        """R1's cold start from the model's own verified answers. Done as one unit: its checkpoint
+        is written before the summary says it is done, so a stop in between redoes it on resume."""
         cfg = self.cfg
         if not cfg.cold_start_items or self.summary.get("cold_start_done"):
             return
         items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
         stats = GenerationStats()
-        with self.meter.phase("cold_start_sampling"):
-            traces = sft.self_traces(self.decoder_synced(), self.tokenizer, self.task, items, phrasing=cfg.cold_start_format,
+        self.engine.sync(self.model)
+        with self.meter.phase("cold_start_sampling"), progress(self.console, "cold-start sampling",
+                                                               len(items) * cfg.cold_start_samples, "seq") as update:
+            traces = sft.self_traces(self.engine, self.tokenizer, self.task, items, phrasing=cfg.cold_start_format,
                                      samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
-                                     model_name=cfg.model, stop_ids=self.stop_ids, batch_size=cfg.eval_batch_size)
+                                     model_name=cfg.model, batch_size=cfg.eval_batch_size, stats=stats, on_progress=update)
+        self.meter.add_flops("cold_start_sampling", stats.flops)
         write_jsonl(self.run_dir / "cold_start.jsonl", traces)
         self.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
                            f"x {cfg.cold_start_samples} samples → {self.run_dir / 'cold_start.jsonl'}")
@@ -229,53 +248,60 @@ class Trainer:
             raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
                              "cold_start_samples, or use a task the base model sometimes solves")
         pairs = [sft.encode_pair(self.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
-        with self.meter.phase("sft"):
+        steps = cfg.cold_start_epochs * -(-len(pairs) // cfg.cold_start_batch_size)
+        with self.meter.phase("sft"), progress(self.console, "cold-start SFT", steps, "steps") as update:
             history = sft.train_sft(self.model, self.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
-                                    batch_size=8, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                                    autocast=self.runtime.autocast, device=self.runtime.device)
-        tokens = sum(len(p) + len(c) for p, c in pairs) * cfg.cold_start_epochs
-        self.meter.add_flops("sft", cost.train_flops(**self.flop_shape, tokens=tokens, context=64))
+                                    batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
+                                    seed=cfg.seed, autocast=self.runtime.autocast, device=self.runtime.device,
+                                    on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"))
+        self.meter.add_flops("sft", sum(r["flops"] for r in history))
         self.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
                                       "traces": len(traces), "sft_steps": len(history),
                                       "final_loss": history[-1]["loss"] if history else None}
         self.run_eval("eval_after_sft", cfg.format)
+        self.save_checkpoint(cold_start_done=True)
         self.summary["cold_start_done"] = True
         self.save_summary()
-        self.save_checkpoint()
+        self.check_stop()
 
-    def save_checkpoint(self) -> None:
-        checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler,
-                        {"data_position": self.data_position, "cost": self.meter.state_dict()})
+    def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
+        state = {"data_position": self.data_position, "cost": self.meter.state_dict(),
+                 "cold_start_done": bool(self.summary.get("cold_start_done") if cold_start_done is None else cold_start_done),
+                 "reference_step": None if self.reference is None else self.reference.step}
+        checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state)
+        if self.reference is not None and self.reference.step is not None:
+            self.reference.keep_only_current(self.run_dir)
 
     # -- GRPO -------------------------------------------------------------------------------------
 
     def rollout(self) -> tuple[list[dict], dict]:
-        """Sample groups for one step; with dynamic sampling keep only informative groups and refill."""
+        """Sample groups for one step; with dynamic sampling keep only informative groups and refill.
+
+        Prompt i of round r of step s samples with seed (seed, s, r, i): the completions do not
+        depend on the batch they were decoded in."""
         cfg = self.cfg
         sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             top_k=cfg.top_k, stop=tuple(cfg.stop))
-        self.decoder.sync(self.model)
+        self.engine.sync(self.model)
         groups: list[dict] = []
         seen: list[dict] = []
         stats = GenerationStats()
         rounds = 0
         while len(groups) < cfg.prompts_per_step:
             items = self.next_items(cfg.prompts_per_step - len(groups))
-            prompts, prefills = self.prompt_ids(items, cfg.format)
-            seed = (cfg.seed * 1_000_003 + self.step) * 101 + rounds
-            outputs = generate(self.decoder, self.tokenizer, prompts, sampling, n=cfg.group_size, seed=seed,
-                               batch_size=cfg.rollout_batch_size, stop_ids=self.stop_ids, stats=stats)
-            for item, prompt, prefill, completions in zip(items, prompts, prefills, outputs):
-                group = self.score_group(item, prompt, prefill, completions)
+            prompts = item_prompts(self.tokenizer, self.task, items, cfg.format, cfg.prefill_think)
+            requests = [Request(p.ids, sampling, n=cfg.group_size, seed=derive_seed(cfg.seed, self.step, rounds, i))
+                        for i, p in enumerate(prompts)]
+            outputs = self.engine.generate(requests, stats=stats)
+            for item, prompt, completions in zip(items, prompts, outputs):
+                group = self.score_group(item, prompt.ids, prompt.prefill, completions)
                 seen.append(group)
                 if not cfg.dynamic_sampling or bool(grpo.informative_groups(group["reward"], cfg.group_size)[0]):
                     groups.append(group)
             rounds += 1
             if not cfg.dynamic_sampling or rounds > cfg.max_refill_rounds:
                 break
-        self.meter.add_flops("rollout", cost.generate_flops(
-            **self.flop_shape, prompt_tokens=stats.prompt_tokens / max(1, len(seen)),
-            completion_tokens=stats.new_tokens, sequences=1) if seen else 0.0)
+        self.meter.add_flops("rollout", stats.flops)
         info = {"groups_sampled": len(seen), "groups_kept": len(groups), "rollout_tokens": stats.new_tokens,
                 "rollout_tokens_per_s": stats.tokens_per_s}
         return groups, {"seen": seen, **info}
@@ -312,7 +338,7 @@ class Trainer:
         if cfg.mask_truncated:
             mask[torch.tensor([c.finish == "length" for c in completions])] = 0
         weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens)
-        if cfg.beta == 0:
+        if self.reference is None:
             # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
             # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
             # The weights above were computed on the whole batch, so the gradient is unchanged
@@ -331,25 +357,30 @@ class Trainer:
         chunks = [slice(i, min(n, i + per_chunk)) for i in range(0, n, per_chunk)]
         parts = [batch.rows(c) for c in chunks]  # each chunk trimmed to the widths it needs
         old = ref = None
+        flops = 0.0
         with torch.no_grad():
             if cfg.mu > 1:
-                old = [self.logprobs(self.model, part)[0] for part in parts]
-            if cfg.beta > 0:
-                ref = [self.reference_logprobs(part) for part in parts]
+                old = [self.logprobs(part)[0] for part in parts]
+                flops += sum(pass_flops(self.model, part, backward=False) for part in parts)
+            if self.reference is not None:
+                self.start_reference()
+                with self.runtime.autocast():
+                    ref = [self.reference.logprobs(part) for part in parts]
+                flops += sum(pass_flops(self.model, part, backward=False) for part in parts)
         counted = float((weights > 0).sum())
         stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
         grad_norm = 0.0
-        self.model.train()
         for it in range(cfg.mu):
             if n == 0:
                 for p in self.params:
                     p.grad = torch.zeros_like(p)
             for j, (c, part) in enumerate(zip(chunks, parts)):
-                logp, entropy = self.logprobs(self.model, part, with_entropy=it == 0)
+                logp, entropy = self.logprobs(part, with_entropy=it == 0)
                 w = weights[c, :logp.shape[1]]
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
                                             None if ref is None else ref[j], advantages[c], w, cfg)
                 loss.backward()
+                flops += pass_flops(self.model, part, backward=True)
                 if it == cfg.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
@@ -360,25 +391,16 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.model.eval()
-        tokens = sum(part.tokens for part in parts)
-        passes = 3 * cfg.mu + (cfg.mu > 1) + (cfg.beta > 0)  # forward+backward per update, extra forwards
-        context = (batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]) / 2
-        self.meter.add_flops("train", passes / 3 * cost.train_flops(**self.flop_shape, tokens=tokens, context=context))
+        self.meter.add_flops("train", flops)
         return {"clip_frac": stats["clipped"] / max(1.0, counted),
                 "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
                 "entropy": stats["entropy_sum"] / max(1.0, counted) if n else None, "grad_norm": grad_norm,
-                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": tokens}
+                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted),
+                "train_tokens": sum(part.tokens for part in parts)}
 
-    def logprobs(self, model, batch, with_entropy: bool = False):
+    def logprobs(self, batch, with_entropy: bool = False):
         with self.runtime.autocast():
-            return completion_logprobs(model, batch, with_entropy=with_entropy)
-
-    def reference_logprobs(self, batch) -> torch.Tensor:
-        if self.reference is not None:
-            return self.logprobs(self.reference, batch)[0]
-        with self.model.disable_adapter():
-            return self.logprobs(self.model, batch)[0]
+            return self.policy(batch, with_entropy=with_entropy)
 
     def step_metrics(self, info: dict, train: dict | None, seconds: dict) -> dict:
         cfg = self.cfg
@@ -404,84 +426,81 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------------
 
     def train(self) -> int:
-        self.setup()
-        if self.summary.get("finished"):
-            self.console.print(f"{self.run_dir} is finished ({self.summary.get('steps')} steps); nothing to do")
-            return 0
-        self.evaluate_base()
-        self.cold_start()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self.setup()
+            if self.summary.get("finished"):
+                self.console.print(f"{self.run_dir} is finished ({self.summary.get('steps')} steps); nothing to do")
+                return 0
+            self.evaluate_base()
+            self.check_stop()
+            self.cold_start()
             self.grpo_loop()
+            self.finish()
         except Interrupted as e:
-            self.console.print(f"[yellow]{e}[/]: checkpoint at step {self.step} saved; "
-                               f"continue with the same command plus --resume {self.run_dir}")
+            where = f"checkpoint at step {self.step} saved" if checkpoint.latest(self.run_dir) else "no checkpoint yet"
+            self.console.print(f"[yellow]{e}[/]: {where}; continue with the same command plus --resume {self.run_dir}")
             return 130 if str(e) == "SIGINT" else 143
-        self.finish()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         return 0
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
-        self.console.print(f"\n{self.stop_signal}: finishing step {self.step + 1}, then saving a checkpoint "
+        self.console.print(f"\n{self.stop_signal}: finishing the current phase, then saving a checkpoint "
                            "(send it again to stop at once)")
 
-    def grpo_loop(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def check_stop(self) -> None:
+        """At a point where the run directory is consistent: stop if a signal came."""
+        if self.stop_signal:
+            raise Interrupted(self.stop_signal)
 
+    def start_reference(self) -> None:
+        """Take the KL reference from the policy as RL starts (after any cold start), once."""
+        if self.reference is not None and self.reference.step is None:
+            self.reference.take(self.step)
+            self.reference.save(self.run_dir)
+
+    def grpo_loop(self) -> None:
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             return
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        columns = (TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[live]}"))
-        try:
-            with Progress(*columns, console=self.console) as progress:
-                bar = progress.add_task("grpo", total=cfg.max_steps, completed=self.step, live="")
-                while self.step < cfg.max_steps:
-                    t0 = time.perf_counter()
-                    with self.meter.phase("rollout"):
-                        groups, info = self.rollout()
-                    t1 = time.perf_counter()
-                    train = None
-                    if groups:
-                        with self.meter.phase("train"):
-                            train = self.train_step(groups)
-                    t2 = time.perf_counter()
-                    self.step += 1
-                    row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
-                    with (self.run_dir / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    live = (f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
-                            f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
-                    progress.update(bar, completed=self.step, live=live)
-                    if not self.console.is_terminal:  # logs get one line per step instead of a live bar
-                        self.console.print(f"step {self.step}/{cfg.max_steps}  {live}", highlight=False)
-                    if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
-                        self.save_checkpoint()
-                    elif self.stop_signal:
-                        self.save_checkpoint()
-                    if self.stop_signal:
-                        raise Interrupted(self.stop_signal)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        self.start_reference()
+        with progress(self.console, "GRPO", cfg.max_steps, "steps", done=self.step, log_every=0) as update:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                with self.meter.phase("rollout"):
+                    groups, info = self.rollout()
+                t1 = time.perf_counter()
+                train = None
+                if groups:
+                    with self.meter.phase("train"):
+                        train = self.train_step(groups)
+                t2 = time.perf_counter()
+                self.step += 1
+                row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
+                append_jsonl(self.run_dir / "metrics.jsonl", row)
+                update(self.step, f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
+                                  f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
+                if self.reference is not None and cfg.ref_reset_every and self.step % cfg.ref_reset_every == 0:
+                    self.reference.take(self.step)  # saved before the checkpoint that names it
+                    self.reference.save(self.run_dir)
+                    self.save_checkpoint()
+                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps or self.stop_signal:
+                    self.save_checkpoint()
+                self.check_stop()
 
     def finish(self) -> None:
         cfg = self.cfg
         self.run_eval("eval_after", cfg.format)
-        final = self.run_dir / "final"
         model = self.model.merge_and_unload() if cfg.lora else self.model
-        tmp = self.run_dir / ".final.tmp"
-        if tmp.exists():
-            import shutil
-            shutil.rmtree(tmp)
-        model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        if final.exists():
-            import shutil
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with atomic_dir(self.run_dir / "final") as tmp:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        final = self.run_dir / "final"
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
                              "runtime": self.runtime.describe(), "final": str(final), "cost": self.meter.report()})
         self.save_summary()

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+"""The evaluation data (GSM8K, MATH-500, SVAMP) beside the repository, found from its root."""
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -14,6 +16,17 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "r1lite", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """``../shared/data`` relative to the repository root. Missing: the test skips on a developer's
+    machine, and fails where the ``CI`` environment variable is set (CI must have the data)."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SHARED_DATA} is missing: CI needs the evaluation data beside the repository")
+        pytest.skip(f"{SHARED_DATA} is not on this machine")
+    return SHARED_DATA
 
 
 @pytest.fixture

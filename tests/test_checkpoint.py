@@ -41,3 +41,23 @@ def test_only_the_latest_complete_checkpoint_is_kept(tmp_path):
 
 def test_no_checkpoint_yet(tmp_path):
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_every_checkpoint_file_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """A rename can reach the disk before the data it names: after a power cut, `latest` would
+    name a checkpoint of empty files. Each file is fsynced before its directory is renamed in."""
+    import os
+
+    from r1lite import files
+
+    events = []
+    real_fsync, real_replace = files.fsync_path, os.replace
+    monkeypatch.setattr(files, "fsync_path", lambda p: (events.append(("fsync", os.path.basename(p))), real_fsync(p)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", os.path.basename(b))), real_replace(a, b)))
+    model, opt, sched = tiny_state()
+    checkpoint.save(tmp_path, 1, model, opt, sched, {})
+    renamed = events.index(("rename", "step-000001"))
+    for name in ("weights.safetensors", "trainer.pt", "state.json"):
+        assert events.index(("fsync", name)) < renamed, events
+    pointer = events.index(("rename", "latest"))
+    assert events[pointer - 1][0] == "fsync" and events[pointer - 1][1].startswith(".latest."), events

@@ -7,13 +7,28 @@ from r1lite.evaluate import pass_at_k, score_row, summarize
 
 
 def test_pass_at_k_matches_brute_force():
+    """Every n, c and k up to 7, k > n included: for n < k the brute force draws all n samples
+    (min(k, n) of them), which is the rule: 1 if any is correct, else 0."""
     from itertools import combinations
 
-    n, c = 6, 2
-    correct = [1] * c + [0] * (n - c)
-    for k in range(1, n + 1):
-        subsets = list(combinations(correct, k))
-        assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+    for n in range(1, 8):
+        for c in range(n + 1):
+            correct = [1] * c + [0] * (n - c)
+            for k in range(1, 8):
+                subsets = list(combinations(correct, min(k, n)))
+                assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets)), (n, c, k)
+
+
+def test_items_with_fewer_samples_than_k_count_pass_at_n():
+    """An item with 2 samples, none correct, must not score pass@4 = 1; it stays in the mean."""
+    task = tasks.load_task("arithmetic")
+    ok = "<think>x</think><answer>{}</answer>"
+    rows = rows_for(task, {"full": (5, [ok.format(5), ok.format(4), ok.format(4), ok.format(4)]),
+                           "short_wrong": (7, [ok.format(1), ok.format(2)]),
+                           "short_right": (3, [ok.format(9), ok.format(3)])})
+    s = summarize(rows, 4)
+    assert s["pass@4"] == pytest.approx((1 + 0 + 1) / 3) and s["pass@2"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert s["items_below_k"] == 2
 
 
 def rows_for(task, answers_by_item):

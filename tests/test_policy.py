@@ -90,3 +90,37 @@ def test_embedding_gradient_is_dense_and_exact_tied_or_not(tied):
     for n, p in model.named_parameters():
         assert p.grad.layout == torch.strided, n
         torch.testing.assert_close(p.grad, expected[n], atol=1e-4 * expected[n].abs().max().item() + 1e-8, rtol=1e-3, msg=n)
+
+
+def test_head_logprobs_at_a_temperature_are_those_of_the_sampled_distribution():
+    torch.manual_seed(1)
+    hidden = torch.randn(1, 40, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (1, 40))
+    logp, entropy = head_logprobs(hidden, weight, targets, with_entropy=True, temperature=0.6)
+    full = (hidden @ weight.t() / 0.6).log_softmax(-1)
+    expected = full.gather(-1, targets[..., None]).squeeze(-1)
+    torch.testing.assert_close(logp.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy.double(), -(full.exp() * full).sum(-1), atol=1e-4, rtol=1e-4)
+    g = torch.randn(1, 40, dtype=torch.float64)
+    gh, gw = torch.autograd.grad((logp * g).sum(), (hidden, weight))
+    eh, ew = torch.autograd.grad((expected * g).sum(), (hidden, weight))
+    torch.testing.assert_close(gh.double(), eh, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gw.double(), ew, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_pass_flops_match_torch_flop_counter(backward):
+    """The FLOPs the trainer meters for a train forward (and backward) are what PyTorch counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from r1lite.policy import pass_flops
+
+    model, tokenizer = load_model("tiny", FP32)
+    prompts = [[1, 5, 9, 4, 7, 7], [2, 3]]
+    batch = make_group_batch(prompts, [0, 0, 1, 1], [[7, 8, 6, 1], [5], [9, 9, 3], [4, 4, 4, 4, 4]], pad_id=0)
+    with FlopCounterMode(display=False) as counter:
+        logp, _ = completion_logprobs(model, batch)
+        if backward:
+            (logp * batch.completion_mask).sum().backward()
+    assert pass_flops(model, batch, backward) == pytest.approx(counter.get_total_flops(), rel=0.05)

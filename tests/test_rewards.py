@@ -166,14 +166,26 @@ def test_numeric_equal():
     assert numeric_equal("42.0", "42") == 1.0
     assert numeric_equal("\\boxed{42}", 42.0) == 1.0
     assert numeric_equal("1,000", "1000") == 1.0
-    assert numeric_equal("0.1", 0.1 + 1e-12) == 1.0
+    assert numeric_equal("0.1", 0.1) == 1.0 and numeric_equal("0.10", "0.1") == 1.0
     assert numeric_equal("43", 42) == 0.0
     for bad in ["41 or 42", "41, 42, 43", "4 2", "", "forty-two"]:
         assert numeric_equal(bad, 42) == 0.0, bad
     assert numeric_equal("42", "n/a") is None
     assert numeric_equal("42", float("nan")) is None
     assert numeric_equal("1", True) is None
-    assert numeric_equal("10.4", 10, abs_tol=0.5) == 1.0
+    assert numeric_equal("10.4", 10, tolerance=0.5) == 1.0
+    assert numeric_equal("110", 100, rel_tolerance=0.1) == 1.0 and numeric_equal("111", 100, rel_tolerance=0.1) == 0.0
+
+
+def test_numeric_equal_is_exact_unless_a_tolerance_is_asked_for():
+    """No built-in slack: a relative 1e-6 would accept 99980100 for 99980001 (a wrong product of
+    4-digit numbers), and big integers must not round through floats."""
+    assert numeric_equal("99980100", 99980001) == 0.0
+    assert numeric_equal("1.000001", 1) == 0.0
+    assert numeric_equal("12345678901234567891", 12345678901234567890) == 0.0
+    assert numeric_equal("12345678901234567890", "12,345,678,901,234,567,890") == 1.0
+    assert numeric_equal("1e-10", 0) == 0.0  # not a number in the accepted syntax
+    assert numeric_equal("0.0000000001", 0) == 0.0
 
 
 # ------------------------------------------------------------------------------ string checks

@@ -4,7 +4,7 @@ import json
 
 from r1lite import sft, tasks
 from r1lite.rewards import r1_answer, r1_format
-from r1lite.rollout import Completion
+from r1lite.engine import Completion
 
 
 def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypatch):
@@ -15,8 +15,10 @@ def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypat
         items[1].question: ["10 + 11 = 22", "It is 20", "21" * 0 + "twenty-one", "10 + 11 = 21 ..."],
     }
 
-    def fake_generate(decoder, tokenizer, prompts, sampling, n, **kw):
-        return [[Completion([1, 2], text, "stop") for text in samples[q]] for q in samples]
+    class FakeEngine:
+        def generate(self, requests, **kw):
+            assert [r.n for r in requests] == [4, 4]
+            return [[Completion([1, 2], text, "stop") for text in samples[q]] for q in samples]
 
     class Tok:
         def apply_chat_template(self, messages, **kw):
@@ -26,8 +28,7 @@ def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypat
         def encode(self, text, add_special_tokens=False):
             return [1]
 
-    monkeypatch.setattr(sft, "generate", fake_generate)
-    rows = sft.self_traces(None, Tok(), task, items, phrasing="plain", samples=4, temperature=0.7, max_new_tokens=32,
+    rows = sft.self_traces(FakeEngine(), Tok(), task, items, phrasing="plain", samples=4, temperature=0.7, max_new_tokens=32,
                            seed=0, per_item=1, model_name="default")
     assert len(rows) == 2
     first, second = rows

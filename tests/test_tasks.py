@@ -1,7 +1,6 @@
 """Tasks: deterministic, disjoint splits; loaders and their error messages; prompts and scoring."""
 
 import json
-import os
 import sys
 import textwrap
 
@@ -10,8 +9,6 @@ import pytest
 from r1lite.errors import UsageError
 from r1lite.tasks import FORMATS, build_messages, extract_answer, held_out_bucket, load_task, make_item, score
 
-DATA = "/work/shared/data"
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"benchmark copies not present at {DATA}")
 
 
 def r1(answer) -> str:
@@ -102,9 +99,8 @@ def test_countdown_items_are_solvable():
 # ------------------------------------------------------------------------------ benchmark files
 
 
-@needs_data
-def test_gsm8k_gold_scores_one():
-    task = load_task(f"gsm8k:{DATA}/gsm8k_test.jsonl")
+def test_gsm8k_gold_scores_one(data_dir):
+    task = load_task(f"gsm8k:{data_dir}/gsm8k_test.jsonl")
     items = task.split("all")
     assert len(items) == 1319 and items[0].answer == "18" and items[0].meta["source"].endswith(":1")
     for item in items[:200]:
@@ -113,9 +109,8 @@ def test_gsm8k_gold_scores_one():
     assert score(r1(float(items[0].answer) + 1), items[0], task, "r1")["accuracy"] == 0.0
 
 
-@needs_data
-def test_svamp_gold_scores_one_for_every_row():
-    task = load_task(f"svamp:{DATA}/svamp.jsonl")
+def test_svamp_gold_scores_one_for_every_row(data_dir):
+    task = load_task(f"svamp:{data_dir}/svamp.jsonl")
     items = task.split("all")
     assert len(items) == 1000
     assert items[0].question.startswith("There are 87 oranges") and items[0].question.endswith("bananas?")
@@ -123,9 +118,8 @@ def test_svamp_gold_scores_one_for_every_row():
         assert score(r1(item.answer), item, task, "r1")["accuracy"] == 1.0
 
 
-@needs_data
-def test_math500_gold_scores_one():
-    task = load_task(f"math:{DATA}/math500.jsonl")
+def test_math500_gold_scores_one(data_dir):
+    task = load_task(f"math:{data_dir}/math500.jsonl")
     items = task.split("all")
     assert len(items) == 500 and not task.numeric
     for item in items[:200]:
@@ -133,9 +127,8 @@ def test_math500_gold_scores_one():
     assert score(r1("12345"), items[0], task, "r1")["accuracy"] == 0.0
 
 
-@needs_data
-def test_file_splits_are_disjoint_and_stable():
-    task = load_task(f"gsm8k:{DATA}/gsm8k_train.jsonl")
+def test_file_splits_are_disjoint_and_stable(data_dir):
+    task = load_task(f"gsm8k:{data_dir}/gsm8k_train.jsonl")
     train, test = task.split("train"), task.split("test")
     assert len(train) + len(test) == 7473
     assert {i.id for i in train}.isdisjoint({i.id for i in test})
@@ -196,7 +189,7 @@ def test_jsonl_every_verifier_type(tmp_path, monkeypatch):
         return score(r1(response), items[question], task, "r1")["accuracy"]
 
     assert acc("Capital of France?", "Paris") == 1.0 and acc("Capital of France?", "paris") == 0.0
-    assert acc("Price?", "20") == 0.0 and acc("Price?", "19.995") == 1.0
+    assert acc("Price?", "20.01") == 0.0 and acc("Price?", "19.995") == 1.0 and acc("Price?", "20") == 1.0  # |d| <= tolerance
     assert acc("Ticket id?", "T-123") == 1.0 and acc("Ticket id?", "T-1234") == 0.0
     assert acc("Extract as JSON", '```json\n{"age": 36, "name": "Ada"}\n```') == 1.0
     assert acc("Extract as JSON", '{"age": "36", "name": "Ada"}') == 0.0
@@ -206,6 +199,24 @@ def test_jsonl_every_verifier_type(tmp_path, monkeypatch):
     assert acc("Greet", "Hello there") == 1.0 and acc("Greet", "Hi") == 0.0
     assert acc("Pi?", "3.14") == 1.0 and acc("Pi?", "3.2") == 0.0
     json.dumps([i.answer for i in items.values()])
+
+
+def test_jsonl_numeric_rows_get_only_the_tolerance_they_ask_for(tmp_path):
+    rows = [{"question": "Exact?", "answer": 99980001, "verifier": "numeric"},
+            {"question": "Zero tolerance?", "answer": 2.5, "verifier": "numeric", "tolerance": 0},
+            {"question": "Some tolerance?", "answer": 2.5, "verifier": "numeric", "tolerance": 0.5}]
+    task = load_task(f"jsonl:{write_jsonl(tmp_path / 'tol.jsonl', rows)}")
+    items = {i.question: i for i in task.split("all")}
+
+    def acc(question, response):
+        return score(r1(response), items[question], task, "r1")["accuracy"]
+
+    assert acc("Exact?", "99980001") == 1.0 and acc("Exact?", "99980100") == 0.0
+    assert acc("Zero tolerance?", "2.50") == 1.0 and acc("Zero tolerance?", "2.5000001") == 0.0
+    assert acc("Some tolerance?", "3") == 1.0 and acc("Some tolerance?", "3.01") == 0.0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": 1, "verifier": "numeric", "tolerance": -1}])
+    with pytest.raises(UsageError, match="bad.jsonl:1: 'tolerance' -1 must be a number >= 0"):
+        load_task(f"jsonl:{bad}")
 
 
 def test_jsonl_default_verifier_object(tmp_path):

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 from r1lite import grpo
 from r1lite.grpo import GRPOConfig
+from r1lite.policy import make_group_batch
 from r1lite.trainer import WALL_CLOCK_KEYS, Trainer
 
 SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
@@ -48,7 +49,7 @@ def test_train_runs_end_to_end_with_built_in_defaults(cli, tmp_path):
 
 def _rollout_until(trainer, wanted, what: str) -> list[dict]:
     """Draw rollouts (half the test task's rows always score 1) until ``wanted(informative groups)``."""
-    for _ in range(4):
+    for _ in range(12):
         groups, _ = trainer.rollout()
         if wanted(grpo.informative_groups(torch.cat([g["reward"] for g in groups]), trainer.cfg.group_size)):
             return groups
@@ -67,7 +68,7 @@ def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
 
 
 def _one_step_weights(task, tmp_path, name, groups=None, **kw):
-    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, **kw))
+    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, dtype="fp32", **kw))  # exact: fp32
     trainer.setup()
     if groups is None:
         groups = _rollout_until(trainer, lambda keep: keep.any() and not keep.all(),
@@ -97,7 +98,7 @@ def test_micro_batches_and_skipped_groups_leave_the_update_unchanged(varied_task
 
 def _two_steps(task, tmp_path, name, monkeypatch, force_full: bool):
     """A normal step, then a step where every group has equal rewards; the weights after both."""
-    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10))
+    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10, dtype="fp32"))  # exact: fp32
     trainer.setup()
     groups = _rollout_until(trainer, lambda keep: keep.any(), "an informative group")
     trainer.train_step(groups)
@@ -129,15 +130,152 @@ def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
     no_kl = Trainer(small_config(task, tmp_path, beta=0.0))
     no_kl.setup()
     assert no_kl.reference is None
-    with_kl = Trainer(small_config(task, tmp_path / "b", beta=0.05))
-    with_kl.setup()
-    assert with_kl.reference is not None and not any(p.requires_grad for p in with_kl.reference.parameters())
-    groups, _ = with_kl.rollout()
-    assert with_kl.train_step(groups)["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
-    lora = Trainer(small_config(task, tmp_path / "c", beta=0.05, lora=True, lora_r=4))
-    lora.setup()
-    assert lora.reference is None  # the base with adapters disabled is the reference
-    assert lora.train_step(lora.rollout()[0])["kl"] is not None
+    for lora in (False, True):
+        with_kl = Trainer(small_config(task, tmp_path / f"b{lora}", beta=0.05, lora=lora, lora_r=4, max_steps=1))
+        with_kl.setup()
+        with_kl.grpo_loop()
+        assert with_kl.reference.step == 0
+        assert read_rows(tmp_path / f"b{lora}" / "run" / "metrics.jsonl")[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+        if not lora:
+            assert not any(p.requires_grad for p in with_kl.reference.frozen.parameters())
+
+
+COLD_START_ROWS = [{"item_id": str(i), "messages": [{"role": "user", "content": f"What is {i} + {i}?"}], "prefill": "",
+                    "completion": f"<think>{i} + {i} = {2 * i}</think><answer>{2 * i}</answer>"} for i in range(8)]
+
+
+def cold_start_config(tmp_path, **kw):
+    return small_config("arithmetic", tmp_path, cold_start_items=8, cold_start_lr=5e-3, cold_start_epochs=2, **kw)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_kl_reference_is_the_model_rl_starts_from(tmp_path, monkeypatch, lora):
+    """After a cold start the reference is the cold-started model, not the untouched base: the KL
+    of the first RL step is 0. A resumed run gets the same reference back from the run directory."""
+    from r1lite import sft
+
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
+    trainer = Trainer(cold_start_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1))
+    trainer.setup()
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.cold_start()
+    assert any(not torch.equal(base[n], p) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.grpo_loop()
+    rows = read_rows(tmp_path / "run" / "metrics.jsonl")
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # on the untouched base it was ~0.01
+    saved = trainer.reference.weights()
+    again = Trainer(cold_start_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1), resume=True)
+    again.setup()
+    assert again.reference.step == 0
+    assert all(torch.equal(saved[n], t) for n, t in again.reference.weights().items())
+
+
+def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_path, monkeypatch):
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    trainer = Trainer(small_config(task, tmp_path, beta=0.05, ref_reset_every=2, max_steps=3, save_every=0))
+    trainer.setup()
+    trainer.grpo_loop()
+    rows = read_rows(tmp_path / "run" / "metrics.jsonl")
+    assert trainer.reference.step == 2 and rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[2]["kl"] < rows[1]["kl"] or rows[1]["kl"] == 0  # the reference moved up to the policy of step 2
+    assert [f.name for f in (tmp_path / "run" / "reference").iterdir()] == ["step-000002.safetensors"]
+
+
+def test_a_stop_while_the_cold_start_checkpoint_is_written_redoes_the_cold_start(tmp_path, monkeypatch):
+    """The summary must not say the cold start is done before its checkpoint exists: a resumed
+    run would train the base model while its report showed the cold start's evaluation."""
+    from r1lite import checkpoint, sft
+
+    calls = []
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: calls.append(1) or [dict(r) for r in COLD_START_ROWS])
+    real_save = checkpoint.save
+
+    def killed_while_saving(*a, **k):
+        raise KeyboardInterrupt  # the process dies in the middle of the save
+
+    monkeypatch.setattr(checkpoint, "save", killed_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cold_start_config(tmp_path, max_steps=1)).train()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text()) if (tmp_path / "run" / "summary.json").exists() else {}
+    assert not summary.get("cold_start_done")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    trainer = Trainer(cold_start_config(tmp_path, max_steps=1), resume=True)
+    assert trainer.train() == 0 and len(calls) == 2  # the cold start ran again
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["cold_start_done"] and json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start_done"]
+
+
+def test_a_signal_during_the_cold_start_saves_it_and_stops(tmp_path, monkeypatch):
+    """Signal handlers are in place from the start: a SIGINT during the cold start finishes it,
+    writes its checkpoint, and exits 130 with the resume hint."""
+    import os
+
+    from r1lite import sft
+
+    def traces_then_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return [dict(r) for r in COLD_START_ROWS]
+
+    monkeypatch.setattr(sft, "self_traces", traces_then_signal)
+    assert Trainer(cold_start_config(tmp_path, max_steps=3)).train() == 130
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["step"] == 0 and state["cold_start_done"]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_training_log_probs_use_the_sampling_temperature(varied_task, tmp_path, monkeypatch):
+    """Rollouts sample from softmax(logits / T); the gradient, ratio, KL and entropy must be taken
+    under the same distribution."""
+    from r1lite.policy import completion_logprobs
+
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    trainer = Trainer(small_config(task, tmp_path, temperature=0.5, beta=0.05, dtype="fp32"))
+    trainer.setup()
+    seen = []
+    real = grpo.policy_loss
+    monkeypatch.setattr(grpo, "policy_loss", lambda logp, old, ref, *a: seen.append((logp.detach(), ref)) or real(logp, old, ref, *a))
+    groups = _rollout_until(trainer, lambda keep: keep.any(), "varied rewards")
+    batch = make_group_batch([g["prompt"] for g in groups], [i // 4 for i in range(8)],
+                             [c.token_ids for g in groups for c in g["completions"]], trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        at_t = completion_logprobs(trainer.model, batch, temperature=0.5)[0]
+        at_1 = completion_logprobs(trainer.model, batch)[0]
+    trainer.train_step(groups)
+    logp, ref = seen[0]
+    width = logp.shape[1]
+    torch.testing.assert_close(logp, at_t[:, :width], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ref, at_t[:, :width], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logp, at_1[:, :width], atol=1e-3)
+
+
+def test_the_generic_training_path_runs_without_dropout(tmp_path, monkeypatch):
+    """A non-Llama model (GPT-2, dropout 0.1) trains on the log-probs of the model as it samples:
+    the train step's log-probs equal an eval-mode forward."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from r1lite.models import load_tokenizer
+    from r1lite.policy import completion_logprobs
+
+    tokenizer = load_tokenizer("tiny")
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512,
+                                      resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    trainer = Trainer(small_config("arithmetic", tmp_path, model=str(tmp_path / "gpt2"), beta=0.05, dtype="fp32"))
+    trainer.setup()
+    seen = []
+    real = grpo.policy_loss
+    monkeypatch.setattr(grpo, "policy_loss", lambda logp, *a: seen.append(logp.detach()) or real(logp, *a))
+    groups, _ = trainer.rollout()
+    batch = make_group_batch([g["prompt"] for g in groups], [i // 4 for i in range(8)],
+                             [c.token_ids for g in groups for c in g["completions"]], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = completion_logprobs(trainer.model.eval(), batch)[0]
+    trainer.train_step(groups)
+    torch.testing.assert_close(seen[0], expected[:, :seen[0].shape[1]], atol=1e-5, rtol=1e-5)
 
 
 def test_dynamic_sampling_drops_zero_variance_groups(varied_task, tmp_path, monkeypatch):
@@ -235,8 +373,14 @@ def test_resume_with_different_flags_is_refused(cli, tmp_path):
     ([], "group_size: 2.5\n", "key 'group_size' must be an integer"),
     ([], "learning_rate: 0.1\n", "unknown key 'learning_rate'"),
     ([], "lr: [0.1\n", "not valid YAML"),
+    (["--format", "plain:7"], None, "format 'plain:7' is unknown"),
+    (["--device", "cuda"], None, "--device cuda"),
+    (["--temperature", "0"], None, "temperature=0"),
+    (["--task", "arithmetic", "--task-opt", "digits=x"], None, "option digits='x'"),
+    ([], "algorithm: ppo\n", "algorithm 'ppo' is unknown"),
+    (["--beta", "0", "--ref-reset-every", "10"], None, "ref_reset_every=10"),
 ])
-def test_invalid_configs_fail_before_loading_a_model(cli, tmp_path, flags, yaml_text, needle):
+def test_invalid_configs_fail_before_anything_is_written_or_loaded(cli, tmp_path, flags, yaml_text, needle):
     args = ["train", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run"), *flags]
     if yaml_text is not None:
         recipe = tmp_path / "recipe.yaml"
@@ -247,3 +391,37 @@ def test_invalid_configs_fail_before_loading_a_model(cli, tmp_path, flags, yaml_
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cut_off_last_metrics_line_is_dropped_on_resume(varied_task, tmp_path, monkeypatch, capsys):
+    """A kill while a metrics row is appended leaves half a line: resume drops it and says so."""
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    cfg = small_config(task, tmp_path, max_steps=4, save_every=1)
+    first = Trainer(cfg)
+    first.setup()
+    cfg.max_steps = 2  # stop the loop after two steps, as a kill would
+    first.grpo_loop()
+    cfg.max_steps = 4
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"step": 3, "reward_me')
+    again = Trainer(cfg, resume=True)
+    again.setup()
+    assert again.step == 2 and len(read_rows(metrics)) == 2
+    assert "metrics.jsonl:3 is cut off" in capsys.readouterr().out
+
+
+def test_algorithm_presets_set_the_published_fields_and_explicit_keys_win():
+    from r1lite.config import build
+
+    dapo = build(GRPOConfig, {"algorithm": "dapo", "max_new_tokens": 100}, presets=grpo.preset)
+    assert (dapo.loss_type, dapo.epsilon_high, dapo.dynamic_sampling, dapo.overlong_buffer, dapo.beta) == ("dapo", 0.28, True, 20, 0.0)
+    dr = build(GRPOConfig, {"algorithm": "dr_grpo"}, presets=grpo.preset)
+    assert (dr.loss_type, dr.scale_rewards) == ("dr_grpo", "none")
+    r1 = build(GRPOConfig, {"algorithm": "r1"}, {"lr": 1e-5}, presets=grpo.preset)
+    assert (r1.lr, r1.beta, r1.group_size, r1.prompts_per_step, r1.temperature, r1.ref_reset_every) == (1e-5, 0.001, 16, 32, 1.0, 400)
+    r1_g8 = build(GRPOConfig, {"algorithm": "r1", "group_size": 8}, presets=grpo.preset)
+    assert (r1_g8.group_size, r1_g8.prompts_per_step) == (8, 32)
+    none = build(GRPOConfig, {"loss_type": "dapo"}, presets=grpo.preset)
+    assert (none.epsilon_high, none.dynamic_sampling, none.overlong_buffer) == (0.2, False, 0)  # today's fields

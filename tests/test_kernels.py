@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from r1lite import cpu_kernels
-from r1lite.rollout import gqa_attention
+from r1lite.engine import kernels as cpu_kernels
+from r1lite.models import gqa_attention
 
 LIB = cpu_kernels.load()
 needs_kernel = pytest.mark.skipif(LIB is None, reason="the CPU kernel cannot be built on this machine (see its message)")
@@ -134,7 +134,7 @@ def test_decode_step_in_one_call_matches_transformers(arch):
     logits of transformers' forward over the whole sequence, padding included."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from r1lite.rollout import LlamaDecoder
+    from r1lite.engine import LlamaDecoder
 
     torch.manual_seed(0)
     shape = dict(vocab_size=300, hidden_size=64, intermediate_size=136, num_hidden_layers=3, num_attention_heads=4,
@@ -150,16 +150,16 @@ def test_decode_step_in_one_call_matches_transformers(arch):
     mask = torch.ones(B, P + new, dtype=torch.long)
     mask[1, :3] = 0  # a left-padded row
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder.start(B, P + new)
+    cache = decoder.new_cache(B, P + new)
     valid = mask.bool()
-    decoder.forward(tokens[:, :P], positions[:, :P], 0, valid)
+    decoder.forward(cache, tokens[:, :P], positions[:, :P], 0, valid)
     with torch.no_grad():
         ref = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
     for t in range(P, P + new):
-        logits = decoder.forward(tokens[:, t:t + 1], positions[:, t:t + 1], t, valid)
+        logits = decoder.forward(cache, tokens[:, t:t + 1], positions[:, t:t + 1], t, valid)
         torch.testing.assert_close(logits, ref[:, t], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="DecodeStep"):
-        decoder._step(torch.randn(64, B), torch.ones(B, 16), torch.ones(B, 16), decoder.cache, P + new, valid)
+        decoder._step(torch.randn(64, B), torch.ones(B, 16), torch.ones(B, 16), cache, P + new, valid)
 
 
 def test_an_unbuildable_kernel_falls_back_and_says_why(monkeypatch, tmp_path, capsys):

@@ -36,7 +36,7 @@ import torch
 
 from r1lite.models import cache_dir
 
-SOURCE = Path(__file__).with_name("kernels") / "gemm.c"
+SOURCE = Path(__file__).with_name("gemm.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 PANEL = 6  # weight rows per packed panel (gemm.c)
 

@@ -1,0 +1,33 @@
+"""The generation engine: one interface for every way r1lite samples from a model.
+
+An engine takes token-id :class:`Request` s (a prompt, :class:`Sampling` settings, ``n`` samples,
+a seed) and returns :class:`Completion` s, in two forms:
+
+- ``engine.generate(requests)`` → ``[request][sample]`` completions (evaluation, rollouts, the cold
+  start, distillation with a local teacher);
+- ``engine.add(request)``, ``engine.step()`` → :class:`Delta` s (new tokens and text per sequence),
+  ``engine.cancel(id)``: requests join a running batch at the next step and leave it when done
+  (serving).
+
+A sequence's tokens depend only on (seed, prompt, sample index). ``engine.stats`` counts prompt,
+prefill and generated tokens and the FLOPs the decoder computed. Backends implement the same
+interface: :class:`Engine` over r1lite's decoders (:mod:`r1lite.engine.decoders`: our CPU
+kernels, PyTorch, the generic transformers forward).
+
+Modules: ``sampling`` (settings and the per-sequence draw), ``decoders`` (forward passes over a
+KV cache), ``kernels`` (the x86-64 CPU kernels, compiled on first use), ``engine`` (the loop).
+"""
+
+from r1lite.engine.decoders import HFDecoder, LlamaDecoder, make_decoder
+from r1lite.engine.engine import Completion, Delta, Engine, GenerationStats, Request
+from r1lite.engine.sampling import Sampling, derive_seed
+
+
+def make_engine(model, tokenizer, dtype, stop_ids: list[int] | None = None, max_rows: int = 64) -> Engine:
+    """An :class:`Engine` over the fastest decoder for this model and machine; ``dtype`` is the
+    precision of the rollout weights (:func:`r1lite.engine.decoders.make_decoder`)."""
+    return Engine(make_decoder(model, dtype), tokenizer, stop_ids, max_rows)
+
+
+__all__ = ["Completion", "Delta", "Engine", "GenerationStats", "HFDecoder", "LlamaDecoder", "Request", "Sampling",
+           "derive_seed", "make_decoder", "make_engine"]

@@ -1,0 +1,367 @@
+"""Decoders: a model's forward pass over a KV cache, for the engine.
+
+A decoder holds a copy of the model's weights (refreshed by :meth:`sync` after each optimizer
+step) and runs ``forward(cache, tokens, positions, start, valid)``: T new tokens per row, written
+at cache columns ``start .. start+T``, returning the logits of each row's last token. The cache
+is the engine's: decoders create, select, shift and merge it, so requests can join and leave a
+running batch.
+
+Llama-family models (Llama, Mistral, Qwen2, Qwen3, SmolLM) run on :class:`LlamaDecoder`, r1lite's
+own inference forward; any other architecture runs on the transformers forward (:class:`HFDecoder`),
+which is slower, and says so.
+
+Precision: ``dtype`` is the precision of the rollout weights, copied from the fp32 master weights
+at every sync (never accumulated in low precision). On an x86-64 CPU where our kernels build they
+compute in fp32 whatever ``dtype`` is — bf16 weights are rounded to bf16 and run in fp32 — since
+they are both faster and closer to fp32 than PyTorch's bf16 matmuls (135M model, teacher-forced:
+logits within 0.11 of fp32 against 0.43 for bf16 compute). Elsewhere (GPUs, other CPUs) the
+PyTorch path computes in ``dtype``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from r1lite.engine import kernels
+from r1lite.models import body_weights, gqa_attention, llama_family
+
+
+class Projection:
+    """One weight of the decoder (several stacked: q/k/v, gate/up): ``weight @ f(x) + bias`` for
+    feature-major activations x [K, N], with the fastest product this machine has for it. f is the
+    identity, an RMS norm (a layer's input norm, fused into the product) or SwiGLU (x holds gate
+    and up).
+
+    fp32 on x86-64 CPUs: our kernel (:mod:`r1lite.engine.kernels`) on a copy of the weights packed
+    at each sync (into the previous sync's memory, ``reuse``). Where it cannot be built: oneDNN's
+    linear on a copy reordered for it below ``SMALL_BATCH`` columns and for the vocabulary head
+    (decode step of the 135M model 37.6 vs 45.8 ms at batch 1 against MKL, head 13.7 vs 20.4 ms
+    at 16; 2-core EPYC); otherwise MKL, with 2..15 columns padded to 16 (its kernels for fewer
+    run slower: 1.3 vs 0.8 ms for a 3072x576 weight). Other dtypes and devices: ``weight @ x``.
+    """
+
+    SMALL_BATCH = 8
+
+    def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None):
+        if lib is not None:
+            self.weight = None
+            self.packed = kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None)
+        else:
+            self.weight = torch.cat(parts) if len(parts) > 1 else parts[0]
+            self.packed = None
+        self.out_features = sum(p.shape[0] for p in parts)
+        self.onednn = onednn
+        self._reordered: torch.Tensor | None = None  # oneDNN's layout, made on first use
+
+    def columns(self, n: int, transposed: bool = False) -> int:
+        """Columns a product with n columns of x computes (padding included): what FLOPs count."""
+        if self.packed is not None:
+            return 8 if n <= 8 else -(-n // 16) * 16  # the kernel's padded f(x) (gemm.c)
+        if self.onednn and (n < self.SMALL_BATCH or transposed):
+            return n
+        return 16 if self.weight.device.type == "cpu" and 1 < n < 16 else n
+
+    def __call__(self, x: torch.Tensor, prologue: str = "plain", norm: torch.Tensor | None = None, eps: float = 0.0,
+                 bias: torch.Tensor | None = None, into: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
+        """[O, N], or [N, O] with ``transposed``; added into ``into`` in place when given (see
+        :meth:`r1lite.engine.kernels.PackedWeight.linear`, whose meaning this keeps on every path)."""
+        if self.packed is not None:
+            return self.packed.linear(x, prologue, norm, eps, bias, into, transposed)
+        n = x.shape[1]
+        if prologue == "rmsnorm":
+            xf = x.float()
+            x = (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + eps)).to(x.dtype) * norm[:, None]
+        elif prologue == "swiglu":
+            gate, up = x.chunk(2, dim=0)
+            x = F.silu(gate) * up
+        if self.onednn and (n < self.SMALL_BATCH or transposed):
+            if self._reordered is None:
+                self._reordered = torch.ops.mkldnn._reorder_linear_weight(self.weight, 16)
+            out = torch.ops.mkldnn._linear_pointwise(x.t(), self._reordered, None, "none", [], "")
+            out = out if transposed else out.t()
+        else:
+            if self.weight.device.type == "cpu" and 1 < n < 16:
+                out = (self.weight @ F.pad(x, (0, 16 - n)))[:, :n]
+            else:
+                out = self.weight @ x
+            out = out.t().contiguous() if transposed else out
+        if bias is not None:
+            out = out + (bias if transposed else bias[:, None])
+        if into is None:
+            return out
+        return into.add_(out)
+
+
+def _attention_flops(cfg, rows: int, T: int, start: int, causal_only: bool) -> float:
+    """QK^T and AV over the keys each query scores: all ``start + T`` columns on the PyTorch path
+    (masked ones are computed too), the causal ones in our kernel."""
+    H = cfg.num_attention_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    pairs = rows * (T * start + T * (T + 1) // 2 if causal_only else T * (start + T))
+    return float(4 * cfg.num_hidden_layers * H * D * pairs)
+
+
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class LlamaDecoder:
+    """Inference forward for Llama-family models with a static KV cache, reading the weights of a
+    transformers model (LoRA adapters merged in).
+
+    Activations are kept feature-major, ``[C, B]``, so every projection is ``W @ X`` with the
+    weight as the left operand: on small batches this runs ~1.4x faster than ``X @ W.T`` on the
+    2-core CPUs we measured (MKL picks a better kernel for tall-skinny products). q/k/v and
+    gate/up projections are fused into one product each.
+
+    The cache is a tensor [layers, 2 (k, v), rows, kv heads, columns, head dim].
+    """
+
+    def __init__(self, model, dtype: torch.dtype):
+        cfg = _unwrapped(model).config
+        self.config = cfg
+        self.dtype = dtype
+        self.device = next(model.parameters()).device
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.eps = cfg.rms_norm_eps
+        lib = kernels.load() if self.device.type == "cpu" else None
+        self.lib = lib
+        self.compute = torch.float32 if lib is not None else dtype  # see the module docstring
+        self.onednn = self.device.type == "cpu" and self.compute == torch.float32 and lib is None and torch.backends.mkldnn.is_available()
+        self.body_params = sum(w.numel() for w in body_weights(_unwrapped(model)))
+        self.sync(model)
+
+    @torch.no_grad()
+    def sync(self, model) -> None:
+        """Copy the current weights (after an optimizer step) into the decoder."""
+        merged = hasattr(model, "merge_adapter")  # a peft model: fold LoRA into the weights first
+        if merged:
+            model.merge_adapter()
+        try:
+            self._load(_unwrapped(model))
+        finally:
+            if merged:
+                model.unmerge_adapter()
+
+    def _load(self, model) -> None:
+        def cast(t: torch.Tensor) -> torch.Tensor:  # the rollout precision, held in the compute dtype
+            return t.detach().to(self.dtype).to(self.compute)
+
+        def b(*linears):
+            if all(lin.bias is None for lin in linears):
+                return None
+            return cast(torch.cat([lin.bias.detach() if lin.bias is not None else
+                                   torch.zeros(lin.out_features, device=self.device) for lin in linears]))
+
+        old = getattr(self, "layers", None)  # the previous sync's projections, whose memory is reused
+
+        def proj(i, name, *linears):
+            reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
+            return Projection([cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse)
+
+        layers = []
+        for i, layer in enumerate(model.model.layers):
+            att, mlp = layer.self_attn, layer.mlp
+            layers.append(dict(
+                ln1=cast(layer.input_layernorm.weight),
+                wqkv=proj(i, "wqkv", att.q_proj, att.k_proj, att.v_proj), bqkv=b(att.q_proj, att.k_proj, att.v_proj),
+                wo=proj(i, "wo", att.o_proj), bo=b(att.o_proj),
+                q_norm=cast(att.q_norm.weight) if hasattr(att, "q_norm") else None,
+                k_norm=cast(att.k_norm.weight) if hasattr(att, "k_norm") else None,
+                ln2=cast(layer.post_attention_layernorm.weight),
+                wgu=proj(i, "wgu", mlp.gate_proj, mlp.up_proj), bgu=b(mlp.gate_proj, mlp.up_proj),
+                wd=proj(i, "wd", mlp.down_proj), bd=b(mlp.down_proj),
+            ))
+        self.layers = layers
+        self.embed = cast(model.model.embed_tokens.weight)
+        self.norm = cast(model.model.norm.weight)
+        self.head = proj(-1, "head", model.lm_head)
+        # a decode step in one call of our kernels (every layer and the head), and prefill's
+        # attention in one call per layer (not with Qwen3's q/k norms)
+        self._step = None
+        if self.lib is not None and self.layers[0]["q_norm"] is None and self.head_dim % 8 == 0:
+            self._step = kernels.DecodeStep(
+                self.lib, [((ly["wqkv"].packed, ly["wo"].packed, ly["wgu"].packed, ly["wd"].packed),
+                            (ly["ln1"], ly["ln2"], ly["bqkv"], ly["bo"], ly["bgu"], ly["bd"])) for ly in layers],
+                self.head.packed, self.norm, self.n_heads, self.n_kv, self.head_dim, self.eps)
+        rotary = model.model.rotary_emb
+        self.inv_freq = rotary.inv_freq.detach().float().to(self.device)
+        self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+
+    # -- the cache -------------------------------------------------------------------------------
+
+    def new_cache(self, rows: int, columns: int) -> torch.Tensor:
+        return torch.zeros(self.n_layers, 2, rows, self.n_kv, columns, self.head_dim, dtype=self.compute, device=self.device)
+
+    def select(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The cache of these rows (indices may repeat: a prompt's cache copied into its samples)."""
+        return cache.index_select(2, rows)
+
+    def merge(self, parts: list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]], columns: int) -> torch.Tensor:
+        """One cache of ``columns`` columns from ``(cache, rows or None = all, first, end, dest)``
+        parts: each part's rows, its columns first..end moved to dest.., parts' rows one after
+        another (zeros elsewhere)."""
+        total = sum(c.shape[2] if r is None else len(r) for c, r, *_ in parts)
+        out = self.new_cache(total, columns)
+        at = 0
+        for cache, rows, first, end, dest in parts:
+            part = cache if rows is None else cache.index_select(2, rows)
+            n = part.shape[2]
+            out[:, :, at:at + n, :, dest:dest + end - first] = part[:, :, :, :, first:end]
+            at += n
+        return out
+
+    def flops(self, rows: int, T: int, start: int) -> float:
+        """FLOPs of ``forward`` on ``rows`` x ``T`` tokens at column ``start``, as computed: every
+        layer's products (padded columns included), the head on each row's last token, attention."""
+        body = 2 * self.body_params * self.layers[0]["wqkv"].columns(rows * T)
+        head = 2 * self.head.out_features * self.config.hidden_size * self.head.columns(rows, transposed=True)
+        return float(body + head) + _attention_flops(self.config, rows, T, start, causal_only=self._step is not None)
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    def _cos_sin(self, positions: torch.Tensor):  # positions [B, T] -> cos, sin [B, 1, T, D]
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos = (emb.cos() * self.rope_scale).to(self.compute)[:, None]
+        sin = (emb.sin() * self.rope_scale).to(self.compute)[:, None]
+        return cos, sin
+
+    @torch.no_grad()
+    def forward(self, cache: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, start: int,
+                valid: torch.Tensor, shared: int = 0) -> torch.Tensor:
+        """Run ``tokens`` [B, T] at cache columns ``start .. start+T`` and return the logits of the
+        last position, [B, V] in fp32.
+
+        ``positions`` [B, T] are RoPE positions (padding makes them differ per row); ``valid``
+        [B, >= start+T] marks real (non-pad) cache columns; columns 0..``shared`` hold the same
+        keys and values in every row (a prompt prefix prefilled once), which the kernel reads from
+        row 0.
+        """
+        B, T = tokens.shape
+        D = self.head_dim
+        cos, sin = self._cos_sin(positions)
+        x = self.embed[tokens.reshape(-1)].t().contiguous()  # [C, B*T], row-major
+        if self._step is not None and T == 1:  # a decode step on an fp32 CPU: one call of our kernels
+            return self._step(x, cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), cache, start,
+                              valid, shared)
+        mask = None if self._step is not None else self._mask(valid, start, T)  # [B, 1, T, end] or None
+        for i, ly in enumerate(self.layers):
+            qkv = ly["wqkv"](x, "rmsnorm", ly["ln1"], self.eps, ly["bqkv"])  # [(H + 2 KV) * D, B*T]
+            o = self._attention(ly, qkv, cache[i], B, T, cos, sin, start, mask, valid, shared)
+            ly["wo"](o, bias=ly["bo"], into=x)  # the residual stream, updated in place
+            gu = ly["wgu"](x, "rmsnorm", ly["ln2"], self.eps, ly["bgu"])
+            ly["wd"](gu, "swiglu", bias=ly["bd"], into=x)
+        last = x.view(-1, B, T)[:, :, -1].contiguous()  # [C, B]
+        return self.head(last, "rmsnorm", self.norm, self.eps, transposed=True).float()  # [B, V]
+
+    def _attention(self, ly, qkv, cache, B, T, cos, sin, start, mask, valid, shared):
+        """qkv [(H + 2 KV) * D, B*T] -> attention output [H*D, B*T], keys and values written to
+        ``cache`` [2, B, KV, columns, D] at columns start .. start+T."""
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        if self._step is not None:
+            return kernels.attend(self.lib, qkv, H, KV, cos.reshape(B * T, D).contiguous(),
+                                  sin.reshape(B * T, D).contiguous(), cache, start, valid, shared)
+        end = start + T
+        qkv = qkv.t().reshape(B, T, H + 2 * KV, D).transpose(1, 2)  # [B, H + 2 KV, T, D]
+        q, k, v = qkv.split([H, KV, KV], dim=1)
+        if ly["q_norm"] is not None:
+            q = F.rms_norm(q.float(), (D,), ly["q_norm"].float(), self.eps).to(self.compute)
+            k = F.rms_norm(k.float(), (D,), ly["k_norm"].float(), self.eps).to(self.compute)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        cache[0, :, :, start:end] = k
+        cache[1, :, :, start:end] = v
+        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask)  # [B, H, T, D]
+        return o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()
+
+    def _mask(self, valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
+        """Boolean attention mask [B, 1, T, start+T]: causal, pads hidden; None when not needed.
+
+        A pad query (left padding inside the new tokens) sees no real key before it; it sees
+        itself — its own column, ``start + t`` — so its softmax stays finite. Its output is never
+        read, and no real query sees a pad key.
+        """
+        end = start + T
+        if T == 1:
+            return None if bool(valid[:, :end].all()) else valid[:, None, None, :end]
+        causal = torch.ones(T, end, dtype=torch.bool, device=valid.device).tril(start)
+        mask = causal[None] & valid[:, None, :end]
+        mask |= (torch.arange(end, device=valid.device)[None] == start + torch.arange(T, device=valid.device)[:, None])[None]
+        return mask[:, None]
+
+
+class HFDecoder:
+    """The same interface on top of the transformers forward, for architectures LlamaDecoder
+    does not cover. Slower: the generic forward and its dynamic cache, which grows by appending,
+    so ``start`` is always its length. The cache is a transformers ``DynamicCache``."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        self.config = _unwrapped(model).config
+        self.device = next(model.parameters()).device
+        # transformers 5 renames the forward's past_key_values to cache (the old name goes in 5.40)
+        self._cache_name = "cache" if "cache" in inspect.signature(_unwrapped(model).forward).parameters else "past_key_values"
+        self.body_params = sum(w.numel() for w in body_weights(_unwrapped(model)))
+
+    def sync(self, model) -> None:
+        self.model = model
+
+    def new_cache(self, rows: int, columns: int):
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
+    def select(self, cache, rows: torch.Tensor):
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
+        return cache
+
+    def merge(self, parts, columns: int):
+        """As :meth:`LlamaDecoder.merge`; the merged cache is as long as its last written column."""
+        from transformers import DynamicCache
+
+        out = DynamicCache()
+        width = max(dest + end - first for _, _, first, end, dest in parts)
+        for i in range(len(parts[0][0].layers)):
+            keys, values = [], []
+            for cache, rows, first, end, dest in parts:
+                k, v = cache.layers[i].keys[:, :, first:end], cache.layers[i].values[:, :, first:end]
+                if rows is not None:
+                    k, v = k.index_select(0, rows), v.index_select(0, rows)
+                pad = (0, 0, dest, width - dest - (end - first))  # zeros where pads and shifts are
+                keys.append(F.pad(k, pad))
+                values.append(F.pad(v, pad))
+            out.update(torch.cat(keys), torch.cat(values), i)
+        return out
+
+    def flops(self, rows: int, T: int, start: int) -> float:
+        """As :meth:`LlamaDecoder.flops` (no padded columns; the head on the last token only)."""
+        body = 2 * self.body_params * rows * T + 2 * self.config.vocab_size * self.config.hidden_size * rows
+        return float(body) + _attention_flops(self.config, rows, T, start, causal_only=False)
+
+    @torch.no_grad()
+    def forward(self, cache, tokens, positions, start, valid, shared: int = 0):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = self.model(input_ids=tokens, position_ids=positions, attention_mask=valid[:, :start + tokens.shape[1]].long(),
+                             use_cache=True, logits_to_keep=1, **{self._cache_name: cache})
+        return out.logits[:, -1].float()
+
+
+def make_decoder(model, dtype: torch.dtype):
+    """The fastest decoder for this model and machine; ``dtype`` is the rollout weights' precision."""
+    if llama_family(_unwrapped(model)):
+        return LlamaDecoder(model, dtype)
+    print(f"r1lite: {_unwrapped(model).config.model_type} is not a Llama-family architecture; "
+          "generating with the transformers forward (slower)", flush=True)
+    return HFDecoder(model, dtype)

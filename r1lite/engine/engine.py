@@ -1,0 +1,403 @@
+"""The one generation loop, for evaluation, GRPO rollouts, the cold start, distillation with a
+local teacher and serving.
+
+Two forms over one implementation:
+
+- ``generate(requests)`` → completions: add every request, step until all are done;
+- the step-level form for serving: ``add(request)``, ``step()`` → the tokens (and text) each
+  sequence gained, ``cancel(id)``. A request added while a batch decodes joins it at the next
+  step; one that finishes or is cancelled leaves it.
+
+What a step does:
+
+1. every row draws its next token (:func:`r1lite.engine.sampling.sample_rows`: per-sequence
+   random numbers, so a sequence does not depend on its batch);
+2. rows that finished (an end-of-turn token, a stop string, the token budget, a cancel) leave the
+   batch once they are a quarter of it, or when waiting requests need their room (each leave
+   copies the cache);
+3. the remaining rows run one decode step;
+4. waiting requests are prefilled — the token prefix all prompts of the group share (system
+   prompt, instructions) once, then each prompt's own tokens — their cache is copied into their
+   ``n`` rows (GRPO's G samples of one prompt share the prompt's prefill), and merged into the
+   running batch, aligned so every row writes its next token at the same cache column.
+
+The engine counts tokens and FLOPs as the decoder computes them (:class:`GenerationStats`); the
+cost meter takes its figures from there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from r1lite.engine.sampling import Sampling, sample_rows, sequence_key
+from r1lite.errors import UsageError
+from r1lite.prompts import left_pad
+
+
+@dataclass
+class Request:
+    """Sample ``n`` continuations of one tokenized prompt."""
+
+    prompt: list[int]
+    """Token ids (the chat template with the assistant turn opened; :mod:`r1lite.prompts`)."""
+    sampling: Sampling = field(default_factory=Sampling)
+    n: int = 1
+    """Samples of this prompt; they share its prefill."""
+    seed: int | None = None
+    """Sample i's tokens depend only on (seed, prompt, i). None = a seed drawn from torch's generator."""
+    id: str = ""
+    """Set by :meth:`Engine.add` when empty."""
+    stream: bool = False
+    """Decode text as it comes (``Delta.text``); otherwise only the finished completion has text."""
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]
+    """Generated tokens, including the end-of-turn token or the token that completed a stop string."""
+    text: str
+    """The generated tokens decoded, without a final end-of-turn token."""
+    finish: str
+    """``stop`` (end-of-turn token or stop string), ``length`` (hit max_new_tokens) or ``cancelled``."""
+    prompt_tokens: int = 0
+    """Tokens of the prompt this continues."""
+
+
+@dataclass
+class Delta:
+    """What one sequence gained in one step."""
+
+    request_id: str
+    sample: int
+    token_ids: list[int]
+    text: str
+    """New text (streaming requests; "" otherwise, and while a character's bytes are incomplete)."""
+    finish: str | None = None
+    completion: Completion | None = None
+    """The whole completion, on the sequence's last delta."""
+
+
+@dataclass
+class GenerationStats:
+    """What the engine did, for tokens/s and the cost meter. Counters add up over calls."""
+
+    prompt_tokens: int = 0
+    """Tokens of the distinct prompts prefilled (a prompt's n samples share its prefill)."""
+    prefill_tokens: int = 0
+    """Token positions prefill computed (left padding included; a shared prefix once per group)."""
+    new_tokens: int = 0
+    """Tokens sampled."""
+    flops: float = 0.0
+    """FLOPs of every forward the decoder ran (:meth:`flops` of the decoder)."""
+    seconds: float = 0.0
+    decode_steps: int = 0
+    row_steps: list[int] = field(default_factory=list)
+    """Rows in the batch at each decode step (shows rows leaving and joining)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def add(self, other: GenerationStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving every prompt at least one own token.
+
+    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 5]]), shared_prefix([[1, 2], [1, 2]]), shared_prefix([[7]])
+    (2, 1, 0)
+    """
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for other in prompts[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return max(0, n)
+
+
+class _Seq:
+    """One row: a sample of a request being decoded."""
+
+    def __init__(self, request: Request, sample: int, seed: int):
+        self.request, self.sample = request, sample
+        self.key = sequence_key(seed, sample)
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+        self.shown = 0  # streaming: characters of text already returned
+        self.cancelled_now = False  # cancelled since the last step: owes a last delta
+
+    @property
+    def remaining(self) -> int:
+        return self.request.sampling.max_new_tokens - len(self.tokens)
+
+
+@dataclass
+class _Batch:
+    """The running batch: rows, their cache, and each row's pending next-token logits."""
+
+    seqs: list[_Seq]
+    cache: object
+    col: int
+    """Cache column every row writes its next token at."""
+    valid: torch.Tensor
+    """[rows, columns] bool: real (non-pad) cache columns; columns from ``col`` on are True."""
+    pos: torch.Tensor
+    """[rows] RoPE position of each row's next token (real tokens before it)."""
+    logits: torch.Tensor
+    """[rows, V] fp32: the distribution of each row's next token."""
+    shared: int = 0
+    """Columns 0..shared hold the same keys and values in every row."""
+
+
+class Engine:
+    """Generation over a decoder (:mod:`r1lite.engine.decoders`); see the module docstring."""
+
+    def __init__(self, decoder, tokenizer, stop_ids: list[int] | None = None, max_rows: int = 64):
+        if max_rows < 1:
+            raise UsageError(f"max_rows={max_rows}: the engine needs room for at least one sequence")
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.stop_ids = set(stop_ids if stop_ids is not None else [tokenizer.eos_token_id])
+        self.max_rows = max_rows
+        self.join_at = 1
+        """Waiting requests join a running batch once this many rows are free (generate() waits
+        for a quarter of the batch, so joins and their cache copies stay rare)."""
+        self.stats = GenerationStats()
+        self.batch: _Batch | None = None
+        self.waiting: list[Request] = []
+        self._ids = itertools.count()
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.device
+
+    def sync(self, model) -> None:
+        """Refresh the decoder's weights from the model (after an optimizer step)."""
+        self.decoder.sync(model)
+
+    # -- the step-level form ---------------------------------------------------------------------
+
+    def add(self, request: Request) -> str:
+        """Queue a request; it starts at the next step. Returns its id."""
+        if request.n < 1 or request.n > self.max_rows:
+            raise UsageError(f"a request asks for {request.n} samples; this engine decodes 1..{self.max_rows} "
+                             "rows at once (raise the batch size)")
+        if not request.prompt:
+            raise UsageError("a request needs at least one prompt token")
+        if not request.id:
+            request.id = f"r{next(self._ids)}"
+        if request.seed is None:
+            request.seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        self.waiting.append(request)
+        return request.id
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request: waiting, it is dropped; running, its rows finish with ``cancelled`` at
+        the next step."""
+        self.waiting = [r for r in self.waiting if r.id != request_id]
+        if self.batch is not None:
+            for seq in self.batch.seqs:
+                if seq.request.id == request_id and seq.finish is None:
+                    seq.finish = "cancelled"
+                    seq.cancelled_now = True
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.batch is not None
+
+    def step(self) -> list[Delta]:
+        """Advance every running sequence by one token; see the module docstring."""
+        t0 = time.perf_counter()
+        if self.batch is None:
+            self._admit()
+        deltas: list[Delta] = []
+        b = self.batch
+        if b is None:
+            return deltas
+        drawing = [j for j, s in enumerate(b.seqs) if s.finish is None]
+        tokens = sample_rows(b.logits[drawing] if len(drawing) < len(b.seqs) else b.logits,
+                             [b.seqs[j].request.sampling for j in drawing], [b.seqs[j].key for j in drawing],
+                             [len(b.seqs[j].tokens) for j in drawing]) if drawing else []
+        for j, tok in zip(drawing, tokens):
+            deltas.append(self._advance(b.seqs[j], tok))
+        for seq in b.seqs:  # cancelled since the last step: a last delta without tokens
+            if seq.cancelled_now:
+                seq.cancelled_now = False
+                deltas.append(Delta(seq.request.id, seq.sample, [], "", "cancelled", self._completion(seq)))
+        self.stats.new_tokens += len(tokens)
+        live = [j for j, s in enumerate(b.seqs) if s.finish is None]
+        if not live:
+            self.batch = None
+            self._admit()
+        else:
+            if len(live) <= 0.75 * len(b.seqs):  # (a join below drops finished rows too)
+                self.batch = b = self._merge([(b, live)])
+            nxt = [(b.seqs[j].tokens[-1] if b.seqs[j].tokens else 0) for j in range(len(b.seqs))]
+            self.stats.row_steps.append(len(b.seqs))
+            self.stats.decode_steps += 1
+            self.stats.flops += self.decoder.flops(len(b.seqs), 1, b.col)
+            b.logits = self.decoder.forward(b.cache, torch.tensor(nxt, device=self.device)[:, None], b.pos[:, None],
+                                            b.col, b.valid, b.shared)
+            b.col += 1
+            b.pos = b.pos + 1
+            self._admit()
+        self.stats.seconds += time.perf_counter() - t0
+        return deltas
+
+    # -- the batch form --------------------------------------------------------------------------
+
+    def generate(self, requests: list[Request], stats: GenerationStats | None = None, max_rows: int | None = None,
+                 on_progress=None) -> list[list[Completion]]:
+        """Every request's completions, ``[request][sample]``. Requests start shortest prompt
+        first (less padding, longer shared prefixes); ``max_rows`` overrides the engine's for this
+        call; ``on_progress(sequences_done)`` is called as sequences finish."""
+        if max_rows is not None and max_rows != self.max_rows:
+            saved, self.max_rows = self.max_rows, max_rows
+            try:
+                return self.generate(requests, stats, None, on_progress)
+            finally:
+                self.max_rows = saved
+        outer, self.stats = self.stats, GenerationStats()  # this call's figures, added to both at the end
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+        for i in order:
+            requests[i].id = ""
+            self.add(requests[i])
+        mine = {requests[i].id for i in order}
+        done: dict[tuple[str, int], Completion] = {}
+        saved, self.join_at = self.join_at, max(1, self.max_rows // 4)
+        try:
+            while len(done) < sum(r.n for r in requests):
+                for d in self.step():
+                    if d.completion is not None and d.request_id in mine:
+                        done[(d.request_id, d.sample)] = d.completion
+                        if on_progress is not None:
+                            on_progress(len(done))
+        finally:
+            self.join_at = saved
+            mine_stats, self.stats = self.stats, outer
+            outer.add(mine_stats)
+            if stats is not None:
+                stats.add(mine_stats)
+        return [[done[(r.id, s)] for s in range(r.n)] for r in requests]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _advance(self, seq: _Seq, tok: int) -> Delta:
+        s = seq.request.sampling
+        seq.tokens.append(tok)
+        if tok in self.stop_ids and not s.ignore_eos:
+            seq.finish = "stop"
+        elif s.stop and self._hit_stop(seq):
+            seq.finish = "stop"
+        elif len(seq.tokens) >= s.max_new_tokens:
+            seq.finish = "length"
+        text = ""
+        if seq.request.stream:
+            full = self._text(seq)
+            if seq.finish is None and full.endswith("\ufffd"):  # a character whose bytes are still coming
+                full = full[:seq.shown]
+            text, seq.shown = full[seq.shown:], max(seq.shown, len(full))
+        done = self._completion(seq) if seq.finish is not None else None
+        return Delta(seq.request.id, seq.sample, [tok], text, seq.finish, done)
+
+    def _hit_stop(self, seq: _Seq) -> bool:
+        """Whether the newest token completed a stop string (searched in the text of the last few
+        tokens, enough to hold the longest stop string)."""
+        stops = seq.request.sampling.stop
+        window = max(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in stops) + 2
+        tail = self.tokenizer.decode(seq.tokens[-window:])
+        return any(t in tail for t in stops)
+
+    def _text(self, seq: _Seq) -> str:
+        body = seq.tokens[:-1] if seq.tokens and seq.finish == "stop" and seq.tokens[-1] in self.stop_ids else seq.tokens
+        return self.tokenizer.decode(body)
+
+    def _completion(self, seq: _Seq) -> Completion:
+        return Completion(list(seq.tokens), self._text(seq), seq.finish, len(seq.request.prompt))
+
+    def _admit(self) -> None:
+        """Prefill waiting requests that fit and merge them into the running batch."""
+        rows = sum(s.finish is None for s in self.batch.seqs) if self.batch is not None else 0
+        if not self.waiting or (self.batch is not None and self.max_rows - rows < self.join_at):
+            return
+        group: list[Request] = []
+        while self.waiting and rows + self.waiting[0].n <= self.max_rows:
+            group.append(self.waiting.pop(0))
+            rows += group[-1].n
+        if not group:
+            return
+        new = self._prefill(group)
+        if self.batch is None:
+            self.batch = new
+        else:
+            self.batch = self._merge([(self.batch, [j for j, s in enumerate(self.batch.seqs) if s.finish is None]),
+                                      (new, list(range(len(new.seqs))))])
+
+    def _prefill(self, group: list[Request]) -> _Batch:
+        """Prefill a group of prompts: their shared prefix once, then each prompt's own tokens;
+        each prompt's cache copied into its n rows."""
+        dec, device = self.decoder, self.device
+        prompts = [r.prompt for r in group]
+        B = len(prompts)
+        L = shared_prefix(prompts) if B > 1 else 0
+        S = max(len(p) for p in prompts) - L  # suffix width: [shared prefix | left pad | own tokens]
+        width = L + S + max(r.sampling.max_new_tokens for r in group)
+        suffix, own = left_pad([p[L:] for p in prompts], self.tokenizer.pad_token_id or 0)  # [B, S]
+        valid = torch.ones(B, width, dtype=torch.bool)
+        valid[:, L:L + S] = own.bool()
+        positions = valid[:, :L + S].long().cumsum(-1) - 1  # RoPE positions count real tokens only
+        suffix, valid, positions = suffix.to(device), valid.to(device), positions.to(device)
+        cache = dec.new_cache(1 if L else B, width)
+        if L:
+            dec.forward(cache, torch.tensor([prompts[0][:L]], device=device), positions[:1, :L], 0, valid[:1])
+            cache = dec.select(cache, torch.zeros(B, dtype=torch.long, device=device))
+            self.stats.flops += dec.flops(1, L, 0)
+        logits = dec.forward(cache, suffix, positions[:, L:].clamp(min=0), L, valid, L)  # [B, V]
+        self.stats.flops += dec.flops(B, S, L)
+        self.stats.prompt_tokens += sum(len(p) for p in prompts)
+        self.stats.prefill_tokens += L + B * S
+        counts = torch.tensor([r.n for r in group], device=device)
+        if int(counts.sum()) != B:
+            expand = torch.arange(B, device=device).repeat_interleave(counts)
+            cache, logits, valid, positions = dec.select(cache, expand), logits[expand], valid[expand], positions[expand]
+        seqs = [_Seq(r, i, r.seed) for r in group for i in range(r.n)]
+        return _Batch(seqs, cache, L + S, valid, positions[:, -1] + 1, logits, shared=L)
+
+    def _merge(self, parts: list[tuple[_Batch, list[int]]]) -> _Batch:
+        """One batch of the given rows of each part, aligned at a common next column, with the
+        leading columns no kept row uses trimmed and room for every row's remaining tokens."""
+        col = max(b.col for b, _ in parts)
+        starts = []
+        for b, rows in parts:  # the first real column of each part's kept rows
+            real = b.valid[rows, :b.col].any(0)
+            starts.append(int(real.nonzero()[0]) if bool(real.any()) else b.col)
+        trim = min(s + col - b.col for s, (b, _) in zip(starts, parts))
+        new_col = col - trim
+        seqs = [b.seqs[j] for b, rows in parts for j in rows]
+        columns = new_col + max(s.remaining for s in seqs)
+        valid = torch.ones(len(seqs), columns, dtype=torch.bool, device=self.device)
+        spans, at = [], 0
+        for s, (b, rows) in zip(starts, parts):
+            first = max(s, trim - (col - b.col))  # columns before it are trimmed
+            dest = first + col - b.col - trim
+            idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+            valid[at:at + len(rows), :dest] = False
+            valid[at:at + len(rows), dest:new_col] = b.valid[idx, first:b.col]
+            spans.append((b.cache, None if rows == list(range(len(b.seqs))) else idx, first, b.col, dest))
+            at += len(rows)
+        single = len(parts) == 1 and trim == 0
+        if single and spans[0][1] is not None and columns <= parts[0][0].valid.shape[1]:
+            cache = self.decoder.select(parts[0][0].cache, spans[0][1])  # rows leaving: no shift, no new columns
+        elif single and spans[0][1] is None:
+            cache = parts[0][0].cache
+        else:
+            cache = self.decoder.merge(spans, columns)
+        pos = torch.cat([b.pos[torch.tensor(rows, dtype=torch.long, device=self.device)] for b, rows in parts])
+        logits = torch.cat([b.logits[torch.tensor(rows, dtype=torch.long, device=self.device)] for b, rows in parts])
+        return _Batch(seqs, cache, new_col, valid, pos, logits, shared=parts[0][0].shared if single else 0)
