@@ -20,7 +20,7 @@ seconds, tokens generated, its resolved config and its peak RSS. The result is t
 TRL peak RSS.
 
     pip install -e '.[bench]'
-    python benchmarks/bench_grpo_vs_trl.py --steps 8     # writes benchmarks/results/grpo_vs_trl.json
+    python benchmarks/bench_grpo_vs_trl.py --steps 8     # writes benchmarks/results/grpo_vs_trl-<cpu kind>.json
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8, help="steps per side (>= 6); the median of steps 3..N counts")
     p.add_argument("--side", choices=("r1lite", "trl"), help=argparse.SUPPRESS)
-    p.add_argument("--out", type=Path, default=RESULTS / "grpo_vs_trl.json")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/grpo_vs_trl-<cpu kind>.json")
     args = p.parse_args()
     if args.steps < 6:
         raise SystemExit("--steps must be at least 6 (steps 1-2 are warm-up)")
@@ -164,11 +164,12 @@ def main() -> None:
         "memory_ratio": sides["r1lite"]["peak_rss_mb"] / sides["trl"]["peak_rss_mb"],
         "sides": sides,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    out = args.out or RESULTS / f"grpo_vs_trl-{result['machine']['cpu_kind']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"median step (steps 3..{args.steps}): TRL {median['trl']:.2f} s, r1lite {median['r1lite']:.2f} s "
           f"-> {result['speedup']:.2f}x faster; peak RSS ratio (r1lite / TRL) {result['memory_ratio']:.2f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ the runs and after each batch, the best counting. A decode step at
 batch B must move the weights and the KV cache once and do ~2·N·B FLOPs, so its limit is
 ``max(bytes / bandwidth, flops / peak)``; tokens/s limit = B / that.
 
-    python benchmarks/bench_rollout.py            # writes benchmarks/results/rollout.json
+    python benchmarks/bench_rollout.py            # writes benchmarks/results/rollout-<cpu kind>.json
 """
 
 from __future__ import annotations

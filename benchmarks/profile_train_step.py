@@ -49,7 +49,7 @@ def phases(trainer: Trainer, groups: list[dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", default=str(RESULTS / "train_step_profile.json"))
+    p.add_argument("--out", help="default: benchmarks/results/train_step_profile-<cpu kind>.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = GRPOConfig(model="default", task="arithmetic", format="plain:2", batch_size=16, group_size=8,
@@ -73,7 +73,7 @@ def main() -> None:
     result = {"benchmark": "train_step_profile", "commit": git_commit(), "machine": machine(),
               "runtime": trainer.runtime.describe(), "tokens": runs[0]["tokens"], "median_seconds": median,
               "top_ops": ops}
-    out = RESULTS / "train_step_profile.json" if args.out is None else args.out
+    out = RESULTS / f"train_step_profile-{result['machine']['cpu_kind']}.json" if args.out is None else args.out
     with open(out, "w") as f:
         f.write(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

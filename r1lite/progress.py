@@ -39,7 +39,8 @@ def progress(console, label: str, total: int, unit: str = "", done: int = 0,
             return
         last[0] = t
         rate = (now - first) / max(t - start, 1e-9)
-        eta = f", ETA {(total - now) / rate:.0f} s" if 0 < now < total and rate > 0 else ""
+        # an ETA from the first few percent (a prefill, a warm-up) misleads: none before 10%
+        eta = f", ETA {(total - now) / rate:.0f} s" if 0.1 * total <= now < total and rate > 0 else ""
         console.print(f"{label}: {now}/{total} {unit} ({rate:.1f}/s{eta})" + (f"  {note}" if note else ""), highlight=False)
 
     yield update

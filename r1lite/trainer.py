@@ -368,7 +368,7 @@ class Trainer:
                     ref = [self.reference.logprobs(part) for part in parts]
                 flops += sum(pass_flops(self.model, part, backward=False) for part in parts)
         counted = float((weights > 0).sum())
-        stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
+        stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "loss": 0.0}
         grad_norm = 0.0
         for it in range(cfg.mu):
             if n == 0:
@@ -384,6 +384,7 @@ class Trainer:
                 if it == cfg.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
+                    stats["loss"] += float(loss)
                 if it == 0:
                     stats["entropy_sum"] += float((entropy * (w > 0)).sum())
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
@@ -392,7 +393,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.meter.add_flops("train", flops)
-        return {"clip_frac": stats["clipped"] / max(1.0, counted),
+        return {"loss": stats["loss"], "clip_frac": stats["clipped"] / max(1.0, counted),
                 "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
                 "entropy": stats["entropy_sum"] / max(1.0, counted) if n else None, "grad_norm": grad_norm,
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted),
@@ -416,7 +417,7 @@ class Trainer:
         row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
                     "truncated_frac": sum(c.finish == "length" for g in seen for c in g["completions"]) / len(lengths),
                     "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
-        row.update(train or {"clip_frac": None, "kl": None, "entropy": None, "grad_norm": None,
+        row.update(train or {"loss": None, "clip_frac": None, "kl": None, "entropy": None, "grad_norm": None,
                              "lr": self.scheduler.get_last_lr()[0], "loss_tokens": 0})
         row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"],
                     "train_seconds": seconds["train"],

@@ -236,18 +236,20 @@ def test_finished_rows_leave_the_batch(tiny):
 
 def test_a_stop_string_ends_tokens_and_text_alike(embedded):
     """The completion ends with the token that completed the stop string, and its text is those
-    tokens decoded: the reward sees exactly the characters training sees."""
+    tokens decoded — the rest of that token included: the reward sees exactly the characters
+    training sees."""
     model, tokenizer = embedded
     engine = make_engine(model, tokenizer, torch.float32, stop_token_ids(tokenizer, model))
     prompts = prompts_for(tokenizer)[:2]
-    free = engine.generate([Request(p, Sampling(max_new_tokens=20, temperature=0)) for p in prompts])
-    text = free[0][0].text
-    stop = "= "
-    assert stop in text[:-4], text  # the greedy answer to "What is 12 + 34?" is an equation
+    free = engine.generate([Request(p, Sampling(max_new_tokens=20, temperature=0)) for p in prompts])[0][0]
+    # a stop string that ends inside a token of several characters
+    pieces = [tokenizer.decode(free.token_ids[:j + 1]) for j in range(len(free.token_ids))]
+    j = next(j for j in range(2, len(pieces)) if len(pieces[j]) - len(pieces[j - 1]) >= 2)
+    stop = pieces[j][max(0, len(pieces[j - 1]) - 3):len(pieces[j - 1]) + 1]
+    assert stop not in pieces[j - 1]
     cut = engine.generate([Request(p, Sampling(max_new_tokens=20, temperature=0, stop=(stop,))) for p in prompts])[0][0]
-    assert cut.finish == "stop" and len(cut.token_ids) < 20
-    assert cut.text == tokenizer.decode(cut.token_ids) and stop in cut.text and text.startswith(cut.text)
-    assert stop not in tokenizer.decode(cut.token_ids[:-1])  # the last token completed it
+    assert cut.finish == "stop" and cut.token_ids == free.token_ids[:j + 1]
+    assert cut.text == tokenizer.decode(cut.token_ids) == pieces[j] and not cut.text.endswith(stop)
 
 
 def test_every_end_of_text_token_stops(embedded):
@@ -341,3 +343,30 @@ def test_flop_counts_match_torch_flop_counter_on_the_pytorch_path(tiny, monkeypa
                          for i, p in enumerate(prompts)])
     measured = counter.get_total_flops()
     assert engine.stats.flops == pytest.approx(measured, rel=0.05), (engine.stats.flops, measured)
+
+
+def test_flop_counts_use_the_attention_width_not_the_hidden_size(tiny, monkeypatch):
+    """Qwen3's attention is wider than its hidden size (heads x head_dim = 256 here, hidden 64):
+    the count follows what is computed, on the engine and in training. A small vocabulary and
+    long prompts make attention a large share of the work."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from r1lite.policy import completion_logprobs, make_group_batch, pass_flops
+
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                                         max_position_embeddings=512)).eval()
+    engine = Engine(make_decoder(model, torch.float32), tokenizer, [0], max_rows=4)
+    prompts = [torch.randint(1, 512, (n,)).tolist() for n in (90, 120, 70)]
+    with FlopCounterMode(display=False) as counter:
+        engine.generate([Request(p, Sampling(max_new_tokens=12, temperature=1.0), n=2, seed=i) for i, p in enumerate(prompts)])
+    assert engine.stats.flops == pytest.approx(counter.get_total_flops(), rel=0.05)
+    batch = make_group_batch(prompts[:2], [0, 0, 1], [[5, 6, 7], [8], [9, 9, 9, 9]], pad_id=0)
+    with FlopCounterMode(display=False) as counter:
+        (completion_logprobs(model, batch)[0].sum()).backward()
+    assert pass_flops(model, batch, backward=True) == pytest.approx(counter.get_total_flops(), rel=0.05)
