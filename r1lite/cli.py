@@ -3,6 +3,8 @@
     r1lite train   GRPO (R1-Zero, or R1 with a cold-start stage) from a YAML recipe and flags
     r1lite sft     supervised fine-tuning on prompt/completion JSONL
     r1lite eval    evaluate a model on a task, or score completions produced elsewhere
+    r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
+    r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
 
 Bad input prints one line (``error: …``) and exits with status 2; no traceback.
 """
@@ -142,7 +144,42 @@ def cmd_sft(args) -> int:
     return sft.run(cfg, Console())
 
 
-COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval)}
+def _export_parser(sub) -> None:
+    from r1lite.config import add_arguments
+    from r1lite.export import ExportConfig
+
+    p = sub.add_parser("export", help="a model as a Hugging Face directory or a GGUF file",
+                       description="Export a model (a run directory, default, an HF directory) as safetensors with a model "
+                                   "card, or as a GGUF file (f16, q8_0, q4_0, q4_k_m) with an Ollama Modelfile beside it.")
+    add_arguments(p, ExportConfig)
+
+
+def cmd_export(args) -> int:
+    from rich.console import Console
+
+    from r1lite import export
+    from r1lite.config import build
+
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    return export.run(build(export.ExportConfig, {}, flags, source="flags"), Console())
+
+
+def _chat_parser(sub) -> None:
+    from r1lite import chat
+
+    chat.add_parser(sub)
+
+
+def cmd_chat(args) -> int:
+    from rich.console import Console
+
+    from r1lite import chat
+
+    return chat.run(args, Console())
+
+
+COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval),
+            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat)}
 
 
 def parser() -> argparse.ArgumentParser:

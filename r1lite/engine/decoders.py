@@ -117,7 +117,9 @@ class LlamaDecoder:
     2-core CPUs we measured (MKL picks a better kernel for tall-skinny products). q/k/v and
     gate/up projections are fused into one product each.
 
-    The cache is a tensor [layers, 2 (k, v), rows, kv heads, columns, head dim].
+    The cache is a tensor [layers, 2 (k, v), rows, kv heads, columns, head dim]. ``select`` and
+    ``merge`` make a new one from it (the engine no longer uses the old one); ``release`` marks the
+    end of one.
     """
 
     def __init__(self, model, dtype: torch.dtype):
@@ -216,6 +218,9 @@ class LlamaDecoder:
             out[:, :, at:at + n, :, dest:dest + end - first] = part[:, :, :, :, first:end]
             at += n
         return out
+
+    def release(self, cache) -> None:
+        """The engine is done with this cache (garbage collection frees a tensor)."""
 
     def flops(self, rows: int, T: int, start: int) -> float:
         """FLOPs of ``forward`` on ``rows`` x ``T`` tokens at column ``start``, as computed: every
@@ -344,6 +349,9 @@ class HFDecoder:
                 values.append(F.pad(v, pad))
             out.update(torch.cat(keys), torch.cat(values), i)
         return out
+
+    def release(self, cache) -> None:
+        pass
 
     def flops(self, rows: int, T: int, start: int) -> float:
         """As :meth:`LlamaDecoder.flops` (no padded columns; the head on the last token only)."""

@@ -53,6 +53,11 @@ class Request:
     """Set by :meth:`Engine.add` when empty."""
     stream: bool = False
     """Decode text as it comes (``Delta.text``); otherwise only the finished completion has text."""
+    max_thinking_tokens: int | None = None
+    """Thinking budget (s1-style budget forcing): tokens inside ``<think>``, the forced close
+    included; None = no limit. See :data:`CLOSE_THINKING`."""
+    thinking: bool = False
+    """The prompt ends inside an open ``<think>`` block (a ``<think>`` prefill)."""
 
 
 @dataclass
@@ -109,6 +114,16 @@ class GenerationStats:
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+CLOSE_SENTENCE = "\n\nI have to give the answer now."
+"""Budget forcing: when a sequence's thinking reaches its budget, the engine writes this sentence
+and ``CLOSE_THINKING`` for it and lets the model answer. Forcing starts early enough that the
+thinking, the forced tokens included, stays within the budget; a budget shorter than the sentence
+and the close gets the close alone (a budget shorter than the close cannot be kept: the close is
+still written)."""
+CLOSE_THINKING = "\n</think>\n\n"
+
+
 def shared_prefix(prompts: list[list[int]]) -> int:
     """Length of the token prefix all prompts share, leaving every prompt at least one own token.
 
@@ -132,6 +147,9 @@ class _Seq:
         self.finish: str | None = None
         self.shown = 0  # streaming: characters of text already returned
         self.cancelled_now = False  # cancelled since the last step: owes a last delta
+        self.in_thought = request.thinking  # inside <think> (budget forcing only)
+        self.thought = 0  # tokens generated inside <think>
+        self.forced: list[int] = []  # tokens the budget writes next
 
     @property
     def remaining(self) -> int:
@@ -224,8 +242,11 @@ class Engine:
         tokens = sample_rows(b.logits[drawing] if len(drawing) < len(b.seqs) else b.logits,
                              [b.seqs[j].request.sampling for j in drawing], [b.seqs[j].key for j in drawing],
                              [len(b.seqs[j].tokens) for j in drawing]) if drawing else []
-        for j, tok in zip(drawing, tokens):
-            deltas.append(self._advance(b.seqs[j], tok))
+        for k, (j, tok) in enumerate(zip(drawing, tokens)):
+            seq = b.seqs[j]
+            if seq.request.max_thinking_tokens is not None:
+                tokens[k] = tok = self._budget(seq, tok)
+            deltas.append(self._advance(seq, tok))
         for seq in b.seqs:  # cancelled since the last step: a last delta without tokens
             if seq.cancelled_now:
                 seq.cancelled_now = False
@@ -233,6 +254,7 @@ class Engine:
         self.stats.new_tokens += len(tokens)
         live = [j for j, s in enumerate(b.seqs) if s.finish is None]
         if not live:
+            self.decoder.release(b.cache)
             self.batch = None
             self._admit()
         else:
@@ -305,6 +327,24 @@ class Engine:
             text, seq.shown = full[seq.shown:], max(seq.shown, len(full))
         done = self._completion(seq) if seq.finish is not None else None
         return Delta(seq.request.id, seq.sample, [tok], text, seq.finish, done)
+
+    def _budget(self, seq: _Seq, sampled: int) -> int:
+        """The token a sequence with a thinking budget gets: the sampled one, or the next forced one."""
+        if not seq.forced and seq.in_thought:
+            close = self.tokenizer.encode(CLOSE_THINKING, add_special_tokens=False)
+            plan = self.tokenizer.encode(CLOSE_SENTENCE, add_special_tokens=False) + close
+            plan = plan if seq.request.max_thinking_tokens >= len(plan) else close
+            if seq.request.max_thinking_tokens - seq.thought <= len(plan):
+                seq.forced = plan
+        tok = seq.forced.pop(0) if seq.forced else sampled
+        if seq.in_thought:
+            seq.thought += 1
+        tail = self.tokenizer.decode(seq.tokens[-8:] + [tok])
+        if seq.in_thought and THINK_CLOSE in tail:
+            seq.in_thought, seq.forced = False, []
+        elif not seq.in_thought and not seq.thought and THINK_OPEN in tail and THINK_CLOSE not in tail:
+            seq.in_thought = True
+        return tok
 
     def _hit_stop(self, seq: _Seq) -> bool:
         """Whether the newest token completed a stop string (searched in the text of the last few

@@ -1,0 +1,317 @@
+"""Export: Hugging Face directories and GGUF files that llama.cpp loads with no warning, gives the
+same tokens as PyTorch, and agrees with llama.cpp's own converter; the chat templates reproduce
+r1lite's prompts; bad input fails cleanly."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1lite import sft, tasks
+from r1lite.chat_format import jinja_template, ollama_template, prompt_format
+from r1lite.engine import Request, Sampling
+from r1lite.models import load_model, resolve_runtime, stop_token_ids
+from r1lite.prompts import encode_messages, item_prompts
+from r1lite.rewards import r1_answer
+
+ROOT = Path(__file__).resolve().parents[1]
+FP32 = resolve_runtime("cpu", "fp32")
+ROWS = [{"messages": [{"role": "user", "content": f"{tasks.R1_INSTRUCTION} {tasks.NUMBER_HINT}\n\nWhat is {a} + {b}?"}],
+         "prefill": "", "completion": f"<think>{a} + {b} = {a + b}</think>\n<answer>{a + b}</answer>"}
+        for a, b in [(12, 30), (5, 7), (40, 41), (9, 9), (23, 11), (60, 6), (17, 2), (31, 13)]]
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        pytest.fail("llama-cpp-python is missing: pip install -e '.[edge]' (make test builds and installs it)")
+    return llama_cpp
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "r1lite", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """A tiny model after a few SFT steps on 8 fixed R1-format rows, as a run directory (its
+    config names the R1 format, so exports apply it)."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    model, tokenizer = load_model("tiny", FP32, seed=0)
+    pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
+    sft.train_sft(model, tokenizer, pairs, epochs=40, lr=3e-3, batch_size=2, micro_batch_size=2, seed=0,
+                  autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: false\n")
+    (run / "summary.json").write_text(json.dumps({"eval_after": {"pass@1": 0.5, "format_rate": 1.0, "n_items": 8}}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(sft_run, llama_cpp, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gguf")
+    files = {}
+    for quant in ("f16", "q8_0", "q4_0", "q4_k_m"):
+        r = run_cli("export", "--model", str(sft_run), "--format", "gguf", "--quant", quant, "--out", str(out / f"model.{quant}.gguf"))
+        assert r.returncode == 0, r.stderr[-2000:]
+        files[quant] = (out / f"model.{quant}.gguf", r.stdout)
+    return files
+
+
+def test_gguf_round_trip_gives_pytorch_greedy_tokens_and_a_parsable_answer(sft_run, exported):
+    from r1lite.backends import open_model
+
+    torch_side = open_model(str(sft_run), "cpu", "fp32")
+    gguf_side = open_model(str(exported["f16"][0]))
+    greedy = Sampling(max_new_tokens=40, temperature=0)
+    questions = [r["messages"][0]["content"].split("\n\n")[-1] for r in ROWS]
+    ours = [torch_side.engine.generate([Request(torch_side.prompt([{"role": "user", "content": q}])[0], greedy)])[0][0] for q in questions]
+    theirs = [gguf_side.engine.generate([Request(gguf_side.prompt([{"role": "user", "content": q}])[0], greedy)])[0][0] for q in questions]
+    assert [c.token_ids for c in ours] == [c.token_ids for c in theirs]
+    assert sum(r1_answer("" + c.text) is not None for c in theirs) >= 6  # the memorised answer blocks parse
+
+
+def test_llama_cpp_loads_every_export_without_tokenizer_warnings(exported):
+    from r1lite.engine import llamacpp
+
+    for quant, (path, stdout) in exported.items():
+        decoder = llamacpp.LlamaCppDecoder(path, max_rows=2)
+        decoder.close()
+        assert not [w for w in decoder.warnings if any(k in w.lower() for k in ("token", "vocab", "pre-tok", "special"))], (quant, decoder.warnings)
+    # the tiny model's 64-wide rows do not fit K-quant blocks of 256: the command says how many fell back, and to what
+    assert "fell back" in exported["q4_k_m"][1] and "fell back" not in exported["q8_0"][1]
+
+
+def test_llama_cpp_tokenizes_like_transformers(exported):
+    from r1lite.engine import llamacpp
+
+    decoder = llamacpp.LlamaCppDecoder(exported["f16"][0], max_rows=1)
+    _, tokenizer = load_model("tiny", FP32)
+    lib = decoder.lib
+    for text in ["What is 12345 + 678?", "Don't   stop\n\nme now: 3.14, x_y-z!", "<think>é ünïcode 漢字</think>"]:
+        buf = (lib.llama_token * 256)()
+        n = lib.llama_tokenize(decoder.vocab, text.encode(), len(text.encode()), buf, 256, False, True)
+        assert list(buf[:n]) == tokenizer.encode(text, add_special_tokens=False), text
+    decoder.close()
+
+
+def test_gguf_metadata_carries_the_model_card_and_the_run_format(exported, sft_run):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(exported["q8_0"][0])
+
+    def field(key):
+        f = reader.fields[key]
+        return bytes(f.parts[f.data[0]]).decode() if f.types[0].name == "STRING" else int(f.parts[f.data[0]][0])
+
+    _, tokenizer = load_model("tiny", FP32)
+    assert field("tokenizer.ggml.pre") == "smollm" and field("tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert field("r1lite.prompt_format") == "r1" and json.loads(field("r1lite.evaluations"))["eval_after"]["pass@1"] == 0.5
+    assert tasks.R1_INSTRUCTION in field("tokenizer.chat_template")
+    modelfile = (exported["q8_0"][0].parent / "model.q8_0.Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert ".Thinking" in modelfile and "$.IsThinkSet" in modelfile and "PARAMETER think" not in modelfile
+
+
+def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp, tmp_path):
+    """Same tensor names, shapes and types as convert_hf_to_gguf.py (F16), and as its output
+    quantized by llama.cpp's quantizer (Q8_0)."""
+    from gguf import GGUFReader
+
+    from r1lite.export import quantize
+
+    converter = ROOT / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
+    if not converter.exists():
+        pytest.fail(f"{converter} is missing: make test keeps llama.cpp's converter from the llama-cpp-python sdist there")
+    ref16 = tmp_path / "ref.f16.gguf"
+    r = subprocess.run([sys.executable, str(converter), str(sft_run / "final"), "--outtype", "f16", "--outfile", str(ref16)],
+                       capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(converter.parent / "gguf-py")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref8 = tmp_path / "ref.q8_0.gguf"
+    quantize(ref16, ref8, "q8_0")
+
+    def layout(path):
+        return {t.name: (tuple(int(x) for x in t.shape), t.tensor_type.name) for t in GGUFReader(path).tensors}
+
+    assert layout(exported["f16"][0]) == layout(ref16)
+    assert layout(exported["q8_0"][0]) == layout(ref8)
+
+
+@pytest.mark.parametrize("fmt, prefill", [("r1", False), ("r1", True), ("plain", False), ("plain:2", False)])
+def test_the_exported_template_renders_r1lites_own_prompt(fmt, prefill):
+    from jinja2 import Template
+
+    _, tokenizer = load_model("tiny", FP32)
+    task = tasks.load_task("arithmetic")
+    item = task.split("test", 1)[0]
+    ours = tokenizer.decode(item_prompts(tokenizer, task, [item], fmt, prefill)[0].ids)
+    template = jinja_template(tokenizer, prompt_format(task, fmt, prefill))
+    rendered = Template(template).render(messages=[{"role": "user", "content": item.question}], add_generation_prompt=True)
+    assert rendered == ours
+
+
+def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tmp_path):
+    """Ollama's templates are Go text/template: rendered by Go itself for a conversation with and
+    without thinking (Ollama is not on this machine)."""
+    from jinja2 import Template
+
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
+    _, tokenizer = load_model("tiny", FP32)
+    fmt = prompt_format(tasks.load_task("arithmetic"), "r1", True)
+    (tmp_path / "template.txt").write_text(ollama_template(tokenizer, fmt))
+    (tmp_path / "main.go").write_text(GO_PROGRAM)
+    conversations = {
+        "first turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}]},
+        "think off": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}], "IsThinkSet": True, "Think": False},
+        "second turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"},
+                                     {"Role": "assistant", "Content": "<answer>4</answer>", "Thinking": "2 + 2 = 4"},
+                                     {"Role": "user", "Content": "And 3 + 3?"}]},
+        "system": {"System": "Be brief.", "Messages": [{"Role": "user", "Content": "Hi"}]},
+    }
+    for name, data in conversations.items():
+        (tmp_path / "data.json").write_text(json.dumps(data))
+        r = subprocess.run([go, "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**__import__("os").environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
+                                "GO111MODULE": "off", "GOFLAGS": ""})
+        assert r.returncode == 0, r.stderr
+        messages = ([{"role": "system", "content": data["System"]}] if data.get("System") else []) + [
+            {"role": m["Role"], "content": (f"<think>{m['Thinking']}</think>\n" if m.get("Thinking") else "") + m["Content"]}
+            for m in data["Messages"]]
+        expected = Template(jinja_template(tokenizer, fmt)).render(messages=messages, add_generation_prompt=True,
+                                                                   **({"enable_thinking": False} if name == "think off" else {}))
+        assert r.stdout == expected, name
+
+
+GO_PROGRAM = '''package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct {
+	Role     string
+	Content  string
+	Thinking string
+}
+
+type Data struct {
+	System     string
+	Messages   []Message
+	Think      bool
+	IsThinkSet bool
+}
+
+func main() {
+	text, err := os.ReadFile("template.txt")
+	if err != nil { panic(err) }
+	raw, err := os.ReadFile("data.json")
+	if err != nil { panic(err) }
+	var data Data
+	if err := json.Unmarshal(raw, &data); err != nil { panic(err) }
+	t := template.Must(template.New("ollama").Parse(string(text)))
+	if err := t.Execute(os.Stdout, data); err != nil { panic(err) }
+}
+'''
+
+
+def test_hf_export_is_a_complete_directory_with_a_model_card(sft_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "hf"
+    r = run_cli("export", "--model", str(sft_run), "--format", "hf", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= names
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model:") and "r1lite_commit" in card and "Prompt format:** r1" in card
+    original, _ = load_model(str(sft_run), FP32)
+    again = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([[1, 5, 9, 30]])
+    torch.testing.assert_close(again(ids).logits, original(ids).logits)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "/no/such/model", "--out", "{tmp}/m.f16.gguf"], "no such model"),
+    (["--model", "{gpt2}", "--out", "{tmp}/m.f16.gguf"], "export supports llama, qwen2, qwen3; this model is gpt2"),
+    (["--model", "tiny", "--quant", "q3_k", "--out", "{tmp}/m.q3_k.gguf"], "--quant q3_k"),
+    (["--model", "tiny", "--quant", "q8_0", "--out", "{tmp}/model.gguf"], "name it e.g."),
+    (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf"], "exists; pass --force"),
+])
+def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(args, needle, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
+    load_model("tiny", FP32)[1].save_pretrained(gpt2)
+    (tmp_path / "exists.f16.gguf").write_text("old")
+    before = {p.name for p in tmp_path.iterdir()}
+    r = run_cli("export", *[a.format(tmp=tmp_path, gpt2=gpt2) for a in args])
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert {p.name for p in tmp_path.iterdir()} == before and (tmp_path / "exists.f16.gguf").read_text() == "old"
+
+
+@pytest.mark.parametrize("content, needle", [(b"not a gguf at all", "not a GGUF file"), (None, "truncated or damaged")])
+def test_chat_refuses_a_broken_gguf_in_one_line(content, needle, exported, tmp_path):
+    bad = tmp_path / "bad.f16.gguf"
+    bad.write_bytes(content if content is not None else exported["q8_0"][0].read_bytes()[:100_000])
+    r = run_cli("chat", "--model", str(bad), "--prompt", "hi")
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.fixture(scope="module")
+def thinking_run(tmp_path_factory):
+    """An untrained tiny model in a run that prefills <think>: it never closes the block itself."""
+    run = tmp_path_factory.mktemp("think") / "run"
+    model, tokenizer = load_model("tiny", FP32, seed=1)
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: true\n")
+    return run
+
+
+def test_chat_answers_once_on_both_backends_and_the_budget_closes_the_thinking(thinking_run, llama_cpp, tmp_path):
+    """The budget closes the thinking (the closing sentence, then </think>) and the model goes on
+    to answer; the torch and llama.cpp backends print the same text (greedy)."""
+    gguf = tmp_path / "think.f16.gguf"
+    assert run_cli("export", "--model", str(thinking_run), "--out", str(gguf)).returncode == 0
+    outputs = []
+    for model in (str(thinking_run), str(gguf)):
+        r = run_cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--max-thinking-tokens", "20",
+                    "--temperature", "0", "--max-new-tokens", "40")
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append(r.stdout)
+    assert outputs[0] == outputs[1]
+    thinking, _, answer = outputs[0].partition("I have to give the answer now.\n</think>")
+    assert thinking.startswith("<think>") and answer.strip(), outputs[0]
+
+
+def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
+    """Forced tokens count: the thinking, the close included, is at most the budget; a budget
+    shorter than the closing sentence gets only the close."""
+    from r1lite.backends import open_model
+    from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
+
+    backend = open_model("tiny", "cpu", "fp32")
+    tok = backend.tokenizer
+    ids = encode_messages(tok, [{"role": "user", "content": "Hi"}], "<think>")
+    close = len(tok.encode(CLOSE_THINKING, add_special_tokens=False))
+    sentence = len(tok.encode(CLOSE_SENTENCE, add_special_tokens=False))
+    for budget in (sentence + close + 5, sentence + close - 1, 0):
+        out = backend.engine.generate([Request(ids, Sampling(max_new_tokens=60, temperature=0), max_thinking_tokens=budget,
+                                               thinking=True)])[0][0]
+        thought = out.text[:out.text.index("</think>") + len("</think>")]
+        n = len(tok.encode(thought, add_special_tokens=False))
+        assert n <= max(budget, close) + 1, (budget, n, thought)
+        assert (CLOSE_SENTENCE.strip() in thought) == (budget >= sentence + close)
