@@ -148,7 +148,8 @@ class GRPOConfig:
     # runs
     save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
     eval_items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
-    eval_base_plain: bool = opt(False, "also evaluate the untouched base with 3 plain phrasings, keep the best")
+    eval_base_plain: bool = opt(False, "also evaluate the untouched base with plain prompts (base_phrasings), keep the best")
+    base_phrasings: list = opt(["plain", "plain:1", "plain:2"], "the plain phrasings eval_base_plain tries")
     cold_start_items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
     cold_start_samples: int = opt(4, "cold start: samples per item, plain prompt, temperature cold_start_temperature")
     cold_start_format: str = opt("plain", "cold start: the plain phrasing the base is sampled with (plain, plain:1, plain:2)")
@@ -205,6 +206,8 @@ class GRPOConfig:
             bad(f"format '{self.format}' is unknown; use one of {', '.join(FORMATS)}")
         if self.cold_start_format not in FORMATS[1:]:
             bad(f"cold_start_format '{self.cold_start_format}': use one of {', '.join(FORMATS[1:])}")
+        if not self.base_phrasings or set(self.base_phrasings) - set(FORMATS[1:]):
+            bad(f"base_phrasings {self.base_phrasings}: use some of {', '.join(FORMATS[1:])}")
         if self.temperature <= 0:
             bad(f"temperature={self.temperature}: GRPO needs sampled rollouts (greedy gives every group equal rewards, "
                 "so no advantage); use a temperature > 0 such as 1.0")

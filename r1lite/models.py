@@ -262,11 +262,21 @@ def resolve_path(spec: str) -> Path | None:
     path = Path(spec).expanduser()
     if (path / "final" / "config.json").exists():  # an r1lite run directory
         return path / "final"
-    if (path / "config.json").exists():
+    if (path / "config.json").exists() or (path / "adapter_config.json").exists():  # a model, or a LoRA adapter
         return path
     if path.exists():
         raise UsageError(f"--model {spec}: {path} has no config.json; point at a Hugging Face model directory")
     return None
+
+
+def adapter_base(path: Path) -> str:
+    """The base model a LoRA adapter directory was trained on (its adapter_config.json)."""
+    import json
+
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UsageError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; the adapter does not say its base")
+    return base
 
 
 def load_tokenizer(spec: str):
@@ -282,6 +292,13 @@ def load_model(spec: str, runtime: Runtime, seed: int = 0):
     """Return ``(model, tokenizer)`` for a spec, in fp32 on the runtime's device, in eval mode."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    path = resolve_path(spec) if spec not in ("default", "tiny") else None
+    if path is not None and (path / "adapter_config.json").exists():  # LoRA: load the base, merge the adapter in
+        from peft import PeftModel
+
+        base, tokenizer = load_model(adapter_base(path), runtime, seed)
+        merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+        return merged.to(runtime.device).eval(), tokenizer
     tokenizer = load_tokenizer(spec)
     if spec == "tiny":
         with torch.random.fork_rng():

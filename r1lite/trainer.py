@@ -218,8 +218,8 @@ class Trainer:
         self.run_eval("eval_before", cfg.format)
         if cfg.eval_base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
-            for i, phrasing in enumerate(PLAIN_PHRASINGS):
-                results[phrasing] = self.run_eval(f"eval_base_phrasing{i}", phrasing)
+            for phrasing in cfg.base_phrasings:
+                results[phrasing] = self.run_eval(f"eval_base_phrasing{PLAIN_PHRASINGS.index(phrasing)}", phrasing)
             best = max(results, key=lambda p: results[p]["pass@1"])
             self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
                                                "phrasings": {p: r["pass@1"] for p, r in results.items()}}

@@ -29,6 +29,18 @@ def data_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(params=["kernels", "torch"])
+def cpu_path(request, monkeypatch):
+    """Our CPU kernels, and PyTorch where they cannot be built (GPUs, other CPUs, no compiler)."""
+    from r1lite.engine import kernels
+
+    if request.param == "torch":
+        monkeypatch.setattr(kernels, "load", lambda: None)
+    elif kernels.load() is None:
+        pytest.skip("the CPU kernels cannot be built on this machine")
+    return request.param
+
+
 @pytest.fixture
 def cli():
     return run_cli

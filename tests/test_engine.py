@@ -35,16 +35,6 @@ def embedded():
     return load_model("default", FP32)
 
 
-@pytest.fixture(params=["kernels", "torch"])
-def decode_path(request, monkeypatch):
-    """Our CPU kernels, and PyTorch where they cannot be built (GPUs, other CPUs, no compiler)."""
-    if request.param == "torch":
-        monkeypatch.setattr(kernels, "load", lambda: None)
-    elif kernels.load() is None:
-        pytest.skip("the CPU kernels cannot be built on this machine")
-    return request.param
-
-
 def prompts_for(tokenizer, questions=QUESTIONS):
     return [encode_messages(tokenizer, [{"role": "user", "content": q}]) for q in questions]
 
@@ -80,7 +70,7 @@ def greedy(engine, prompts, max_new_tokens=32, **kw):
 @pytest.mark.parametrize("max_rows", [64, 3])  # 3: small batches, and requests joining as rows leave
 @pytest.mark.parametrize("questions", [QUESTIONS, LONG_QUESTIONS], ids=["short", "longer-than-prefix"])
 @pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
-def test_greedy_tokens_identical_to_transformers_in_fp32(which, questions, max_rows, decode_path, request):
+def test_greedy_tokens_identical_to_transformers_in_fp32(which, questions, max_rows, cpu_path, request):
     model, tokenizer = request.getfixturevalue(which)
     prompts = prompts_for(tokenizer, questions)
     engine = make_engine(model, tokenizer, torch.float32, stop_token_ids(tokenizer, model), max_rows)
@@ -199,7 +189,7 @@ def test_batch_size_does_not_change_greedy_output(tiny):
 
 
 @pytest.mark.parametrize("which", ["tiny", pytest.param("embedded", marks=pytest.mark.slow)])
-def test_a_sequence_depends_only_on_seed_prompt_and_sample_index(which, decode_path, request):
+def test_a_sequence_depends_only_on_seed_prompt_and_sample_index(which, cpu_path, request):
     """Not on the batch size, its row, the other requests, or joining a running batch: what
     multi-process training and the server rely on."""
     model, tokenizer = request.getfixturevalue(which)

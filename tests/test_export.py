@@ -315,3 +315,30 @@ def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
         n = len(tok.encode(thought, add_special_tokens=False))
         assert n <= max(budget, close) + 1, (budget, n, thought)
         assert (CLOSE_SENTENCE.strip() in thought) == (budget >= sentence + close)
+
+
+def test_a_lora_adapter_is_merged_before_export(tmp_path):
+    """--model may be a LoRA adapter directory: the export holds base + adapter, merged."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, tokenizer = load_model("tiny", FP32, seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # a trained adapter, not the identity
+    lora.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "base")}))
+    ids = torch.tensor([[1, 5, 9, 30]])
+    with torch.no_grad():
+        expected = lora(ids).logits
+    r = run_cli("export", "--model", str(tmp_path / "adapter"), "--format", "hf", "--out", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(merged(ids).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "base")(ids).logits, atol=1e-3)

@@ -8,20 +8,11 @@ from r1lite.engine import kernels
 from r1lite.engine.sampling import Sampling, derive_seed, sample_categorical, sample_next, sample_rows, sequence_key, uniform
 
 
-@pytest.fixture(params=["ours", "torch"])
-def sampler_path(request, monkeypatch):
-    """Sampling on our CPU kernel, and on PyTorch where it cannot be built."""
-    if request.param == "torch":
-        monkeypatch.setattr(kernels, "load", lambda: None)
-    elif kernels.load() is None:
-        pytest.skip("the CPU kernel cannot be built on this machine")
-
-
 def uniforms(n, seed=0):
     return torch.tensor([uniform(sequence_key(seed, i), 0) for i in range(n)])
 
 
-def test_sample_next_follows_the_distribution(sampler_path):
+def test_sample_next_follows_the_distribution(cpu_path):
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).expand(20000, 4).contiguous()
     counts = torch.bincount(sample_next(logits, Sampling(temperature=1.0), uniforms(20000)), minlength=4).float() / 20000
     assert torch.allclose(counts, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.015)
@@ -32,7 +23,7 @@ def test_sample_next_follows_the_distribution(sampler_path):
     assert (sample_next(logits, Sampling(temperature=0), None) == 0).all()
 
 
-def test_sampler_never_draws_masked_tokens_and_applies_temperature(sampler_path):
+def test_sampler_never_draws_masked_tokens_and_applies_temperature(cpu_path):
     probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
     logits = probs.log().expand(40000, 6).contiguous()
     drawn = sample_next(logits, Sampling(temperature=1.0), uniforms(40000))
