@@ -28,16 +28,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # What `make test` needs on top (its own stamp, so a venv `make demo` made gets it too): the test
-# extras, llama.cpp (from the cached wheel), llama.cpp's own converter for the parity tests, and Go
-# for rendering Ollama's templates.
+# extras, llama.cpp (from the cached wheel), llama.cpp's own converter for the parity tests, Go for
+# rendering Ollama's templates, and Debian's Chromium for the page test (playwright drives it; its
+# own browser download cannot work offline).
 $(VENV)/.installed-test: $(VENV)/.installed $(WHEELS)/.built pyproject.toml
-	$(BIN)/pip install --quiet --find-links $(WHEELS) -e ".[test,edge]"
+	$(BIN)/pip install --quiet --find-links $(WHEELS) -e ".[test,edge,serve]"
 	rm -rf $(VENV)/llama.cpp && mkdir -p $(VENV)/llama.cpp
 	tar -xzf $(SDIST) -C $(VENV)/llama.cpp --strip-components=3 \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/convert_hf_to_gguf.py \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/conversion \
 		llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/gguf-py
-	command -v go >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go)
+	command -v go >/dev/null && command -v chromium >/dev/null || (apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go chromium)
 	touch $@
 
 $(SDIST):

@@ -66,3 +66,26 @@ def varied_task(tmp_path):
     data.write_text("\n".join(rows) + "\n")
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return f"jsonl:{data}", env
+
+
+@pytest.fixture
+def chromium_browser():
+    """Debian's headless Chromium driven by playwright (playwright's own browser download cannot
+    work offline). Missing pieces fail with the install command; they never skip."""
+    import shutil
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Chromium is missing: apt-get install chromium (make test installs it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -e '.[test]' (make test installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            yield browser
+        finally:
+            browser.close()
