@@ -6,6 +6,10 @@ state, and ``state.json`` (step, data position, cost meter, anything else the tr
 is written under a temporary name and renamed into place; then ``checkpoints/latest`` is
 rewritten atomically to name it; then older checkpoints are deleted. A kill at any point leaves
 ``latest`` naming a complete checkpoint (or no checkpoint at all, before the first one).
+
+Tensors are saved whole on the CPU, whatever the world size: under torchrun every rank calls
+:func:`save` (FSDP's shards are gathered, one tensor at a time) and rank 0 alone writes; every rank
+:func:`load` s the files and keeps its own shard. So a run saved by 4 processes resumes on one.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from r1lite.distributed import full_state, local_like
 from r1lite.errors import UsageError
 from r1lite.files import atomic_dir, write_text
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Trainable parameters by name (tied weights appear once)."""
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor | None]:
+    """Trainable parameters by name (tied weights appear once), whole and on the CPU; with ``keep``
+    False (a rank that does not write) gathered and dropped."""
+    return full_state({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, keep)
 
 
 def rng_state() -> dict[str, Any]:
@@ -44,12 +51,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str, Any]) -> Path:
+def save(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], write: bool = True) -> Path:
+    """Write checkpoint ``step``; under torchrun every rank calls it and only rank 0 has ``write``."""
     root = Path(run_dir) / "checkpoints"
     name = f"step-{step:06d}"
+    weights = trainable_state(model, keep=write)
+    optimizer_state = full_state(optimizer.state_dict(), keep=write)
+    if not write:
+        return root / name
     with atomic_dir(root / name) as tmp:  # every file fsynced before the directory is renamed in
-        save_file(trainable_state(model), tmp / "weights.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        save_file({n: t.contiguous() for n, t in weights.items()}, tmp / "weights.safetensors")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2, default=str))
     write_text(root / "latest", name + "\n")
@@ -70,18 +82,27 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG states; return ``state.json``."""
-    weights = load_file(path / "weights.safetensors")
+    """Restore weights, optimizer, scheduler and RNG states (each rank its shard); return ``state.json``."""
     params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing or set(weights) - set(params):
-        raise UsageError(f"{path}: its weights do not match this model (e.g. {(missing or sorted(set(weights) - set(params)))[0]}); "
-                         "resume with the same --model and --lora settings as the original run")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    trainer = torch.load(path / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(trainer["optimizer"])
+    with safe_open(path / "weights.safetensors", framework="pt") as f:  # one tensor in memory at a time
+        names = set(f.keys())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in names]
+        if missing or names - set(params):
+            raise UsageError(f"{path}: its weights do not match this model (e.g. {(missing or sorted(names - set(params)))[0]}); "
+                             "resume with the same --model and --lora settings as the original run")
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(local_like(f.get_tensor(n), params[n]))
+    trainer = torch.load(path / "trainer.pt", weights_only=False, map_location="cpu", mmap=True)
+    optimizer.load_state_dict(local_optimizer_state(trainer["optimizer"], optimizer))
     scheduler.load_state_dict(trainer["scheduler"])
     set_rng_state(trainer["rng"])
     return json.loads((path / "state.json").read_text())
+
+
+def local_optimizer_state(state: dict[str, Any], optimizer) -> dict[str, Any]:
+    """A saved (whole) optimizer state with each per-parameter tensor cut to this rank's shard."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    local = {i: {k: local_like(v, params[i]) if isinstance(v, torch.Tensor) and v.shape == params[i].shape else v
+                 for k, v in per_param.items()} for i, per_param in state["state"].items()}
+    return {**state, "state": local}

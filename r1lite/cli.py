@@ -6,7 +6,9 @@
     r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
     r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
 
-Bad input prints one line (``error: …``) and exits with status 2; no traceback.
+Bad input prints one line (``error: …``) and exits with status 2; no traceback. Under torchrun
+an error every rank meets, or a rank that stops, is reported by rank 0 alone (status 2, or 1 for
+a failed collective).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ def _train_parser(sub) -> None:
 
     p = sub.add_parser("train", help="GRPO training from a YAML recipe and flags",
                        description="GRPO on rule-checked rewards. Recipe keys and flags are the same names; "
-                                   "flags override the recipe.")
+                                   "flags override the recipe. On many processes: torchrun --nproc-per-node N "
+                                   "-m r1lite train ... (docs/scaling.md).")
     p.add_argument("--config", type=Path, help="YAML recipe (keys are the flags below, with underscores)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last checkpoint; give the same flags as the original run")
@@ -105,7 +108,7 @@ def _train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from r1lite import grpo
+    from r1lite import distributed, grpo
     from r1lite.config import build, read_yaml
     from r1lite.grpo import GRPOConfig
     from r1lite.trainer import Trainer
@@ -119,7 +122,10 @@ def cmd_train(args) -> int:
                              f"pass --out {args.resume} or drop --out")
         flags["out"] = out
     cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"), presets=grpo.preset)
-    return Trainer(cfg, resume=args.resume is not None).train()
+    try:
+        return Trainer(cfg, resume=args.resume is not None).train()
+    finally:
+        distributed.close()
 
 
 def _sft_parser(sub) -> None:
@@ -192,12 +198,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from r1lite import distributed
+
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        distributed.report_error(e)
         return 2
+    except distributed.CollectiveFailed as e:
+        distributed.report_error(e)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

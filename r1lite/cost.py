@@ -298,9 +298,14 @@ LEAVES_OUT = [
 def cost_report(
     hardware: Hardware, devices: int, pue: float, wall_seconds: float,
     flops_by_phase: dict[str, float], seconds_by_phase: dict[str, float], *, estimated: bool, resumes: int = 0,
+    device_seconds: float | None = None,
 ) -> dict:
-    """The JSON-ready cost dict that :meth:`CostMeter.report` and :func:`estimate` both return."""
-    device_hours = wall_seconds * devices / 3600
+    """The JSON-ready cost dict that :meth:`CostMeter.report` and :func:`estimate` both return.
+
+    ``device_seconds``: the devices' busy time summed, when it is not ``wall_seconds x devices``
+    (a run resumed with another number of processes)."""
+    device_seconds = wall_seconds * devices if device_seconds is None else device_seconds
+    device_hours = device_seconds / 3600
     total = sum(flops_by_phase.values())
     achieved = total / wall_seconds if wall_seconds > 0 else 0.0
     return {
@@ -318,7 +323,7 @@ def cost_report(
         "flops": {"total": total, "by_phase": dict(flops_by_phase)},
         "seconds_by_phase": dict(seconds_by_phase),
         "achieved_flops_per_s": achieved,
-        "mfu": achieved / (hardware.peak_flops * devices),
+        "mfu": total / (hardware.peak_flops * device_seconds) if device_seconds > 0 else 0.0,
         "leaves_out": LEAVES_OUT
         + (["cooling and facility overhead (PUE 1.0; set --pue)"] if pue == 1.0 else [])
         + ([f"work lost between the last checkpoint and each of {resumes} interruption(s)"] if resumes else []),
@@ -334,8 +339,9 @@ class CostMeter:
 
     Wall time runs from construction (model loading and setup included). Phases do not nest: time
     outside any phase still counts in ``wall_seconds``, just not in ``seconds_by_phase``. Under
-    ``torchrun`` one meter (rank 0) counts the whole job: ``devices`` = world size, FLOPs summed.
-    ``clock`` is injectable so tests need not sleep.
+    ``torchrun`` every rank meters its own device; :func:`combine` sums their FLOPs and device time
+    into the job's (rank 0's report and checkpoints hold that). ``clock`` is injectable so tests
+    need not sleep.
     """
 
     def __init__(self, hardware: Hardware, devices: int = 1, pue: float = 1.0,
@@ -349,6 +355,7 @@ class CostMeter:
         self._clock = clock
         self._start = clock()
         self._earlier_seconds = 0.0  # wall time of the run before it was resumed
+        self._earlier_device_seconds = 0.0  # and its devices' time (the number of devices may change on resume)
         self._open_phase: str | None = None
 
     def add_flops(self, phase: str, flops: float) -> None:
@@ -372,35 +379,62 @@ class CostMeter:
     def wall_seconds(self) -> float:
         return self._earlier_seconds + self._clock() - self._start
 
-    def report(self) -> dict:
-        return cost_report(self.hardware, self.devices, self.pue, self.wall_seconds(), self.flops_by_phase,
-                           self.seconds_by_phase, estimated=False, resumes=self.resumes)
+    def report(self, ranks: list[dict] | None = None) -> dict:
+        """The priced report of this meter, or of a job: ``ranks`` = every rank's
+        :meth:`state_dict`, this meter's first (:func:`combine`)."""
+        s = combine(ranks) if ranks is not None else self.state_dict()
+        return cost_report(self.hardware, s["devices"], self.pue, s["wall_seconds"], s["flops_by_phase"],
+                           s["seconds_by_phase"], estimated=False, resumes=s["resumes"], device_seconds=s["device_seconds"])
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps so a resumed run counts on from here."""
-        return {"hardware": self.hardware.name, "devices": self.devices, "wall_seconds": self.wall_seconds(),
-                "flops_by_phase": dict(self.flops_by_phase), "seconds_by_phase": dict(self.seconds_by_phase),
-                "resumes": self.resumes}
+        here = self._clock() - self._start  # this process's time, read once
+        return {"hardware": self.hardware.name, "devices": self.devices, "wall_seconds": self._earlier_seconds + here,
+                "device_seconds": self._earlier_device_seconds + here * self.devices, "flops_by_phase": dict(self.flops_by_phase),
+                "seconds_by_phase": dict(self.seconds_by_phase), "resumes": self.resumes}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue counting from a checkpoint's :meth:`state_dict`.
 
         Time between that checkpoint and the interruption is not in it and is not counted (the
-        report's ``leaves_out`` says so). The hardware kind and device count must match, or the
-        device-hours would be priced as the wrong device; the price and power may change.
+        report's ``leaves_out`` says so). The hardware kind must match, or the device-hours would be
+        priced as the wrong device; the price, the power and the number of devices may change.
+        Under torchrun only rank 0 loads the job's state (the other ranks count from zero).
         """
         if self._open_phase is not None:
             raise RuntimeError("load_state_dict inside a phase; load the checkpoint before starting phases")
-        if (state["hardware"], state["devices"]) != (self.hardware.name, self.devices):
+        if state["hardware"] != self.hardware.name:
             raise UsageError(
-                f"resume: the checkpoint was metered on {state['hardware']} ×{state['devices']}, this run is "
-                f"{self.hardware.name} ×{self.devices}; pass --hardware {state['hardware']} "
-                f"--devices {state['devices']}, or start a new run"
+                f"resume: the checkpoint was metered on {state['hardware']}, this run is {self.hardware.name}; "
+                f"pass --hardware {state['hardware']}, or start a new run"
             )
         self.flops_by_phase = dict(state["flops_by_phase"])
         self.seconds_by_phase = dict(state["seconds_by_phase"])
         self.resumes = state["resumes"] + 1
         self._earlier_seconds = state["wall_seconds"]  # this process's own setup time keeps counting
+        self._earlier_device_seconds = state["device_seconds"]
+
+
+def combine(ranks: list[dict]) -> dict:
+    """One :meth:`CostMeter.state_dict` for a job from its ranks' (rank 0 first): FLOPs, devices and
+    device time summed; wall clock, phase times and resumes as rank 0 counted them.
+
+    >>> one = {"hardware": "cpu", "devices": 1, "wall_seconds": 10.0, "device_seconds": 10.0,
+    ...        "flops_by_phase": {"train": 2.0}, "seconds_by_phase": {"train": 8.0}, "resumes": 0}
+    >>> job = combine([one, {**one, "wall_seconds": 9.0, "device_seconds": 9.0}])
+    >>> job["devices"], job["device_seconds"], job["wall_seconds"], job["flops_by_phase"]
+    (2, 19.0, 10.0, {'train': 4.0})
+    """
+    kinds = {s["hardware"] for s in ranks}
+    if len(kinds) > 1:
+        raise UsageError(f"the ranks run on different hardware ({', '.join(sorted(kinds))}); the cost meter prices one "
+                         "kind: pass --hardware with one of them")
+    flops: dict[str, float] = {}
+    for s in ranks:
+        for phase, value in s["flops_by_phase"].items():
+            flops[phase] = flops.get(phase, 0.0) + value
+    return {**ranks[0], "devices": sum(s["devices"] for s in ranks),
+            "device_seconds": sum(s["device_seconds"] for s in ranks), "flops_by_phase": flops}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,11 +154,26 @@ def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: 
             think = think_text(prompt.prefill + c.text)
             row["think_tokens"] = None if think is None else len(tokenizer.encode(think, add_special_tokens=False))
             rows.append(row)
-    summary = {"task": task.name, "format": fmt, **summarize(rows, samples),
-               "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-               "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.new_tokens,
-               "prompt_tokens": stats.prompt_tokens, "flops": stats.flops}
-    return rows, summary
+    settings = {"task": task.name, "format": fmt, "samples": samples, "max_new_tokens": max_new_tokens,
+                "temperature": temperature, "top_p": top_p}
+    return rows, _summary(rows, settings, stats.seconds, stats.new_tokens, stats.prompt_tokens, stats.flops)
+
+
+def _summary(rows: list[dict], settings: dict, seconds: float, new_tokens: int, prompt_tokens: int, flops: float) -> dict:
+    return {"task": settings["task"], "format": settings["format"], **summarize(rows, settings["samples"]),
+            "max_new_tokens": settings["max_new_tokens"], "temperature": settings["temperature"],
+            "top_p": settings["top_p"], "tokens_per_s": new_tokens / seconds if seconds else 0.0, "seconds": seconds,
+            "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "flops": flops}
+
+
+def combine(shards: list[tuple[list[dict], dict]]) -> tuple[list[dict], dict]:
+    """One evaluation from :func:`evaluate` s of disjoint shards of its items (the ranks of a
+    distributed run, in order): the metrics over every row, the counters summed, the slowest
+    shard's seconds."""
+    rows = [r for shard_rows, _ in shards for r in shard_rows]
+    parts = [summary for _, summary in shards]
+    return rows, _summary(rows, parts[0], max(s["seconds"] for s in parts), sum(s["new_tokens"] for s in parts),
+                          sum(s["prompt_tokens"] for s in parts), sum(s["flops"] for s in parts))
 
 
 def score_file(task: tasks.Task, fmt: str, completions: Path, out: Path) -> dict:

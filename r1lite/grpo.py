@@ -93,6 +93,10 @@ def preset(explicit: dict) -> dict:
     return ALGORITHMS[name](explicit)
 
 
+LAUNCH_KEYS = ("fsdp", "dist_timeout")
+"""GRPOConfig fields that say how a run is launched, not what it computes: a resumed run may change them."""
+
+
 @dataclass
 class GRPOConfig:
     """Everything a GRPO run needs. YAML recipe keys and command-line flags are these fields."""
@@ -165,6 +169,11 @@ class GRPOConfig:
     hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
     usd_per_hour: float | None = opt(None, "cost meter: price of one device-hour in USD (unset = the table's)")
     watts: float | None = opt(None, "cost meter: average draw of one busy device in watts (unset = the table's)")
+    # many processes (torchrun; a resumed run may change these)
+    fsdp: bool = opt(False, "under torchrun, shard weights, gradients and optimizer states over the ranks with "
+                            "FSDP2, layer by layer (Llama-family models; for models that do not fit one device)")
+    dist_timeout: float = opt(300.0, "under torchrun, seconds any collective waits for the other ranks before the "
+                                     "run stops with an error")
 
     def __post_init__(self):
         def bad(msg: str):
@@ -222,6 +231,8 @@ class GRPOConfig:
             bad(f"ref_reset_every={self.ref_reset_every} resets a KL reference, but beta=0 keeps none; set beta > 0")
         if self.prefill_think and self.format != "r1":
             bad("prefill_think needs format r1")
+        if self.dist_timeout <= 0:
+            bad(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
         for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
             if getattr(self, key) < 0:
                 bad(f"{key}={getattr(self, key)} must be >= 0")
@@ -262,10 +273,28 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (grouped.max(dim=1).values - grouped.min(dim=1).values) > 0
 
 
-def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: int) -> torch.Tensor:
+def loss_count(mask: torch.Tensor, loss_type: str) -> float:
+    """What the aggregation divides by, counted on ``mask`` [N, C]: completions with a counted
+    token (grpo), counted tokens (dapo), nothing (dr_grpo: 0). Summed over the ranks of a
+    distributed run, it is the whole batch's.
+
+    >>> loss_count(torch.tensor([[1., 1.], [0., 0.]]), "grpo"), loss_count(torch.tensor([[1., 1.], [1., 0.]]), "dapo")
+    (1.0, 3.0)
+    """
+    if loss_type == "grpo":
+        return float((mask.sum(dim=1) > 0).sum())
+    if loss_type == "dapo":
+        return float(mask.sum())
+    return 0.0
+
+
+def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: int,
+                  count: float | None = None) -> torch.Tensor:
     """The weight of each token's loss so that ``L = Σ weights · l`` for the chosen aggregation.
 
     mask [N, C] (1 = counted token) → weights [N, C]. Rows with no counted token get weight 0.
+    ``count``: :func:`loss_count` of the whole batch when ``mask`` is one rank's share of it
+    (None: this mask's own).
 
     >>> m = torch.tensor([[1., 1., 0.], [1., 0., 0.]])
     >>> token_weights(m, "grpo", 2, 3)
@@ -278,12 +307,11 @@ def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: 
     tensor([[0.1667, 0.1667, 0.0000],
             [0.1667, 0.0000, 0.0000]])
     """
+    total = max(1.0, loss_count(mask, loss_type) if count is None else count)
     if loss_type == "grpo":
-        lengths = mask.sum(dim=1, keepdim=True)  # [N, 1]
-        counted = (lengths > 0).sum().clamp(min=1)
-        return mask / lengths.clamp(min=1) / counted
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1) / total
     if loss_type == "dapo":
-        return mask / mask.sum().clamp(min=1)
+        return mask / total
     if loss_type == "dr_grpo":
         return mask / (group_size * max_len)
     raise UsageError(f"loss_type '{loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")

@@ -61,6 +61,11 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    @property
+    def backend(self) -> str:
+        """The torch.distributed backend for this device: NCCL between GPUs, gloo between CPUs."""
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
     def describe(self) -> str:
         return f"{self.device.type} {str(self.dtype).removeprefix('torch.')} ({self.reason})"
 
@@ -89,13 +94,15 @@ def cpu_kind() -> str:
     return "avx2" if " avx2 " in text or text.rstrip().endswith(" avx2") else platform.machine()
 
 
-def resolve_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
-    """Pick device and compute dtype, or fail loudly when the hardware cannot do what was asked.
+def resolve_runtime(device: str = "auto", dtype: str = "auto", local_rank: int | None = None) -> Runtime:
+    """Pick device, compute dtype and (:attr:`Runtime.backend`) the distributed backend, or fail
+    loudly when the hardware cannot do what was asked.
 
     ``auto`` device: CUDA when present, else CPU. ``auto`` dtype: bf16 on GPUs that support it and
     on CPUs with AVX-512 BF16 or AMX (bf16 there is ~3x faster than fp32 for a train step); fp32
     on other CPUs, where PyTorch's bf16 matmul falls back to a slow path (~1 GFLOP/s measured on an
-    AVX2-only EPYC, against ~170 GFLOP/s in fp32).
+    AVX2-only EPYC, against ~170 GFLOP/s in fp32). ``local_rank``: under torchrun, the rank among
+    this machine's processes; each takes the GPU of that number.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,6 +110,14 @@ def resolve_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
         raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise UsageError(f"--device {device}: use auto, cpu or cuda[:N]")
+    if local_rank is not None and device.startswith("cuda"):
+        if device != "cuda":
+            raise UsageError(f"--device {device} under torchrun: each process takes the GPU of its LOCAL_RANK; "
+                             "pass --device cuda (or auto)")
+        if local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {local_rank}: this machine has {torch.cuda.device_count()} GPUs; "
+                             f"start at most {torch.cuda.device_count()} processes per node (--nproc-per-node)")
+        device = f"cuda:{local_rank}"
     dev = torch.device(device)
     if dev.type == "cuda":
         has_bf16 = torch.cuda.is_bf16_supported()

@@ -13,7 +13,8 @@ each chunk's logits), so a 49k-token vocabulary costs memory for one chunk, not 
 
 Log-probs are those of the distribution the rollouts sampled from: logits divided by the sampling
 temperature (as TRL and verl do). Training reaches the model only through :class:`Policy`, one
-module whose forward is this computation, so DDP and FSDP can wrap it.
+module whose forward is this computation, and each decoder layer through a :class:`LayerPass`
+module, so FSDP2 can shard the model layer by layer (:mod:`r1lite.distributed`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,10 @@ def make_group_batch(prompts: list[list[int]], group: list[int], completions: li
 
 class Policy(torch.nn.Module):
     """The model being trained, as one module: ``policy(batch)`` → completion log-probs (and the
-    entropy), at the sampling temperature. ``model`` may be a peft model (LoRA)."""
+    entropy), at the sampling temperature. ``model`` may be a peft model (LoRA).
+
+    A Llama-family model's decoder layers run as :class:`LayerPass` modules (``layers``), one call
+    each per pass: the boundary at which FSDP2 gathers and frees a layer's weights."""
 
     def __init__(self, model, temperature: float = 1.0):
         super().__init__()
@@ -85,25 +89,40 @@ class Policy(torch.nn.Module):
             raise ValueError(f"temperature={temperature}: log-probs need a sampling temperature > 0")
         self.model = model
         self.temperature = temperature
+        base = _unwrapped(model)
+        self.layers = torch.nn.ModuleList(LayerPass(layer, base.config) for layer in base.model.layers) if llama_family(base) else None
 
     def forward(self, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return completion_logprobs(self.model, batch, with_entropy=with_entropy, temperature=self.temperature)
+        """Log-probability of each completion token under softmax(logits / temperature), [N, Lc]
+        fp32, and optionally that distribution's entropy at each completion position, [N, Lc] (no
+        gradient). Padding positions hold 0."""
+        base = _unwrapped(self.model)
+        real = batch.completion_mask.bool()
+        if self.layers is not None:
+            hidden = _llama_hidden(base, self.layers, batch)  # [M, C]: the states that predict the M real completion tokens
+        else:
+            hidden = _generic_hidden(base, self.model, batch)[real]
+        logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy,
+                                      self.temperature)
+        full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
+        return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
 
 
 def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False,
                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probability of each completion token under softmax(logits / temperature), [N, Lc] fp32,
-    and optionally that distribution's entropy at each completion position, [N, Lc] (no
-    gradient). Padding positions hold 0."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    real = batch.completion_mask.bool()
-    if llama_family(base):
-        hidden = _llama_hidden(base, batch)  # [M, C]: the states that predict the M real completion tokens
-    else:
-        hidden = _generic_hidden(base, model, batch)[real]
-    logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy, temperature)
-    full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
-    return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
+    """:meth:`Policy.forward` of ``model`` at ``temperature``."""
+    return Policy(model, temperature)(batch, with_entropy=with_entropy)
+
+
+def dummy_batch(pad_id: int) -> GroupBatch:
+    """One pad-token prompt and completion: under FSDP every pass is a collective, so a rank with
+    fewer micro-batches than the others makes up the difference with passes over this batch, its
+    loss weighted 0."""
+    return make_group_batch([[pad_id]], [0], [[pad_id]], pad_id)
+
+
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
@@ -117,7 +136,7 @@ def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
     times (its logits recomputed, then both gradients; the weight gradient only if it trains).
     The generic (non-Llama) path runs every prompt per completion and is counted that way.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     cfg = base.config
     H = cfg.num_attention_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
@@ -141,7 +160,68 @@ def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
     return float(layers + attention + head + backward_flops)
 
 
-def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
+@dataclass
+class _Packing:
+    """What every layer of one packed pass shares: rotary tables, attention masks, and where the
+    M real completion tokens sit in the padded [N, Lc] layout."""
+
+    cos_p: torch.Tensor  # [P, Lp, D]
+    sin_p: torch.Tensor
+    cos_c: torch.Tensor  # [M, D]
+    sin_c: torch.Tensor
+    mask_p: torch.Tensor  # [P, 1, Lp, Lp] bool
+    mask_c: torch.Tensor  # [N, 1, Lc, Lp + Lc] bool
+    group: torch.Tensor  # [N]
+    flat: torch.Tensor  # [M]: each real token's index in [N * Lc]
+    rows: int  # N
+    width: int  # Lc
+
+    def unpack(self, t: torch.Tensor, heads: int, D: int) -> torch.Tensor:
+        """[M, heads, D] -> [N, heads, Lc, D], zeros at padding."""
+        M = self.flat.numel()
+        out = t.new_zeros(self.rows * self.width, heads * D).index_copy(0, self.flat, t.reshape(M, heads * D))
+        return out.view(self.rows, self.width, heads, D).transpose(1, 2)
+
+
+class LayerPass(torch.nn.Module):
+    """One decoder layer of :func:`_llama_hidden` as a module: prompt states [P, Lp, C] and packed
+    completion states [M, C] in, the same out."""
+
+    def __init__(self, layer, config):
+        super().__init__()
+        self.layer = layer
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+
+    def forward(self, xp: torch.Tensor, xc: torch.Tensor, k: _Packing) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        layer, att = self.layer, self.layer.self_attn
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        (P, Lp, _), M = xp.shape, xc.shape[0]
+
+        def project(h, shape_q, shape_kv):
+            q, k_, v = att.q_proj(h).view(*shape_q), att.k_proj(h).view(*shape_kv), att.v_proj(h).view(*shape_kv)
+            if hasattr(att, "q_norm"):  # Qwen3
+                q, k_ = att.q_norm(q), att.k_norm(k_)
+            return q, k_, v
+
+        qp, kp, vp = (t.transpose(1, 2) for t in project(layer.input_layernorm(xp), (P, Lp, H, D), (P, Lp, KV, D)))
+        qp, kp = apply_rotary_pos_emb(qp, kp, k.cos_p, k.sin_p)
+        qc, kc, vc = project(layer.input_layernorm(xc), (M, H, D), (M, KV, D))
+        qc, kc = apply_rotary_pos_emb(qc, kc, k.cos_c, k.sin_c, unsqueeze_dim=1)
+        op = gqa_attention(qp, kp, vp, k.mask_p)  # [P, H, Lp, D]
+        keys = torch.cat([kp[k.group], k.unpack(kc, KV, D)], dim=2)  # [N, KV, Lp + Lc, D]: the prompt's keys, then its own
+        values = torch.cat([vp[k.group], k.unpack(vc, KV, D)], dim=2)
+        oc = gqa_attention(k.unpack(qc, H, D), keys, values, k.mask_c)  # [N, H, Lc, D]
+        xp = xp + att.o_proj(op.transpose(1, 2).reshape(P, Lp, H * D))
+        xc = xc + att.o_proj(oc.transpose(1, 2).reshape(k.rows * k.width, H * D).index_select(0, k.flat))
+        xp = xp + layer.mlp(layer.post_attention_layernorm(xp))
+        xc = xc + layer.mlp(layer.post_attention_layernorm(xc))
+        return xp, xc
+
+
+def _llama_hidden(base, layers, b: GroupBatch) -> torch.Tensor:
     """Final-normed states that predict each real completion token, [M, C] in row-major order.
 
     Completions are packed: norms, projections and MLPs run on the M real tokens only, not on the
@@ -149,14 +229,9 @@ def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
     a third of the positions were padding). Only attention sees the padded [N, Lc] layout, which
     needs each completion's real tokens to be a prefix of its row (as make_group_batch builds it).
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     m = base.model
-    cfg = base.config
     P, Lp = b.prompt_ids.shape
     N, Lc = b.completion_ids.shape
-    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     real = b.completion_mask.bool()
     lengths = real.sum(1)
     if not bool((real == (torch.arange(Lc, device=real.device) < lengths[:, None])).all()):
@@ -173,30 +248,9 @@ def _llama_hidden(base, b: GroupBatch) -> torch.Tensor:
     xp = xp.view(P, Lp, -1)  # [P, Lp, C]; xc [M, C]
     cos_p, sin_p = m.rotary_emb(xp, prompt_pos)
     cos_c, sin_c = (t[0] for t in m.rotary_emb(xc[None], comp_pos[None]))  # [M, D]
-
-    def unpack(t: torch.Tensor, heads: int) -> torch.Tensor:  # [M, heads, D] -> [N, heads, Lc, D], zeros at padding
-        return t.new_zeros(N * Lc, heads * D).index_copy(0, flat, t.reshape(M, heads * D)).view(N, Lc, heads, D).transpose(1, 2)
-
-    def project(att, h, shape_q, shape_kv):
-        q, k, v = att.q_proj(h).view(*shape_q), att.k_proj(h).view(*shape_kv), att.v_proj(h).view(*shape_kv)
-        if hasattr(att, "q_norm"):  # Qwen3
-            q, k = att.q_norm(q), att.k_norm(k)
-        return q, k, v
-
-    for layer in m.layers:
-        att = layer.self_attn
-        qp, kp, vp = (t.transpose(1, 2) for t in project(att, layer.input_layernorm(xp), (P, Lp, H, D), (P, Lp, KV, D)))
-        qp, kp = apply_rotary_pos_emb(qp, kp, cos_p, sin_p)
-        qc, kc, vc = project(att, layer.input_layernorm(xc), (M, H, D), (M, KV, D))
-        qc, kc = apply_rotary_pos_emb(qc, kc, cos_c, sin_c, unsqueeze_dim=1)
-        op = gqa_attention(qp, kp, vp, mask_p[:, None])  # [P, H, Lp, D]
-        keys = torch.cat([kp[b.group], unpack(kc, KV)], dim=2)  # [N, KV, Lp + Lc, D]: the prompt's keys, then its own
-        values = torch.cat([vp[b.group], unpack(vc, KV)], dim=2)
-        oc = gqa_attention(unpack(qc, H), keys, values, mask_c[:, None])  # [N, H, Lc, D]
-        xp = xp + att.o_proj(op.transpose(1, 2).reshape(P, Lp, H * D))
-        xc = xc + att.o_proj(oc.transpose(1, 2).reshape(N * Lc, H * D).index_select(0, flat))
-        xp = xp + layer.mlp(layer.post_attention_layernorm(xp))
-        xc = xc + layer.mlp(layer.post_attention_layernorm(xc))
+    packing = _Packing(cos_p, sin_p, cos_c, sin_c, mask_p[:, None], mask_c[:, None], b.group, flat, N, Lc)
+    for layer in layers:
+        xp, xc = layer(xp, xc, packing)
     # Completion token t is predicted by the state before it (packed: the previous row of xc), and
     # the first token of each completion by its prompt's last state.
     starts = (lengths.cumsum(0) - lengths)[lengths > 0]

@@ -4,7 +4,8 @@
 
 Full fine-tuning keeps a frozen copy of the model. LoRA keeps only the adapters' values and swaps
 them in for the reference's forward (the base weights never change), so the reference costs the
-adapters' memory, not a second model.
+adapters' memory, not a second model. Under FSDP full fine-tuning swaps too: each rank keeps its
+shard of the reference's weights and swaps them into the sharded policy.
 
 The reference's weights are saved as ``reference/step-NNNNNN.safetensors`` in the run directory
 when taken, before the checkpoint that names them, so a resumed run gets back the same reference.
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from r1lite.distributed import full_state, local_like
 from r1lite.errors import UsageError
 from r1lite.files import atomic_write
 from r1lite.policy import Policy
@@ -28,18 +30,21 @@ def trainable(model) -> dict[str, torch.nn.Parameter]:
 
 
 class Reference:
-    def __init__(self, model, lora: bool, temperature: float):
-        self.model, self.lora, self.temperature = model, lora, temperature
+    """``swap``: keep the reference's trainable weights and swap them into ``policy`` for its
+    forward (LoRA, and full fine-tuning under FSDP), instead of a frozen copy of the model."""
+
+    def __init__(self, policy: Policy, swap: bool, temperature: float):
+        self.policy, self.model, self.swap, self.temperature = policy, policy.model, swap, temperature
         self.step: int | None = None
-        self.adapters: dict[str, torch.Tensor] = {}  # LoRA: the adapters' values at the reference
-        self.frozen = None  # full fine-tuning: a frozen copy of the model
+        self.saved: dict[str, torch.Tensor] = {}  # swap: the trainable weights' values at the reference
+        self.frozen = None  # otherwise: a frozen copy of the model
 
     @torch.no_grad()
     def take(self, step: int) -> None:
         """The current policy becomes the reference."""
         self.step = step
-        if self.lora:
-            self.adapters = {n: p.detach().clone() for n, p in trainable(self.model).items()}
+        if self.swap:
+            self.saved = {n: p.detach().clone() for n, p in trainable(self.model).items()}
         elif self.frozen is None:
             self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
         else:  # reuse the copy's memory
@@ -47,23 +52,23 @@ class Reference:
                 q.copy_(p)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The trainable weights as they are in the reference."""
-        if self.lora:
-            return self.adapters
+        """The trainable weights as they are in the reference (this rank's shards under FSDP)."""
+        if self.swap:
+            return self.saved
         params = dict(self.frozen.named_parameters())
         return {n: params[n].detach() for n in trainable(self.model)}
 
     @torch.no_grad()
     def logprobs(self, batch) -> torch.Tensor:
         """Completion log-probs under the reference, at the sampling temperature."""
-        if not self.lora:
+        if not self.swap:
             return Policy(self.frozen, self.temperature)(batch)[0]
         params = trainable(self.model)
         current = {n: p.detach().clone() for n, p in params.items()}
         try:
             for n, p in params.items():
-                p.copy_(self.adapters[n])
-            return Policy(self.model, self.temperature)(batch)[0]
+                p.copy_(self.saved[n])
+            return self.policy(batch)[0]
         finally:
             for n, p in params.items():
                 p.copy_(current[n])
@@ -74,9 +79,11 @@ class Reference:
     def path(run_dir: Path, step: int) -> Path:
         return Path(run_dir) / "reference" / f"step-{step:06d}.safetensors"
 
-    def save(self, run_dir: Path) -> None:
-        tensors = {n: t.detach().cpu().contiguous() for n, t in self.weights().items()}
-        atomic_write(self.path(run_dir, self.step), lambda tmp: save_file(tensors, tmp))
+    def save(self, run_dir: Path, write: bool = True) -> None:
+        """Write the reference's weights whole; under torchrun every rank calls it, rank 0 has ``write``."""
+        tensors = full_state(self.weights(), keep=write)
+        if write:
+            atomic_write(self.path(run_dir, self.step), lambda tmp: save_file({n: t.contiguous() for n, t in tensors.items()}, tmp))
 
     def load(self, run_dir: Path, step: int) -> None:
         path = self.path(run_dir, step)
@@ -89,8 +96,8 @@ class Reference:
             raise UsageError(f"{path}: its weights do not match this model; resume with the original --model and --lora")
         self.take(step)  # allocate, then overwrite with the saved values
         with torch.no_grad():
-            if self.lora:
-                self.adapters = {n: t.to(params[n].device, params[n].dtype) for n, t in tensors.items()}
+            if self.swap:
+                self.saved = {n: local_like(t.to(params[n].dtype), params[n]) for n, t in tensors.items()}
             else:
                 frozen = dict(self.frozen.named_parameters())
                 for n, t in tensors.items():

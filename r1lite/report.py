@@ -6,7 +6,7 @@ Reads what a run leaves behind, every part optional:
 - ``metrics.jsonl``: one JSON object per training step; any key may be missing or null in a row, and
   a plot whose keys have no data is skipped;
 - ``summary.json``: evaluation blocks (``eval_base_plain``, ``eval_before``, ``eval_after_sft``,
-  ``eval_after``) and the ``cost`` block of :mod:`r1lite.cost`.
+  ``eval_after``), the ``cost`` block of :mod:`r1lite.cost` and ``world_size`` (processes).
 
 Writes ``plots/*.png`` and ``report.html`` (images referenced relatively, CSS inline), each file
 atomically. :func:`before_after_table` gives the rows that both the report and the CLI's final table
@@ -330,6 +330,8 @@ def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots
     facts = [f"task: {task}", f"{len(rows)} logged steps" + (f" (last: {steps[-1]:g})" if steps else "")]
     if "cost" in summary:
         facts.append(f"{usd(summary['cost']['usd'])}, {human_seconds(summary['cost']['wall_seconds'])}")
+    if "world_size" in summary:
+        facts.append(f"world size {summary['world_size']}")
     table = before_after_table(summary)
     change = headline(summary)
     parts = [

@@ -20,9 +20,10 @@ import torch
 
 from r1lite import rewards, tasks
 from r1lite.config import opt
+from r1lite.distributed import World
 from r1lite.errors import UsageError
 from r1lite.engine import Request, Sampling, derive_seed
-from r1lite.policy import Policy, adamw, make_group_batch, pass_flops
+from r1lite.policy import Policy, adamw, dummy_batch, make_group_batch, pass_flops
 from r1lite.prompts import encode_messages, item_prompts
 
 
@@ -91,7 +92,7 @@ def run(cfg: SFTConfig, console) -> int:
     console.print(f"r1lite sft: {len(pairs)} examples x {cfg.epochs} epochs on {runtime.describe()}")
     steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
     with progress(console, "SFT", steps, "steps") as update:
-        history = train_sft(model, tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+        history = train_sft(Policy(model), tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                             micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
                             device=runtime.device,
                             on_step=lambda r: update(len(r["history"]), f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
@@ -110,17 +111,20 @@ def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) 
     return prompt, body
 
 
-def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
-              batch_size: int, micro_batch_size: int, seed: int, autocast, device,
+def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
+              batch_size: int, micro_batch_size: int, seed: int, autocast, device, world: World | None = None,
               on_step: Callable[[dict], None] | None = None) -> list[dict]:
     """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
 
     Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``, ``flops``
     (forward and backward as computed, :func:`r1lite.policy.pass_flops`). ``on_step`` gets each
     row, with ``history`` (the rows so far). The model stays in eval mode: no dropout, so the
-    loss is that of the model as it samples.
+    loss is that of the model as it samples. ``world``: under torchrun each rank trains on its
+    contiguous share of every batch and the gradients are summed (the loss is each batch's token
+    mean on every rank); every rank has all ``pairs``.
     """
-    policy = Policy(model)
+    world = world or World()
+    model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr)
     rng = random.Random(seed)
@@ -131,21 +135,27 @@ def train_sft(model, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epo
         for start in range(0, len(order), batch_size):
             chunk = [pairs[i] for i in order[start:start + batch_size]]
             total_tokens = sum(len(c) for _, c in chunk)
+            mine = chunk[world.span(len(chunk))]
+            micros: list[list | None] = [mine[m:m + micro_batch_size] for m in range(0, len(mine), micro_batch_size)]
+            if world.fsdp:  # every pass is a collective: as many on each rank as on the one with the largest share
+                largest = -(-len(chunk) // world.size)
+                micros += [None] * (-(-largest // micro_batch_size) - len(micros))
             loss_sum, flops = 0.0, 0.0
-            for m in range(0, len(chunk), micro_batch_size):
-                micro = chunk[m:m + micro_batch_size]
-                batch = make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
-                                         tokenizer.pad_token_id).to(device)
+            for micro in micros:
+                batch = (dummy_batch(tokenizer.pad_token_id) if micro is None else
+                         make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
+                                          tokenizer.pad_token_id)).to(device)
                 with autocast():
                     logp, _ = policy(batch)
-                loss = -(logp * batch.completion_mask).sum() / total_tokens
+                loss = -(logp * batch.completion_mask).sum() / total_tokens * (micro is not None)
                 loss.backward()
                 loss_sum += loss.item()
                 flops += pass_flops(model, batch, backward=True)
+            world.sum_grads(params)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            row = {"epoch": epoch, "loss": loss_sum, "tokens": total_tokens, "flops": flops}
+            row = {"epoch": epoch, "loss": world.sum([loss_sum])[0], "tokens": total_tokens, "flops": flops}
             history.append(row)
             if on_step:
                 on_step({**row, "history": history})

@@ -10,6 +10,10 @@ Run directory::
     checkpoints/       the latest checkpoint (see r1lite.checkpoint)
     final/             the trained model as a Hugging Face directory (safetensors)
     report.html        plots and tables (plots/*.png)
+
+Under torchrun every rank runs this same trainer on its share of the work and rank 0 alone writes
+the run directory (:mod:`r1lite.distributed`). A resumed run reads it on every rank, so ``--out``
+must be on a filesystem every node sees; it may resume with another number of processes.
 """
 
 from __future__ import annotations
@@ -23,16 +27,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, cost, evaluate, grpo, report, rewards, sft, tasks
+from r1lite import checkpoint, cost, distributed, evaluate, grpo, report, rollout, sft, tasks
 from r1lite.config import dump_yaml, to_dict
-from r1lite.engine import GenerationStats, Request, Sampling, derive_seed, make_engine
+from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
 from r1lite.files import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
-from r1lite.grpo import GRPOConfig
+from r1lite.grpo import LAUNCH_KEYS, GRPOConfig
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import Policy, adamw, make_group_batch, pass_flops
+from r1lite.policy import Policy, adamw, dummy_batch, make_group_batch, pass_flops
 from r1lite.progress import progress
-from r1lite.prompts import item_prompts
 from r1lite.reference import Reference
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
@@ -55,7 +58,7 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
         raise UsageError(f"--resume {run_dir}: no config.yaml there; not an r1lite run directory")
     saved = yaml.safe_load(config_path.read_text())
     now = to_dict(cfg)
-    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in LAUNCH_KEYS]
     if diffs:
         k = diffs[0]
         raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
@@ -91,17 +94,32 @@ class Trainer:
         from rich.console import Console
 
         self.cfg = cfg
-        self.console = console or Console()
         self.run_dir = Path(cfg.out)
-        self.summary = check_resume(cfg, self.run_dir, resume)
         self.resume = resume
         self.stop_signal: str | None = None
         # Everything a config can get wrong is checked here, before anything is written or loaded.
-        self.runtime = resolve_runtime(cfg.device, cfg.dtype)
-        self.task = tasks.load_task(cfg.task, cfg.task_options)
-        if cfg.cold_start_items and not self.task.numeric:
-            raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
-                             f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
+        launch = distributed.launch_from_env()
+        self.runtime = resolve_runtime(cfg.device, cfg.dtype, launch.local_rank if launch.size > 1 else None)
+        self.world = distributed.start(launch, self.runtime, cfg.dist_timeout)
+        self.console = console or Console(quiet=not self.world.main)
+        with self.world.together():  # every rank checks; an error on one stops all
+            self.world.agree(to_dict(cfg))
+            self.check_world()
+            self.summary = check_resume(cfg, self.run_dir, resume)
+            self.task = tasks.load_task(cfg.task, cfg.task_options)
+            if cfg.cold_start_items and not self.task.numeric:
+                raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
+                                 f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
+
+    def check_world(self) -> None:
+        cfg, size = self.cfg, self.world.size
+        if cfg.prompts_per_step % size:
+            raise UsageError(f"{size} processes do not divide the {cfg.prompts_per_step} prompts of a step "
+                             f"(batch_size {cfg.batch_size} / group_size {cfg.group_size}): launch a number of processes "
+                             f"that divides {cfg.prompts_per_step}, or set batch_size to a multiple of {cfg.group_size * size}")
+        if cfg.fsdp and size == 1:
+            raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
+                             "launch it with torchrun --nproc-per-node N, or drop --fsdp")
 
     # -- setup ------------------------------------------------------------------------------------
 
@@ -109,47 +127,49 @@ class Trainer:
         cfg = self.cfg
         if self.summary.get("finished"):
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()})")
+        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.fsdp else "") if self.world.size > 1 else ""
+        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()}{ranks})")
         self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
         if self.runtime.device.type == "cpu":  # the price row's peak and throughput follow the dtype
             device_name = "cpu" if self.runtime.dtype == torch.bfloat16 else "cpu-fp32"
         else:
             device_name = torch.cuda.get_device_name(self.runtime.device)
-        hardware = cost.CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(device_name)
-        self.meter = cost.CostMeter(hardware)
-        self.model, self.tokenizer = load_model(cfg.model, self.runtime, seed=cfg.seed)
-        if cfg.lora:
-            from peft import LoraConfig, get_peft_model
-
-            self.model = get_peft_model(self.model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                               target_modules=list(cfg.lora_targets)))
-        # Eval mode throughout, training included: no dropout, so the log-probs trained on are those
-        # of the policy that sampled (the generic, non-Llama path would otherwise drop activations).
-        self.model.eval()
-        self.policy = Policy(self.model, cfg.temperature)
-        self.reference = Reference(self.model, cfg.lora, cfg.temperature) if cfg.beta > 0 else None
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        with self.world.together():
+            hardware = cost.CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(device_name)
+            self.meter = cost.CostMeter(hardware)
+            self.model, self.tokenizer = self.build_model()
+            self.policy = Policy(self.model, cfg.temperature)
+            if cfg.fsdp:
+                self.world.shard(self.policy)
+        self.reference = Reference(self.policy, cfg.lora or cfg.fsdp, cfg.temperature) if cfg.beta > 0 else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding: FSDP replaces them
         self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg, self.runtime),
-                                  stop_token_ids(self.tokenizer, self.model), cfg.rollout_batch_size)
+        with self.world.full_weights(self.policy):
+            self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg, self.runtime),
+                                      stop_token_ids(self.tokenizer, self.model), cfg.rollout_batch_size,
+                                      own_weights=self.world.fsdp)
         self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
         self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.seed) if cfg.eval_items else []
         self.step, self.data_position = 0, 0
-        ckpt = checkpoint.latest(self.run_dir) if self.resume else None
         state = {}
-        if ckpt is not None:
-            state = checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
-            self.step, self.data_position = state["step"], state["data_position"]
-            self.meter.load_state_dict(state["cost"])
-            self.console.print(f"resumed from {ckpt} (step {self.step})")
-            if self.reference is not None and state.get("reference_step") is not None:
-                self.reference.load(self.run_dir, state["reference_step"])
+        with self.world.together():
+            ckpt = checkpoint.latest(self.run_dir) if self.resume else None
+            if ckpt is not None:
+                state = checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
+                self.step, self.data_position = state["step"], state["data_position"]
+                if self.world.main:  # the job's cost so far; the other ranks count their own from here
+                    self.meter.load_state_dict(state["cost"])
+                self.console.print(f"resumed from {ckpt} (step {self.step}, saved by {state['world_size']} "
+                                   f"process{'es' if state['world_size'] > 1 else ''})")
+                if self.reference is not None and state.get("reference_step") is not None:
+                    self.reference.load(self.run_dir, state["reference_step"])
         if self.summary.get("cold_start_done") and not state.get("cold_start_done"):
             # the run stopped before the cold start's checkpoint was complete: its model is lost
             self.console.print("[yellow]the cold start's checkpoint was not written before the run stopped; "
@@ -158,6 +178,19 @@ class Trainer:
                 self.summary.pop(key, None)
             self.save_summary()
         self._truncate_metrics()
+
+    def build_model(self):
+        """The model to train (with LoRA adapters when configured) and its tokenizer."""
+        cfg = self.cfg
+        model, tokenizer = load_model(cfg.model, self.runtime, seed=cfg.seed)
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                     target_modules=list(cfg.lora_targets)))
+        # Eval mode throughout, training included: no dropout, so the log-probs trained on are those
+        # of the policy that sampled (the generic, non-Llama path would otherwise drop activations).
+        return model.eval(), tokenizer
 
     def _train_pool_size(self) -> int | None:
         if self.task.rows is not None:  # a finite source: all of its train split
@@ -169,7 +202,7 @@ class Trainer:
         """Rows written after the last checkpoint are dropped; the resumed run writes them again. A
         cut-off last line (a kill mid-write) is dropped with a note."""
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
+        if self.world.main and path.exists():
             notes: list[str] = []
             rows = [r for _, r in read_jsonl(path, notes=notes)]
             for note in notes:
@@ -190,16 +223,24 @@ class Trainer:
             self.data_position += 1
         return out
 
+    def sync_engine(self) -> None:
+        """The rollout engine takes the current weights (under FSDP gathered whole, once)."""
+        with self.world.full_weights(self.policy):
+            self.engine.sync(self.model)
+
     def run_eval(self, key: str, fmt: str) -> dict:
+        """Evaluate the held-out items (each rank its share), unless the summary has ``key``."""
         if key in self.summary or not self.eval_items:
             return self.summary.get(key, {})
-        self.engine.sync(self.model)
-        with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(self.eval_items), "seq") as update:
-            _, result = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.eval_items, fmt,
-                                          max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                          batch_size=self.cfg.eval_batch_size,
-                                          prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=update)
-        self.meter.add_flops("eval", result["flops"])
+        self.sync_engine()
+        items = self.eval_items[self.world.span(len(self.eval_items))]
+        with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(items), "seq") as update:
+            shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, items, fmt,
+                                      max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
+                                      batch_size=self.cfg.eval_batch_size,
+                                      prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=update)
+        self.meter.add_flops("eval", shard[1]["flops"])
+        _, result = evaluate.combine(self.world.gather(shard))
         self.console.print(f"{key}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%} "
                            f"({result['n_items']} items, {fmt})")
         self.summary[key] = result
@@ -207,7 +248,8 @@ class Trainer:
         return result
 
     def save_summary(self) -> None:
-        write_json(self.run_dir / "summary.json", self.summary)
+        if self.world.main:
+            write_json(self.run_dir / "summary.json", self.summary)
 
     # -- phases -----------------------------------------------------------------------------------
 
@@ -232,16 +274,19 @@ class Trainer:
         if not cfg.cold_start_items or self.summary.get("cold_start_done"):
             return
         items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
+        mine = items[self.world.span(len(items))]
         stats = GenerationStats()
-        self.engine.sync(self.model)
+        self.sync_engine()
         with self.meter.phase("cold_start_sampling"), progress(self.console, "cold-start sampling",
-                                                               len(items) * cfg.cold_start_samples, "seq") as update:
-            traces = sft.self_traces(self.engine, self.tokenizer, self.task, items, phrasing=cfg.cold_start_format,
+                                                               len(mine) * cfg.cold_start_samples, "seq") as update:
+            traces = sft.self_traces(self.engine, self.tokenizer, self.task, mine, phrasing=cfg.cold_start_format,
                                      samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
                                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
                                      model_name=cfg.model, batch_size=cfg.eval_batch_size, stats=stats, on_progress=update)
         self.meter.add_flops("cold_start_sampling", stats.flops)
-        write_jsonl(self.run_dir / "cold_start.jsonl", traces)
+        traces = self.world.gather_lists(traces)
+        if self.world.main:
+            write_jsonl(self.run_dir / "cold_start.jsonl", traces)
         self.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
                            f"x {cfg.cold_start_samples} samples → {self.run_dir / 'cold_start.jsonl'}")
         if not traces:
@@ -250,10 +295,10 @@ class Trainer:
         pairs = [sft.encode_pair(self.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
         steps = cfg.cold_start_epochs * -(-len(pairs) // cfg.cold_start_batch_size)
         with self.meter.phase("sft"), progress(self.console, "cold-start SFT", steps, "steps") as update:
-            history = sft.train_sft(self.model, self.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
+            history = sft.train_sft(self.policy, self.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
                                     batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
                                     seed=cfg.seed, autocast=self.runtime.autocast, device=self.runtime.device,
-                                    on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"))
+                                    world=self.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"))
         self.meter.add_flops("sft", sum(r["flops"] for r in history))
         self.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
                                       "traces": len(traces), "sft_steps": len(history),
@@ -265,79 +310,48 @@ class Trainer:
         self.check_stop()
 
     def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
-        state = {"data_position": self.data_position, "cost": self.meter.state_dict(),
+        """Every rank calls it (the job's cost and FSDP's shards are gathered); rank 0 writes."""
+        state = {"data_position": self.data_position, "world_size": self.world.size,
+                 "cost": cost.combine(self.world.gather(self.meter.state_dict())),
                  "cold_start_done": bool(self.summary.get("cold_start_done") if cold_start_done is None else cold_start_done),
                  "reference_step": None if self.reference is None else self.reference.step}
-        checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state)
-        if self.reference is not None and self.reference.step is not None:
+        checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, write=self.world.main)
+        if self.world.main and self.reference is not None and self.reference.step is not None:
             self.reference.keep_only_current(self.run_dir)
 
     # -- GRPO -------------------------------------------------------------------------------------
 
     def rollout(self) -> tuple[list[dict], dict]:
-        """Sample groups for one step; with dynamic sampling keep only informative groups and refill.
-
-        Prompt i of round r of step s samples with seed (seed, s, r, i): the completions do not
-        depend on the batch they were decoded in."""
-        cfg = self.cfg
-        sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            top_k=cfg.top_k, stop=tuple(cfg.stop))
-        self.engine.sync(self.model)
-        groups: list[dict] = []
-        seen: list[dict] = []
+        """One step's groups (:func:`r1lite.rollout.sample_groups`): this rank's kept ones, and in
+        ``info`` what every rank saw."""
+        self.sync_engine()
         stats = GenerationStats()
-        rounds = 0
-        while len(groups) < cfg.prompts_per_step:
-            items = self.next_items(cfg.prompts_per_step - len(groups))
-            prompts = item_prompts(self.tokenizer, self.task, items, cfg.format, cfg.prefill_think)
-            requests = [Request(p.ids, sampling, n=cfg.group_size, seed=derive_seed(cfg.seed, self.step, rounds, i))
-                        for i, p in enumerate(prompts)]
-            outputs = self.engine.generate(requests, stats=stats)
-            for item, prompt, completions in zip(items, prompts, outputs):
-                group = self.score_group(item, prompt.ids, prompt.prefill, completions)
-                seen.append(group)
-                if not cfg.dynamic_sampling or bool(grpo.informative_groups(group["reward"], cfg.group_size)[0]):
-                    groups.append(group)
-            rounds += 1
-            if not cfg.dynamic_sampling or rounds > cfg.max_refill_rounds:
-                break
+        groups, info = rollout.sample_groups(self.engine, self.tokenizer, self.task, self.cfg, self.world, self.step,
+                                             self.next_items, stats)
         self.meter.add_flops("rollout", stats.flops)
-        info = {"groups_sampled": len(seen), "groups_kept": len(groups), "rollout_tokens": stats.new_tokens,
-                "rollout_tokens_per_s": stats.tokens_per_s}
-        return groups, {"seen": seen, **info}
+        return groups, info
 
-    def score_group(self, item, prompt, prefill, completions) -> dict:
-        """Rewards of one group: each configured function, weighted and summed."""
-        cfg = self.cfg
-        scored = [tasks.score(c.text, item, self.task, cfg.format, prefill) for c in completions]
-        accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
-        parts: dict[str, list[float]] = {}
-        for name in cfg.rewards:
-            if name == "format_partial":
-                parts[name] = [rewards.format_partial(prefill + c.text) for c in completions]
-            else:
-                parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
-        weights = dict(cfg.rewards)
-        if cfg.overlong_buffer:
-            parts["overlong"] = [rewards.overlong_penalty(len(c.token_ids), cfg.max_new_tokens, cfg.overlong_buffer)
-                                 for c in completions]
-            weights["overlong"] = 1.0
-        total = sum(weights[name] * torch.tensor(vals, dtype=torch.float32) for name, vals in parts.items())
-        return {"prompt": prompt, "completions": completions, "reward": total, "parts": parts,
-                "accuracy": accuracy, "format": [s["format"] for s in scored]}
-
-    def train_step(self, groups: list[dict]) -> dict:
-        cfg = self.cfg
+    def micro_batches(self, groups: list[dict]) -> tuple[list[tuple], float]:
+        """This rank's passes of a step, ``(micro-batch, its token weights, its advantages)``, whole
+        groups each, and the tokens whose loss they count. The advantages and the loss normaliser
+        are the whole batch's: rewards gathered and counts summed over the ranks."""
+        cfg, world, device = self.cfg, self.world, self.runtime.device
         G = cfg.group_size
-        completions = [c for g in groups for c in g["completions"]]
-        rewards_all = torch.cat([g["reward"] for g in groups])  # [N]
-        advantages = grpo.group_advantages(rewards_all, G, cfg.scale_rewards).to(self.runtime.device)
-        batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
-                                 [c.token_ids for c in completions], self.tokenizer.pad_token_id).to(self.runtime.device)
-        mask = batch.completion_mask.clone()
-        if cfg.mask_truncated:
-            mask[torch.tensor([c.finish == "length" for c in completions])] = 0
-        weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens)
+        local = torch.cat([g["reward"] for g in groups]) if groups else torch.zeros(0)  # [n]
+        shares = world.gather(local)
+        start = sum(len(r) for r in shares[:world.rank])
+        advantages = grpo.group_advantages(torch.cat(shares), G, cfg.scale_rewards)[start:start + len(local)].to(device)
+        if groups:
+            completions = [c for g in groups for c in g["completions"]]
+            batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
+                                     [c.token_ids for c in completions], self.tokenizer.pad_token_id).to(device)
+            mask = batch.completion_mask.clone()
+            if cfg.mask_truncated:
+                mask[torch.tensor([c.finish == "length" for c in completions])] = 0
+        count = world.sum([grpo.loss_count(mask, cfg.loss_type) if groups else 0.0])[0]
+        if not groups:
+            return [], 0.0
+        weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens, count)
         if self.reference is None:
             # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
             # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
@@ -346,83 +360,75 @@ class Trainer:
             # When no group is informative the whole gradient is 0: no forward or backward at all,
             # but the optimizer still steps on zero gradients (Adam's moments keep moving the
             # weights, exactly as after a computed zero gradient).
-            keep = grpo.informative_groups(rewards_all, G)
+            keep = grpo.informative_groups(local, G)
             if not bool(keep.any()):
                 advantages = advantages[:0]
             elif not bool(keep.all()):
-                rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(self.runtime.device)
+                rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(device)
                 batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
         n = len(advantages)
         per_chunk = max(1, cfg.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
-        chunks = [slice(i, min(n, i + per_chunk)) for i in range(0, n, per_chunk)]
-        parts = [batch.rows(c) for c in chunks]  # each chunk trimmed to the widths it needs
+        parts = []
+        for i in range(0, n, per_chunk):
+            part = batch.rows(slice(i, min(n, i + per_chunk)))  # trimmed to the widths it needs
+            parts.append((part, weights[i:i + per_chunk, :part.completion_ids.shape[1]], advantages[i:i + per_chunk]))
+        return parts, float((weights > 0).sum())
+
+    def train_step(self, groups: list[dict]) -> dict:
+        """Update the policy on a step's kept groups, this rank's share in ``groups`` (every rank
+        calls it, with no group too): the same update as one process on all of them."""
+        cfg, world, device = self.cfg, self.world, self.runtime.device
+        parts, counted = self.micro_batches(groups)
+        real, train_tokens = len(parts), float(sum(part.tokens for part, _, _ in parts))
+        if world.fsdp:  # every pass gathers weights: each rank runs as many as the busiest, the rest weighted 0
+            dummy = dummy_batch(self.tokenizer.pad_token_id).to(device)
+            parts += [(dummy, torch.zeros(1, 1, device=device), torch.zeros(1, device=device))] * (world.max(real) - real)
         old = ref = None
         flops = 0.0
         with torch.no_grad():
             if cfg.mu > 1:
-                old = [self.logprobs(part)[0] for part in parts]
-                flops += sum(pass_flops(self.model, part, backward=False) for part in parts)
+                old = [self.logprobs(part)[0] for part, _, _ in parts]
+                flops += sum(pass_flops(self.model, part, backward=False) for part, _, _ in parts)
             if self.reference is not None:
                 self.start_reference()
                 with self.runtime.autocast():
-                    ref = [self.reference.logprobs(part) for part in parts]
-                flops += sum(pass_flops(self.model, part, backward=False) for part in parts)
-        counted = float((weights > 0).sum())
-        stats = {"clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0, "loss": 0.0}
+                    ref = [self.reference.logprobs(part) for part, _, _ in parts]
+                flops += sum(pass_flops(self.model, part, backward=False) for part, _, _ in parts)
+        stats = {"loss": 0.0, "clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
         grad_norm = 0.0
         for it in range(cfg.mu):
-            if n == 0:
+            if not parts:
                 for p in self.params:
                     p.grad = torch.zeros_like(p)
-            for j, (c, part) in enumerate(zip(chunks, parts)):
+            for j, (part, w, adv) in enumerate(parts):
                 logp, entropy = self.logprobs(part, with_entropy=it == 0)
-                w = weights[c, :logp.shape[1]]
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
-                                            None if ref is None else ref[j], advantages[c], w, cfg)
+                                            None if ref is None else ref[j], adv, w, cfg)
                 loss.backward()
                 flops += pass_flops(self.model, part, backward=True)
                 if it == cfg.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
-                    stats["loss"] += float(loss)
+                    stats["loss"] += float(loss.detach())
                 if it == 0:
                     stats["entropy_sum"] += float((entropy * (w > 0)).sum())
+            world.sum_grads(self.params)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+            grad_norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.meter.add_flops("train", flops)
-        return {"loss": stats["loss"], "clip_frac": stats["clipped"] / max(1.0, counted),
-                "kl": stats["kl_sum"] / max(1.0, counted) if cfg.beta > 0 else None,
-                "entropy": stats["entropy_sum"] / max(1.0, counted) if n else None, "grad_norm": grad_norm,
-                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted),
-                "train_tokens": sum(part.tokens for part in parts)}
+        loss, clipped, kl_sum, entropy_sum, counted, train_tokens, passes = world.sum(
+            [stats["loss"], stats["clipped"], stats["kl_sum"], stats["entropy_sum"], counted, train_tokens, real])
+        return {"loss": loss, "clip_frac": clipped / max(1.0, counted),
+                "kl": kl_sum / max(1.0, counted) if cfg.beta > 0 else None,
+                "entropy": entropy_sum / max(1.0, counted) if passes else None, "grad_norm": grad_norm,
+                "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": int(train_tokens)}
 
     def logprobs(self, batch, with_entropy: bool = False):
         with self.runtime.autocast():
             return self.policy(batch, with_entropy=with_entropy)
-
-    def step_metrics(self, info: dict, train: dict | None, seconds: dict) -> dict:
-        cfg = self.cfg
-        seen = info["seen"]
-        rewards_all = torch.cat([g["reward"] for g in seen])
-        lengths = [len(c.token_ids) for g in seen for c in g["completions"]]
-        row = {"step": self.step, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
-               "accuracy": float(sum(sum(g["accuracy"]) for g in seen) / len(lengths))}
-        for name in seen[0]["parts"]:
-            vals = torch.tensor([v for g in seen for v in g["parts"][name]])
-            row[f"rewards/{name}_mean"], row[f"rewards/{name}_std"] = float(vals.mean()), float(vals.std())
-        row["format_rate"] = sum(sum(g["format"]) for g in seen) / len(lengths)
-        row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
-                    "truncated_frac": sum(c.finish == "length" for g in seen for c in g["completions"]) / len(lengths),
-                    "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
-        row.update(train or {"loss": None, "clip_frac": None, "kl": None, "entropy": None, "grad_norm": None,
-                             "lr": self.scheduler.get_last_lr()[0], "loss_tokens": 0})
-        row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"],
-                    "train_seconds": seconds["train"],
-                    "tokens_per_s": info["rollout_tokens"] / seconds["rollout"] if seconds["rollout"] else 0.0})
-        return row
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -442,6 +448,11 @@ class Trainer:
             where = f"checkpoint at step {self.step} saved" if checkpoint.latest(self.run_dir) else "no checkpoint yet"
             self.console.print(f"[yellow]{e}[/]: {where}; continue with the same command plus --resume {self.run_dir}")
             return 130 if str(e) == "SIGINT" else 143
+        except (RuntimeError, torch.distributed.DistError) as e:  # another rank stopped: say so in one line
+            failure = distributed.peer_failure(e, self.world)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -454,16 +465,21 @@ class Trainer:
         self.console.print(f"\n{self.stop_signal}: finishing the current phase, then saving a checkpoint "
                            "(send it again to stop at once)")
 
+    def stop_requested(self) -> str | None:
+        """The signal any rank got, or None: every rank stops at the same point."""
+        return next((name for name in self.world.gather(self.stop_signal) if name), None)
+
     def check_stop(self) -> None:
         """At a point where the run directory is consistent: stop if a signal came."""
-        if self.stop_signal:
-            raise Interrupted(self.stop_signal)
+        stop = self.stop_requested()
+        if stop:
+            raise Interrupted(stop)
 
     def start_reference(self) -> None:
         """Take the KL reference from the policy as RL starts (after any cold start), once."""
         if self.reference is not None and self.reference.step is None:
             self.reference.take(self.step)
-            self.reference.save(self.run_dir)
+            self.reference.save(self.run_dir, write=self.world.main)
 
     def grpo_loop(self) -> None:
         cfg = self.cfg
@@ -477,34 +493,49 @@ class Trainer:
                     groups, info = self.rollout()
                 t1 = time.perf_counter()
                 train = None
-                if groups:
+                if info["groups_kept"]:  # on some rank: every rank joins the update
                     with self.meter.phase("train"):
                         train = self.train_step(groups)
                 t2 = time.perf_counter()
                 self.step += 1
-                row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
-                append_jsonl(self.run_dir / "metrics.jsonl", row)
+                row = rollout.step_metrics(self.step, info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1},
+                                           self.scheduler.get_last_lr()[0])
+                if self.world.main:
+                    append_jsonl(self.run_dir / "metrics.jsonl", row)
                 update(self.step, f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
                                   f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
+                stop = self.stop_requested()
                 if self.reference is not None and cfg.ref_reset_every and self.step % cfg.ref_reset_every == 0:
                     self.reference.take(self.step)  # saved before the checkpoint that names it
-                    self.reference.save(self.run_dir)
+                    self.reference.save(self.run_dir, write=self.world.main)
                     self.save_checkpoint()
-                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps or self.stop_signal:
+                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps or stop:
                     self.save_checkpoint()
-                self.check_stop()
+                if stop:
+                    raise Interrupted(stop)
 
     def finish(self) -> None:
         cfg = self.cfg
         self.run_eval("eval_after", cfg.format)
-        model = self.model.merge_and_unload() if cfg.lora else self.model
-        with atomic_dir(self.run_dir / "final") as tmp:
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        job_cost = self.meter.report(self.world.gather(self.meter.state_dict()))
         final = self.run_dir / "final"
+        trained = self.model
+        if self.world.fsdp:  # the whole model from every rank's shards, as a plain model on rank 0
+            state = distributed.full_state(self.model.state_dict(), keep=self.world.main)
+            if self.world.main:
+                trained = self.build_model()[0]
+                trained.load_state_dict(state)
+        if self.world.main:
+            model = trained.merge_and_unload() if cfg.lora else trained
+            with atomic_dir(final) as tmp:
+                model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
-                             "runtime": self.runtime.describe(), "final": str(final), "cost": self.meter.report()})
+                             "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
+                             "cost": job_cost})
         self.save_summary()
+        if not self.world.main:
+            return
         path = report.write_report(self.run_dir)
         self.summary["finished"] = True
         self.save_summary()

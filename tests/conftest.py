@@ -46,12 +46,11 @@ def cli():
     return run_cli
 
 
-@pytest.fixture
-def varied_task(tmp_path):
+def write_varied_task(folder: Path) -> tuple[str, dict]:
     """A custom JSONL task whose Python verifier gives a random tiny model varied rewards, so GRPO
     has non-zero advantages (an untrained model never solves a real task): the reward is 1 when the
     completion has an even number of vowels. Returns (task spec, extra environment)."""
-    module = tmp_path / "vowels_verifier.py"
+    module = folder / "vowels_verifier.py"
     module.write_text(textwrap.dedent('''
         def even_vowels(response, answer):
             return float(sum(ch in "aeiou" for ch in response) % 2 == 0)
@@ -60,12 +59,24 @@ def varied_task(tmp_path):
             """Rows whose answer is "fixed" always score 1 (zero variance); others vary."""
             return 1.0 if answer == "fixed" else even_vowels(response, answer)
     '''))
-    data = tmp_path / "vowels.jsonl"
+    data = folder / "vowels.jsonl"
     rows = [f'{{"question": "Write something about item {i}.", "answer": "{"fixed" if i % 2 else "free"}", '
             f'"verifier": "python:vowels_verifier:by_answer"}}' for i in range(200)]
     data.write_text("\n".join(rows) + "\n")
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {"PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return f"jsonl:{data}", env
+
+
+@pytest.fixture
+def varied_task(tmp_path):
+    """:func:`write_varied_task` in the test's own directory."""
+    return write_varied_task(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_varied_task(tmp_path_factory):
+    """:func:`write_varied_task` once for a module whose runs share it."""
+    return write_varied_task(tmp_path_factory.mktemp("varied_task"))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 from r1lite import grpo
 from r1lite.grpo import GRPOConfig
-from r1lite.policy import make_group_batch
+from r1lite.policy import Policy, make_group_batch
 from r1lite.trainer import WALL_CLOCK_KEYS, Trainer
 
 SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
@@ -460,6 +460,6 @@ def test_seeded_sft_reproduces_its_pinned_losses():
 
     model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
-    history = sft.train_sft(model, tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
+    history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
                             autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
     assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)

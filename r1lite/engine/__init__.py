@@ -23,10 +23,12 @@ from r1lite.engine.engine import Completion, Delta, Engine, GenerationStats, Req
 from r1lite.engine.sampling import Sampling, derive_seed
 
 
-def make_engine(model, tokenizer, dtype, stop_ids: list[int] | None = None, max_rows: int = 64) -> Engine:
+def make_engine(model, tokenizer, dtype, stop_ids: list[int] | None = None, max_rows: int = 64,
+                own_weights: bool = False) -> Engine:
     """An :class:`Engine` over the fastest decoder for this model and machine; ``dtype`` is the
-    precision of the rollout weights (:func:`r1lite.engine.decoders.make_decoder`)."""
-    return Engine(make_decoder(model, dtype), tokenizer, stop_ids, max_rows)
+    precision of the rollout weights (:func:`r1lite.engine.decoders.make_decoder`); ``own_weights``:
+    copy every weight at each sync (FSDP frees the gathered weights after it)."""
+    return Engine(make_decoder(model, dtype, own_weights), tokenizer, stop_ids, max_rows)
 
 
 __all__ = ["Completion", "Delta", "Engine", "GenerationStats", "HFDecoder", "LlamaDecoder", "Request", "Sampling",

@@ -122,10 +122,13 @@ class LlamaDecoder:
     end of one.
     """
 
-    def __init__(self, model, dtype: torch.dtype):
+    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False):
         cfg = _unwrapped(model).config
         self.config = cfg
         self.dtype = dtype
+        # copy every weight at each sync, also where the rollout dtype is the model's (otherwise
+        # those are read in place): FSDP frees the full weights it gathered for the sync
+        self.own_weights = own_weights
         self.device = next(model.parameters()).device
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
@@ -153,7 +156,7 @@ class LlamaDecoder:
 
     def _load(self, model) -> None:
         def cast(t: torch.Tensor) -> torch.Tensor:  # the rollout precision, held in the compute dtype
-            return t.detach().to(self.dtype).to(self.compute)
+            return t.detach().to(self.dtype).to(self.compute, copy=self.own_weights)
 
         def b(*linears):
             if all(lin.bias is None for lin in linears):
@@ -366,10 +369,11 @@ class HFDecoder:
         return out.logits[:, -1].float()
 
 
-def make_decoder(model, dtype: torch.dtype):
-    """The fastest decoder for this model and machine; ``dtype`` is the rollout weights' precision."""
+def make_decoder(model, dtype: torch.dtype, own_weights: bool = False):
+    """The fastest decoder for this model and machine; ``dtype`` is the rollout weights' precision;
+    ``own_weights``: see :class:`LlamaDecoder` (FSDP shards Llama-family models only)."""
     if llama_family(_unwrapped(model)):
-        return LlamaDecoder(model, dtype)
+        return LlamaDecoder(model, dtype, own_weights)
     print(f"r1lite: {_unwrapped(model).config.model_type} is not a Llama-family architecture; "
           "generating with the transformers forward (slower)", flush=True)
     return HFDecoder(model, dtype)

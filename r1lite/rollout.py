@@ -1,0 +1,99 @@
+"""One GRPO step's rollouts: sample G completions of each prompt, score them with the configured
+rewards, keep the groups DAPO's dynamic sampling keeps (refilling with new prompts), and the step's
+metrics row.
+
+Under torchrun each rank samples its contiguous share of every round's prompts
+(:meth:`r1lite.distributed.World.span`) with the seed of the prompt's index in the whole round,
+then the groups' rewards and lengths are gathered: every rank knows what the whole batch kept, so
+the refill rounds, and the metrics, are those of one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from r1lite import grpo, rewards, tasks
+from r1lite.distributed import World
+from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.grpo import GRPOConfig
+from r1lite.prompts import item_prompts
+
+
+def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: World, step: int,
+                  next_items: Callable[[int], list[tasks.Item]], stats: GenerationStats) -> tuple[list[dict], dict]:
+    """Sample groups for one step; with dynamic sampling keep only informative groups and refill.
+
+    Prompt i of round r of step s samples with seed (seed, s, r, i): the completions do not depend
+    on the batch they were decoded in, nor on the rank. ``next_items(n)``: the next n training
+    items (the same on every rank). Returns this rank's kept groups and ``info``: every rank's
+    groups as ``seen`` (rewards and lengths), ``groups_sampled``, ``groups_kept``, ``rollout_tokens``."""
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        top_k=cfg.top_k, stop=tuple(cfg.stop))
+    groups: list[dict] = []  # this rank's kept groups
+    seen: list[dict] = []  # every rank's groups, kept or not
+    kept = rounds = 0
+    while kept < cfg.prompts_per_step:
+        items = next_items(cfg.prompts_per_step - kept)
+        share = world.span(len(items))
+        prompts = item_prompts(tokenizer, task, items[share], cfg.format, cfg.prefill_think)
+        requests = [Request(p.ids, sampling, n=cfg.group_size, seed=derive_seed(cfg.seed, step, rounds, i))
+                    for i, p in zip(range(share.start, share.stop), prompts)]
+        outputs = engine.generate(requests, stats=stats)
+        mine = [score_group(cfg, task, item, p.ids, p.prefill, c) for item, p, c in zip(items[share], prompts, outputs)]
+        keep = [not cfg.dynamic_sampling or bool(grpo.informative_groups(g["reward"], cfg.group_size)[0]) for g in mine]
+        groups += [g for g, k in zip(mine, keep) if k]
+        round_seen = world.gather_lists([(g["seen"], k) for g, k in zip(mine, keep)])
+        seen += [g for g, _ in round_seen]
+        kept += sum(k for _, k in round_seen)
+        rounds += 1
+        if not cfg.dynamic_sampling or rounds > cfg.max_refill_rounds:
+            break
+    new_tokens = world.sum([stats.new_tokens])[0]
+    return groups, {"seen": seen, "groups_sampled": len(seen), "groups_kept": kept, "rollout_tokens": int(new_tokens)}
+
+
+def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: list[int], prefill: str,
+                completions) -> dict:
+    """Rewards of one group: each configured function, weighted and summed. ``seen`` holds what
+    the step's metrics need (small enough to gather from every rank)."""
+    scored = [tasks.score(c.text, item, task, cfg.format, prefill) for c in completions]
+    accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
+    parts: dict[str, list[float]] = {}
+    for name in cfg.rewards:
+        if name == "format_partial":
+            parts[name] = [rewards.format_partial(prefill + c.text) for c in completions]
+        else:
+            parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
+    weights = dict(cfg.rewards)
+    if cfg.overlong_buffer:
+        parts["overlong"] = [rewards.overlong_penalty(len(c.token_ids), cfg.max_new_tokens, cfg.overlong_buffer)
+                             for c in completions]
+        weights["overlong"] = 1.0
+    total = sum(weights[name] * torch.tensor(vals, dtype=torch.float32) for name, vals in parts.items())
+    seen = {"reward": total, "parts": parts, "accuracy": accuracy, "format": [s["format"] for s in scored],
+            "lengths": [len(c.token_ids) for c in completions], "truncated": [c.finish == "length" for c in completions]}
+    return {"prompt": prompt, "completions": completions, "reward": total, "seen": seen}
+
+
+def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: float) -> dict:
+    """The metrics row of a step from :func:`sample_groups`' ``info``, the update's figures (None:
+    no group was kept, no update), the phases' seconds and the learning rate."""
+    seen = info["seen"]
+    rewards_all = torch.cat([g["reward"] for g in seen])
+    lengths = [n for g in seen for n in g["lengths"]]
+    row = {"step": step, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
+           "accuracy": float(sum(sum(g["accuracy"]) for g in seen) / len(lengths))}
+    for name in seen[0]["parts"]:
+        vals = torch.tensor([v for g in seen for v in g["parts"][name]])
+        row[f"rewards/{name}_mean"], row[f"rewards/{name}_std"] = float(vals.mean()), float(vals.std())
+    row["format_rate"] = sum(sum(g["format"]) for g in seen) / len(lengths)
+    row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
+                "truncated_frac": sum(t for g in seen for t in g["truncated"]) / len(lengths),
+                "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
+    row.update(train or {"loss": None, "clip_frac": None, "kl": None, "entropy": None, "grad_norm": None, "lr": lr,
+                         "loss_tokens": 0})
+    row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"], "train_seconds": seconds["train"],
+                "tokens_per_s": info["rollout_tokens"] / seconds["rollout"] if seconds["rollout"] else 0.0})
+    return row
