@@ -141,16 +141,18 @@ class World:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         bucket: list[torch.nn.Parameter] = []
+        size = 0
         for p in params:
             bucket.append(p)
-            if sum(q.grad.numel() * q.grad.element_size() for q in bucket) >= BUCKET_BYTES or p is params[-1]:
+            size += p.grad.numel() * p.grad.element_size()
+            if size >= BUCKET_BYTES or p is params[-1]:
                 flat = torch.cat([q.grad.reshape(-1) for q in bucket])
                 dist.all_reduce(flat)
                 offset = 0
                 for q in bucket:
                     q.grad.copy_(flat[offset:offset + q.grad.numel()].view_as(q.grad))
                     offset += q.grad.numel()
-                bucket = []
+                bucket, size = [], 0
 
     def agree(self, config: dict) -> None:
         """Refuse a job whose ranks were launched with different configs."""
