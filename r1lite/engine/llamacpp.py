@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from r1lite.errors import UsageError
@@ -220,6 +221,6 @@ class LlamaCppDecoder:
                                  "lower the batch size or the token budget")
             for i, row in outputs:
                 data = lib.llama_get_logits_ith(self.ctx, i)
-                logits[row] = torch.frombuffer(ctypes.string_at(data, 4 * self.n_vocab), dtype=torch.float32)
+                logits[row] = torch.from_numpy(np.ctypeslib.as_array(data, shape=(self.n_vocab,)))  # copied into the row
             done += len(chunk)
         return logits
