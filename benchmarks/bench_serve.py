@@ -57,7 +57,7 @@ def start(kind: str, model: str, gguf: Path, port: int, threads: int) -> subproc
     if kind == "llama_cpp.server":
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                "--n_ctx", "4096", "--n_threads", str(threads), "--n_threads_batch", str(threads), "--api_key", KEY,
-               "--verbose", "False"]
+               "--verbose", "False", "--interrupt_requests", "False"]  # its default drops a stream when another request arrives
     else:
         cmd = [sys.executable, "-m", "r1lite", "serve", "--model", str(gguf) if kind == "r1lite-gguf" else model,
                "--port", str(port), "--api-key", KEY, "--max-concurrency", "64"]
@@ -83,8 +83,8 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def one_request(client: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> dict:
-    body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
+async def one_request(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int) -> dict:
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
             "temperature": 0.6, "top_p": 0.95, "seed": i,
             "messages": [{"role": "user", "content": f"What is {17 + i} + {29 + 3 * i}? Explain briefly."}]}
     started = time.perf_counter()
@@ -111,11 +111,11 @@ async def one_request(client: httpx.AsyncClient, url: str, i: int, max_tokens: i
     return {"ttft": first, "tokens": tokens if tokens is not None else chunks, "usage": tokens is not None}
 
 
-async def level(url: str, clients: int, per_client: int, max_tokens: int, offset: int) -> dict:
+async def level(url: str, model: str, clients: int, per_client: int, max_tokens: int, offset: int) -> dict:
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
         async def worker(c: int) -> list[dict]:
-            return [await one_request(client, url, offset + c * per_client + k, max_tokens) for k in range(per_client)]
+            return [await one_request(client, url, model, offset + c * per_client + k, max_tokens) for k in range(per_client)]
 
         cpu = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
@@ -165,10 +165,11 @@ def main() -> None:
             port = free_port()
             proc = start(kind, args.model, gguf, port, args.threads)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            served = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
             try:
-                asyncio.run(level(url, 1, 1, 8, 10_000))  # warm-up
+                asyncio.run(level(url, served, 1, 1, 8, 10_000))  # warm-up
                 for clients, per in zip(levels, per_client):
-                    row = {"backend": kind, **asyncio.run(level(url, clients, per, args.max_tokens, 1000 * clients)),
+                    row = {"backend": kind, **asyncio.run(level(url, served, clients, per, args.max_tokens, 1000 * clients)),
                            "server_peak_rss_mib": peak_rss_mib(proc.pid)}
                     rows.append(row)
                     print(f"{kind:<18}{clients:>4} clients  {row['tokens_per_s']:7.1f} tok/s  TTFT p50 "
