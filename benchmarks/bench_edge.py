@@ -41,8 +41,9 @@ def measure(path: str, new_tokens: int) -> dict:
     from r1lite.engine.llamacpp import LlamaCppDecoder
 
     tokenizer = gguf_tokenizer(Path(path))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 47 + 38? Explain the carrying step by step."}],
-                                           add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 47 + 38? Explain the carrying step by step."}],
+                                         add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.encode(text, add_special_tokens=False)
     t0 = time.perf_counter()
     decoder = LlamaCppDecoder(path, max_rows=1, n_ctx=2048)
     load = time.perf_counter() - t0

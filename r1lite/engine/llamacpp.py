@@ -103,7 +103,9 @@ class LlamaCppDecoder:
         if not self.ctx:
             raise UsageError(f"{path}: llama.cpp could not create a context of {n_ctx} tokens")
         self.memory = lib.llama_get_memory(self.ctx)
-        self.warnings = warnings_since(first)
+        # The cache is one context shared by all rows (kv_unified), so llama.cpp compares its whole
+        # size with the training context and warns; each row's positions stay far below it.
+        self.warnings = [w for w in warnings_since(first) if not w.startswith("llama_context: n_ctx_seq")]
         for line in self.warnings:
             print(f"llama.cpp: {line}", file=sys.stderr, flush=True)
         self.n_ctx, self.n_batch = n_ctx, ctx.n_batch
