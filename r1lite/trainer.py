@@ -384,7 +384,7 @@ class Trainer:
                 if it == cfg.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
-                    stats["loss"] += float(loss)
+                    stats["loss"] += float(loss.detach())
                 if it == 0:
                     stats["entropy_sum"] += float((entropy * (w > 0)).sum())
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
