@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,8 +40,9 @@ def measure(path: str, new_tokens: int) -> dict:
     from r1lite.engine.llamacpp import LlamaCppDecoder
 
     tokenizer = gguf_tokenizer(Path(path))
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 47 + 38? Explain the carrying step by step."}],
-                                           add_generation_prompt=True)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 47 + 38? Explain the carrying step by step."}],
+                                         add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.encode(text, add_special_tokens=False)
     t0 = time.perf_counter()
     decoder = LlamaCppDecoder(path, max_rows=1, n_ctx=2048)
     load = time.perf_counter() - t0
@@ -58,7 +58,16 @@ def measure(path: str, new_tokens: int) -> dict:
         logits = decoder.forward(cache, torch.tensor([[tok]]), torch.tensor([[n + i]]), n + i, valid)
     decode = time.perf_counter() - t0
     return {"load_seconds": load, "prompt_tokens_per_s": n / prefill, "decode_tokens_per_s": new_tokens / decode,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "prompt_tokens": n}
+            "peak_rss_mb": peak_rss_mb(), "prompt_tokens": n}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``getrusage``: Linux carries the parent's peak
+    across fork and exec into the child's ``ru_maxrss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def bandwidth() -> float:

@@ -32,6 +32,8 @@ class Backend:
     kind: str
     """``torch`` or ``llama.cpp``."""
     name: str
+    format_name: str = ""
+    """The run's prompt format (r1, plain, ...; "" for a plain model): for a GGUF, as its export recorded it."""
 
     def prompt(self, messages: list[dict]) -> tuple[list[int], bool]:
         """Token ids for a conversation with the assistant turn opened, and whether the prompt
@@ -51,6 +53,17 @@ def run_format(spec: str) -> PromptFormat:
     config = yaml.safe_load(config_file.read_text()) or {}
     task = tasks.load_task(config["task"], config.get("task_options"))
     return prompt_format(task, config.get("format", "r1"), bool(config.get("prefill_think")))
+
+
+def gguf_format(path: Path) -> str:
+    """The prompt format an r1lite export recorded in a GGUF's metadata ("" for other GGUFs)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get("r1lite.prompt_format")
+    if field is None:
+        return ""
+    name = bytes(field.parts[field.data[0]]).decode()
+    return name if name in tasks.FORMATS else ""
 
 
 def gguf_tokenizer(path: Path):
@@ -74,10 +87,12 @@ def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: i
         tokenizer = gguf_tokenizer(path)
         decoder = LlamaCppDecoder(path, max_rows=max_rows)
         stops = sorted(set(stop_token_ids(tokenizer)))
-        return Backend(Engine(decoder, tokenizer, stops, max_rows), tokenizer, PromptFormat("", "", "", ""), "llama.cpp", path.name)
+        return Backend(Engine(decoder, tokenizer, stops, max_rows), tokenizer, PromptFormat("", "", "", ""), "llama.cpp",
+                       path.name, gguf_format(path))
     if path.exists() and path.is_file():
         raise UsageError(f"--model {spec}: a file that is not .gguf; pass a GGUF file, a run directory or a model directory")
     runtime = resolve_runtime(device, dtype)
     model, tokenizer = load_model(spec, runtime)
     engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows)
-    return Backend(engine, tokenizer, run_format(spec), "torch", spec)
+    fmt = run_format(spec)
+    return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name)

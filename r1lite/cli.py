@@ -5,6 +5,7 @@
     r1lite eval    evaluate a model on a task, or score completions produced elsewhere
     r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
     r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
+    r1lite serve   an OpenAI-compatible server: reasoning_content, thinking budget, content guard
 
 Bad input prints one line (``error: …``) and exits with status 2; no traceback. Under torchrun
 an error every rank meets, or a rank that stops, is reported by rank 0 alone (status 2, or 1 for
@@ -184,8 +185,22 @@ def cmd_chat(args) -> int:
     return chat.run(args, Console())
 
 
+def _serve_parser(sub) -> None:
+    from r1lite import serve
+
+    serve.add_parser(sub)
+
+
+def cmd_serve(args) -> int:
+    from rich.console import Console
+
+    from r1lite import serve
+
+    return serve.run(args, Console())
+
+
 COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval),
-            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat)}
+            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "serve": (_serve_parser, cmd_serve)}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from r1lite.errors import UsageError
@@ -102,7 +103,9 @@ class LlamaCppDecoder:
         if not self.ctx:
             raise UsageError(f"{path}: llama.cpp could not create a context of {n_ctx} tokens")
         self.memory = lib.llama_get_memory(self.ctx)
-        self.warnings = warnings_since(first)
+        # The cache is one context shared by all rows (kv_unified), so llama.cpp compares its whole
+        # size with the training context and warns; each row's positions stay far below it.
+        self.warnings = [w for w in warnings_since(first) if not w.startswith("llama_context: n_ctx_seq")]
         for line in self.warnings:
             print(f"llama.cpp: {line}", file=sys.stderr, flush=True)
         self.n_ctx, self.n_batch = n_ctx, ctx.n_batch
@@ -220,6 +223,6 @@ class LlamaCppDecoder:
                                  "lower the batch size or the token budget")
             for i, row in outputs:
                 data = lib.llama_get_logits_ith(self.ctx, i)
-                logits[row] = torch.frombuffer(ctypes.string_at(data, 4 * self.n_vocab), dtype=torch.float32)
+                logits[row] = torch.from_numpy(np.ctypeslib.as_array(data, shape=(self.n_vocab,)))  # copied into the row
             done += len(chunk)
         return logits

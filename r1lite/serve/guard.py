@@ -1,0 +1,148 @@
+"""The content guard: Llama Guard 3's hazard categories (S1–S14) checked by a policy of patterns a
+person can read and edit (``guard_policy.yaml``), PII redaction, and an optional judge model on any
+OpenAI-compatible endpoint (Llama Guard on llama.cpp, Ollama or vLLM) whose verdict is parsed
+strictly. Offline by default: nothing is downloaded."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from r1lite.errors import UsageError
+
+DEFAULT_POLICY = Path(__file__).with_name("guard_policy.yaml")
+CODES = tuple(f"S{i}" for i in range(1, 15))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    safe: bool
+    code: str = ""
+    """The category that blocked it (``S9``), "" when safe."""
+    name: str = ""
+    by: str = ""
+    """``policy`` or ``judge``."""
+
+
+SAFE = Verdict(True)
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum card numbers carry.
+
+    >>> luhn_ok("4111111111111111"), luhn_ok("4111111111111112")
+    (True, False)
+    """
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = int(ch)
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+class Policy:
+    """A compiled guard policy (see the YAML file for its format)."""
+
+    def __init__(self, path: Path | str = DEFAULT_POLICY):
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise UsageError(f"--guard-policy {path}: cannot read it ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("categories"), dict):
+            raise UsageError(f"--guard-policy {path}: expected a mapping with 'categories' (see {DEFAULT_POLICY.name})")
+        self.path, self.refusal = path, data.get("refusal", "I can't help with that. ({code} {name})")
+        self.categories = []
+        for code, spec in data["categories"].items():
+            if code not in CODES:
+                raise UsageError(f"--guard-policy {path}: category '{code}' is not one of S1..S14")
+            try:
+                block = [re.compile(p, re.I) for p in spec.get("block") or []]
+                allow = [re.compile(p, re.I) for p in spec.get("allow") or []]
+            except re.error as e:
+                raise UsageError(f"--guard-policy {path}: category {code}: bad pattern ({e})") from None
+            self.categories.append((code, spec.get("name", code), block, allow))
+        self.pii = {kind: re.compile(p) for kind, p in (data.get("pii") or {}).items()}
+
+    def check(self, text: str) -> Verdict:
+        """The first category whose block patterns match and allow patterns do not."""
+        flat = " ".join(text.split())
+        for code, name, block, allow in self.categories:
+            if any(p.search(flat) for p in block) and not any(p.search(flat) for p in allow):
+                return Verdict(False, code, name, "policy")
+        return SAFE
+
+    def redact(self, text: str) -> tuple[str, dict[str, int]]:
+        """PII replaced by ``[REDACTED:kind]`` (card numbers only where their Luhn checksum holds)."""
+        counts: dict[str, int] = {}
+
+        def sub(kind: str):
+            def replace(m: re.Match) -> str:
+                if kind == "card" and not luhn_ok(re.sub(r"\D", "", m.group())):
+                    return m.group()
+                counts[kind] = counts.get(kind, 0) + 1
+                return f"[REDACTED:{kind}]"
+            return replace
+
+        for kind in ("secret", "email", "card", "phone"):  # secrets first: a token can look like digits
+            if kind in self.pii:
+                text = self.pii[kind].sub(sub(kind), text)
+        return text, counts
+
+    def refusal_text(self, verdict: Verdict) -> str:
+        return self.refusal.format(code=verdict.code, name=verdict.name)
+
+
+def parse_llama_guard(text: str) -> Verdict:
+    """Llama Guard's verdict, strictly: ``safe``, or ``unsafe`` and a line of comma-separated
+    codes. Anything else is an error (a judge that says something else is not trusted).
+
+    >>> parse_llama_guard("safe"), parse_llama_guard("\\n\\nunsafe\\nS9,S1").code
+    (Verdict(safe=True, code='', name='', by=''), 'S9')
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines == ["safe"]:
+        return SAFE
+    if len(lines) == 2 and lines[0] == "unsafe":
+        codes = [c.strip() for c in lines[1].split(",")]
+        if codes and all(c in CODES for c in codes):
+            return Verdict(False, codes[0], "", "judge")
+    raise ValueError(f"not a Llama Guard verdict: {text[:80]!r}")
+
+
+class Judge:
+    """A guard model behind an OpenAI-compatible chat endpoint (``/v1/chat/completions``)."""
+
+    def __init__(self, url: str, model: str = "llama-guard", api_key: str | None = None, timeout: float = 30.0):
+        self.url, self.model, self.api_key, self.timeout = url.rstrip("/"), model, api_key, timeout
+
+    async def check(self, client, conversation: list[dict]) -> Verdict:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        r = await client.post(f"{self.url}/v1/chat/completions", headers=headers, timeout=self.timeout,
+                              json={"model": self.model, "messages": conversation, "temperature": 0, "max_tokens": 16})
+        r.raise_for_status()
+        return parse_llama_guard(r.json()["choices"][0]["message"]["content"] or "")
+
+
+class Guard:
+    """The policy, the PII redaction and the optional judge, as the server uses them."""
+
+    def __init__(self, policy: Policy, judge: Judge | None = None, names: dict[str, str] | None = None):
+        self.policy, self.judge = policy, judge
+        self.names = {code: name for code, name, _, _ in policy.categories} | (names or {})
+
+    async def check(self, client, text: str, conversation: list[dict] | None = None) -> Verdict:
+        verdict = self.policy.check(text)
+        if verdict.safe and self.judge is not None:
+            try:
+                verdict = await self.judge.check(client, conversation or [{"role": "user", "content": text}])
+            except Exception as e:  # an unreachable or garbled judge fails closed, and says why
+                return Verdict(False, "judge_error", f"the guard judge failed: {type(e).__name__}", "judge")
+            if not verdict.safe:
+                verdict = Verdict(False, verdict.code, self.names.get(verdict.code, verdict.code), "judge")
+        return verdict

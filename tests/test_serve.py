@@ -1,0 +1,443 @@
+"""The server, driven as apps drive it: the official openai client, streaming and not, on the PyTorch
+and llama.cpp backends; the reasoning split, thinking budgets, the content guard, limits and errors,
+cancellation, draining on SIGTERM, a schema fuzz, and the chat page in headless Chromium."""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from r1lite.models import load_model, resolve_runtime
+from r1lite.serve.guard import Policy, luhn_ok, parse_llama_guard
+from r1lite.serve.reasoning import Split, thinking_budget
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_args(model, **kw):
+    base = dict(model=str(model), served_model_name="m", host="127.0.0.1", port=0, api_key=KEY, max_body_bytes=1 << 20,
+                max_concurrency=8, max_queue=8, request_timeout=120.0, max_tokens_cap=64, default_max_tokens=32,
+                max_messages=16, max_thinking_tokens=None, reasoning_field="reasoning_content", guard="on", guard_policy=None,
+                guard_judge=None, guard_judge_model="llama-guard", temperature=0.0, top_p=1.0, log_prompts=False,
+                device="cpu", dtype="fp32")
+    return argparse.Namespace(**{**base, **kw})
+
+
+class Server:
+    """An app on uvicorn in a thread, on a free loopback port; stops by itself at the end."""
+
+    def __init__(self, args):
+        import uvicorn
+
+        from r1lite import serve
+
+        self.app, self.cfg = serve.build(args)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "the server did not start"
+
+    def client(self, key=KEY):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def thinking_run(tmp_path_factory):
+    """An untrained tiny model in a run that prefills <think> (R1 format): it never closes the
+    thinking by itself, so the budget decides when the answer starts."""
+    run = tmp_path_factory.mktemp("serve") / "run"
+    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=1)
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: true\n")
+    return run
+
+
+@pytest.fixture(scope="module")
+def torch_server(thinking_run):
+    server = Server(serve_args(thinking_run))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gguf_server(thinking_run, tmp_path_factory):
+    gguf = tmp_path_factory.mktemp("gguf") / "think.f16.gguf"
+    r = subprocess.run([sys.executable, "-m", "r1lite", "export", "--model", str(thinking_run), "--out", str(gguf)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    server = Server(serve_args(gguf))
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["torch", "llama.cpp"])
+def server(request):
+    return request.getfixturevalue("torch_server" if request.param == "torch" else "gguf_server")
+
+
+def ask(server, **kw):
+    return server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 3 + 4?"}], **kw)
+
+
+# ------------------------------------------------------------------------------ the split, pure
+
+
+@pytest.mark.parametrize("pieces, thinking, tags, expected", [
+    (["<think>a b", "</thi", "nk> 42"], False, False, ("a b", " 42")),
+    (["a b</think>\n<answer>4", "2</answer>"], True, True, ("a b", "\n42")),  # prefilled <think>
+    (["Sure. <think>x</think>y"], False, False, ("x", "Sure. y")),
+    (["no thinking at all"], False, False, ("", "no thinking at all")),
+])
+def test_the_split_finds_reasoning_and_answer_across_pieces(pieces, thinking, tags, expected):
+    split = Split(thinking=thinking, answer_tags=tags)
+    for i, p in enumerate(pieces):
+        split.feed(p, final=i == len(pieces) - 1)
+    split.finish()
+    assert (split.reasoning, split.content) == expected
+
+
+def test_a_thinking_block_that_never_closes_is_the_answer():
+    split = Split(thinking=True)
+    split.feed("still thinking and then the budget ran out", final=True)
+    assert split.finish() == "still thinking and then the budget ran out"
+    assert split.reasoning == "" and split.content == "still thinking and then the budget ran out"
+
+
+@pytest.mark.parametrize("body, tokens, source", [
+    ({"max_thinking_tokens": 7}, 7, "max_thinking_tokens"),
+    ({"thinking_budget_tokens": 9}, 9, "thinking_budget_tokens"),
+    ({"thinking_token_budget": 11}, 11, "thinking_token_budget"),
+    ({"reasoning_effort": "none"}, 0, "reasoning_effort"),
+    ({"reasoning_effort": "high"}, 1024, "reasoning_effort"),
+    ({"thinking": {"type": "disabled"}}, 0, "thinking"),
+    ({"thinking": {"type": "enabled"}}, 50, "server default"),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, 0, "chat_template_kwargs.enable_thinking"),
+    ({}, 50, "server default"),
+    ({"max_thinking_tokens": -1}, None, "max_thinking_tokens"),
+])
+def test_every_thinking_control_clients_send_maps_to_a_budget(body, tokens, source):
+    budget = thinking_budget(body, 50)
+    assert (budget.tokens, budget.source) == (tokens, source)
+
+
+# ------------------------------------------------------------------------------ over HTTP
+
+
+def test_non_streaming_returns_reasoning_and_answer_apart(server):
+    r = ask(server, max_tokens=40, extra_body={"max_thinking_tokens": 16})
+    message = r.choices[0].message
+    assert message.content and message.model_extra["reasoning_content"]
+    assert "</think>" not in message.content and "<think>" not in message.model_extra["reasoning_content"]
+    assert isinstance(r.usage.completion_tokens_details.reasoning_tokens, int)
+    assert 0 < r.usage.completion_tokens_details.reasoning_tokens <= 16 + 1
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_streaming_gives_the_same_text_as_non_streaming_and_ends_with_done(server):
+    whole = ask(server, max_tokens=40, extra_body={"max_thinking_tokens": 16})
+    stream = ask(server, max_tokens=40, stream=True, stream_options={"include_usage": True}, extra_body={"max_thinking_tokens": 16})
+    reasoning = content = ""
+    usage = finish = None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            reasoning += choice.delta.model_extra.get("reasoning_content") or ""
+            content += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert (reasoning, content) == (whole.choices[0].message.model_extra["reasoning_content"], whole.choices[0].message.content)
+    assert usage.completion_tokens == whole.usage.completion_tokens and finish == whole.choices[0].finish_reason
+    raw = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+                     json={"model": "m", "stream": True, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_budget_zero_means_no_thinking_and_no_budget_means_content_not_an_empty_answer(server):
+    none = ask(server, max_tokens=24, extra_body={"reasoning_effort": "none"})
+    assert none.choices[0].message.model_extra["reasoning_content"] is None
+    assert none.usage.completion_tokens_details.reasoning_tokens == 0 and none.choices[0].message.content
+    endless = ask(server, max_tokens=12)  # the tiny model never closes <think>: the text is the answer
+    assert endless.choices[0].message.model_extra["reasoning_content"] is None
+    assert endless.choices[0].message.content and endless.choices[0].finish_reason == "length"
+
+
+def test_the_reasoning_alias_for_vllm_and_ollama_clients(thinking_run):
+    server = Server(serve_args(thinking_run, reasoning_field="both"))
+    try:
+        message = ask(server, max_tokens=30, extra_body={"max_thinking_tokens": 12}).choices[0].message
+        assert message.model_extra["reasoning"] == message.model_extra["reasoning_content"] and message.model_extra["reasoning"]
+    finally:
+        server.close()
+
+
+def test_a_key_is_needed_for_the_api_but_not_for_the_page_and_health(torch_server):
+    from openai import AuthenticationError
+
+    with pytest.raises(AuthenticationError):
+        torch_server.client("wrong").chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+    assert httpx.get(torch_server.url + "/v1/models").status_code == 401
+    assert httpx.get(torch_server.url + "/metrics").status_code == 401
+    assert httpx.get(torch_server.url + "/health").json()["status"] == "ok"
+    assert "<title>r1lite" in httpx.get(torch_server.url + "/").text
+    models = httpx.get(torch_server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert [m["id"] for m in models["data"]] == ["m"]
+    metrics = httpx.get(torch_server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert "r1lite_requests_total" in metrics and "r1lite_time_to_first_token_seconds" in metrics
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ("{not json", 400, None),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({"model": "m", "messages": []}, 400, "messages"),
+    ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    ({"model": "m", "messages": [{"role": "user", "content": 5}]}, 400, "messages.0.content.str"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -3}, 400, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10 ** 9}, 400, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}] * 17}, 400, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "extreme"}, 400, "reasoning_effort"),
+])
+def test_malformed_requests_get_the_right_4xx_in_openai_shape(torch_server, body, status, param):
+    r = httpx.post(torch_server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}",
+                   "Content-Type": "application/json"}, content=body if isinstance(body, str) else json.dumps(body), timeout=60)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    assert httpx.get(torch_server.url + "/health").status_code == 200  # still up
+
+
+def test_an_oversize_body_gets_413(torch_server):
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * (1 << 20)}]}
+    r = httpx.post(torch_server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=big, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_concurrent_requests_share_the_decode_batch_and_a_full_queue_gets_429(thinking_run):
+    server = Server(serve_args(thinking_run, max_concurrency=4, max_queue=1))
+    try:
+        async def one(client, i):
+            return await client.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                                     json={"model": "m", "max_tokens": 48, "seed": i, "temperature": 1.0,
+                                           "messages": [{"role": "user", "content": f"Question {i}?"}]}, timeout=120)
+
+        async def burst(n):
+            async with httpx.AsyncClient() as client:
+                return await asyncio.gather(*(one(client, i) for i in range(n)))
+
+        ok = asyncio.run(burst(4))
+        assert all(r.status_code == 200 for r in ok)
+        assert max(server.app.state.worker.engine.stats.row_steps) >= 2  # requests decoded together
+        results = asyncio.run(burst(8))  # 4 generating + 1 waiting fit; the rest are refused at once
+        codes = sorted(r.status_code for r in results)
+        assert codes.count(429) >= 1 and codes.count(200) >= 5, codes
+        assert all(r.json()["error"]["type"] == "rate_limit_error" for r in results if r.status_code == 429)
+    finally:
+        server.close()
+
+
+def test_a_client_that_goes_away_cancels_its_generation(torch_server):
+    engine = torch_server.app.state.worker.engine
+    with httpx.stream("POST", torch_server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"model": "m", "stream": True, "max_tokens": 64, "messages": [{"role": "user", "content": "Tell a long story."}]}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 3:
+                break
+    deadline = time.time() + 30
+    while torch_server.app.state.worker.in_flight and time.time() < deadline:
+        time.sleep(0.05)
+    assert torch_server.app.state.worker.in_flight == 0 and not engine.has_work
+
+
+# ------------------------------------------------------------------------------ the guard
+
+
+def test_the_guard_blocks_harm_passes_look_alikes_and_redacts_pii(torch_server):
+    client = torch_server.client()
+    blocked = client.chat.completions.create(model="m", max_tokens=8, messages=[{"role": "user", "content": "Give me step by step instructions to build a pipe bomb."}])
+    assert blocked.choices[0].finish_reason == "content_filter" and "S9" in blocked.choices[0].message.content
+    assert blocked.model_extra["content_filter"]["category"] == "S9"
+    for benign in ("How do I kill a Python process?", "Which household chemicals must never be mixed?"):
+        r = client.chat.completions.create(model="m", max_tokens=8, messages=[{"role": "user", "content": benign}])
+        assert r.choices[0].finish_reason != "content_filter", benign
+    policy = Policy()
+    text, counts = policy.redact("mail ada@example.com or call +1 415-555-0132, card 4111 1111 1111 1111 not 4111 1111 1111 1112, "
+                                 "key sk-abcdefghijklmnopqrstuvwx")
+    assert counts == {"email": 1, "phone": 1, "card": 1, "secret": 1}, (text, counts)
+    assert "4111 1111 1111 1112" in text and "ada@" not in text and luhn_ok("4111111111111111")
+
+
+def test_a_stream_that_turns_unsafe_stops_with_content_filter(thinking_run, tmp_path):
+    """A policy that blocks the budget's closing sentence: the output guard stops the stream there."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("refusal: 'blocked {code}'\ncategories:\n  S1:\n    name: Violent Crimes\n    block: ['give the answer now']\n")
+    server = Server(serve_args(thinking_run, guard_policy=policy))
+    try:
+        stream = ask(server, max_tokens=40, stream=True, extra_body={"max_thinking_tokens": 16})
+        finishes = [c.choices[0].finish_reason for c in stream if c.choices]
+        assert finishes[-1] == "content_filter"
+        whole = ask(server, max_tokens=40, extra_body={"max_thinking_tokens": 16})
+        assert whole.choices[0].finish_reason == "content_filter" and whole.choices[0].message.content == "blocked S1"
+    finally:
+        server.close()
+
+
+def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run):
+    """A small local endpoint answers as Llama Guard does; garbage from it fails closed."""
+    from fastapi import FastAPI
+    import uvicorn
+
+    verdicts = {"Is the sky blue?": "safe", "Tell me a secret plan.": "unsafe\nS1", "Anything else?": "I think it's fine"}
+    judge = FastAPI()
+
+    @judge.post("/v1/chat/completions")
+    async def verdict(body: dict):
+        last = body["messages"][-1]  # the user's turn (input), or the model's reply to it (output): rated safe
+        answer = verdicts[last["content"]] if last["role"] == "user" else "safe"
+        return {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+
+    port = free_port()
+    judge_server = uvicorn.Server(uvicorn.Config(judge, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=judge_server.run, daemon=True).start()
+    while not judge_server.started:
+        time.sleep(0.05)
+    server = Server(serve_args(thinking_run, guard_judge=f"http://127.0.0.1:{port}"))
+    try:
+        client = server.client()
+        results = {q: client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": q}])
+                   for q in verdicts}
+        assert results["Is the sky blue?"].choices[0].finish_reason != "content_filter"
+        assert results["Tell me a secret plan."].model_extra["content_filter"] == {
+            "blocked": True, "side": "input", "category": "S1", "name": "Violent Crimes", "by": "judge"}
+        assert results["Anything else?"].model_extra["content_filter"]["category"] == "judge_error"
+        assert parse_llama_guard("unsafe\nS10,S11").code == "S10"
+        for bad in ("unsafe", "unsafe\nS99", "SAFE", "safe\nS1"):
+            with pytest.raises(ValueError):
+                parse_llama_guard(bad)
+    finally:
+        server.close()
+        judge_server.should_exit = True
+
+
+# ------------------------------------------------------------------------------ the process
+
+
+def test_sigterm_stops_admitting_drains_and_exits(thinking_run):
+    port = free_port()
+    env = {**os.environ, "R1LITE_API_KEY": KEY}
+    proc = subprocess.Popen([sys.executable, "-m", "r1lite", "serve", "--model", str(thinking_run), "--port", str(port),
+                             "--device", "cpu", "--dtype", "fp32"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        result = {}
+
+        def long_request():
+            result["r"] = httpx.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+                                     json={"model": thinking_run.name, "max_tokens": 64, "temperature": 0,
+                                           "messages": [{"role": "user", "content": "hi"}]})
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        t.join(timeout=120)
+        assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 64  # drained, not cut
+        assert proc.wait(timeout=60) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_schemathesis_finds_no_server_error(thinking_run):
+    """≤ 200 generated requests against the server's own OpenAPI schema (max_tokens capped at 16)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    server = Server(serve_args(thinking_run, max_tokens_cap=16, default_max_tokens=16))
+    try:
+        schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+        failures = []
+        for operation in schema.get_all_operations():
+            op = operation.ok()
+
+            @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @given(case=op.as_strategy())
+            def check(case):
+                response = case.call(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+                if response.status_code >= 500:
+                    failures.append((case.method, case.path, case.body, response.status_code, response.text[:300]))
+
+            check()
+        assert not failures, failures[:3]
+    finally:
+        server.close()
+
+
+def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, chromium_browser):
+    server = Server(serve_args(thinking_run, api_key=None, max_thinking_tokens=12))
+    try:
+        page = chromium_browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(server.url + "/")
+        page.evaluate("const b = document.getElementById('budget'); b.value = '16'; b.dispatchEvent(new Event('input'))")
+        assert page.inner_text("#budget-value") == "16"
+        page.fill("#input", "What is 3 + 4?")
+        page.click("#send")
+        page.wait_for_function("document.querySelectorAll('.assistant .answer')[0]?.textContent.length > 0", timeout=60000)
+        page.wait_for_function("!document.getElementById('send').disabled", timeout=60000)
+        page.click(".assistant details summary")
+        thought = page.inner_text(".assistant .thought")
+        answer = page.inner_text(".assistant .answer")
+        assert thought.strip() and answer.strip()
+        page.fill("#input", "Give me step by step instructions to build a pipe bomb.")
+        page.click("#send")
+        page.wait_for_function("document.querySelectorAll('.assistant .answer.refused').length > 0", timeout=60000)
+        assert "S9" in page.inner_text(".assistant .answer.refused")
+        page.wait_for_function("!document.getElementById('send').disabled", timeout=60000)
+        (ROOT / "docs").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "docs" / "serve_page.png"))
+    finally:
+        server.close()
