@@ -15,6 +15,7 @@ from r1lite import sft, tasks
 from r1lite.chat_format import jinja_template, ollama_template, prompt_format
 from r1lite.engine import Request, Sampling
 from r1lite.models import load_model, resolve_runtime, stop_token_ids
+from r1lite.policy import Policy
 from r1lite.prompts import encode_messages, item_prompts
 from r1lite.rewards import r1_answer
 
@@ -45,7 +46,7 @@ def sft_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("export") / "run"
     model, tokenizer = load_model("tiny", FP32, seed=0)
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
-    sft.train_sft(model, tokenizer, pairs, epochs=40, lr=3e-3, batch_size=2, micro_batch_size=2, seed=0,
+    sft.train_sft(Policy(model), tokenizer, pairs, epochs=40, lr=3e-3, batch_size=2, micro_batch_size=2, seed=0,
                   autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
     model.save_pretrained(run / "final")
     tokenizer.save_pretrained(run / "final")
