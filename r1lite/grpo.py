@@ -152,6 +152,8 @@ class GRPOConfig:
     # runs
     save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
     eval_items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
+    eval_seed: int = opt(0, "seed that draws the held-out items, whatever `seed` is: every run of a recipe is "
+                            "scored on the same items, so runs compare")
     eval_base_plain: bool = opt(False, "also evaluate the untouched base with plain prompts (base_phrasings), keep the best")
     base_phrasings: list = opt(["plain", "plain:1", "plain:2"], "the plain phrasings eval_base_plain tries")
     cold_start_items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
@@ -162,6 +164,11 @@ class GRPOConfig:
     cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
     cold_start_batch_size: int = opt(8, "cold start: traces per SFT optimizer step")
     cold_start_per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
+    cold_start_min_format: float = opt(0.0, "cold start: after cold_start_epochs, train more epochs (up to "
+                                            "cold_start_max_epochs) while the greedy strict-format rate on "
+                                            "cold_start_check_items train prompts is below this (0 = no check)")
+    cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the format check asks for more")
+    cold_start_check_items: int = opt(64, "cold start: train prompts (not held-out) the format check decodes")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
     rollout_dtype: str = opt("auto", "precision of the rollout and evaluation weights: auto (= dtype), fp32 or bf16 "
@@ -233,6 +240,13 @@ class GRPOConfig:
             bad("prefill_think needs format r1")
         if self.dist_timeout <= 0:
             bad(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
+        if not 0 <= self.cold_start_min_format <= 1:
+            bad(f"cold_start_min_format={self.cold_start_min_format} is a rate: use a value in [0, 1] (0 = no check)")
+        if self.cold_start_min_format and self.cold_start_max_epochs < self.cold_start_epochs:
+            bad(f"cold_start_max_epochs={self.cold_start_max_epochs} < cold_start_epochs={self.cold_start_epochs}; "
+                "set it >= cold_start_epochs")
+        if self.cold_start_min_format and self.cold_start_check_items < 1:
+            bad(f"cold_start_check_items={self.cold_start_check_items} must be >= 1 when cold_start_min_format is set")
         for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
             if getattr(self, key) < 0:
                 bad(f"{key}={getattr(self, key)} must be >= 0")

@@ -14,8 +14,9 @@ LOG_EVERY_SECONDS = 15.0
 @contextlib.contextmanager
 def progress(console, label: str, total: int, unit: str = "", done: int = 0,
              log_every: float = LOG_EVERY_SECONDS) -> Iterator[Callable[..., None]]:
-    """Yield ``update(done, note="")``: ``done`` of ``total`` units finished, ``note`` a short
-    live figure (a step's reward, say). ``done`` starts where a resumed phase left off;
+    """Yield ``update(done, note="", total=None)``: ``done`` of ``total`` units finished, ``note`` a
+    short live figure (a step's reward, say), ``total`` a new total when the phase grows (another
+    epoch). ``done`` starts where a resumed phase left off;
     ``log_every``: seconds between lines in a log (0 = a line per update)."""
     if console.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,14 +27,16 @@ def progress(console, label: str, total: int, unit: str = "", done: int = 0,
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(label, total=total, completed=done, note="")
 
-            def update(now: int, note: str = "") -> None:
-                bar.update(task, completed=now, note=note)
+            def update(now: int, note: str = "", total: int | None = None) -> None:
+                bar.update(task, completed=now, note=note, **({"total": total} if total else {}))
 
             yield update
         return
-    start, first, last = time.monotonic(), done, [time.monotonic()]
+    start, first, last, size = time.monotonic(), done, [time.monotonic()], [total]
 
-    def update(now: int, note: str = "") -> None:
+    def update(now: int, note: str = "", total: int | None = None) -> None:
+        size[0] = total or size[0]
+        total = size[0]
         t = time.monotonic()
         if now < total and t - last[0] < log_every:
             return

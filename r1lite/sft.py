@@ -113,7 +113,8 @@ def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) 
 
 def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
               batch_size: int, micro_batch_size: int, seed: int, autocast, device, world: World | None = None,
-              on_step: Callable[[dict], None] | None = None) -> list[dict]:
+              on_step: Callable[[dict], None] | None = None, max_epochs: int | None = None,
+              again: Callable[[int], bool] | None = None) -> list[dict]:
     """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
 
     Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``, ``flops``
@@ -121,7 +122,9 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     row, with ``history`` (the rows so far). The model stays in eval mode: no dropout, so the
     loss is that of the model as it samples. ``world``: under torchrun each rank trains on its
     contiguous share of every batch and the gradients are summed (the loss is each batch's token
-    mean on every rank); every rank has all ``pairs``.
+    mean on every rank); every rank has all ``pairs``. ``again(epochs_done)``, asked after the
+    ``epochs``-th epoch and each one after it, trains one more epoch (same optimizer, same order
+    stream) while it returns True, up to ``max_epochs``.
     """
     world = world or World()
     model = policy.model
@@ -129,7 +132,8 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     optimizer = adamw(params, lr)
     rng = random.Random(seed)
     history: list[dict] = []
-    for epoch in range(epochs):
+    epoch = 0
+    while epoch < epochs or (again is not None and epoch < (max_epochs or epochs) and again(epoch)):
         order = list(range(len(pairs)))
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
@@ -159,6 +163,7 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
             history.append(row)
             if on_step:
                 on_step({**row, "history": history})
+        epoch += 1
     return history
 
 

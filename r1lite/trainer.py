@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, cost, distributed, evaluate, grpo, report, rollout, sft, tasks
+from r1lite import checkpoint, coldstart, cost, distributed, evaluate, grpo, report, rollout, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
@@ -156,7 +156,7 @@ class Trainer:
                                       stop_token_ids(self.tokenizer, self.model), cfg.rollout_batch_size,
                                       own_weights=self.world.fsdp)
         self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
-        self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.seed) if cfg.eval_items else []
+        self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.eval_seed) if cfg.eval_items else []
         self.step, self.data_position = 0, 0
         state = {}
         with self.world.together():
@@ -268,46 +268,7 @@ class Trainer:
             self.save_summary()
 
     def cold_start(self) -> None:
-        """R1's cold start from the model's own verified answers. Done as one unit: its checkpoint
-        is written before the summary says it is done, so a stop in between redoes it on resume."""
-        cfg = self.cfg
-        if not cfg.cold_start_items or self.summary.get("cold_start_done"):
-            return
-        items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
-        mine = items[self.world.span(len(items))]
-        stats = GenerationStats()
-        self.sync_engine()
-        with self.meter.phase("cold_start_sampling"), progress(self.console, "cold-start sampling",
-                                                               len(mine) * cfg.cold_start_samples, "seq") as update:
-            traces = sft.self_traces(self.engine, self.tokenizer, self.task, mine, phrasing=cfg.cold_start_format,
-                                     samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
-                                     max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
-                                     model_name=cfg.model, batch_size=cfg.eval_batch_size, stats=stats, on_progress=update)
-        self.meter.add_flops("cold_start_sampling", stats.flops)
-        traces = self.world.gather_lists(traces)
-        if self.world.main:
-            write_jsonl(self.run_dir / "cold_start.jsonl", traces)
-        self.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
-                           f"x {cfg.cold_start_samples} samples → {self.run_dir / 'cold_start.jsonl'}")
-        if not traces:
-            raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
-                             "cold_start_samples, or use a task the base model sometimes solves")
-        pairs = [sft.encode_pair(self.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
-        steps = cfg.cold_start_epochs * -(-len(pairs) // cfg.cold_start_batch_size)
-        with self.meter.phase("sft"), progress(self.console, "cold-start SFT", steps, "steps") as update:
-            history = sft.train_sft(self.policy, self.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
-                                    batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
-                                    seed=cfg.seed, autocast=self.runtime.autocast, device=self.runtime.device,
-                                    world=self.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"))
-        self.meter.add_flops("sft", sum(r["flops"] for r in history))
-        self.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
-                                      "traces": len(traces), "sft_steps": len(history),
-                                      "final_loss": history[-1]["loss"] if history else None}
-        self.run_eval("eval_after_sft", cfg.format)
-        self.save_checkpoint(cold_start_done=True)
-        self.summary["cold_start_done"] = True
-        self.save_summary()
-        self.check_stop()
+        coldstart.run(self)
 
     def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
         """Every rank calls it (the job's cost and FSDP's shards are gathered); rank 0 writes."""

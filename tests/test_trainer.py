@@ -379,6 +379,8 @@ def test_resume_with_different_flags_is_refused(cli, tmp_path):
     (["--task", "arithmetic", "--task-opt", "digits=x"], None, "option digits='x'"),
     ([], "algorithm: ppo\n", "algorithm 'ppo' is unknown"),
     (["--beta", "0", "--ref-reset-every", "10"], None, "ref_reset_every=10"),
+    ([], "cold_start_min_format: 95\n", "cold_start_min_format=95.0 is a rate"),
+    ([], "cold_start_min_format: 0.9\ncold_start_max_epochs: 1\n", "cold_start_max_epochs=1 < cold_start_epochs=2"),
 ])
 def test_invalid_configs_fail_before_anything_is_written_or_loaded(cli, tmp_path, flags, yaml_text, needle):
     args = ["train", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run"), *flags]
@@ -463,3 +465,59 @@ def test_seeded_sft_reproduces_its_pinned_losses():
     history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
                             autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
     assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)
+
+
+def test_sft_trains_more_epochs_while_asked_up_to_the_cap():
+    """``again`` is asked after the planned epochs and after each extra one; the optimizer carries on
+    (the first planned epochs are those of a plain 2-epoch run), and ``max_epochs`` caps it."""
+    from r1lite import sft
+    from r1lite.models import load_model, resolve_runtime
+
+    def run(again, max_epochs):
+        model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+        pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
+        asked = []
+        history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2,
+                                seed=0, autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"),
+                                max_epochs=max_epochs, again=lambda done: asked.append(done) or again(done))
+        return sorted({r["epoch"] for r in history}), asked, [r["loss"] for r in history]
+
+    epochs, asked, losses = run(lambda done: done < 3, max_epochs=5)
+    assert epochs == [0, 1, 2] and asked == [2, 3]
+    assert losses[:len(PINNED_SFT)] == pytest.approx(PINNED_SFT, rel=1e-4)
+    epochs, asked, _ = run(lambda done: True, max_epochs=4)
+    assert epochs == [0, 1, 2, 3] and asked == [2, 3]
+    epochs, asked, _ = run(lambda done: False, max_epochs=4)
+    assert epochs == [0, 1] and asked == [2]
+
+
+@pytest.mark.parametrize("bar, epochs", [(1.0, 3), (0.0, 2)])
+def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkeypatch, bar, epochs):
+    """With cold_start_min_format the cold start decodes train prompts after its epochs and trains
+    another while their format rate is below the bar (the tiny random model never writes the
+    format: it runs to cold_start_max_epochs, checked before each extra epoch); without it no check
+    runs."""
+    from r1lite import sft
+
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
+    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_min_format=bar, cold_start_max_epochs=3,
+                            cold_start_check_items=4)
+    trainer = Trainer(cfg)
+    assert trainer.train() == 0
+    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
+    per_epoch = -(-len(COLD_START_ROWS) // cfg.cold_start_batch_size)
+    assert cold["epochs"] == epochs and cold["sft_steps"] == epochs * per_epoch
+    assert [c["epochs"] for c in cold["format_checks"]] == ([2] if bar else [])  # none after the last allowed epoch
+    assert all(c["format_rate"] == 0.0 for c in cold["format_checks"])
+
+
+def test_every_seed_is_scored_on_the_same_held_out_items(tmp_path):
+    items = []
+    for seed in (1, 2):
+        trainer = Trainer(small_config("arithmetic", tmp_path / str(seed), seed=seed, eval_items=16))
+        trainer.setup()
+        items.append([i.id for i in trainer.eval_items])
+    assert items[0] == items[1] and len(items[0]) == 16
+    other = Trainer(small_config("arithmetic", tmp_path / "3", seed=1, eval_items=16, eval_seed=5))
+    other.setup()
+    assert [i.id for i in other.eval_items] != items[0]
