@@ -3,8 +3,9 @@ import math
 
 import pytest
 
-from r1lite.cost import HARDWARE, CostMeter
+from r1lite.cost import CostMeter
 from r1lite.errors import UsageError
+from r1lite.hardware import HARDWARE
 from r1lite.report import TABLE_HEADER, before_after_table, headline, moving_average, read_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,8 +39,9 @@ def run_dir(tmp_path):
     run = tmp_path / "add2-grpo"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(metric_row(s)) + "\n" for s in range(1, 21)))
-    meter = CostMeter(HARDWARE["cpu"], clock=iter([0.0, 600.0]).__next__)
-    meter.add_flops("rollout", 2e14)
+    meter = CostMeter(HARDWARE["cpu"], clock=iter([0.0, 0.0, 600.0, 600.0]).__next__)
+    with meter.phase("rollout"):
+        meter.add_flops("rollout", 2e14)
     (run / "summary.json").write_text(json.dumps({**SUMMARY, "cost": meter.report()}))
     (run / "config.yaml").write_text("task: add2\nmodel: default\ngrpo:\n  lr: 1.0e-05\n  group_size: 8\n")
     return run
@@ -81,6 +83,8 @@ def test_report_on_a_full_run(run_dir):
     assert "<details><summary>Resolved config" in page and "group_size: 8" in page
     assert "cost: 200 TFLOP" in page and "Not counted" in page and "staff time" in page
     assert "$5,576,000" in page and "$294,000" in page  # DeepSeek reference points
+    assert "Cost per held-out accuracy point" in page  # 600 s of rollouts: GRPO's row
+    assert "<td>GRPO</td><td>+25.0</td>" in page and "power x time" in page
     leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -108,3 +112,4 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("not json\n{}\n")
     with pytest.raises(UsageError, match="metrics.jsonl:1"):
         read_metrics(tmp_path / "metrics.jsonl")
+
