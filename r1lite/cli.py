@@ -6,6 +6,7 @@
     r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
     r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
     r1lite cost    estimate a run's cost before it starts, or recompute a published one
+    r1lite report  re-render a run's report, or compare runs on one page
 
 Bad input prints one line (``error: …``) and exits with status 2; no traceback.
 """
@@ -248,8 +249,31 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="re-render a run's report, or compare runs on one page",
+                       description="One run directory: rewrite its plots and report.html. Several: one comparison page "
+                                   "(curves overlaid, final metrics and cost, the config keys that differ).")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (r1lite train --out)")
+    p.add_argument("--out", type=Path, help="the page to write (default: RUN_DIR/report.html for one run, "
+                                            "compare.html for several)")
+
+
+def cmd_report(args) -> int:
+    from r1lite import compare, report
+
+    for run in args.runs:
+        compare.check_run_dir(run)
+    if len(args.runs) == 1 and args.out is None:
+        path = report.write_report(args.runs[0])
+    else:
+        path = compare.write_comparison(args.runs, args.out or Path("compare.html"))
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval),
-            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "cost": (_cost_parser, cmd_cost)}
+            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "cost": (_cost_parser, cmd_cost),
+            "report": (_report_parser, cmd_report)}
 
 
 def parser() -> argparse.ArgumentParser:

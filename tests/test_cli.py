@@ -138,6 +138,11 @@ def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
     assert_one_line_error(cli("cost", "--config", str(recipe)), "unknown key 'learning_rate'", "lr")
     assert_one_line_error(cli("train", "--config", str(recipe)), "unknown key 'learning_rate'")
     assert_one_line_error(cli("cost", "--reference", "gpt-4"), "deepseek-v3", "deepseek-r1")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.yaml").write_text("model: tiny\n")
+    assert_one_line_error(cli("report", str(empty)), "no metrics.jsonl")
+    assert_one_line_error(cli("report", str(empty), str(tmp_path / "missing")), "no metrics.jsonl")
 
 
 def test_cost_json_writes_the_summary_cost_block_fields(cli):
