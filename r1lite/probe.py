@@ -5,8 +5,9 @@ on this machine, in the recipe's precision:
 
 1. setup: loading the model, the optimizer and the engine (``Trainer.setup``);
 2. one rollout batch, exactly as a GRPO step samples it (``Trainer.rollout``), metered;
-3. one train step over one micro-batch of those groups (``Trainer.train_step``), metered, and one
-   optimizer step alone;
+3. one train step over one micro-batch of those groups (``Trainer.train_step``), metered, after a
+   warm-up step on one group (the first call allocates the optimizer's state), and one optimizer
+   step alone;
 4. one checkpoint and the report.
 
 From (2) come the workload assumptions: completion lengths and the fraction of groups whose
@@ -68,15 +69,17 @@ def probe_config(cfg: GRPOConfig, out: str) -> GRPOConfig:
 
 
 def trace_stats(groups: list[dict], tokenizer, cfg: GRPOConfig) -> tuple[list[int], float]:
-    """From plain-answer groups: the token lengths of their verified answers rewritten as traces
-    (eos included), and the traces a cold start is expected to keep per item. An item whose group
+    """From plain-answer groups: the token lengths of the traces a cold start would keep (each
+    group's shortest verified answers rewritten in the R1 format, eos included), and the traces it
+    is expected to keep per item. An item whose group
     is right a fraction p of the time keeps min(``cold_start_per_item``, k) traces where k ~
     Binomial(``cold_start_samples``, p); every sample of the group informs p, so a probe of a few
     items says more than its first ``cold_start_samples`` samples would."""
     lengths, kept = [], []
     for g in groups:
         correct = [c for c, acc in zip(g["completions"], g["accuracy"]) if c.finish == "stop" and acc == 1.0]
-        lengths += [len(tokenizer.encode(sft.r1_trace(c.text), add_special_tokens=False)) + 1 for c in correct]
+        traces = sorted(len(tokenizer.encode(sft.r1_trace(c.text), add_special_tokens=False)) + 1 for c in correct)
+        lengths += traces[:cfg.cold_start_per_item]  # the cold start keeps the shortest
         p, n = len(correct) / len(g["completions"]), cfg.cold_start_samples
         kept.append(sum(min(cfg.cold_start_per_item, k) * math.comb(n, k) * p ** k * (1 - p) ** (n - k)
                         for k in range(n + 1)))
@@ -113,7 +116,9 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         chunk = groups[:max(1, pcfg.micro_batch_size // pcfg.group_size)]
         for g in chunk:  # alternating rewards: every group trains (the timing needs its gradient)
             g["reward"] = torch.arange(pcfg.group_size, dtype=torch.float32) % 2
-        console.print(f"probe: one train step ({len(chunk) * pcfg.group_size} completions)")
+        console.print(f"probe: one train step ({len(chunk) * pcfg.group_size} completions), after a warm-up on one group")
+        trainer.train_step(chunk[:1])  # first-call costs (optimizer state, kernels) are not a step's
+        trainer.meter.flops_by_phase.pop("train")
         t0 = time.perf_counter()
         with trainer.meter.phase("train"):
             train = trainer.train_step(chunk)
@@ -169,8 +174,8 @@ def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: 
     lines = [f"probe rollout batch: {n} completions of the untrained model ({pcfg.format} prompt, temperature "
              f"{pcfg.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups scored alike"]
     if cfg.cold_start_items:
-        lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} verified answers "
-                     f"in the probe, mean {mean(traces):.1f} tokens as traces" if traces else
+        lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
+                     f"(each item's shortest verified answer), mean {mean(traces):.1f} tokens" if traces else
                      f"the probe found no verified {pcfg.format} answer: traces assumed as long as max_new_tokens "
                      f"({cfg.max_new_tokens}), an upper bound")
         lines.append("groups after the cold start assumed to score alike as often as the base's plain answers do")

@@ -133,6 +133,10 @@ def test_cost_reference_reproduces_the_published_arithmetic(cli):
 def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
     assert_one_line_error(cli("cost", "--model", "tiny", "--hardware", "TPU"), "--hardware TPU", "H100", "cpu-fp32")
     assert_one_line_error(cli("cost", "--model", "tiny", "--usd-per-hour", "-1"), "--usd-per-hour -1", "negative")
+    run = tmp_path / "run"  # train refuses them before it writes anything, so the same --out works once fixed
+    assert_one_line_error(cli("train", "--model", "tiny", "--hardware", "tpu", "--out", str(run)), "--hardware tpu")
+    assert_one_line_error(cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", str(run)), "negative")
+    assert not run.exists()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: tiny\nlearning_rate: 1.0e-5\n")
     assert_one_line_error(cli("cost", "--config", str(recipe)), "unknown key 'learning_rate'", "lr")
