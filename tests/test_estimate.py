@@ -160,3 +160,27 @@ def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
     assert probe.speed.train_flops_per_s > 0 and probe.speed.generate_flops_per_s > 0
     assert len(probe.workload.base_lengths) == cfg.batch_size
     assert probe.seconds < 60
+
+
+
+def test_trace_stats_keep_each_items_shortest_verified_answer():
+    from types import SimpleNamespace
+
+    from r1lite.models import load_tokenizer
+    from r1lite.probe import probe_config, trace_stats
+    from r1lite.sft import r1_trace
+
+    tokenizer = load_tokenizer("tiny")
+
+    def group(texts, accuracies, finish="stop"):
+        return {"completions": [SimpleNamespace(text=t, finish=finish) for t in texts], "accuracy": accuracies}
+
+    groups = [group(["3 + 4 = 7.", "It is 7.", "7", "8"], [1.0, 1.0, 1.0, 0.0]),  # keeps "7", the shortest
+              group(["5", "6", "9", "1"], [0.0] * 4),  # nothing verified: no trace
+              group(["2 + 2 = 4", "4"], [1.0, 1.0], finish="length")]  # cut off: not a trace
+    cfg = GRPOConfig(cold_start_items=16, cold_start_samples=2, cold_start_per_item=1)
+    lengths, per_item = trace_stats(groups, tokenizer, cfg)
+    assert lengths == [len(tokenizer.encode(r1_trace("7"), add_special_tokens=False)) + 1]
+    assert per_item == pytest.approx((1 - 0.25 ** 2) / 3)  # P(at least one of 2 samples right) = 1 - (1 - 3/4)^2
+    probed = probe_config(GRPOConfig(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
+    assert (probed.format, probed.prefill_think, probed.temperature, probed.cold_start_items) == ("plain", False, 0.7, 0)
