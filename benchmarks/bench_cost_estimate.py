@@ -115,6 +115,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--case", nargs="+", action="append", required=True, metavar=("NAME RECIPE", "RUN_DIR"),
                    help="a name, a recipe and the run directories of its runs")
+    p.add_argument("--excluded", nargs=2, action="append", default=[], metavar=("RUN_DIR", "REASON"),
+                   help="a run recorded but left out of the medians, and why (e.g. the machine was shared)")
     p.add_argument("--estimates", type=Path, metavar="DIR",
                    help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating now")
     p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
@@ -127,6 +129,7 @@ def main() -> None:
         result["cases"][name] = compare(Path(recipe), [Path(r) for r in runs], before)
         errors = result["cases"][name]["relative_error"]
         print(name, {m: {k: f"{100 * v:+.1f}%" for k, v in e.items()} for m, e in errors.items()}, flush=True)
+    result["excluded"] = [{**actual(Path(run)), "reason": reason} for run, reason in args.excluded]
     out = args.out or RESULTS / f"cost_estimate-{result['machine']['cpu_kind']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
