@@ -6,6 +6,8 @@
     r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
     r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
     r1lite serve   an OpenAI-compatible server: reasoning_content, thinking budget, content guard
+    r1lite cost    estimate a run's cost before it starts, or recompute a published one
+    r1lite report  re-render a run's report, or compare runs on one page
 
 Bad input prints one line (``error: …``) and exits with status 2; no traceback. Under torchrun
 an error every rank meets, or a rank that stops, is reported by rank 0 alone (status 2, or 1 for
@@ -199,8 +201,100 @@ def cmd_serve(args) -> int:
     return serve.run(args, Console())
 
 
+COST_FLAGS = ("command", "config", "reference", "devices", "pue", "probe", "completion_tokens", "skipped_groups", "mfu",
+              "json")
+"""``r1lite cost``'s own flags; the rest are train's."""
+
+
+def _cost_parser(sub) -> None:
+    from r1lite.config import add_arguments
+    from r1lite.grpo import GRPOConfig
+
+    p = sub.add_parser("cost", help="estimate a run's cost before it starts, or recompute a published one",
+                       description="Estimate a GRPO recipe's time by phase, FLOPs, device-hours, energy and money, "
+                                   "measured (a probe of at most a minute on this machine) and from the datasheet "
+                                   "(--hardware); or recompute a published cost (--reference).")
+    p.add_argument("--config", type=Path, help="YAML recipe, as for train; train's flags override its keys")
+    p.add_argument("--reference", metavar="NAME", help="deepseek-v3 or deepseek-r1: the published arithmetic, recomputed")
+    p.add_argument("--devices", type=int, default=1, help="devices the run holds (default: 1)")
+    p.add_argument("--pue", type=float, default=1.0, help="facility energy / device energy (default: 1.0 = not counted)")
+    p.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the recipe on this machine for at most a minute (--no-probe: datasheet and upper bounds)")
+    p.add_argument("--completion-tokens", type=int, help="assume every completion this many tokens (default: measured)")
+    p.add_argument("--skipped-groups", type=float, help="assume this fraction of groups scores alike, 0-1 (default: measured)")
+    p.add_argument("--mfu", type=float, help="datasheet: fraction of peak for training passes (default: the table's)")
+    p.add_argument("--json", action="store_true", help="print the estimates as JSON, one cost block per method "
+                                                       "(the fields of summary.json's cost block)")
+    add_arguments(p, GRPOConfig)
+
+
+def cmd_cost(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from r1lite import grpo, published
+    from r1lite.config import build, read_yaml
+    from r1lite.estimate import Overrides, estimate_recipe, phase_table
+    from r1lite.grpo import GRPOConfig
+    from r1lite.hardware import CostConfig
+
+    console = Console(stderr=args.json)
+    if args.reference:
+        if args.config:
+            raise UsageError("--reference recomputes a published cost; drop --config (or --reference to estimate a recipe)")
+        ref = published.find_reference(args.reference)
+        print(json.dumps(published.reference_json(ref), indent=2) if args.json else "\n".join(published.reference_lines(ref)))
+        return 0
+    flags = {k: v for k, v in vars(args).items() if k not in COST_FLAGS}
+    cfg = build(GRPOConfig, read_yaml(args.config) if args.config else {}, flags, source=str(args.config or "config"),
+                presets=grpo.preset)
+    overrides = Overrides(args.completion_tokens, args.skipped_groups, args.mfu)
+    pricing = CostConfig(hardware=cfg.hardware, devices=args.devices, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour,
+                         pue=args.pue)
+    blocks = estimate_recipe(cfg, pricing, overrides, args.probe, console)
+    if args.json:
+        print(json.dumps(blocks, indent=2))
+        return 0
+    console.print(phase_table(blocks))
+    common = [line for line in blocks["datasheet"]["assumptions"]
+              if all(line in b["assumptions"] for b in blocks.values())]
+    console.print("[bold]assumptions[/]")
+    for line in common:
+        console.print(f"  - {line}", highlight=False)
+    for method, block in blocks.items():
+        for line in block["assumptions"]:
+            if line not in common:
+                console.print(f"  - {method}: {line.removeprefix(method + ': ')}", highlight=False)
+    console.print(f"[bold]leaves out[/]: {'; '.join(blocks['datasheet']['leaves_out'])}", highlight=False)
+    return 0
+
+
+def _report_parser(sub) -> None:
+    p = sub.add_parser("report", help="re-render a run's report, or compare runs on one page",
+                       description="One run directory: rewrite its plots and report.html. Several: one comparison page "
+                                   "(curves overlaid, final metrics and cost, the config keys that differ).")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories (r1lite train --out)")
+    p.add_argument("--out", type=Path, help="the page to write (default: RUN_DIR/report.html for one run, "
+                                            "compare.html for several)")
+
+
+def cmd_report(args) -> int:
+    from r1lite import compare, report
+
+    for run in args.runs:
+        compare.check_run_dir(run)
+    if len(args.runs) == 1 and args.out is None:
+        path = report.write_report(args.runs[0])
+    else:
+        path = compare.write_comparison(args.runs, args.out or Path("compare.html"))
+    print(f"report: {path}")
+    return 0
+
+
 COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval),
-            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "serve": (_serve_parser, cmd_serve)}
+            "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "serve": (_serve_parser, cmd_serve),
+            "cost": (_cost_parser, cmd_cost), "report": (_report_parser, cmd_report)}
 
 
 def parser() -> argparse.ArgumentParser:

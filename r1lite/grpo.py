@@ -44,6 +44,7 @@ import torch
 
 from r1lite.config import opt
 from r1lite.errors import UsageError
+from r1lite.hardware import check_price, find_hardware
 from r1lite.tasks import FORMATS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
@@ -250,6 +251,9 @@ class GRPOConfig:
         for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
             if getattr(self, key) < 0:
                 bad(f"{key}={getattr(self, key)} must be >= 0")
+        if self.hardware != "auto":
+            find_hardware(self.hardware)
+        check_price(self.usd_per_hour, self.watts)
 
     @property
     def prompts_per_step(self) -> int:

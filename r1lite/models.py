@@ -94,6 +94,14 @@ def cpu_kind() -> str:
     return "avx2" if " avx2 " in text or text.rstrip().endswith(" avx2") else platform.machine()
 
 
+def device_kind(runtime: Runtime) -> str:
+    """The device name the hardware table is read by (:func:`r1lite.hardware.hardware_kind`): ``cpu``
+    (fast bf16), ``cpu-fp32``, or the CUDA device's name."""
+    if runtime.device.type == "cpu":  # the price row's peak and throughput follow the dtype
+        return "cpu" if runtime.dtype == torch.bfloat16 else "cpu-fp32"
+    return torch.cuda.get_device_name(runtime.device)
+
+
 def resolve_runtime(device: str = "auto", dtype: str = "auto", local_rank: int | None = None) -> Runtime:
     """Pick device, compute dtype and (:attr:`Runtime.backend`) the distributed backend, or fail
     loudly when the hardware cannot do what was asked.
@@ -152,7 +160,11 @@ SwiGLU MLP), which r1lite's own decode and training forwards run."""
 
 def llama_family(model) -> bool:
     """Whether r1lite's own forwards run this (unwrapped) transformers model."""
-    cfg = model.config
+    return llama_config(model.config)
+
+
+def llama_config(cfg) -> bool:
+    """Whether r1lite's own forwards run a model with this config (:func:`llama_family`)."""
     sliding = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
     return cfg.model_type in LLAMA_FAMILY and not sliding and cfg.hidden_act == "silu"
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lite.flops import ModelShape, Weights, train_pass_flops
 from r1lite.models import body_weights, gqa_attention, llama_family
 from r1lite.prompts import left_pad
 
@@ -126,38 +127,29 @@ def _unwrapped(model):
 
 
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
-    """FLOPs of :func:`completion_logprobs` on ``batch`` as it computes them, and of its backward.
-
-    Forward: the layers' products on every prompt position (padding included, each prompt once)
-    and on the real completion tokens; attention over the full score matrices (prompts: Lp x Lp,
-    completions: Lc x (Lp + Lc), masked entries included); the vocabulary head on the real
-    completion tokens. Backward: twice the forward for products with trainable weights (input
-    and weight gradients), once for frozen ones (LoRA's base); attention twice; the head three
-    times (its logits recomputed, then both gradients; the weight gradient only if it trains).
-    The generic (non-Llama) path runs every prompt per completion and is counted that way.
-    """
+    """FLOPs of :func:`completion_logprobs` on ``batch`` as it computes them, and of its backward
+    (:func:`r1lite.flops.train_pass_flops`, which the estimate uses too)."""
     base = _unwrapped(model)
-    cfg = base.config
-    H = cfg.num_attention_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
     P, Lp = batch.prompt_ids.shape
     N, Lc = batch.completion_ids.shape
     M = int(batch.completion_mask.sum())
-    weights = body_weights(base)
-    trained = sum(w.numel() for w in weights if w.requires_grad)
-    frozen = sum(w.numel() for w in weights if not w.requires_grad)
+    return train_pass_flops(model_shape(base), model_weights(base), P, Lp, N, Lc, M, backward)
+
+
+def model_shape(base) -> ModelShape:
+    """The shape of an unwrapped transformers model, as the FLOP formulas read it."""
     if llama_family(base):
-        positions, pairs = P * Lp + M, P * H * Lp * Lp + N * H * Lc * (Lp + Lc)
-    else:
-        positions, pairs = N * (Lp + Lc), N * H * (Lp + Lc) ** 2
-    layers = 2 * (trained + frozen) * positions
-    attention = 4 * cfg.num_hidden_layers * D * pairs
-    head = 2 * cfg.vocab_size * cfg.hidden_size * M
-    if not backward:
-        return float(layers + attention + head)
-    head_trains = base.get_output_embeddings().weight.requires_grad
-    backward_flops = 2 * (2 * trained + frozen) * positions + 2 * attention + head * (2 + head_trains)
-    return float(layers + attention + head + backward_flops)
+        return ModelShape.from_config(base.config, base.config.model_type)
+    return ModelShape.attention_only(base.config, base.config.model_type)
+
+
+def model_weights(base) -> Weights:
+    """The body weights of an unwrapped transformers model (LoRA's adapters included), split by
+    whether they train."""
+    weights = body_weights(base)
+    return Weights(trained=sum(w.numel() for w in weights if w.requires_grad),
+                   frozen=sum(w.numel() for w in weights if not w.requires_grad),
+                   head_trains=base.get_output_embeddings().weight.requires_grad)
 
 
 @dataclass

@@ -24,13 +24,15 @@ from pathlib import Path
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from r1lite.cost import (
-    DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS, HARDWARE, format_cost, human_flops, human_seconds, price,
-    short_number, usd,
+    cost_per_point, format_cost, human_flops, human_seconds, per_point, price, short_number, upgrade_block, usd,
 )
 from r1lite.errors import UsageError
 from r1lite.files import read_json, read_jsonl, write_bytes
+from r1lite.hardware import HARDWARE
+from r1lite.published import DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS
 
 # ---------------------------------------------------------------------------------------------
 # The before/after table
@@ -107,9 +109,13 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def read_summary(path: Path) -> dict:
+    """``summary.json``, its cost block in this version's shape (:func:`r1lite.cost.upgrade_block`)."""
     if not path.exists():
         return {}
-    return read_json(path, "rerun the evaluation to rewrite it")
+    summary = read_json(path, "rerun the evaluation to rewrite it")
+    if "cost" in summary:
+        summary["cost"] = upgrade_block(summary["cost"])
+    return summary
 
 
 def task_name(summary: dict, config_text: str, config_path: Path) -> str:
@@ -141,20 +147,24 @@ class Plot:
     """Title above the axes."""
     lines: tuple[tuple[str, str], ...]
     """(metric key, legend label) per line."""
+    ylabel: str
+    """The y axis's quantity and unit."""
 
 
 PLOTS = (
-    Plot("reward_accuracy.png", "Reward and accuracy", (("reward_mean", "reward (mean)"), ("accuracy", "accuracy"))),
-    Plot("format_rate.png", "Format rate", (("format_rate", "format rate"),)),
-    Plot("completion_length.png", "Completion length (tokens)",
-         (("completion_len_mean", "mean"), ("completion_len_max", "max"))),
-    Plot("truncated.png", "Completions cut off at the length limit", (("truncated_frac", "fraction"),)),
-    Plot("kl.png", "KL to the reference model", (("kl", "KL"),)),
-    Plot("entropy.png", "Policy entropy (nats per token)", (("entropy", "entropy"),)),
-    Plot("clip_frac.png", "Clipped tokens", (("clip_frac", "fraction"),)),
-    Plot("grad_norm.png", "Gradient norm", (("grad_norm", "grad norm"),)),
-    Plot("step_time.png", "Step time (s)", (("step_seconds", "seconds"),)),
-    Plot("tokens_per_s.png", "Throughput (tokens/s)", (("tokens_per_s", "tokens/s"),)),
+    Plot("reward_accuracy.png", "Reward and accuracy", (("reward_mean", "reward (mean)"), ("accuracy", "accuracy")),
+         "reward / fraction correct"),
+    Plot("format_rate.png", "Format rate", (("format_rate", "format rate"),), "fraction of completions"),
+    Plot("completion_length.png", "Completion length",
+         (("completion_len_mean", "mean"), ("completion_len_max", "max")), "tokens"),
+    Plot("truncated.png", "Completions cut off at the length limit", (("truncated_frac", "fraction"),),
+         "fraction of completions"),
+    Plot("kl.png", "KL to the reference model", (("kl", "KL"),), "nats per token"),
+    Plot("entropy.png", "Policy entropy", (("entropy", "entropy"),), "nats per token"),
+    Plot("clip_frac.png", "Clipped tokens", (("clip_frac", "fraction"),), "fraction of tokens"),
+    Plot("grad_norm.png", "Gradient norm", (("grad_norm", "grad norm"),), "L2 norm"),
+    Plot("step_time.png", "Step time", (("step_seconds", "seconds"),), "seconds per step"),
+    Plot("tokens_per_s.png", "Rollout throughput", (("tokens_per_s", "tokens/s"),), "sampled tokens per second"),
 )
 """The fixed plots, in report order; :func:`plots_for` adds one for the per-function rewards."""
 
@@ -163,7 +173,7 @@ def plots_for(rows: list[dict]) -> list[Plot]:
     """:data:`PLOTS` plus ``rewards_by_function.png`` when rows carry ``rewards/<name>_mean`` keys."""
     names = sorted({k for row in rows for k in row if k.startswith("rewards/") and k.endswith("_mean")})
     by_function = Plot("rewards_by_function.png", "Reward by function (mean)",
-                       tuple((k, k.removeprefix("rewards/").removesuffix("_mean")) for k in names))
+                       tuple((k, k.removeprefix("rewards/").removesuffix("_mean")) for k in names), "reward (unweighted)")
     return [PLOTS[0], by_function, *PLOTS[1:]] if names else list(PLOTS)
 
 
@@ -214,11 +224,18 @@ def draw(plot: Plot, rows: list[dict]) -> bytes | None:
         marker = "o" if len(values) == 1 else None
         axes.plot(steps, values, color=f"C{i}", alpha=0.3, linewidth=1, marker=marker)
         axes.plot(steps, moving_average(values, window), color=f"C{i}", linewidth=2.2, label=label)
-    axes.set_title(plot.title, loc="left", fontsize=11)
-    axes.set_xlabel("step")
+    return finish_figure(figure, axes, plot.title, plot.ylabel, legend=len(lines) > 1)
+
+
+def finish_figure(figure: Figure, axes, title: str, ylabel: str, legend: bool) -> bytes:
+    """Title, step axis (whole steps only), y label with its unit, grid, legend; the PNG bytes."""
+    axes.set_title(title, loc="left", fontsize=11)
+    axes.set_xlabel("GRPO step")
+    axes.set_ylabel(ylabel)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.spines[["top", "right"]].set_visible(False)
-    if len(lines) > 1:
+    if legend:
         axes.legend(frameon=False)
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -265,7 +282,7 @@ summary { cursor: pointer; font-weight: 600; }
 """
 
 
-def _table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]], used_row: int | None = None) -> str:
+def html_table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]], used_row: int | None = None) -> str:
     def cells(tag: str, row: tuple[str, ...]) -> str:
         return "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)
 
@@ -275,8 +292,9 @@ def _table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]], used_row
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
-def cost_section(cost: dict) -> str:
-    """The cost block: the one-line summary, the figures, the phases, what is left out, the price table."""
+def cost_section(cost: dict, stages: list[dict]) -> str:
+    """The cost block: the one-line summary, the figures, the phases, the cost per accuracy point of
+    each stage (:func:`r1lite.cost.cost_per_point`), what is left out, the price table."""
     kind = "Estimated before the run" if cost["estimated"] else "Measured"
     figures = [
         ("hardware", f"{cost['hardware']} ×{cost['devices']}"),
@@ -285,7 +303,7 @@ def cost_section(cost: dict) -> str:
         ("PUE", f"{cost['pue']:g}"),
         ("wall time", human_seconds(cost["wall_seconds"])),
         ("device-hours", short_number(cost["device_hours"])),
-        ("energy", f"{short_number(cost['kwh'])} kWh"),
+        ("energy", f"{short_number(cost['kwh'])} kWh ({cost['energy_source']})"),
         ("money", usd(cost["usd"])),
         ("compute", human_flops(cost["flops"]["total"])),
         ("achieved", f"{human_flops(cost['achieved_flops_per_s'])}/s ({100 * cost['mfu']:.1f}% of peak)"),
@@ -302,19 +320,27 @@ def cost_section(cost: dict) -> str:
     v3, r1 = sum(DEEPSEEK_V3_GPU_HOURS.values()), sum(DEEPSEEK_R1_GPU_HOURS.values())
     h800 = HARDWARE["H800"]
     leaves = "".join(f"<li>{html.escape(item)}</li>" for item in cost["leaves_out"])
+    assumptions = "".join(f"<li>{html.escape(item)}</li>" for item in cost["assumptions"])
+    per_point_rows = [(r["stage"], f"{r['points']:+.1f}", usd(r["usd"]), per_point(r)) for r in stages]
     return f"""
 <h2>Cost</h2>
 <div class="card">
 <p class="mono">{html.escape(format_cost(cost))}</p>
-<p class="muted">{kind}. Money = device-hours × price; energy = device-hours × busy power × PUE. Figures:
-{html.escape(cost['price_source'])}.</p>
-{_table(None, figures)}
+<p class="muted">{kind}. Money = device-hours × price; energy measured where the machine has a counter, else
+device-hours × busy power, × PUE. Figures: {html.escape(cost['price_source'])}.</p>
+{html_table(None, figures)}
 <h3>By phase</h3>
-{_table(("phase", "FLOPs", "time"), phase_rows)}
+{html_table(("phase", "FLOPs", "time"), phase_rows)}
+<h3>Cost per held-out accuracy point</h3>
+{html_table(("stage", "points gained", "cost of its phases", "per point"), per_point_rows) if per_point_rows
+ else "<p class='muted'>No stage with an evaluation before and after it.</p>"}
+<p class="muted">Each stage against the evaluation before it (the cold start against the base's best prompt);
+n/a where it gained nothing. Evaluations and setup belong to no stage.</p>
+{f"<h3>Assumptions</h3><ul>{assumptions}</ul>" if assumptions else ""}
 <h3>Not counted</h3>
 <ul>{leaves}</ul>
 <details><summary>Price and power table</summary>
-{_table(("hardware", "busy power", "per device-hour", "source"), price_rows,
+{html_table(("hardware", "busy power", "per device-hour", "source"), price_rows,
         names.index(cost['hardware']) if cost['hardware'] in names else None)}
 </details>
 <p class="muted">For scale, at $2 per H800 GPU-hour: DeepSeek-V3's final training run,
@@ -339,7 +365,7 @@ def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots
         f"<p class='sub'>{html.escape(' · '.join(facts))}</p>",
         f"<p class='headline'>{html.escape(change)}</p>" if change else "",
         "<h2>Before and after</h2>",
-        f"<div class='card'>{_table(TABLE_HEADER, table)}</div>" if table
+        f"<div class='card'>{html_table(TABLE_HEADER, table)}</div>" if table
         else "<p class='muted'>No evaluation in summary.json.</p>",
         "<h2>Training curves</h2>",
     ]
@@ -350,7 +376,7 @@ def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots
             f"<img src='plots/{p.file}' alt='{html.escape(p.title)}'>" for p in rest) + "</div>")
     else:
         parts.append("<p class='muted'>No training metrics in metrics.jsonl.</p>")
-    parts.append(cost_section(summary["cost"]) if "cost" in summary
+    parts.append(cost_section(summary["cost"], cost_per_point(summary)) if "cost" in summary
                  else "<h2>Cost</h2><p class='muted'>No cost block in summary.json.</p>")
     if config_text:
         parts.append(f"<h2>Config</h2><details><summary>Resolved config (config.yaml)</summary>"

@@ -167,6 +167,17 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     return history
 
 
+def r1_trace(plain_completion: str) -> str:
+    """A verified plain answer rewritten in the R1 format: its own text as the thought, its own
+    last number as the answer.
+
+    >>> r1_trace("40 + 38 = 78.<|im_end|>")
+    '<think>\\n40 + 38 = 78.\\n</think>\\n<answer>78</answer>'
+    """
+    thought = rewards.strip_end(plain_completion).strip()
+    return f"<think>\n{thought}\n</think>\n<answer>{rewards.last_number(plain_completion)}</answer>"
+
+
 def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *, phrasing: str, samples: int,
                 temperature: float, max_new_tokens: int, seed: int, per_item: int, model_name: str,
                 batch_size: int | None = None, stats=None, on_progress=None) -> list[dict]:
@@ -185,11 +196,9 @@ def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *,
         # The shortest distinct verified samples: cheaper to train on and to sample in RL later.
         for thought in sorted(correct, key=len)[:per_item]:
             c = correct[thought]
-            answer = rewards.last_number(c.text)
             messages, prefill = tasks.build_messages(item, task, "r1")
             rows.append({
-                "item_id": item.id, "messages": messages, "prefill": prefill,
-                "completion": f"<think>\n{thought}\n</think>\n<answer>{answer}</answer>",
+                "item_id": item.id, "messages": messages, "prefill": prefill, "completion": r1_trace(c.text),
                 "provenance": {"teacher": model_name, "prompt_format": phrasing, "temperature": temperature,
                                "seed": seed, "raw_completion": c.text, "verified_by": f"{task.name} verifier"},
             })

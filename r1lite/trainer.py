@@ -29,11 +29,13 @@ import yaml
 
 from r1lite import checkpoint, coldstart, cost, distributed, evaluate, grpo, report, rollout, tasks
 from r1lite.config import dump_yaml, to_dict
+from r1lite.energy import open_counter
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
 from r1lite.files import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from r1lite.grpo import LAUNCH_KEYS, GRPOConfig
-from r1lite.models import load_model, resolve_runtime, stop_token_ids
+from r1lite.hardware import CostConfig
+from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
 from r1lite.policy import Policy, adamw, dummy_batch, make_group_batch, pass_flops
 from r1lite.progress import progress
 from r1lite.reference import Reference
@@ -136,13 +138,11 @@ class Trainer:
         ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.fsdp else "") if self.world.size > 1 else ""
         self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()}{ranks})")
         self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
-        if self.runtime.device.type == "cpu":  # the price row's peak and throughput follow the dtype
-            device_name = "cpu" if self.runtime.dtype == torch.bfloat16 else "cpu-fp32"
-        else:
-            device_name = torch.cuda.get_device_name(self.runtime.device)
         with self.world.together():
-            hardware = cost.CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(device_name)
-            self.meter = cost.CostMeter(hardware)
+            hardware = CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(
+                device_kind(self.runtime))
+            counter, no_counter = open_counter(self.runtime.device.type, self.runtime.device.index or 0)
+            self.meter = cost.CostMeter(hardware, energy=counter, no_energy_reason=no_counter)
             self.model, self.tokenizer = self.build_model()
             self.policy = Policy(self.model, cfg.temperature)
             if cfg.fsdp:
@@ -494,6 +494,7 @@ class Trainer:
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
+        self.summary["cost_per_point"] = cost.cost_per_point(self.summary)
         self.save_summary()
         if not self.world.main:
             return
@@ -515,4 +516,7 @@ class Trainer:
         if line:
             self.console.print(line)
         self.console.print(cost.format_cost(self.summary["cost"]))
+        for row in self.summary["cost_per_point"]:
+            self.console.print(f"{row['stage']}: {row['points']:+.1f} points for {cost.usd(row['usd'])} "
+                               f"({cost.per_point(row)} per point)")
         self.console.print(f"report: {report_path}")

@@ -115,3 +115,60 @@ def test_eval_generates_and_reports(cli, tmp_path):
                 "tokens_per_s", "n_items"):
         assert key in summary, key
     assert summary["n_items"] == 5 and summary["completion_tokens_mean"] == 6
+
+
+def test_cost_reference_reproduces_the_published_arithmetic(cli):
+    r = cli("cost", "--reference", "deepseek-v3")
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert "2,788K H800 GPU-hours x $2 = $5.576M" in first
+    assert "34.6% of 989 TFLOP/s" in r.stdout and "leaves out:" in r.stdout and "$500M" in r.stdout
+    r = cli("cost", "--reference", "DeepSeek-R1")
+    assert r.returncode == 0 and "147K H800 GPU-hours x $2 = $294K" in r.stdout.splitlines()[0]
+    assert "DeepSeek-V3-Base itself" in r.stdout and "staff" in r.stdout
+    data = json.loads(cli("cost", "--reference", "deepseek-v3", "--json").stdout)
+    assert data["usd"] == 5_576_000 and data["total_gpu_hours"] == 2_788_000
+
+
+def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
+    assert_one_line_error(cli("cost", "--model", "tiny", "--hardware", "TPU"), "--hardware TPU", "H100", "cpu-fp32")
+    assert_one_line_error(cli("cost", "--model", "tiny", "--usd-per-hour", "-1"), "--usd-per-hour -1", "negative")
+    run = tmp_path / "run"  # train refuses them before it writes anything, so the same --out works once fixed
+    assert_one_line_error(cli("train", "--model", "tiny", "--hardware", "tpu", "--out", str(run)), "--hardware tpu")
+    assert_one_line_error(cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", str(run)), "negative")
+    assert not run.exists()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: tiny\nlearning_rate: 1.0e-5\n")
+    assert_one_line_error(cli("cost", "--config", str(recipe)), "unknown key 'learning_rate'", "lr")
+    assert_one_line_error(cli("train", "--config", str(recipe)), "unknown key 'learning_rate'")
+    assert_one_line_error(cli("cost", "--reference", "gpt-4"), "deepseek-v3", "deepseek-r1")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    (empty / "config.yaml").write_text("model: tiny\n")
+    assert_one_line_error(cli("report", str(empty)), "no metrics.jsonl")
+    assert_one_line_error(cli("report", str(empty), str(tmp_path / "missing")), "no metrics.jsonl")
+
+
+def test_cost_json_writes_the_summary_cost_block_fields(cli):
+    from r1lite.cost import CostMeter
+    from r1lite.hardware import HARDWARE
+
+    r = cli("cost", "--model", "Qwen3-8B", "--hardware", "h100", "--devices", "8", "--max-steps", "100",
+            "--eval-items", "50", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    blocks = json.loads(r.stdout)
+    assert list(blocks) == ["datasheet"]
+    block = blocks["datasheet"]
+    assert set(block) == set(CostMeter(HARDWARE["H100"]).report())
+    assert block["estimated"] and block["hardware"] == "H100" and block["devices"] == 8
+    assert set(block["seconds_by_phase"]) == {"eval", "rollout", "train"}
+
+
+def test_cost_measures_a_tiny_recipe_and_prints_both_estimates(cli):
+    r = cli("cost", "--model", "tiny", "--task", "arithmetic", "--max-steps", "3", "--eval-items", "4",
+            "--batch-size", "8", "--group-size", "4", "--max-new-tokens", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    for needle in ("measured (cpu", "datasheet (cpu", "rollout", "train", "eval", "wall time", "device-hours",
+                   "kWh", "money", "assumptions", "probe rollout batch", "CPU kind", "skipped groups", "leaves out"):
+        assert needle in out, needle

@@ -3,11 +3,12 @@ import math
 
 import pytest
 
-from r1lite.cost import (
-    DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS, HARDWARE, CostConfig, CostMeter, RunPlan, estimate, format_cost,
-    forward_flops, generate_flops, hardware_kind, matmul_params, plan_work, price, train_flops,
-)
+from r1lite.cost import CostMeter, cost_per_point, format_cost, price, upgrade_block
+from r1lite.energy import RaplCounter, open_counter
 from r1lite.errors import UsageError
+from r1lite.flops import SHAPES, forward_flops, lora_weights, matmul_params, table_shape, train_flops
+from r1lite.hardware import HARDWARE, CostConfig, find_hardware, hardware_kind
+from r1lite.published import DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS, REFERENCES, reference_lines
 
 
 class FakeClock:
@@ -36,14 +37,6 @@ def test_forward_flops_known_case():
 def test_matmul_params_drops_only_an_untied_input_embedding():
     assert matmul_params(1000, 10, 20, tied_embeddings=True) == 1000
     assert matmul_params(1000, 10, 20, tied_embeddings=False) == 800
-
-
-def test_generate_flops_is_prefill_plus_decode():
-    prompt, completion = 100, 64
-    prefill = forward_flops(**SMOL, tokens=prompt, context=prompt / 2)
-    decode = forward_flops(**SMOL, tokens=completion, context=prompt + completion / 2)
-    assert generate_flops(**SMOL, prompt_tokens=prompt, completion_tokens=completion, sequences=16) == pytest.approx(
-        16 * (prefill + decode))
 
 
 def test_deepseek_arithmetic():
@@ -154,39 +147,167 @@ def test_state_dict_round_trip_keeps_counting():
         CostMeter(HARDWARE["H100"], clock=clock).load_state_dict(state)
 
 
-def test_estimate_shape_and_scaling():
-    plan = RunPlan(**SMOL, steps=50, prompts_per_step=2, samples_per_prompt=8, prompt_tokens=80,
-                   completion_tokens=128, inner_updates=1, eval_items=48, evals=2)
-    cpu = estimate(plan, HARDWARE["cpu"])
-    assert cpu["estimated"] is True
-    assert set(cpu["flops"]["by_phase"]) == {"rollout", "train", "eval"}
-    assert cpu["wall_seconds"] == pytest.approx(sum(cpu["seconds_by_phase"].values()))
-    assert cpu["usd"] == pytest.approx(cpu["device_hours"] * 0.08)
-    assert set(cpu) == set(CostMeter(HARDWARE["cpu"], clock=FakeClock()).report())  # same shape as a measured run
-    json.dumps(cpu)
-    # twice the inner updates: twice the training FLOPs; KL's reference pass adds a third of one update
-    twice = plan_work(RunPlan(**{**plan.__dict__, "inner_updates": 2}))["train"].dense_flops
-    with_kl = plan_work(RunPlan(**{**plan.__dict__, "scoring_passes": 1}))["train"].dense_flops
-    once = plan_work(plan)["train"].dense_flops
-    assert twice == pytest.approx(2 * once) and with_kl == pytest.approx(once * 4 / 3)
-    # more GPUs cut FLOP-bound time, but not decoding latency
-    one, eight = estimate(plan, HARDWARE["H100"]), estimate(plan, HARDWARE["H100"], devices=8)
-    assert eight["seconds_by_phase"]["train"] == pytest.approx(one["seconds_by_phase"]["train"] / 8)
-    assert eight["seconds_by_phase"]["rollout"] == pytest.approx(one["seconds_by_phase"]["rollout"], rel=0.01)
-
-
-def test_run_plan_rejects_bad_values():
-    with pytest.raises(UsageError, match="--samples-per-prompt 0"):
-        RunPlan(**SMOL, steps=1, samples_per_prompt=0)
-
-
 def test_format_cost_line():
     clock = FakeClock()
     meter = CostMeter(HARDWARE["cpu"], clock=clock)
     meter.add_flops("train", 1.2e15)
     clock.now += 3600
     line = format_cost(meter.report())
-    assert line.startswith("cost: 1.2 PFLOP, 1 device-hours (cpu ×1, 60 min wall), 0.03 kWh, $0.08 at $0.08/h")
+    assert line.startswith("cost: 1.2 PFLOP, 1 device-hours (cpu ×1, 60 min wall), 0.03 kWh (power x time), $0.08 at $0.08/h")
     assert "excludes failed runs" in line and "\n" not in line
-    plan = RunPlan(**SMOL, steps=10, prompt_tokens=50, completion_tokens=50)
-    assert format_cost(estimate(plan, HARDWARE["cpu"])).startswith("estimated cost: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardware names
+
+
+def test_hardware_names_are_case_insensitive_and_a_wrong_one_lists_the_known():
+    assert find_hardware("h100") is HARDWARE["H100"] and find_hardware("Rtx4090") is HARDWARE["RTX4090"]
+    assert CostConfig(hardware="a100").hardware == "A100"
+    with pytest.raises(UsageError) as e:
+        find_hardware("TPUv5")
+    assert all(name in str(e.value) for name in HARDWARE) and "\n" not in str(e.value)
+    with pytest.raises(UsageError, match="cannot be negative"):
+        CostConfig(usd_per_hour=-0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Energy
+
+
+def rapl_tree(root, zones: dict[str, tuple[str, int, int]]):
+    """A powercap directory: zone -> (name, energy_uj, max_energy_range_uj)."""
+    for zone, (name, energy, top) in zones.items():
+        d = root / zone
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+        (d / "energy_uj").write_text(f"{energy}\n")
+        (d / "max_energy_range_uj").write_text(f"{top}\n")
+
+
+def set_energy(root, zone: str, energy: int) -> None:
+    (root / zone / "energy_uj").write_text(f"{energy}\n")
+
+
+def test_rapl_sums_packages_across_a_wraparound(tmp_path):
+    rapl_tree(tmp_path, {"intel-rapl:0": ("package-0", 1_000_000, 10_000_000),
+                         "intel-rapl:1": ("package-1", 5_000_000, 10_000_000),
+                         "intel-rapl:0:0": ("core", 7, 10_000_000),  # a part of package 0: not added again
+                         "intel-rapl:2": ("psys", 0, 10_000_000)})  # the whole platform: would double count
+    counter = RaplCounter(tmp_path)
+    assert [z.path.name for z in counter.zones] == ["intel-rapl:0", "intel-rapl:1"]
+    set_energy(tmp_path, "intel-rapl:0", 4_000_000)
+    set_energy(tmp_path, "intel-rapl:1", 6_000_000)
+    set_energy(tmp_path, "intel-rapl:0:0", 9_999_999)
+    assert counter.joules() == pytest.approx(3.0 + 1.0)
+    set_energy(tmp_path, "intel-rapl:0", 500_000)  # wrapped: 4.0 J -> 10.0 J -> 0.5 J
+    assert counter.joules() == pytest.approx(4.0 + 6.5)
+    assert "RAPL" in counter.source and "intel-rapl:0" in counter.source
+
+
+def test_open_counter_says_why_there_is_none(tmp_path):
+    counter, why = open_counter("cpu", root=tmp_path / "missing")
+    assert counter is None and "does not exist" in why
+    counter, why = open_counter("cpu", root=tmp_path)  # a powercap directory with no package zone
+    assert counter is None and "no RAPL package zone" in why
+    rapl_tree(tmp_path, {"intel-rapl:0": ("package-0", 0, 2 ** 32)})
+    counter, why = open_counter("cpu", root=tmp_path)
+    assert isinstance(counter, RaplCounter) and why == ""
+
+
+class FakeEnergy:
+    source = "measured: fake counter"
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def joules(self) -> float:
+        return self.value
+
+
+def test_meter_uses_a_counter_and_keeps_it_across_a_resume():
+    clock, energy = FakeClock(), FakeEnergy()
+    meter = CostMeter(HARDWARE["cpu"], pue=1.5, clock=clock, energy=energy)
+    clock.now += 3600
+    energy.value = 36_000.0  # 10 Wh
+    report = meter.report()
+    assert report["kwh"] == pytest.approx(0.010 * 1.5) and report["energy_source"] == "measured: fake counter"
+    state = json.loads(json.dumps(meter.state_dict()))
+    resumed = CostMeter(HARDWARE["cpu"], pue=1.5, clock=clock, energy=FakeEnergy())
+    resumed.load_state_dict(state)
+    resumed.energy.value = 3600.0  # 1 Wh more
+    assert resumed.report()["kwh"] == pytest.approx(0.011 * 1.5)
+    plain = CostMeter(HARDWARE["cpu"], clock=clock, no_energy_reason="no CPU energy counter: test")
+    clock.now += 3600
+    report = plain.report()
+    assert report["kwh"] == pytest.approx(0.030) and report["energy_source"].startswith("power x time: 30 W")
+    assert "no CPU energy counter: test" in report["energy_source"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost per accuracy point
+
+
+def test_cost_per_point_per_stage_and_n_a_without_a_gain():
+    cost = {"seconds_by_phase": {"cold_start_sampling": 600, "sft": 600, "rollout": 900, "train": 900, "eval": 300},
+            "devices": 2, "usd_per_hour_per_device": 1.0}
+    summary = {"eval_before": {"pass@1": 0.0}, "eval_base_plain": {"pass@1": 0.203}, "eval_after_sft": {"pass@1": 0.56},
+               "eval_after": {"pass@1": 0.55}, "cost": cost}
+    cold, rl = cost_per_point(summary)
+    assert (cold["stage"], cold["from"], cold["to"]) == ("cold start", "eval_base_plain", "eval_after_sft")
+    assert cold["points"] == pytest.approx(35.7) and cold["usd"] == pytest.approx(1200 * 2 / 3600)
+    assert cold["usd_per_point"] == pytest.approx(cold["usd"] / 35.7)
+    assert (rl["stage"], rl["from"], rl["points"], rl["usd_per_point"]) == ("GRPO", "eval_after_sft", -1.0, "n/a")
+    assert cost_per_point({**summary, "eval_after": {"pass@1": 0.56}})[1]["usd_per_point"] == "n/a"  # 0 gain
+    assert cost_per_point({"cost": cost}) == []  # no evaluation: nothing to divide by
+
+
+def test_an_old_cost_block_reads_as_power_times_time():
+    old = {"estimated": False, "kwh": 0.1}
+    new = upgrade_block(old)
+    assert new["energy_source"].startswith("power x time") and new["assumptions"] == [] and new["kwh"] == 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# Published arithmetic
+
+
+def test_deepseek_references_reproduce_the_published_figures_and_list_exclusions():
+    v3 = "\n".join(reference_lines(REFERENCES["deepseek-v3"]))
+    assert "2,788K H800 GPU-hours x $2 = $5.576M" in v3.splitlines()[0]
+    check = REFERENCES["deepseek-v3"].flop_check
+    assert check.flops == pytest.approx(6 * 37e9 * 14.8e12)
+    assert check.utilization == pytest.approx(6 * 37e9 * 14.8e12 / (2_664_000 * 3600 * 989e12))
+    assert 0.3 < check.utilization < 0.4 and "989 TFLOP/s" in v3 and "BF16" in v3
+    r1 = "\n".join(reference_lines(REFERENCES["deepseek-r1"]))
+    assert "147K H800 GPU-hours x $2 = $294K" in r1.splitlines()[0]
+    for text in (v3, r1):
+        for excluded in ("research and ablation", "data", "staff", "hardware itself", "$500M"):
+            assert excluded in text, excluded
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+
+def test_shape_table_matches_the_published_parameter_counts():
+    published = {"SmolLM2-135M": 0.135, "SmolLM2-360M": 0.362, "SmolLM2-1.7B": 1.71, "Qwen2.5-0.5B": 0.494,
+                 "Qwen2.5-1.5B": 1.54, "Qwen2.5-7B": 7.62, "Qwen3-0.6B": 0.596, "Qwen3-1.7B": 1.72, "Qwen3-8B": 8.19}
+    assert set(published) == set(SHAPES)
+    for name, billions in published.items():
+        assert SHAPES[name].total_params / 1e9 == pytest.approx(billions, rel=0.01), name
+    assert table_shape("Qwen/Qwen3-8B") is SHAPES["Qwen3-8B"] and table_shape("QWEN2.5-0.5B-INSTRUCT") is SHAPES["Qwen2.5-0.5B"]
+
+
+def test_shape_and_weights_match_a_loaded_model():
+    from peft import LoraConfig, get_peft_model
+
+    from r1lite.models import load_model, resolve_runtime
+    from r1lite.policy import model_shape, model_weights
+
+    model, _ = load_model("tiny", resolve_runtime("cpu", "fp32"))
+    shape = model_shape(model)
+    assert shape.total_params == sum(p.numel() for p in model.parameters() if p.dim() == 2)
+    targets = ["q_proj", "v_proj", "down_proj"]
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    assert model_weights(lora.get_base_model()) == lora_weights(shape, 4, targets)

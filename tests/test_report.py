@@ -1,10 +1,12 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from r1lite.cost import HARDWARE, CostMeter
+from r1lite.cost import CostMeter
 from r1lite.errors import UsageError
+from r1lite.hardware import HARDWARE
 from r1lite.report import TABLE_HEADER, before_after_table, headline, moving_average, read_metrics, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,8 +40,9 @@ def run_dir(tmp_path):
     run = tmp_path / "add2-grpo"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(metric_row(s)) + "\n" for s in range(1, 21)))
-    meter = CostMeter(HARDWARE["cpu"], clock=iter([0.0, 600.0]).__next__)
-    meter.add_flops("rollout", 2e14)
+    meter = CostMeter(HARDWARE["cpu"], clock=iter([0.0, 0.0, 600.0, 600.0]).__next__)
+    with meter.phase("rollout"):
+        meter.add_flops("rollout", 2e14)
     (run / "summary.json").write_text(json.dumps({**SUMMARY, "cost": meter.report()}))
     (run / "config.yaml").write_text("task: add2\nmodel: default\ngrpo:\n  lr: 1.0e-05\n  group_size: 8\n")
     return run
@@ -81,6 +84,8 @@ def test_report_on_a_full_run(run_dir):
     assert "<details><summary>Resolved config" in page and "group_size: 8" in page
     assert "cost: 200 TFLOP" in page and "Not counted" in page and "staff time" in page
     assert "$5,576,000" in page and "$294,000" in page  # DeepSeek reference points
+    assert "Cost per held-out accuracy point" in page  # 600 s of rollouts: GRPO's row
+    assert "<td>GRPO</td><td>+25.0</td>" in page and "power x time" in page
     leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -108,3 +113,75 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("not json\n{}\n")
     with pytest.raises(UsageError, match="metrics.jsonl:1"):
         read_metrics(tmp_path / "metrics.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Three tiny GRPO runs on a task whose rewards vary, differing in seed and learning rate."""
+    import os
+    import sys
+    import textwrap
+
+    from rich.console import Console
+
+    from r1lite.grpo import GRPOConfig
+    from r1lite.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("compare")
+    (root / "coin_verifier.py").write_text(textwrap.dedent('''
+        def even_length(response, answer):
+            return float(len(response) % 2 == 0)
+    '''))
+    rows = [f'{{"question": "Say something about {i}.", "answer": "x", "verifier": "python:coin_verifier:even_length"}}'
+            for i in range(60)]
+    (root / "coin.jsonl").write_text("\n".join(rows) + "\n")
+    sys.path.insert(0, str(root))
+    runs = []
+    for name, seed, lr in (("lr1e-3-s0", 0, 1e-3), ("lr1e-3-s1", 1, 1e-3), ("lr3e-3-s0", 0, 3e-3)):
+        cfg = GRPOConfig(model="tiny", task=f"jsonl:{root / 'coin.jsonl'}", format="plain", batch_size=8, group_size=4,
+                         micro_batch_size=8, max_new_tokens=10, eval_items=6, max_steps=4, lr=lr, seed=seed,
+                         save_every=0, device="cpu", dtype="fp32", out=str(root / name))
+        assert Trainer(cfg, console=Console(quiet=True)).train() == 0
+        runs.append(root / name)
+    sys.path.remove(str(root))
+    return runs
+
+
+def test_comparison_page_of_three_runs_renders_in_chromium(three_runs, chromium_browser, tmp_path):
+    from r1lite.compare import CURVES, write_comparison
+
+    out = tmp_path / "page" / "compare.html"
+    assert write_comparison(three_runs, out) == out
+    page = out.read_text()
+    for run in three_runs:
+        assert run.name in page
+    assert "<td>lr</td><td>0.001</td><td>0.001</td><td>0.003</td>" in page  # the keys that differ
+    assert "<td>seed</td><td>0</td><td>1</td><td>0</td>" in page
+    assert "<td>model</td>" not in page  # the same in all three
+    assert "per point: GRPO" in page and "after GRPO" in page
+    shown = {c.file for c in CURVES if (out.parent / "compare_plots" / c.file).exists()}
+    assert shown == {c.file for c in CURVES} - {"kl.png"}  # no KL without a reference model
+
+    view = chromium_browser.new_page(viewport={"width": 1200, "height": 900})
+    view.goto(out.as_uri())
+    images = view.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    assert len(images) == len(shown)
+    for src, complete, width in images:
+        assert complete and width > 0, src
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    view.screenshot(path=str(docs / "report_compare.png"), full_page=True)
+    view.close()
+
+
+def test_one_run_directory_rerenders_its_report(three_runs, cli):
+    run = three_runs[0]
+    (run / "report.html").unlink()
+    r = cli("report", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "report.html").exists() and "report:" in r.stdout
+    page = (run / "report.html").read_text()
+    assert "Cost per held-out accuracy point" in page

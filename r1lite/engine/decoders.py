@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lite.engine import kernels
+from r1lite.flops import ModelShape, decode_flops
 from r1lite.models import body_weights, gqa_attention, llama_family
 
 
@@ -95,15 +96,6 @@ class Projection:
         return into.add_(out)
 
 
-def _attention_flops(cfg, rows: int, T: int, start: int, causal_only: bool) -> float:
-    """QK^T and AV over the keys each query scores: all ``start + T`` columns on the PyTorch path
-    (masked ones are computed too), the causal ones in our kernel."""
-    H = cfg.num_attention_heads
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-    pairs = rows * (T * start + T * (T + 1) // 2 if causal_only else T * (start + T))
-    return float(4 * cfg.num_hidden_layers * H * D * pairs)
-
-
 def _unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -125,6 +117,7 @@ class LlamaDecoder:
     def __init__(self, model, dtype: torch.dtype, own_weights: bool = False):
         cfg = _unwrapped(model).config
         self.config = cfg
+        self.shape = ModelShape.from_config(cfg, cfg.model_type)
         self.dtype = dtype
         # copy every weight at each sync, also where the rollout dtype is the model's (otherwise
         # those are read in place): FSDP frees the full weights it gathered for the sync
@@ -227,10 +220,11 @@ class LlamaDecoder:
 
     def flops(self, rows: int, T: int, start: int) -> float:
         """FLOPs of ``forward`` on ``rows`` x ``T`` tokens at column ``start``, as computed: every
-        layer's products (padded columns included), the head on each row's last token, attention."""
-        body = 2 * self.body_params * self.layers[0]["wqkv"].columns(rows * T)
-        head = 2 * self.head.out_features * self.config.hidden_size * self.head.columns(rows, transposed=True)
-        return float(body + head) + _attention_flops(self.config, rows, T, start, causal_only=self._step is not None)
+        layer's products (padded columns included), the head on each row's last token, attention
+        (:func:`r1lite.flops.decode_flops`)."""
+        return decode_flops(self.shape, self.body_params, rows, T, start,
+                            body_columns=self.layers[0]["wqkv"].columns(rows * T),
+                            head_columns=self.head.columns(rows, transposed=True), causal_only=self._step is not None)
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -317,6 +311,7 @@ class HFDecoder:
     def __init__(self, model, dtype: torch.dtype):
         self.model, self.dtype = model, dtype
         self.config = _unwrapped(model).config
+        self.shape = ModelShape.attention_only(self.config, self.config.model_type)
         self.device = next(model.parameters()).device
         # transformers 5 renames the forward's past_key_values to cache (the old name goes in 5.40)
         self._cache_name = "cache" if "cache" in inspect.signature(_unwrapped(model).forward).parameters else "past_key_values"
@@ -358,8 +353,8 @@ class HFDecoder:
 
     def flops(self, rows: int, T: int, start: int) -> float:
         """As :meth:`LlamaDecoder.flops` (no padded columns; the head on the last token only)."""
-        body = 2 * self.body_params * rows * T + 2 * self.config.vocab_size * self.config.hidden_size * rows
-        return float(body) + _attention_flops(self.config, rows, T, start, causal_only=False)
+        return decode_flops(self.shape, self.body_params, rows, T, start, body_columns=rows * T, head_columns=rows,
+                            causal_only=False)
 
     @torch.no_grad()
     def forward(self, cache, tokens, positions, start, valid, shared: int = 0):

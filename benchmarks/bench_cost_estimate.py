@@ -1,0 +1,139 @@
+"""The cost estimate against real runs: ``r1lite cost``'s measured and datasheet estimates for a
+recipe, next to the metered wall time, money and FLOPs of runs of it (their median and spread).
+
+    python benchmarks/bench_cost_estimate.py \\
+        --case demo recipes/demo.yaml /tmp/final/bf16-s0 /tmp/final/bf16-s1 /tmp/final/bf16-s2 \\
+        --case lora recipes/lora.yaml runs/lora-s0 runs/lora-s1
+
+Run it on an idle machine, on the machine the runs ran on: the probe times this machine; or give
+``--estimates DIR`` with ``NAME.json`` from ``r1lite cost --json`` made before the runs. Writes
+``results/cost_estimate-<cpu kind>.json`` with every estimate and every run's raw figures, and a
+replay: the estimator's FLOPs for the work the first run actually did (its own lengths and skipped
+groups), which shows how much of an estimate's error is in its assumptions and how much in its
+formulas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+from common import RESULTS, machine
+
+from r1lite import grpo
+from r1lite.config import build, read_yaml
+from r1lite.estimate import Overrides, Workload, estimate_recipe
+from r1lite.grpo import GRPOConfig
+from r1lite.hardware import CostConfig
+
+
+def actual(run: Path) -> dict:
+    """The metered figures of one finished run."""
+    summary = json.loads((run / "summary.json").read_text())
+    if not summary.get("finished"):
+        raise SystemExit(f"{run}: the run has not finished")
+    cost = summary["cost"]
+    return {"run": str(run), "wall_seconds": cost["wall_seconds"], "usd": cost["usd"], "flops": cost["flops"]["total"],
+            "flops_by_phase": cost["flops"]["by_phase"], "seconds_by_phase": cost["seconds_by_phase"],
+            "held_out_after": summary.get("eval_after", {}).get("pass@1")}
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def estimate(recipe: Path) -> dict:
+    """``r1lite cost --config RECIPE --json`` in-process."""
+    from rich.console import Console
+
+    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=grpo.preset)
+    return estimate_recipe(cfg, CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour),
+                           Overrides(), probe=True, console=Console(stderr=True))
+
+
+def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
+    """What a finished run's sequences were, from its logs: mean completion lengths of the base
+    (its plain-prompt evaluation, else its first evaluation) and of the GRPO rollouts, the fraction
+    of groups left out of the train steps (completion tokens trained on / tokens sampled), and the
+    traces its cold start kept per item."""
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    base = summary.get("eval_base_plain", summary.get("eval_before", {})).get("completion_tokens_mean")
+    rollout = statistics.mean(r["completion_len_mean"] for r in rows)
+    trained = statistics.mean(r["loss_tokens"] / (cfg.batch_size * r["completion_len_mean"]) for r in rows)
+    traces = summary["cold_start"]["traces"] / cfg.cold_start_items if cfg.cold_start_items else 0.0
+    return Workload([round(base or rollout)], [round(rollout)], 1 - trained, traces,
+                    notes=[f"replayed from {run}'s logs"])
+
+
+def replay(recipe: Path, run: Path) -> dict:
+    """The estimator's FLOPs for the work a run actually did (its lengths, skipped groups, traces):
+    how far the formulas are from the meter when the assumptions are right."""
+    from r1lite import tasks
+    from r1lite.engine.decoders import make_decoder
+    from r1lite.estimate import run_prompts, run_work
+    from r1lite.models import load_model, resolve_runtime
+    from r1lite.policy import model_shape, model_weights
+
+    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=grpo.preset)
+    runtime = resolve_runtime(cfg.device, cfg.dtype)
+    model, tokenizer = load_model(cfg.model, runtime)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 target_modules=list(cfg.lora_targets))).get_base_model()
+    workload = run_workload(run, cfg)
+    work = run_work(cfg, model_shape(model), model_weights(model),
+                    run_prompts(cfg, tokenizer, tasks.load_task(cfg.task, cfg.task_options)), workload,
+                    make_decoder(model, runtime.dtype).flops)
+    metered = json.loads((run / "summary.json").read_text())["cost"]["flops"]
+    return {"run": str(run), "workload": {"base_tokens": workload.base_lengths[0], "rollout_tokens": workload.trained_lengths[0],
+                                          "skipped_groups": workload.skipped_groups, "traces_per_item": workload.traces_per_item},
+            "flops_by_phase": {k: w.flops for k, w in work.items()}, "metered_by_phase": metered["by_phase"],
+            "relative_error": sum(w.flops for w in work.values()) / metered["total"] - 1}
+
+
+def compare(recipe: Path, runs: list[Path], made_before: Path | None) -> dict:
+    blocks = json.loads(made_before.read_text()) if made_before else estimate(recipe)
+    raw = [actual(r) for r in runs]
+    measured = {key: spread([r[key] for r in raw]) for key in ("wall_seconds", "usd", "flops")}
+    errors = {method: {key: block_value(block, key) / measured[key]["median"] - 1 for key in measured}
+              for method, block in blocks.items()}
+    return {"recipe": str(recipe), "estimated_before_the_runs": made_before is not None, "estimates": blocks, "runs": raw,
+            "actual": measured, "relative_error": errors, "replay": replay(recipe, runs[0])}
+
+
+def block_value(block: dict, key: str) -> float:
+    return block["flops"]["total"] if key == "flops" else block[key]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", nargs="+", action="append", required=True, metavar=("NAME RECIPE", "RUN_DIR"),
+                   help="a name, a recipe and the run directories of its runs")
+    p.add_argument("--excluded", nargs=2, action="append", default=[], metavar=("RUN_DIR", "REASON"),
+                   help="a run recorded but left out of the medians, and why (e.g. the machine was shared)")
+    p.add_argument("--estimates", type=Path, metavar="DIR",
+                   help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating now")
+    p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
+    args = p.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    result = {"benchmark": "cost_estimate", "commit": commit, "machine": machine(), "cases": {}}
+    for name, recipe, *runs in args.case:
+        before = args.estimates / f"{name}.json" if args.estimates else None
+        result["cases"][name] = compare(Path(recipe), [Path(r) for r in runs], before)
+        errors = result["cases"][name]["relative_error"]
+        print(name, {m: {k: f"{100 * v:+.1f}%" for k, v in e.items()} for m, e in errors.items()}, flush=True)
+    result["excluded"] = [{**actual(Path(run)), "reason": reason} for run, reason in args.excluded]
+    out = args.out or RESULTS / f"cost_estimate-{result['machine']['cpu_kind']}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""FLOP counting: a model's shape, and the formulas the meter and the estimate share.
+
+Two kinds of formula:
+
+- the textbook ones (:func:`forward_flops`, :func:`train_flops`): 2·N per token for the matmul
+  weights plus attention, backward ≈ 2× forward — for published arithmetic and quick checks;
+- the as-computed ones (:func:`decode_flops`, :func:`train_pass_flops`): what r1lite's decode
+  step and training forward actually compute, padding included. The decoders
+  (:mod:`r1lite.engine.decoders`) and :func:`r1lite.policy.pass_flops` meter a run with them, and
+  :mod:`r1lite.estimate` predicts a run with the very same functions, so an estimate and the
+  meter cannot drift apart.
+
+``N`` in the textbook formulas is the number of *matmul parameters* (:func:`matmul_params`): all
+but the input embedding table (a lookup), with the LM head counted once even when tied to it.
+Kaplan et al.'s 6N rule uses non-embedding parameters; for small models with big vocabularies that
+undercounts badly (SmolLM2-135M's LM head is 28M of its 134.5M parameters). Not counted anywhere:
+norms, softmax, activations, rotary embeddings and the optimizer step (a few percent).
+
+:data:`SHAPES` holds the shapes of models that need not be on this machine (SmolLM2, Qwen2.5,
+Qwen3), copied from their Hugging Face ``config.json`` files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1lite.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-family decoder that FLOPs depend on."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tied_embeddings: bool
+    llama_layout: bool = True
+    """Whether r1lite's own training forward runs it (else the transformers forward: every prompt
+    repeated per completion, :func:`train_pass_flops`)."""
+
+    @property
+    def body_params(self) -> int:
+        """Weights of the layers' matrix products (q, k, v, o, gate, up, down), no embedding or head.
+
+        >>> SHAPES["SmolLM2-135M"].body_params
+        106168320
+        """
+        attention = self.hidden_size * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        return self.n_layers * (attention + 3 * self.hidden_size * self.intermediate_size)
+
+    @property
+    def total_params(self) -> int:
+        """All parameters but the norms' (a few thousand).
+
+        >>> round(SHAPES["Qwen2.5-7B"].total_params / 1e9, 2), round(SHAPES["SmolLM2-135M"].total_params / 1e6, 1)
+        (7.62, 134.5)
+        """
+        table = self.vocab_size * self.hidden_size
+        return self.body_params + table * (1 if self.tied_embeddings else 2)
+
+    @classmethod
+    def from_config(cls, cfg, name: str, llama_layout: bool = True) -> ModelShape:
+        """From a transformers config object (or anything with its attribute names)."""
+        heads = cfg.num_attention_heads
+        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads,
+                   getattr(cfg, "num_key_value_heads", None) or heads,
+                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+                   cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
+                   llama_layout)
+
+    @classmethod
+    def attention_only(cls, cfg, name: str) -> ModelShape:
+        """For an architecture r1lite's forwards do not run (the transformers forward): only the
+        attention and head sizes, which the formulas read; the body's weights come from the model
+        itself (``body_params`` of this shape is not its own)."""
+        heads = cfg.num_attention_heads
+        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
+                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, 0, cfg.vocab_size,
+                   bool(getattr(cfg, "tie_word_embeddings", False)), llama_layout=False)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How many body weights (:attr:`ModelShape.body_params`, LoRA's adapters included) a run
+    trains and how many it keeps frozen, and whether the vocabulary head trains."""
+
+    trained: int
+    frozen: int
+    head_trains: bool
+
+    @property
+    def total(self) -> int:
+        return self.trained + self.frozen
+
+
+def full_weights(shape: ModelShape) -> Weights:
+    """Full fine-tuning: every weight trains."""
+    return Weights(shape.body_params, 0, True)
+
+
+def lora_weights(shape: ModelShape, rank: int, targets: list[str]) -> Weights:
+    """LoRA on ``targets``: the base frozen, A (r x in) and B (out x r) per targeted product trained.
+
+    >>> lora_weights(SHAPES["SmolLM2-135M"], 16, ["q_proj", "v_proj"]).trained  # 30 x 16 x ((576 + 576) + (576 + 192))
+    921600
+    """
+    h, q, kv, ff = shape.hidden_size, shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim, shape.intermediate_size
+    dims = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, ff), "up_proj": (h, ff), "down_proj": (ff, h)}
+    unknown = sorted(set(targets) - set(dims))
+    if unknown:
+        raise UsageError(f"lora_targets {unknown}: use some of {', '.join(dims)}")
+    adapters = shape.n_layers * sum(rank * sum(dims[t]) for t in targets)
+    return Weights(adapters, shape.body_params, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# As computed
+
+
+def attention_flops(shape: ModelShape, rows: int, T: int, start: int, causal_only: bool) -> float:
+    """QKᵀ and AV of ``T`` new queries per row after ``start`` cached columns: over every column
+    (masked ones are computed too, the PyTorch path), or the causal ones only (r1lite's kernel)."""
+    pairs = rows * (T * start + T * (T + 1) // 2 if causal_only else T * (start + T))
+    return float(4 * shape.n_layers * shape.n_heads * shape.head_dim * pairs)
+
+
+def decode_flops(shape: ModelShape, body_params: int, rows: int, T: int, start: int, *, body_columns: int,
+                 head_columns: int, causal_only: bool) -> float:
+    """One forward of the inference decoder on ``rows`` x ``T`` tokens at column ``start``: the
+    layers' products on ``body_columns`` columns (padding included), the head on
+    ``head_columns`` (each row's last token, padded), attention.
+
+    >>> s = SHAPES["SmolLM2-135M"]
+    >>> round(decode_flops(s, s.body_params, 64, 1, 100, body_columns=64, head_columns=64, causal_only=True) / 1e9, 2)
+    17.66
+    """
+    body = 2 * body_params * body_columns
+    head = 2 * shape.vocab_size * shape.hidden_size * head_columns
+    return float(body + head) + attention_flops(shape, rows, T, start, causal_only)
+
+
+def train_pass_flops(shape: ModelShape, weights: Weights, P: int, Lp: int, N: int, Lc: int, M: int,
+                     backward: bool) -> float:
+    """FLOPs of r1lite's training forward (:func:`r1lite.policy.completion_logprobs`) on ``P``
+    prompts of width ``Lp`` and ``N`` completions of width ``Lc`` holding ``M`` real tokens, and of
+    its backward.
+
+    Forward: the layers' products on every prompt position (padding included, each prompt once)
+    and on the real completion tokens; attention over the full score matrices (prompts: Lp x Lp,
+    completions: Lc x (Lp + Lc), masked entries included); the vocabulary head on the real
+    completion tokens. Backward: twice the forward for products with trainable weights (input
+    and weight gradients), once for frozen ones (LoRA's base); attention twice; the head three
+    times (its logits recomputed, then both gradients; the weight gradient only if it trains).
+    The transformers path (not :attr:`ModelShape.llama_layout`) runs every prompt per completion.
+    """
+    H, D = shape.n_heads, shape.head_dim
+    if shape.llama_layout:
+        positions, pairs = P * Lp + M, P * H * Lp * Lp + N * H * Lc * (Lp + Lc)
+    else:
+        positions, pairs = N * (Lp + Lc), N * H * (Lp + Lc) ** 2
+    layers = 2 * weights.total * positions
+    attention = 4 * shape.n_layers * D * pairs
+    head = 2 * shape.vocab_size * shape.hidden_size * M
+    if not backward:
+        return float(layers + attention + head)
+    backward_flops = 2 * (2 * weights.trained + weights.frozen) * positions + 2 * attention + head * (2 + weights.head_trains)
+    return float(layers + attention + head + backward_flops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Textbook
+
+
+def matmul_params(total_params: int, vocab_size: int, d_model: int, tied_embeddings: bool) -> int:
+    """N for the textbook formulas: all parameters but the input embedding lookup, the LM head once.
+
+    >>> matmul_params(134_515_008, 49_152, 576, tied_embeddings=True)
+    134515008
+    >>> matmul_params(134_515_008 + 49_152 * 576, 49_152, 576, tied_embeddings=False)
+    134515008
+    """
+    return total_params if tied_embeddings else total_params - vocab_size * d_model
+
+
+def forward_flops(n_params: int, tokens: float, n_layers: int, d_model: int, context: float) -> float:
+    """FLOPs of a forward pass over ``tokens`` tokens that each attend to ``context`` positions on average:
+    ``2·N·tokens`` for the matmul weights plus ``4·n_layers·context·d_model·tokens`` for QKᵀ and AV.
+
+    >>> forward_flops(n_params=100, tokens=10, n_layers=2, d_model=4, context=8)
+    4560.0
+    """
+    return float(2 * n_params * tokens + 4 * n_layers * context * d_model * tokens)
+
+
+def train_flops(n_params: int, tokens: float, n_layers: int, d_model: int, context: float) -> float:
+    """A forward and backward pass: 3× :func:`forward_flops` (the 6N rule plus attention).
+
+    >>> train_flops(100, 10, 2, 4, 8)
+    13680.0
+    """
+    return 3 * forward_flops(n_params, tokens, n_layers, d_model, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes of models that need not be here
+
+
+def _shape(name: str, layers: int, hidden: int, heads: int, kv: int, ff: int, vocab: int, tied: bool,
+           head_dim: int | None = None) -> ModelShape:
+    return ModelShape(name, layers, hidden, heads, kv, head_dim or hidden // heads, ff, vocab, tied)
+
+
+SHAPES: dict[str, ModelShape] = {s.name: s for s in [
+    _shape("SmolLM2-135M", 30, 576, 9, 3, 1536, 49152, True),
+    _shape("SmolLM2-360M", 32, 960, 15, 5, 2560, 49152, True),
+    _shape("SmolLM2-1.7B", 24, 2048, 32, 32, 8192, 49152, True),
+    _shape("Qwen2.5-0.5B", 24, 896, 14, 2, 4864, 151936, True),
+    _shape("Qwen2.5-1.5B", 28, 1536, 12, 2, 8960, 151936, True),
+    _shape("Qwen2.5-7B", 28, 3584, 28, 4, 18944, 152064, False),
+    _shape("Qwen3-0.6B", 28, 1024, 16, 8, 3072, 151936, True, head_dim=128),
+    _shape("Qwen3-1.7B", 28, 2048, 16, 8, 6144, 151936, True, head_dim=128),
+    _shape("Qwen3-8B", 36, 4096, 32, 8, 12288, 151936, False, head_dim=128),
+]}
+"""Built-in shapes, from each model's ``config.json`` on the Hugging Face hub (the -Instruct
+variants share their base's shape)."""
+
+
+def table_shape(spec: str) -> ModelShape | None:
+    """The built-in shape a model spec names, or None: ``Qwen/Qwen2.5-7B-Instruct``, ``qwen2.5-7b``
+    and ``HuggingFaceTB/SmolLM2-135M-Instruct`` all name a row.
+
+    >>> table_shape("Qwen/Qwen2.5-7B-Instruct").name, table_shape("smollm2-360m").name, table_shape("gpt2")
+    ('Qwen2.5-7B', 'SmolLM2-360M', None)
+    """
+    key = spec.rsplit("/", 1)[-1].lower().removesuffix("-instruct").removesuffix("-base")
+    return next((s for name, s in SHAPES.items() if name.lower() == key), None)
+
+
+def config_shape(path: Path) -> ModelShape:
+    """The shape in a local ``config.json`` (a file, or a directory holding one)."""
+    from types import SimpleNamespace
+
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"--model {path}: no config.json there; pass a model directory or its config.json")
+    try:
+        cfg = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    missing = [k for k in ("model_type", "hidden_act", "num_hidden_layers", "hidden_size", "num_attention_heads",
+                           "intermediate_size", "vocab_size") if k not in cfg]
+    if missing:
+        raise UsageError(f"{file}: missing {', '.join(missing)}; the estimate needs a decoder's config.json")
+    from r1lite.models import llama_config
+
+    return ModelShape.from_config(SimpleNamespace(**cfg), file.parent.name, llama_layout=llama_config(SimpleNamespace(**cfg)))

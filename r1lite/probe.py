@@ -1,0 +1,182 @@
+"""The probe behind ``r1lite cost``'s measured estimate: a minute at most of the recipe's own code.
+
+The probe builds the run's :class:`~r1lite.trainer.Trainer` in a temporary directory and times,
+on this machine, in the recipe's precision:
+
+1. setup: loading the model, the optimizer and the engine (``Trainer.setup``);
+2. one rollout batch, exactly as a GRPO step samples it (``Trainer.rollout``), metered;
+3. one train step over one micro-batch of those groups (``Trainer.train_step``), metered, after a
+   warm-up step on one group (the first call allocates the optimizer's state), and one optimizer
+   step alone;
+4. one checkpoint and the report.
+
+From (2) come the workload assumptions: completion lengths and the fraction of groups whose
+rewards are all equal. A run with a cold start trains GRPO on a policy taught by its traces, which
+the probe cannot make in a minute; so for such a recipe the rollout batch is sampled the way the
+cold start samples (its phrasing and temperature), and the policy after it is assumed to write
+what its traces hold: the verified answers rewritten in ``<think>/<answer>``, and groups scoring
+alike as often as the base's plain answers do. The train step's groups get alternating rewards for the timing (a
+group with equal rewards would be left out), so it always computes a gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from r1lite import grpo, report, sft
+from r1lite.estimate import DecodeFlops, Speed, Workload, mean
+from r1lite.files import append_jsonl
+from r1lite.flops import ModelShape, Weights
+from r1lite.grpo import GRPOConfig
+
+PROBE_SECONDS = 60.0
+"""What the probe aims to stay under; a recipe too big for this machine says so in its notes."""
+
+
+@dataclass
+class Probe:
+    """What the probe measured, and the loaded model's shape and FLOP counter."""
+
+    speed: Speed
+    workload: Workload
+    shape: ModelShape
+    weights: Weights
+    decode_flops: DecodeFlops
+    """The loaded decoder's own ``flops`` (padded columns as this machine computes them)."""
+    tokenizer: object
+    task: object
+    device: str
+    """The runtime, in words (device, dtype and why)."""
+    seconds: float
+    """How long the probe took."""
+
+
+def probe_config(cfg: GRPOConfig, out: str) -> GRPOConfig:
+    """The recipe as the probe runs it: into ``out``, one rollout round, and for a cold-start recipe
+    the cold start's phrasing and temperature (see the module docstring)."""
+    changes: dict = {"out": out, "dynamic_sampling": False}
+    if cfg.cold_start_items:
+        changes.update(format=cfg.cold_start_format, prefill_think=False, temperature=cfg.cold_start_temperature,
+                       cold_start_items=0)
+    return dataclasses.replace(cfg, **changes)
+
+
+def trace_stats(groups: list[dict], tokenizer, cfg: GRPOConfig) -> tuple[list[int], float]:
+    """From plain-answer groups: the token lengths of the traces a cold start would keep (each
+    group's shortest verified answers rewritten in the R1 format, eos included), and the traces it
+    is expected to keep per item. An item whose group
+    is right a fraction p of the time keeps min(``cold_start_per_item``, k) traces where k ~
+    Binomial(``cold_start_samples``, p); every sample of the group informs p, so a probe of a few
+    items says more than its first ``cold_start_samples`` samples would."""
+    lengths, kept = [], []
+    for g in groups:
+        correct = [c for c, acc in zip(g["completions"], g["accuracy"]) if c.finish == "stop" and acc == 1.0]
+        traces = sorted(len(tokenizer.encode(sft.r1_trace(c.text), add_special_tokens=False)) + 1 for c in correct)
+        lengths += traces[:cfg.cold_start_per_item]  # the cold start keeps the shortest
+        p, n = len(correct) / len(g["completions"]), cfg.cold_start_samples
+        kept.append(sum(min(cfg.cold_start_per_item, k) * math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+                        for k in range(n + 1)))
+    return lengths, mean(kept)
+
+
+def run_probe(cfg: GRPOConfig, console) -> Probe:
+    """Measure the recipe on this machine (see the module docstring)."""
+    from rich.console import Console
+
+    from r1lite.policy import model_shape, model_weights
+    from r1lite.trainer import Trainer
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="r1lite-probe-") as tmp:
+        pcfg = probe_config(cfg, tmp)
+        trainer = Trainer(pcfg, console=Console(quiet=True))
+        console.print(f"probe: loading {cfg.model} ({trainer.runtime.describe()})")
+        trainer.setup()
+        setup = time.perf_counter() - start
+        console.print(f"probe: one rollout batch ({pcfg.prompts_per_step} prompts x {pcfg.group_size}, "
+                      f"{pcfg.format} prompt, temperature {pcfg.temperature:g})")
+        t0 = time.perf_counter()
+        with trainer.meter.phase("rollout"):
+            groups, info = trainer.rollout()
+        rollout_seconds = time.perf_counter() - t0
+        lengths = [len(c.token_ids) for g in groups for c in g["completions"]]
+        rewards = torch.cat([g["reward"] for g in groups])
+        skipped = 1.0 - float(grpo.informative_groups(rewards, pcfg.group_size).float().mean())
+        traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start_items else (lengths, 0.0)
+        if cfg.cold_start_items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
+            per_item = float(cfg.cold_start_per_item)
+
+        chunk = groups[:max(1, pcfg.micro_batch_size // pcfg.group_size)]
+        for g in chunk:  # alternating rewards: every group trains (the timing needs its gradient)
+            g["reward"] = torch.arange(pcfg.group_size, dtype=torch.float32) % 2
+        console.print(f"probe: one train step ({len(chunk) * pcfg.group_size} completions), after a warm-up on one group")
+        trainer.train_step(chunk[:1])  # first-call costs (optimizer state, kernels) are not a step's
+        trainer.meter.flops_by_phase.pop("train")
+        t0 = time.perf_counter()
+        with trainer.meter.phase("train"):
+            train = trainer.train_step(chunk)
+        train_seconds = time.perf_counter() - t0
+        optimizer_seconds = time_optimizer_step(trainer)
+        t0 = time.perf_counter()
+        trainer.save_checkpoint()
+        checkpoint_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        append_jsonl(Path(tmp) / "metrics.jsonl", trainer.step_metrics(
+            info, train, {"step": rollout_seconds + train_seconds, "rollout": rollout_seconds, "train": train_seconds}))
+        report.write_report(Path(tmp))
+        report_seconds = time.perf_counter() - t0
+        base = trainer.model.get_base_model() if cfg.lora else trainer.model
+        flops = trainer.meter.flops_by_phase
+        decoder = trainer.engine.decoder
+        seconds = time.perf_counter() - start
+        generate_rate = flops["rollout"] / rollout_seconds
+        train_rate = flops["train"] / max(1e-9, train_seconds - pcfg.mu * optimizer_seconds)
+        from r1lite.models import cpu_kind
+
+        kind = f"CPU kind {cpu_kind()}, " if trainer.runtime.device.type == "cpu" else ""
+        speed_notes = [f"measured on this machine ({kind}{trainer.runtime.describe()}) by a {seconds:.0f} s probe: "
+                       f"generation at {generate_rate / 1e9:.1f} GFLOP/s, training passes at {train_rate / 1e9:.1f} "
+                       f"GFLOP/s, an optimizer step {optimizer_seconds:.2f} s, setup {setup:.1f} s, a checkpoint "
+                       f"{checkpoint_seconds:.1f} s, the report {report_seconds:.1f} s"]
+        if seconds > PROBE_SECONDS:
+            speed_notes.append(f"the probe took {seconds:.0f} s, over its {PROBE_SECONDS:.0f} s aim: the model is large "
+                               "for this machine (estimate a bigger one with --hardware and --no-probe)")
+        speed = Speed("measured probe", generate_rate, train_rate, optimizer_seconds=optimizer_seconds,
+                      setup_seconds=setup, checkpoint_seconds=checkpoint_seconds, report_seconds=report_seconds,
+                      notes=tuple(speed_notes))
+        workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item,
+                            notes=probe_notes(cfg, pcfg, lengths, skipped, traces))
+        return Probe(speed, workload, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
+                     trainer.task, trainer.runtime.describe(), seconds)
+
+
+def time_optimizer_step(trainer) -> float:
+    """Seconds of one optimizer step on zero gradients (the probe's model is thrown away after)."""
+    for p in trainer.params:
+        p.grad = torch.zeros_like(p)
+    t0 = time.perf_counter()
+    trainer.optimizer.step()
+    seconds = time.perf_counter() - t0
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return seconds
+
+
+def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: float, traces: list[int]) -> list[str]:
+    """Where the workload's figures come from."""
+    n = len(lengths)
+    lines = [f"probe rollout batch: {n} completions of the untrained model ({pcfg.format} prompt, temperature "
+             f"{pcfg.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups scored alike"]
+    if cfg.cold_start_items:
+        lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
+                     f"(each item's shortest verified answer), mean {mean(traces):.1f} tokens" if traces else
+                     f"the probe found no verified {pcfg.format} answer: traces assumed as long as max_new_tokens "
+                     f"({cfg.max_new_tokens}), an upper bound")
+        lines.append("groups after the cold start assumed to score alike as often as the base's plain answers do")
+    return lines

@@ -1,0 +1,186 @@
+"""The estimate counts the work a run does with the meter's own formulas; the probe measures it."""
+
+import json
+
+import pytest
+
+from r1lite.cost import CostMeter
+from r1lite.estimate import (
+    Overrides, PhaseWork, RunPrompts, Workload, apply_overrides, checkpoints, datasheet_speed, estimate,
+    estimate_recipe, generation_work, run_work, sft_work,
+)
+from r1lite.errors import UsageError
+from r1lite.flops import SHAPES, full_weights
+from r1lite.grpo import GRPOConfig
+from r1lite.hardware import HARDWARE, CostConfig
+
+
+def tokens_computed(rows: int, T: int, start: int) -> float:
+    """A FLOP counter that counts token positions, so the batching model is easy to follow."""
+    return float(rows * T)
+
+
+def test_generation_work_follows_the_engine_batching():
+    # two prompts sharing 2 tokens, 2 samples each: prefill = the prefix once (2) + each suffix (2 x 1)
+    # rows finish after 3, 1, 3, 1 tokens; after the first token 2 of 4 rows are live (<= 3/4): they leave
+    work = generation_work([[1, 2, 3], [1, 2, 4]], 2, [3, 1], max_rows=8, flops=tokens_computed)
+    assert work.dense_flops == 2 + 2
+    assert (work.decode_flops, work.decode_steps) == (2 + 2, 2)
+    # at most 2 rows at once: each prompt alone (no shared prefix), its two samples decode together
+    alone = generation_work([[1, 2, 3], [1, 2, 4]], 2, [3, 3], max_rows=2, flops=tokens_computed)
+    assert alone.dense_flops == 3 + 3 and (alone.decode_flops, alone.decode_steps) == (2 * 2 * 2, 4)
+
+
+def small_prompts(n: int = 8, width: int = 20) -> RunPrompts:
+    prompts = [[7] * (width - 1) + [i] for i in range(n)]
+    return RunPrompts({"r1": prompts, "plain:2": prompts}, prompts, prompts, prompts, [])
+
+
+def test_run_work_skips_groups_holds_a_reference_and_refills():
+    shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
+    flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
+    cfg = GRPOConfig(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    half = Workload([20], [20], 0.5, 0.0)
+    none = Workload([20], [20], 0.0, 0.0)
+    train = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)["train"].dense_flops  # noqa: E731
+    assert train(cfg, half) == pytest.approx(train(cfg, none) / 2)
+    kl = GRPOConfig(**{**cfg.__dict__, "beta": 0.04})
+    twice = GRPOConfig(**{**cfg.__dict__, "mu": 2})  # two updates and one forward for the old log-probs
+    forward = train(twice, none) - 2 * train(cfg, none)
+    assert 0 < forward < train(cfg, none) / 2
+    assert train(kl, half) == pytest.approx(train(cfg, none) + forward)  # every group, plus the reference's forward
+    dapo = GRPOConfig(**{**cfg.__dict__, "dynamic_sampling": True, "max_refill_rounds": 1})
+    work = run_work(dapo, shape, weights, small_prompts(), half, flops)
+    plain = run_work(cfg, shape, weights, small_prompts(), half, flops)
+    assert work["rollout"].flops == pytest.approx(plain["rollout"].flops * 1.5)  # a second round for half the groups
+    assert work["train"].dense_flops == pytest.approx(plain["train"].dense_flops * 1.5)  # 1 - 0.5^2 of them kept
+    assert set(plain) == {"eval", "rollout", "train"} and plain["train"].updates == 10
+
+
+def test_sft_work_matches_what_sft_meters(tmp_path):
+    from r1lite.models import load_model, resolve_runtime
+    from r1lite.policy import model_shape, model_weights
+    from r1lite.sft import train_sft
+
+    runtime = resolve_runtime("cpu", "fp32")
+    model, tokenizer = load_model("tiny", runtime)
+    pairs = [([5] * 9 + [i], [11] * 6 + [tokenizer.eos_token_id]) for i in range(12)]  # 10-token prompts, 7-token traces
+    history = train_sft(model, tokenizer, pairs, epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, seed=0,
+                        autocast=runtime.autocast, device=runtime.device)
+    work = sft_work(model_shape(model), model_weights(model), [p for p, _ in pairs], [7], traces=12, batch_size=4, epochs=2)
+    assert work.dense_flops == pytest.approx(sum(r["flops"] for r in history), rel=1e-6)
+    assert work.updates == len(history) == 6
+
+
+def test_checkpoint_count_and_datasheet_timing():
+    assert checkpoints(GRPOConfig(max_steps=10, save_every=0)) == 1
+    assert checkpoints(GRPOConfig(max_steps=10, save_every=4, cold_start_items=8)) == 4  # cold start, 4, 8, 10
+    work = {"train": PhaseWork(dense_flops=HARDWARE["H100"].train_flops_per_s * 100, updates=5),
+            "rollout": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000)}
+    cfg = GRPOConfig(max_steps=5, save_every=0)
+    block = estimate(cfg, work, datasheet_speed(HARDWARE["H100"]), HARDWARE["H100"], 4, 1.0, 30, ["an assumption"])
+    assert block["seconds_by_phase"]["train"] == pytest.approx(25)  # 4 devices
+    assert block["seconds_by_phase"]["rollout"] == pytest.approx(1000 * 30 * 0.5e-3)  # the latency floor, not shared
+    assert block["estimated"] and block["method"] == "datasheet" and "an assumption" in block["assumptions"]
+    assert "4 devices" in " ".join(block["assumptions"])
+    half = datasheet_speed(HARDWARE["H100"], mfu=0.5)
+    assert half.train_flops_per_s == pytest.approx(0.5 * HARDWARE["H100"].peak_flops) and "--mfu" in half.notes[0]
+
+
+def test_overrides_replace_measured_figures_and_reject_bad_ones():
+    w = apply_overrides(Workload([10, 20], [30], 0.4, 1.0), Overrides(completion_tokens=48, skipped_groups=0.0))
+    assert (w.base_lengths, w.trained_lengths, w.skipped_groups) == ([48], [48], 0.0)
+    assert any("--completion-tokens 48" in n for n in w.notes)
+    for bad in (dict(completion_tokens=0), dict(skipped_groups=1.5), dict(mfu=0)):
+        with pytest.raises(UsageError):
+            Overrides(**bad)
+
+
+def tiny_config(tmp_path, task: str, **kw) -> GRPOConfig:
+    base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4,
+                rollout_batch_size=8, max_new_tokens=12, eval_items=6, max_steps=3, beta=0.04, lr=1e-3,
+                save_every=0, device="cpu", dtype="fp32", out=str(tmp_path / "run"))
+    return GRPOConfig(**{**base, **kw})
+
+
+def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, monkeypatch):
+    """The acceptance's FLOP check in small: a KL reference keeps every group (no skipped-group noise);
+    the tiny random model rarely stops early, so the probe's lengths are the run's."""
+    from rich.console import Console
+
+    from r1lite.trainer import Trainer
+
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    cfg = tiny_config(tmp_path, task)
+    blocks = estimate_recipe(cfg, CostConfig(), Overrides(), probe=True, console=Console(quiet=True))
+    assert set(blocks) == {"measured", "datasheet"}
+    predicted = blocks["measured"]["flops"]
+    assert Trainer(cfg, console=Console(quiet=True)).train() == 0
+    metered = json.loads((tmp_path / "run" / "summary.json").read_text())["cost"]["flops"]
+    assert set(predicted["by_phase"]) == set(metered["by_phase"]) == {"eval", "rollout", "train"}
+    for phase, flops in metered["by_phase"].items():
+        assert predicted["by_phase"][phase] == pytest.approx(flops, rel=0.10), phase
+    assert predicted["total"] == pytest.approx(metered["total"], rel=0.10)
+    assert blocks["datasheet"]["flops"] == predicted  # one count of the work, two speeds
+    assert set(blocks["measured"]) == set(CostMeter(HARDWARE["cpu"]).report())  # the summary's cost block fields
+    notes = " ".join(blocks["measured"]["assumptions"])
+    assert "probe rollout batch" in notes and "CPU kind" in notes and "every group trains" in notes
+
+
+def test_a_model_not_here_is_estimated_from_its_shape(tmp_path):
+    from rich.console import Console
+
+    cfg = GRPOConfig(model="Qwen/Qwen2.5-7B-Instruct", max_steps=10, eval_items=20, out=str(tmp_path / "x"))
+    blocks = estimate_recipe(cfg, CostConfig(hardware="h100", devices=8), Overrides(), probe=True,
+                             console=Console(quiet=True))
+    assert set(blocks) == {"datasheet"} and blocks["datasheet"]["hardware"] == "H100"
+    notes = " ".join(blocks["datasheet"]["assumptions"])
+    assert "Qwen2.5-7B" in notes and "upper bounds" in notes
+    small = estimate_recipe(GRPOConfig(**{**cfg.__dict__, "model": "Qwen3-0.6B"}), CostConfig(hardware="h100", devices=8),
+                            Overrides(), probe=True, console=Console(quiet=True))
+    assert small["datasheet"]["flops"]["total"] < blocks["datasheet"]["flops"]["total"] / 5
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "qwen3", "hidden_act": "silu", "num_hidden_layers": 28, "hidden_size": 1024,
+                                  "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                                  "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}))
+    local = estimate_recipe(GRPOConfig(**{**cfg.__dict__, "model": str(config)}), CostConfig(hardware="h100", devices=8),
+                            Overrides(), probe=True, console=Console(quiet=True))
+    assert local["datasheet"]["flops"]["total"] == pytest.approx(small["datasheet"]["flops"]["total"])
+
+
+def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
+    from rich.console import Console
+
+    from r1lite.probe import run_probe
+
+    cfg = tiny_config(tmp_path, "arithmetic", beta=0.0, format="r1")  # a random model never scores: all alike
+    probe = run_probe(cfg, Console(quiet=True))
+    assert probe.workload.skipped_groups == 1.0
+    assert probe.speed.train_flops_per_s > 0 and probe.speed.generate_flops_per_s > 0
+    assert len(probe.workload.base_lengths) == cfg.batch_size
+    assert probe.seconds < 60
+
+
+
+def test_trace_stats_keep_each_items_shortest_verified_answer():
+    from types import SimpleNamespace
+
+    from r1lite.models import load_tokenizer
+    from r1lite.probe import probe_config, trace_stats
+    from r1lite.sft import r1_trace
+
+    tokenizer = load_tokenizer("tiny")
+
+    def group(texts, accuracies, finish="stop"):
+        return {"completions": [SimpleNamespace(text=t, finish=finish) for t in texts], "accuracy": accuracies}
+
+    groups = [group(["3 + 4 = 7.", "It is 7.", "7", "8"], [1.0, 1.0, 1.0, 0.0]),  # keeps "7", the shortest
+              group(["5", "6", "9", "1"], [0.0] * 4),  # nothing verified: no trace
+              group(["2 + 2 = 4", "4"], [1.0, 1.0], finish="length")]  # cut off: not a trace
+    cfg = GRPOConfig(cold_start_items=16, cold_start_samples=2, cold_start_per_item=1)
+    lengths, per_item = trace_stats(groups, tokenizer, cfg)
+    assert lengths == [len(tokenizer.encode(r1_trace("7"), add_special_tokens=False)) + 1]
+    assert per_item == pytest.approx((1 - 0.25 ** 2) / 3)  # P(at least one of 2 samples right) = 1 - (1 - 3/4)^2
+    probed = probe_config(GRPOConfig(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
+    assert (probed.format, probed.prefill_think, probed.temperature, probed.cold_start_items) == ("plain", False, 0.7, 0)
