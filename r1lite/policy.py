@@ -97,13 +97,19 @@ def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False,
     gradient). Padding positions hold 0."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     real = batch.completion_mask.bool()
-    if llama_family(base):
-        hidden = _llama_hidden(base, batch)  # [M, C]: the states that predict the M real completion tokens
-    else:
-        hidden = _generic_hidden(base, model, batch)[real]
+    hidden = completion_hidden(model, batch)  # [M, C]
     logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy, temperature)
     full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
     return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
+
+
+def completion_hidden(model, batch: GroupBatch) -> torch.Tensor:
+    """The final-normed states that predict the M real completion tokens, [M, C] in row-major order
+    (what the vocabulary head takes; on-policy distillation needs the whole distribution there)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if llama_family(base):
+        return _llama_hidden(base, batch)
+    return _generic_hidden(base, model, batch)[batch.completion_mask.bool()]
 
 
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:

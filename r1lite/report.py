@@ -275,6 +275,24 @@ def _table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]], used_row
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
+def teacher_section(teacher: dict | None) -> str:
+    """The teacher's share of the cost, apart from the student's (distillation runs)."""
+    if teacher is None:
+        return ""
+    rows = [("student FLOPs", human_flops(teacher["student_flops"])),
+            ("teacher FLOPs on this device", human_flops(teacher["flops"])),
+            ("teacher time", human_seconds(teacher["seconds"]))]
+    distilled = teacher["cold_start_teacher"]
+    if distilled is not None:
+        rows += [("cold-start teacher", f"{distilled['model']} ({distilled['kind']})"),
+                 ("teacher tokens", f"{distilled['tokens']['prompt']:,} in, {distilled['tokens']['completion']:,} out"),
+                 ("teacher price", usd(distilled["usd"]) if distilled["usd"] is not None else "no prices given"),
+                 ("teacher terms", distilled["terms"] or "not recorded")]
+    if teacher["on_policy_teacher"]:
+        rows.append(("on-policy teacher", teacher["on_policy_teacher"]))
+    return f"<h3>Teacher</h3>\n{_table(None, rows)}\n<p class='muted'>{html.escape(teacher['note'])}.</p>"
+
+
 def cost_section(cost: dict) -> str:
     """The cost block: the one-line summary, the figures, the phases, what is left out, the price table."""
     kind = "Estimated before the run" if cost["estimated"] else "Measured"
@@ -311,6 +329,7 @@ def cost_section(cost: dict) -> str:
 {_table(None, figures)}
 <h3>By phase</h3>
 {_table(("phase", "FLOPs", "time"), phase_rows)}
+{teacher_section(cost.get("teacher"))}
 <h3>Not counted</h3>
 <ul>{leaves}</ul>
 <details><summary>Price and power table</summary>

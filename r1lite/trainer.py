@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, cost, evaluate, grpo, report, rewards, sft, tasks
+from r1lite import checkpoint, cost, distill, evaluate, grpo, onpolicy, report, rewards, sft, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed, make_engine
 from r1lite.errors import UsageError
@@ -99,7 +99,8 @@ class Trainer:
         # Everything a config can get wrong is checked here, before anything is written or loaded.
         self.runtime = resolve_runtime(cfg.device, cfg.dtype)
         self.task = tasks.load_task(cfg.task, cfg.task_options)
-        if cfg.cold_start_items and not self.task.numeric:
+        self.distill_cfg = distill.cold_start_config(cfg) if cfg.cold_start_teacher else None
+        if cfg.cold_start_items and not (cfg.cold_start_data or cfg.cold_start_teacher) and not self.task.numeric:
             raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
                              f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
 
@@ -133,6 +134,7 @@ class Trainer:
         self.model.eval()
         self.policy = Policy(self.model, cfg.temperature)
         self.reference = Reference(self.model, cfg.lora, cfg.temperature) if cfg.beta > 0 else None
+        self.teacher = onpolicy.Teacher(cfg.teacher, self.runtime, self.tokenizer) if cfg.teacher else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
@@ -226,11 +228,14 @@ class Trainer:
             self.save_summary()
 
     def cold_start(self) -> None:
-        """R1's cold start from the model's own verified answers. Done as one unit: its checkpoint
-        is written before the summary says it is done, so a stop in between redoes it on resume."""
+        """R1's cold start: SFT on verified traces, the model's own answers or (cold_start_data,
+        cold_start_teacher) a teacher's. Done as one unit: its checkpoint is written before the
+        summary says it is done, so a stop in between redoes it on resume."""
         cfg = self.cfg
-        if not cfg.cold_start_items or self.summary.get("cold_start_done"):
+        if not (cfg.cold_start_items or cfg.cold_start_data) or self.summary.get("cold_start_done"):
             return
+        if cfg.cold_start_data or cfg.cold_start_teacher:
+            return self.cold_start_sft(*distill.cold_start_traces(cfg, self.distill_cfg, self.meter, self.console))
         items = self.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
         stats = GenerationStats()
         self.engine.sync(self.model)
@@ -247,6 +252,10 @@ class Trainer:
         if not traces:
             raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
                              "cold_start_samples, or use a task the base model sometimes solves")
+        self.cold_start_sft(traces, {"items": len(items), "samples_per_item": cfg.cold_start_samples})
+
+    def cold_start_sft(self, traces: list[dict], info: dict) -> None:
+        cfg = self.cfg
         pairs = [sft.encode_pair(self.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
         steps = cfg.cold_start_epochs * -(-len(pairs) // cfg.cold_start_batch_size)
         with self.meter.phase("sft"), progress(self.console, "cold-start SFT", steps, "steps") as update:
@@ -255,8 +264,7 @@ class Trainer:
                                     seed=cfg.seed, autocast=self.runtime.autocast, device=self.runtime.device,
                                     on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"))
         self.meter.add_flops("sft", sum(r["flops"] for r in history))
-        self.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
-                                      "traces": len(traces), "sft_steps": len(history),
+        self.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
                                       "final_loss": history[-1]["loss"] if history else None}
         self.run_eval("eval_after_sft", cfg.format)
         self.save_checkpoint(cold_start_done=True)
@@ -399,6 +407,15 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted),
                 "train_tokens": sum(part.tokens for part in parts)}
 
+    def distill_step(self, groups: list[dict]) -> dict:
+        """On-policy distillation's update (objective on_policy_distill): :func:`r1lite.onpolicy.train_step`."""
+        train, flops, teacher_flops = onpolicy.train_step(self.model, self.teacher, self.optimizer, self.scheduler,
+                                                          self.params, groups, self.cfg, self.runtime.autocast,
+                                                          self.tokenizer.pad_token_id, self.runtime.device)
+        self.meter.add_flops("train", flops)
+        self.meter.add_flops("teacher_scoring", teacher_flops)
+        return train
+
     def logprobs(self, batch, with_entropy: bool = False):
         with self.runtime.autocast():
             return self.policy(batch, with_entropy=with_entropy)
@@ -479,7 +496,7 @@ class Trainer:
                 train = None
                 if groups:
                     with self.meter.phase("train"):
-                        train = self.train_step(groups)
+                        train = self.distill_step(groups) if self.teacher is not None else self.train_step(groups)
                 t2 = time.perf_counter()
                 self.step += 1
                 row = self.step_metrics(info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1})
@@ -504,6 +521,7 @@ class Trainer:
         final = self.run_dir / "final"
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
                              "runtime": self.runtime.describe(), "final": str(final), "cost": self.meter.report()})
+        self.summary["cost"]["teacher"] = distill.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
         self.save_summary()
         path = report.write_report(self.run_dir)
         self.summary["finished"] = True

@@ -523,3 +523,35 @@ def test_local_teachers_through_the_engine_pytorch_and_gguf(teacher, tmp_path, c
         return {(r["provenance"]["prompt_id"], r["provenance"]["sample"]): (r["provenance"]["sampling"]["request_seed"], r.get("completion"),
                                                                           r.get("raw")) for r in rows}
     assert by_key(runs["torch"]) == by_key(runs["torch again"])  # a local teacher's traces depend only on their seeds
+
+
+# ---------------------------------------------------------------------------------------------- in a recipe
+
+TINY_RUN = ("--model", "tiny", *TASK, "--max-steps", "1", "--batch-size", "4", "--group-size", "2", "--max-new-tokens", "8",
+            "--cold-start-epochs", "1", "--eval-items", "0", "--save-every", "0", "--device", "cpu", "--dtype", "fp32")
+
+
+def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher_apart(tmp_path):
+    server = FakeTeacher(lambda q, attempt: (200, (), variant_answer("content", q), 0))
+    try:
+        run = tmp_path / "from-teacher"
+        r = cli("train", *TINY_RUN, "--cold-start-teacher", server.url, "--cold-start-items", "8", "--cold-start-samples", "1",
+                "--distill-options", "teacher_usd_per_mtok=1,2", "--distill-options", "teacher_terms=fake terms v2", "--out", run)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        server.close()
+    assert len(server.calls) == 8 and "teacher terms: fake terms v2" in " ".join(r.stdout.split())
+    assert len((run / "distill.jsonl").read_text().splitlines()) == 8 and (run / "distill.card.md").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["cold_start"]["traces"] == 8 and summary["cold_start"]["source"] == str(run / "distill.jsonl")
+    teacher = summary["cost"]["teacher"]
+    assert teacher["cold_start_teacher"]["terms"] == "fake terms v2" and teacher["flops"] == 0.0  # an endpoint: no FLOPs here
+    assert teacher["usd"] == pytest.approx(8 * 10 / 1e6 + 8 * 20 * 2 / 1e6) and teacher["student_flops"] == summary["cost"]["flops"]["total"]
+    assert "Teacher" in (run / "report.html").read_text() and "fake terms v2" in (run / "report.html").read_text()
+
+    again = tmp_path / "from-file"
+    r = cli("train", *TINY_RUN, "--cold-start-data", run / "distill.jsonl", "--out", again)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((again / "summary.json").read_text())
+    assert summary["cold_start"]["traces"] == 8 and len(summary["cold_start"]["sha256"]) == 64
+    assert "teacher terms: fake terms v2" in " ".join(r.stdout.split()) and summary["cost"]["teacher"] is None
