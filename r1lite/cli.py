@@ -2,6 +2,7 @@
 
     r1lite train   GRPO (R1-Zero, or R1 with a cold-start stage) from a YAML recipe and flags
     r1lite sft     supervised fine-tuning on prompt/completion JSONL
+    r1lite distill verified reasoning traces from a teacher (an endpoint or a local model), with provenance
     r1lite eval    evaluate a model on a task, or score completions produced elsewhere
     r1lite export  a model as a Hugging Face directory or a GGUF file (llama.cpp, Ollama)
     r1lite chat    talk to a model (GGUF or PyTorch), thinking dimmed
@@ -153,6 +154,27 @@ def cmd_sft(args) -> int:
     return sft.run(cfg, Console())
 
 
+def _distill_parser(sub) -> None:
+    from r1lite.config import add_arguments
+    from r1lite.distill import DistillConfig
+
+    p = sub.add_parser("distill", help="verified reasoning traces from a teacher, with provenance, for sft",
+                       description="Ask a teacher (an OpenAI-compatible URL, a local model or a GGUF) for answers to a "
+                                   "task's prompts; keep those the task's verifier accepts, decontaminated and deduplicated, "
+                                   "each with its provenance; a dataset card beside them. Rerun the same command to resume.")
+    add_arguments(p, DistillConfig)
+
+
+def cmd_distill(args) -> int:
+    from rich.console import Console
+
+    from r1lite import distill
+    from r1lite.config import build
+
+    flags = {k: v for k, v in vars(args).items() if k != "command"}
+    return distill.run(build(distill.DistillConfig, {}, flags, source="flags"), Console())
+
+
 def _export_parser(sub) -> None:
     from r1lite.config import add_arguments
     from r1lite.export import ExportConfig
@@ -293,6 +315,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"train": (_train_parser, cmd_train), "sft": (_sft_parser, cmd_sft), "eval": (_eval_parser, cmd_eval),
+            "distill": (_distill_parser, cmd_distill),
             "export": (_export_parser, cmd_export), "chat": (_chat_parser, cmd_chat), "serve": (_serve_parser, cmd_serve),
             "cost": (_cost_parser, cmd_cost), "report": (_report_parser, cmd_report)}
 

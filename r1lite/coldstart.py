@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from r1lite import evaluate, sft
+from r1lite import distill, evaluate, sft
 from r1lite.engine import GenerationStats
 from r1lite.errors import UsageError
 from r1lite.files import write_jsonl
@@ -23,17 +23,29 @@ if TYPE_CHECKING:
 
 
 def run(trainer: Trainer) -> None:
-    """R1's cold start from the model's own verified answers. Done as one unit: its checkpoint
-    is written before the summary says it is done, so a stop in between redoes it on resume."""
+    """R1's cold start: SFT on verified traces, the model's own answers or (cold_start_data,
+    cold_start_teacher) a teacher's. Done as one unit: its checkpoint is written before the
+    summary says it is done, so a stop in between redoes it on resume."""
     cfg = trainer.cfg
-    if not cfg.cold_start_items or trainer.summary.get("cold_start_done"):
+    if not (cfg.cold_start_items or cfg.cold_start_data) or trainer.summary.get("cold_start_done"):
         return
+    if cfg.cold_start_data or cfg.cold_start_teacher:  # a teacher's traces instead of the model's own
+        traces, info = distill.cold_start_traces(cfg, trainer.distill_cfg, trainer.meter, trainer.console)
+    else:
+        traces, info = self_sampled(trainer)
+    fine_tune(trainer, traces, info)
+
+
+def self_sampled(trainer: Trainer) -> tuple[list[dict], dict]:
+    """The model's own verified answers to a plain prompt, rewritten in the R1 format (and written to
+    ``cold_start.jsonl``), with what the summary records about them."""
+    cfg = trainer.cfg
     items = trainer.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
     mine = items[trainer.world.span(len(items))]
     stats = GenerationStats()
     trainer.sync_engine()
     with trainer.meter.phase("cold_start_sampling"), progress(trainer.console, "cold-start sampling",
-                                                           len(mine) * cfg.cold_start_samples, "seq") as update:
+                                                              len(mine) * cfg.cold_start_samples, "seq") as update:
         traces = sft.self_traces(trainer.engine, trainer.tokenizer, trainer.task, mine, phrasing=cfg.cold_start_format,
                                  samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
@@ -43,10 +55,17 @@ def run(trainer: Trainer) -> None:
     if trainer.world.main:
         write_jsonl(trainer.run_dir / "cold_start.jsonl", traces)
     trainer.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
-                       f"x {cfg.cold_start_samples} samples → {trainer.run_dir / 'cold_start.jsonl'}")
+                          f"x {cfg.cold_start_samples} samples → {trainer.run_dir / 'cold_start.jsonl'}")
     if not traces:
         raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
                          "cold_start_samples, or use a task the base model sometimes solves")
+    return traces, {"items": len(items), "samples_per_item": cfg.cold_start_samples}
+
+
+def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
+    """SFT on ``traces`` (with the format check), the evaluation after it, and the checkpoint that
+    marks the cold start done."""
+    cfg = trainer.cfg
     pairs = [sft.encode_pair(trainer.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
     per_epoch = -(-len(pairs) // cfg.cold_start_batch_size)
     checks: list[dict] = []
@@ -57,29 +76,29 @@ def run(trainer: Trainer) -> None:
             return False
         checks.append({"epochs": epochs, "format_rate": format_check(trainer)})
         trainer.console.print(f"cold-start format check after {epochs} epochs: {checks[-1]['format_rate']:.1%} "
-                           f"(bar {cfg.cold_start_min_format:.0%})")
+                              f"(bar {cfg.cold_start_min_format:.0%})")
         more = checks[-1]["format_rate"] < cfg.cold_start_min_format
         if more:
             update(epochs * per_epoch, "another epoch", total=(epochs + 1) * per_epoch)
         return more
 
     with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
-                                           "steps") as update:
+                                              "steps") as update:
         history = sft.train_sft(trainer.policy, trainer.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
                                 batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
                                 seed=cfg.seed, autocast=trainer.runtime.autocast, device=trainer.runtime.device,
                                 world=trainer.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"),
                                 max_epochs=cfg.cold_start_max_epochs, again=again)
     trainer.meter.add_flops("sft", sum(r["flops"] for r in history))
-    trainer.summary["cold_start"] = {"items": len(items), "samples_per_item": cfg.cold_start_samples,
-                                  "traces": len(traces), "sft_steps": len(history),
-                                  "epochs": history[-1]["epoch"] + 1 if history else 0, "format_checks": checks,
-                                  "final_loss": history[-1]["loss"] if history else None}
+    trainer.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
+                                     "epochs": history[-1]["epoch"] + 1 if history else 0, "format_checks": checks,
+                                     "final_loss": history[-1]["loss"] if history else None}
     trainer.run_eval("eval_after_sft", cfg.format)
     trainer.save_checkpoint(cold_start_done=True)
     trainer.summary["cold_start_done"] = True
     trainer.save_summary()
     trainer.check_stop()
+
 
 def format_check(trainer: Trainer) -> float:
     """Greedy strict-format rate, in the run's format, on train prompts the held-out set never
@@ -87,8 +106,8 @@ def format_check(trainer: Trainer) -> float:
     cfg = trainer.cfg
     items = trainer.task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
     trainer.sync_engine()
-    shard = evaluate.evaluate(trainer.engine, trainer.tokenizer, trainer.task, items[trainer.world.span(len(items))], cfg.format,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+    shard = evaluate.evaluate(trainer.engine, trainer.tokenizer, trainer.task, items[trainer.world.span(len(items))],
+                              cfg.format, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
                               prefill_think=cfg.prefill_think and cfg.format == "r1")
     trainer.meter.add_flops("sft", shard[1]["flops"])
     return evaluate.combine(trainer.world.gather(shard))[1]["format_rate"]

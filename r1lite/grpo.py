@@ -38,6 +38,7 @@ samples new prompts to refill the batch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,7 @@ LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULES = ("constant", "linear", "cosine")
 REWARDS = ("accuracy", "format", "format_partial")
+OBJECTIVES = ("grpo", "on_policy_distill")
 
 
 def _preset_grpo(explicit: dict) -> dict:
@@ -138,6 +140,10 @@ class GRPOConfig:
     dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and refill")
     max_refill_rounds: int = opt(4, "dynamic sampling: most extra generation rounds per step")
     mask_truncated: bool = opt(False, "leave completions that hit max_new_tokens out of the loss")
+    objective: str = opt("grpo", "grpo, or on_policy_distill: the student samples, the teacher scores every sampled "
+                                 "token, the loss is the per-token reverse KL (r1lite.onpolicy)")
+    teacher: str = opt("", "on_policy_distill: the teacher, a local model with the student's tokenizer "
+                           "(default, a run directory, a Hugging Face directory)")
     overlong_buffer: int = opt(0, "DAPO soft overlong punishment over the last N tokens of the budget (0 = off)")
     # optimisation
     lr: float = opt(3e-6, "peak learning rate (AdamW)")
@@ -170,6 +176,13 @@ class GRPOConfig:
                                             "cold_start_check_items train prompts is below this (0 = no check)")
     cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the format check asks for more")
     cold_start_check_items: int = opt(64, "cold start: train prompts (not held-out) the format check decodes")
+    cold_start_data: str = opt("", "cold start on these traces (r1lite distill's JSONL, or any prompt/completion JSONL) "
+                                   "instead of the base's own answers")
+    cold_start_teacher: str = opt("", "cold start on traces distilled from this teacher (a URL, a local model, FILE.gguf) "
+                                      "instead of the base's own answers: cold_start_items prompts x cold_start_samples "
+                                      "at cold_start_temperature, into <out>/distill.jsonl")
+    distill_options: dict = opt({}, "cold_start_teacher: other r1lite distill settings, e.g. teacher_model, api_key_env, "
+                                    "teacher_usd_per_mtok, teacher_terms, top_p, concurrency")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
     rollout_dtype: str = opt("auto", "precision of the rollout and evaluation weights: auto (= dtype), fp32 or bf16 "
@@ -248,6 +261,21 @@ class GRPOConfig:
                 "set it >= cold_start_epochs")
         if self.cold_start_min_format and self.cold_start_check_items < 1:
             bad(f"cold_start_check_items={self.cold_start_check_items} must be >= 1 when cold_start_min_format is set")
+        if self.objective not in OBJECTIVES:
+            bad(f"objective '{self.objective}' is unknown; use one of {', '.join(OBJECTIVES)}")
+        if (self.objective == "on_policy_distill") != bool(self.teacher):
+            bad("objective on_policy_distill needs teacher: MODEL (and teacher is only for it); set both or neither")
+        if self.objective == "on_policy_distill" and (self.beta or self.mu != 1 or self.dynamic_sampling):
+            bad("objective on_policy_distill makes one update per batch with no KL reference and no dynamic sampling; "
+                "set beta 0, mu 1, dynamic_sampling false")
+        if self.cold_start_data and self.cold_start_teacher:
+            bad("cold_start_data and cold_start_teacher both replace the self-sampled cold start; set one")
+        if self.cold_start_data and not os.path.isfile(self.cold_start_data):
+            bad(f"cold_start_data {self.cold_start_data}: no such file; distill one with r1lite distill --out FILE.jsonl")
+        if self.cold_start_teacher and not self.cold_start_items:
+            bad("cold_start_teacher asks the teacher about cold_start_items prompts; set cold_start_items >= 1")
+        if self.distill_options and not self.cold_start_teacher:
+            bad("distill_options configure cold_start_teacher; set cold_start_teacher or drop them")
         for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
             if getattr(self, key) < 0:
                 bad(f"{key}={getattr(self, key)} must be >= 0")

@@ -99,14 +99,25 @@ class Policy(torch.nn.Module):
         gradient). Padding positions hold 0."""
         base = _unwrapped(self.model)
         real = batch.completion_mask.bool()
-        if self.layers is not None:
-            hidden = _llama_hidden(base, self.layers, batch)  # [M, C]: the states that predict the M real completion tokens
-        else:
-            hidden = _generic_hidden(base, self.model, batch)[real]
+        hidden = self.hidden(batch)  # [M, C]
         logp, entropy = head_logprobs(hidden[None], base.lm_head.weight, batch.completion_ids[real][None], with_entropy,
                                       self.temperature)
         full = logp.new_zeros(real.shape).masked_scatter(real, logp[0])
         return full, None if entropy is None else entropy.new_zeros(real.shape).masked_scatter(real, entropy[0])
+
+
+    def hidden(self, batch: GroupBatch) -> torch.Tensor:
+        """The final-normed states that predict the M real completion tokens, [M, C] in row-major
+        order (what the vocabulary head takes; on-policy distillation needs the whole distribution
+        there)."""
+        if self.layers is not None:
+            return _llama_hidden(_unwrapped(self.model), self.layers, batch)
+        return _generic_hidden(_unwrapped(self.model), self.model, batch)[batch.completion_mask.bool()]
+
+
+def completion_hidden(model, batch: GroupBatch) -> torch.Tensor:
+    """:meth:`Policy.hidden` of ``model`` (a frozen teacher, or a student outside a trainer)."""
+    return Policy(model).hidden(batch)
 
 
 def completion_logprobs(model, batch: GroupBatch, with_entropy: bool = False,
@@ -124,6 +135,15 @@ def dummy_batch(pad_id: int) -> GroupBatch:
 
 def _unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def completion_hidden(model, batch: GroupBatch) -> torch.Tensor:
+    """The final-normed states that predict the M real completion tokens, [M, C] in row-major order
+    (what the vocabulary head takes; on-policy distillation needs the whole distribution there)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if llama_family(base):
+        return _llama_hidden(base, batch)
+    return _generic_hidden(base, model, batch)[batch.completion_mask.bool()]
 
 
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:

@@ -292,6 +292,24 @@ def html_table(header: tuple[str, ...] | None, rows: list[tuple[str, ...]], used
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
+def teacher_section(teacher: dict | None) -> str:
+    """The teacher's share of the cost, apart from the student's (distillation runs)."""
+    if teacher is None:
+        return ""
+    rows = [("student FLOPs", human_flops(teacher["student_flops"])),
+            ("teacher FLOPs on this device", human_flops(teacher["flops"])),
+            ("teacher time", human_seconds(teacher["seconds"]))]
+    distilled = teacher["cold_start_teacher"]
+    if distilled is not None:
+        rows += [("cold-start teacher", f"{distilled['model']} ({distilled['kind']})"),
+                 ("teacher tokens", f"{distilled['tokens']['prompt']:,} in, {distilled['tokens']['completion']:,} out"),
+                 ("teacher price", usd(distilled["usd"]) if distilled["usd"] is not None else "no prices given"),
+                 ("teacher terms", distilled["terms"] or "not recorded")]
+    if teacher["on_policy_teacher"]:
+        rows.append(("on-policy teacher", teacher["on_policy_teacher"]))
+    return f"<h3>Teacher</h3>\n{html_table(None, rows)}\n<p class='muted'>{html.escape(teacher['note'])}.</p>"
+
+
 def cost_section(cost: dict, stages: list[dict]) -> str:
     """The cost block: the one-line summary, the figures, the phases, the cost per accuracy point of
     each stage (:func:`r1lite.cost.cost_per_point`), what is left out, the price table."""
@@ -337,6 +355,7 @@ device-hours × busy power, × PUE. Figures: {html.escape(cost['price_source'])}
 <p class="muted">Each stage against the evaluation before it (the cold start against the base's best prompt);
 n/a where it gained nothing. Evaluations and setup belong to no stage.</p>
 {f"<h3>Assumptions</h3><ul>{assumptions}</ul>" if assumptions else ""}
+{teacher_section(cost.get("teacher"))}
 <h3>Not counted</h3>
 <ul>{leaves}</ul>
 <details><summary>Price and power table</summary>

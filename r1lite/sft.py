@@ -86,6 +86,11 @@ def run(cfg: SFTConfig, console) -> int:
         raise UsageError(f"{out}/final exists; choose another --out")
     runtime = resolve_runtime(cfg.device, cfg.dtype)
     rows = read_pairs(cfg.data)
+    from r1lite.distill import card_notice
+
+    notice = card_notice(cfg.data)  # traces r1lite distill wrote: say whose they are, and on what terms
+    if notice:
+        console.print(notice, highlight=False)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, runtime, seed=cfg.seed)
     pairs = [encode_pair(tokenizer, m, p, c) for m, p, c in rows]

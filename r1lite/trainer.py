@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, coldstart, cost, distributed, evaluate, grpo, report, rollout, tasks
+from r1lite import checkpoint, coldstart, cost, distill, distributed, evaluate, grpo, onpolicy, report, rollout, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.energy import open_counter
 from r1lite.engine import GenerationStats, make_engine
@@ -109,7 +109,8 @@ class Trainer:
             self.check_world()
             self.summary = check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
-            if cfg.cold_start_items and not self.task.numeric:
+            self.distill_cfg = distill.cold_start_config(cfg) if cfg.cold_start_teacher else None
+            if cfg.cold_start_items and not (cfg.cold_start_data or cfg.cold_start_teacher) and not self.task.numeric:
                 raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
                                  f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
 
@@ -119,6 +120,9 @@ class Trainer:
             raise UsageError(f"{size} processes do not divide the {cfg.prompts_per_step} prompts of a step "
                              f"(batch_size {cfg.batch_size} / group_size {cfg.group_size}): launch a number of processes "
                              f"that divides {cfg.prompts_per_step}, or set batch_size to a multiple of {cfg.group_size * size}")
+        if size > 1 and (cfg.cold_start_teacher or cfg.objective != "grpo"):
+            raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
+                             "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
         if cfg.fsdp and size == 1:
             raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
                              "launch it with torchrun --nproc-per-node N, or drop --fsdp")
@@ -147,6 +151,7 @@ class Trainer:
             self.policy = Policy(self.model, cfg.temperature)
             if cfg.fsdp:
                 self.world.shard(self.policy)
+            self.teacher = onpolicy.Teacher(cfg.teacher, self.runtime, self.tokenizer) if cfg.teacher else None
         self.reference = Reference(self.policy, cfg.lora or cfg.fsdp, cfg.temperature) if cfg.beta > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding: FSDP replaces them
         self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
@@ -387,6 +392,15 @@ class Trainer:
                 "entropy": entropy_sum / max(1.0, counted) if passes else None, "grad_norm": grad_norm,
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": int(train_tokens)}
 
+    def distill_step(self, groups: list[dict]) -> dict:
+        """On-policy distillation's update (objective on_policy_distill): :func:`r1lite.onpolicy.train_step`."""
+        train, flops, teacher_flops = onpolicy.train_step(self.model, self.teacher, self.optimizer, self.scheduler,
+                                                          self.params, groups, self.cfg, self.runtime.autocast,
+                                                          self.tokenizer.pad_token_id, self.runtime.device)
+        self.meter.add_flops("train", flops)
+        self.meter.add_flops("teacher_scoring", teacher_flops)
+        return train
+
     def logprobs(self, batch, with_entropy: bool = False):
         with self.runtime.autocast():
             return self.policy(batch, with_entropy=with_entropy)
@@ -456,7 +470,7 @@ class Trainer:
                 train = None
                 if info["groups_kept"]:  # on some rank: every rank joins the update
                     with self.meter.phase("train"):
-                        train = self.train_step(groups)
+                        train = self.distill_step(groups) if self.teacher is not None else self.train_step(groups)
                 t2 = time.perf_counter()
                 self.step += 1
                 row = rollout.step_metrics(self.step, info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1},
@@ -495,6 +509,7 @@ class Trainer:
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
         self.summary["cost_per_point"] = cost.cost_per_point(self.summary)
+        self.summary["cost"]["teacher"] = distill.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
         self.save_summary()
         if not self.world.main:
             return

@@ -59,13 +59,13 @@ def test_run_work_skips_groups_holds_a_reference_and_refills():
 
 def test_sft_work_matches_what_sft_meters(tmp_path):
     from r1lite.models import load_model, resolve_runtime
-    from r1lite.policy import model_shape, model_weights
+    from r1lite.policy import Policy, model_shape, model_weights
     from r1lite.sft import train_sft
 
     runtime = resolve_runtime("cpu", "fp32")
     model, tokenizer = load_model("tiny", runtime)
     pairs = [([5] * 9 + [i], [11] * 6 + [tokenizer.eos_token_id]) for i in range(12)]  # 10-token prompts, 7-token traces
-    history = train_sft(model, tokenizer, pairs, epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, seed=0,
+    history = train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, seed=0,
                         autocast=runtime.autocast, device=runtime.device)
     work = sft_work(model_shape(model), model_weights(model), [p for p, _ in pairs], [7], traces=12, batch_size=4, epochs=2)
     assert work.dense_flops == pytest.approx(sum(r["flops"] for r in history), rel=1e-6)

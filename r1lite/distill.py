@@ -1,0 +1,524 @@
+"""``r1lite distill``: verified reasoning traces from a teacher, with provenance, for ``r1lite sft``.
+
+R1's small models were SFT on ~800K samples from the big model, kept only where they were right
+(rejection sampling). Here: ``--n`` prompts of a task's ``--split``, ``--samples-per-prompt``
+answers each from a teacher (:mod:`r1lite.teachers`), and for each answer, in this order:
+
+1. the prompt's question is decontaminated before anything is asked: a question sharing a word
+   8-gram with the task's held-out split or a ``--decontaminate`` file is not asked (counted);
+2. a trace that stopped on the length limit is dropped (``length``);
+3. its thinking is read from ``reasoning_content`` (DeepSeek, llama.cpp), ``reasoning`` (vLLM,
+   Ollama), or ``<think>…</think>`` in the content; a thinking block that opened and never closed
+   is dropped (``unclosed_thinking``); no thinking at all is kept (reasoning field ``none``);
+4. the completion is rebuilt as ``<think>{thinking}</think>`` plus the answer in the task's format,
+   and kept only where the task's verifier accepts it (``incorrect`` otherwise);
+5. an exact duplicate (same prompt, same completion) is dropped (``duplicate``).
+
+Files, beside ``--out traces.jsonl`` (one row per line, each appended and fsynced as its answer
+arrives)::
+
+    traces.jsonl          kept rows: messages, prefill, completion, provenance
+    traces.dropped.jsonl  every other answer (with its stage and raw text) and every failed request
+    traces.card.md/json   the dataset card: teacher, terms, counts at every filter, tokens, cost
+
+Resume: the same command again asks nothing the two JSONL files already hold an answer for (a
+failed request is asked again). Files written by another teacher, task, split, format or sampling
+are refused, never truncated. A last line a kill cut off is not a row: it is cut before the first
+new append (a whole row that lost only its newline gets it back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1lite import __version__, rewards, tasks
+from r1lite.config import opt
+from r1lite.contamination import NGRAM, references
+from r1lite.datacard import STAGES, card_markdown, card_notice, sibling
+from r1lite.errors import UsageError
+from r1lite.files import append_jsonl, read_jsonl, write_json, write_text
+from r1lite.teachers import Answer, Ask, EndpointConfig, EndpointTeacher, Failure, LocalTeacher, TeacherSampling, now
+
+
+
+@dataclass
+class DistillConfig:
+    """``r1lite distill``: flags are these fields."""
+
+    teacher: str = opt("", "an OpenAI-compatible base URL (http://host:port/v1), a local model (default, a run "
+                           "directory, a Hugging Face directory) or FILE.gguf (llama.cpp)")
+    task: str = opt("", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
+    task_options: dict = opt({}, "task options, e.g. digits=3")
+    out: str = opt("", "traces JSONL; the card goes to <stem>.card.md and <stem>.card.json")
+    format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")
+    split: str = opt("train", "which prompts: train or all (the held-out test split is what decontamination removes)")
+    n: int = opt(100, "prompts to draw from the split (-1 = the whole split of a file task)")
+    samples_per_prompt: int = opt(1, "answers asked per prompt, each with its own seed")
+    temperature: float = opt(0.6, "teacher sampling temperature (R1's 0.6; 0 = greedy)")
+    top_p: float = opt(0.95, "teacher nucleus sampling (R1's 0.95; 1 = off)")
+    max_tokens: int = opt(2048, "token budget of one answer, thinking included; an answer that reaches it is dropped")
+    seed: int = opt(0, "seed for the prompt choice and each request's seed")
+    teacher_model: str = opt("", "endpoint model id (\"\" = the one model the endpoint lists)")
+    api_key_env: str = opt("", "environment variable that holds the endpoint's key, e.g. DEEPSEEK_API_KEY (\"\" = no key)")
+    concurrency: int = opt(8, "requests in flight at once (a local teacher: sequences decoded together)")
+    timeout: float = opt(600.0, "seconds one request may take before it is retried")
+    max_retries: int = opt(5, "retries of a request that timed out, got 429 or 5xx, or a malformed answer")
+    backoff: float = opt(1.0, "seconds before the first retry, doubled for each further one (a Retry-After header wins)")
+    decontaminate: list = opt([], "JSONL files (rows with question, problem or prompt) whose texts no kept question may share an 8-gram with")
+    teacher_usd_per_mtok: str = opt("", "teacher prices as IN,OUT US dollars per million prompt and completion tokens (\"\" = no cost)")
+    teacher_terms: str = opt("", "the teacher's terms or licence, recorded in the card and shown wherever the traces are used")
+    device: str = opt("auto", "local teachers: auto, cpu or cuda[:N]")
+    dtype: str = opt("auto", "local teachers: auto, bf16 or fp32")
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise UsageError(msg)
+
+        need(bool(self.teacher), "distill needs --teacher (an OpenAI-compatible base URL, a local model or FILE.gguf)")
+        need(bool(self.task), "distill needs --task (arithmetic, gsm8k:PATH, jsonl:PATH, ...)")
+        need(self.out.endswith(".jsonl"), f"--out {self.out or '(none)'}: name the traces file, e.g. --out traces.jsonl")
+        need(self.format in tasks.FORMATS, f"--format {self.format}: use one of {', '.join(tasks.FORMATS)}")
+        need(self.split in ("train", "all"), f"--split {self.split}: use train or all (the held-out split is never distilled)")
+        need(self.n >= 1 or self.n == -1, f"--n {self.n}: give a positive number of prompts, or -1 for the whole split")
+        need(self.samples_per_prompt >= 1, f"--samples-per-prompt {self.samples_per_prompt}: must be >= 1")
+        need(self.temperature >= 0, f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
+        need(0 < self.top_p <= 1, f"--top-p {self.top_p}: must be in (0, 1]")
+        need(self.max_tokens >= 1, f"--max-tokens {self.max_tokens}: must be >= 1")
+        need(self.concurrency >= 1, f"--concurrency {self.concurrency}: must be >= 1")
+        need(self.timeout > 0, f"--timeout {self.timeout}: must be > 0 seconds")
+        need(self.max_retries >= 0 and self.backoff >= 0, "--max-retries and --backoff must be >= 0")
+        need(not self.api_key_env or self.api_key_env in os.environ,
+             f"--api-key-env {self.api_key_env}: ${self.api_key_env} is not set; export it, or drop --api-key-env")
+        self.prices()
+
+    @property
+    def endpoint(self) -> bool:
+        return self.teacher.startswith(("http://", "https://"))
+
+    def prices(self) -> tuple[float, float] | None:
+        """(USD per million prompt tokens, per million completion tokens), or None."""
+        if not self.teacher_usd_per_mtok:
+            return None
+        parts = self.teacher_usd_per_mtok.split(",")
+        try:
+            prices = tuple(float(p) for p in parts)
+        except ValueError:
+            prices = ()
+        if len(prices) != 2 or min(prices) < 0:
+            raise UsageError(f"--teacher-usd-per-mtok {self.teacher_usd_per_mtok}: give two prices IN,OUT "
+                             "in US dollars per million tokens, e.g. 0.28,0.42")
+        return prices
+
+    def sampling(self) -> TeacherSampling:
+        return TeacherSampling(self.temperature, self.top_p, self.max_tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# From an answer to a row
+
+
+def split_reasoning(content: str, fields: dict) -> tuple[str, str, str] | None:
+    """(thinking, answer text, the field the thinking came in) of an answer; None when a thinking
+    block opened in the content and never closed.
+
+    The field is ``reasoning_content`` or ``reasoning`` when the endpoint sent one, ``content`` when
+    the thinking was ``<think>…</think>`` in the content (text before ``<think>`` is not kept), and
+    ``none`` when there was no thinking at all.
+
+    >>> split_reasoning("4", {"reasoning_content": "2 + 2", "reasoning": None})
+    ('2 + 2', '4', 'reasoning_content')
+    >>> split_reasoning("<think>2 + 2</think> <answer>4</answer>", {})
+    ('2 + 2', '<answer>4</answer>', 'content')
+    >>> split_reasoning("<think>2 + 2 is", {}), split_reasoning("4", {"reasoning": ""})
+    (None, ('', '4', 'none'))
+    """
+    for name in ("reasoning_content", "reasoning"):
+        if fields.get(name):
+            return fields[name].strip(), rewards.strip_end(content).strip(), name
+    opened, closed = content.find(rewards.THINK_OPEN), content.find(rewards.THINK_CLOSE)
+    if closed < 0:
+        return None if opened >= 0 else ("", rewards.strip_end(content).strip(), "none")
+    start = opened + len(rewards.THINK_OPEN) if 0 <= opened < closed else 0  # a template may have opened it
+    answer = rewards.strip_end(content[closed + len(rewards.THINK_CLOSE):]).strip()
+    return content[start:closed].strip(), answer, "content"
+
+
+def build_completion(thinking: str, answer: str, fmt: str) -> str:
+    """``<think>{thinking}</think>`` and the answer in the task's format: for r1 the inside of the
+    answer's ``<answer>`` block (or the whole answer when it has none) in one ``<answer>`` block.
+
+    >>> build_completion("2 + 2", "It is <answer>4</answer>.", "r1")
+    '<think>\\n2 + 2\\n</think>\\n<answer>4</answer>'
+    >>> build_completion("", "4", "plain")
+    '<think>\\n\\n</think>\\n4'
+    """
+    if fmt == "r1":
+        start, end = answer.find(rewards.ANSWER_OPEN), answer.find(rewards.ANSWER_CLOSE)
+        if 0 <= start < end:
+            answer = answer[start + len(rewards.ANSWER_OPEN):end].strip()
+        answer = f"{rewards.ANSWER_OPEN}{answer}{rewards.ANSWER_CLOSE}"
+    return f"{rewards.THINK_OPEN}\n{thinking}\n{rewards.THINK_CLOSE}\n{answer}"
+
+
+def prompt_sha256(messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def request_seed(seed: int, item: tasks.Item, sample: int) -> int:
+    """The seed of one ask, for endpoints and local teachers alike: fixed by (run seed, prompt,
+    sample); 31 bits, which every endpoint accepts (llama.cpp's seed is 32-bit).
+
+    >>> request_seed(0, tasks.make_item("What is 1 + 1?", 2, {}), 0)
+    174865473
+    """
+    digest = hashlib.sha256(f"{seed}:{item.id}:{sample}".encode()).hexdigest()
+    return int(digest[:8], 16) % 2 ** 31
+
+
+@dataclass
+class Run:
+    """One distillation: its config, task, teacher identity, and what its files already hold."""
+
+    cfg: DistillConfig
+    task: tasks.Task
+    teacher: dict
+    kept: list[dict]
+    dropped: list[dict]
+
+    @property
+    def identity(self) -> dict:
+        """What every row of the files must share with this run."""
+        c = self.cfg
+        return {"teacher": self.teacher, "task": self.task.name, "task_options": normalise(c.task_options),
+                "split": c.split, "format": c.format,
+                "sampling": {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens, "seed": c.seed}}
+
+    def provenance(self, item: tasks.Item, messages: list[dict], result: Answer | Failure, seed: int) -> dict:
+        identity = self.identity
+        reported = result.reported if isinstance(result, Answer) else {}
+        return {"prompt_id": item.id, "prompt_sha256": prompt_sha256(messages), "sample": result.key[1],
+                **{k: v for k, v in identity.items() if k != "sampling"},
+                "sampling": {**identity["sampling"], "request_seed": seed, "reported": reported},
+                "attempts": result.attempts, "timestamp": result.timestamp}
+
+
+def normalise(obj):
+    """The value as JSON gives it back (tuples become lists), for comparing with rows read back."""
+    return json.loads(json.dumps(obj))
+
+
+def judge(run: Run, item: tasks.Item, answer: Answer, seen: set[tuple[str, str]]) -> tuple[str, dict]:
+    """(stage, row) for one answer: ``kept`` or the filter that dropped it (:data:`STAGES`)."""
+    messages, prefill = tasks.build_messages(item, run.task, run.cfg.format)
+    seed = request_seed(run.cfg.seed, item, answer.key[1])
+    provenance = run.provenance(item, messages, answer, seed)
+    provenance.update({"finish_reason": answer.finish_reason, "usage": answer.usage})
+    raw = {"content": answer.content, **answer.fields}
+    if answer.finish_reason == "length":
+        return "length", {"stage": "length", "raw": raw, "provenance": provenance}
+    parts = split_reasoning(answer.content, answer.fields)
+    if parts is None:
+        return "unclosed_thinking", {"stage": "unclosed_thinking", "raw": raw, "provenance": provenance}
+    thinking, answer_text, field = parts
+    completion = build_completion(thinking, answer_text, run.cfg.format)
+    checked = completion if run.cfg.format == "r1" else answer_text  # plain: the answer after the thinking
+    scored = tasks.score(checked, item, run.task, run.cfg.format)
+    provenance.update({"reasoning_field": field,
+                       "verifier": {"accuracy": scored["accuracy"], "format": scored["format"],
+                                    "response": tasks.extract_answer(checked, run.task, run.cfg.format)}})
+    row = {"messages": messages, "prefill": prefill, "completion": completion, "provenance": provenance}
+    if scored["accuracy"] != 1.0:
+        return "incorrect", {"stage": "incorrect", "raw": raw, **row}
+    if (provenance["prompt_sha256"], completion) in seen:
+        return "duplicate", {"stage": "duplicate", "raw": raw, **row}
+    seen.add((provenance["prompt_sha256"], completion))
+    return "kept", row
+
+
+# ---------------------------------------------------------------------------------------------
+# The files
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of one of the run's JSONL files ([] when it does not exist); a cut-off last line
+    (a kill mid-append) is left out."""
+    return [row for _, row in read_jsonl(path, notes=[])] if path.exists() else []
+
+
+def check_same_run(run: Run, path: Path, rows: list[dict]) -> None:
+    """Refuse files another teacher, task, split, format or sampling wrote."""
+    identity = run.identity
+    for n, row in enumerate(rows, 1):
+        provenance = row.get("provenance")
+        if not isinstance(provenance, dict) or "prompt_id" not in provenance:
+            raise UsageError(f"{path}:{n} was not written by r1lite distill (no provenance); choose another --out")
+        for key, want in identity.items():
+            got = provenance.get(key)
+            if key == "sampling" and isinstance(got, dict):
+                got = {k: got.get(k) for k in want}
+            if got != want:
+                raise UsageError(f"{path} holds traces from another run: its {key} is {json.dumps(got)}, this run's "
+                                 f"{json.dumps(want)}; choose another --out, or rerun with that run's flags")
+
+
+def trim_torn_tail(path: Path) -> None:
+    """Mend a last line without its newline (a kill mid-append left it): a whole row gets its newline
+    back, a cut-off one (not a row) is cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        tail = data[data.rfind(b"\n") + 1:]
+        try:
+            whole = isinstance(json.loads(tail), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.write(b"\n")
+        else:
+            f.truncate(len(data) - len(tail))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def answered(row: dict) -> tuple[str, int]:
+    return row["provenance"]["prompt_id"], row["provenance"]["sample"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def open_teacher(cfg: DistillConfig) -> EndpointTeacher | LocalTeacher:
+    """An endpoint for a URL, else a local model through the engine."""
+    if cfg.endpoint:
+        key = os.environ[cfg.api_key_env] if cfg.api_key_env else None
+        return EndpointTeacher(EndpointConfig(cfg.teacher, cfg.teacher_model, key, f"${cfg.api_key_env}", cfg.timeout,
+                                              cfg.max_retries, cfg.backoff, cfg.concurrency), cfg.sampling())
+    if cfg.teacher_model or cfg.api_key_env:
+        raise UsageError("--teacher-model and --api-key-env are for endpoint teachers (a URL); drop them for a local model")
+    return LocalTeacher(cfg.teacher, cfg.sampling(), cfg.concurrency, cfg.device, cfg.dtype)
+
+
+def select_prompts(cfg: DistillConfig, task: tasks.Task) -> tuple[list[tasks.Item], list[tasks.Item], Counter, str]:
+    """(selected items, the clean ones to ask, contaminated count by source, how the held-out split was used)."""
+    items = task.split(cfg.split, None if cfg.n == -1 else cfg.n, seed=cfg.seed)
+    reference, held_out = references(task, cfg.decontaminate)
+    clean, dirty = [], Counter()
+    for item in items:
+        source = reference.source_of(item.question)
+        if source is None and tasks.in_split(item.question, "test", task.held_out):
+            source = f"{task.name} held-out split"
+        if source is None:
+            clean.append(item)
+        else:
+            dirty[source] += 1
+    if not clean:
+        raise UsageError(f"all {len(items)} prompts overlap the held-out split or a --decontaminate file; "
+                         "distill other prompts (--split train, another --task) or check the --decontaminate files")
+    return items, clean, dirty, held_out
+
+
+def collect(cfg: DistillConfig, console) -> dict:
+    """Ask the teacher for what the files lack, filter and append each answer, write the card; the card."""
+    from r1lite.progress import progress
+
+    task = tasks.load_task(cfg.task, cfg.task_options)
+    selected, clean, dirty, held_out = select_prompts(cfg, task)
+    out, dropped_file = Path(cfg.out), sibling(Path(cfg.out), ".dropped.jsonl")
+    kept, dropped = read_rows(out), read_rows(dropped_file)
+    teacher = open_teacher(cfg)
+    teacher.preflight()
+    run = Run(cfg, task, teacher.identity, kept, dropped)
+    check_same_run(run, out, kept)
+    check_same_run(run, dropped_file, dropped)
+    # Everything is checked: from here on the files may change.
+    done = {answered(r) for r in kept} | {answered(r) for r in dropped if r["stage"] != "failed"}
+    seen = {(r["provenance"]["prompt_sha256"], r["completion"]) for r in kept}
+    by_id = {item.id: item for item in clean}
+    asks = [Ask((item.id, s), tasks.build_messages(item, task, cfg.format)[0], request_seed(cfg.seed, item, s))
+            for item in clean for s in range(cfg.samples_per_prompt) if (item.id, s) not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in (out, dropped_file):
+        trim_torn_tail(path)
+    open(out, "a").close()
+    console.print(f"r1lite distill: {len(clean)} prompts x {cfg.samples_per_prompt} from {task.name} ({cfg.split}), "
+                  f"teacher {teacher.identity['model']} ({teacher.identity['kind']}); "
+                  f"{len(asks)} requests to make, {len(done)} answered before")
+    tally = Counter()
+
+    def on_result(result: Answer | Failure) -> None:
+        item = by_id[result.key[0]]
+        if isinstance(result, Failure):
+            messages = tasks.build_messages(item, task, cfg.format)[0]
+            row = {"stage": "failed", "failure": {"kind": result.kind, "error": result.error},
+                   "provenance": run.provenance(item, messages, result, request_seed(cfg.seed, item, result.key[1]))}
+            stage = "failed"
+        else:
+            stage, row = judge(run, item, result, seen)
+        append_jsonl(out if stage == "kept" else dropped_file, row)
+        (run.kept if stage == "kept" else run.dropped).append(row)
+        tally[stage] += 1
+        update(sum(tally.values()), f"kept {tally['kept']}  failed {tally['failed']}")
+
+    with progress(console, "distill", len(asks), "req") as update:
+        teacher.run(asks, on_result)
+    card = make_card(run, selected, clean, dirty, held_out, teacher)
+    write_json(sibling(out, ".card.json"), card)
+    write_text(sibling(out, ".card.md"), card_markdown(card))
+    return card
+
+
+def run(cfg: DistillConfig, console) -> int:
+    """``r1lite distill``: collect, then say what the files hold and what they lack."""
+    card = collect(cfg, console)
+    c = card["counts"]
+    console.print(f"kept {c['kept']} of {c['answered']} answers ({card['acceptance_rate']:.1%}) → {cfg.out}", highlight=False)
+    console.print("dropped: " + ", ".join(f"{s.replace('_', ' ')} {c[s]}" for s in STAGES)
+                  + f"; decontaminated {c['prompts_contaminated']} prompts", highlight=False)
+    t = card["tokens"]
+    cost = f"${card['cost']['usd']:.4f}" if card["cost"]["usd"] is not None else "no prices given"
+    console.print(f"tokens: {t['prompt']:,} in, {t['completion']:,} out ({t['reasoning']:,} reasoning); cost {cost}",
+                  highlight=False)
+    console.print(f"lacks: {card['lacks']}", highlight=False)
+    console.print(f"card: {sibling(Path(cfg.out), '.card.md')}", highlight=False)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset card
+
+
+def make_card(run: Run, selected: list, clean: list, dirty: Counter, held_out: str, teacher) -> dict:
+    """Counts at every filter, tokens, failures per prompt and cost, from what the files hold."""
+    cfg = run.cfg
+    answers = run.kept + [r for r in run.dropped if r["stage"] != "failed"]
+    done = {answered(r) for r in answers}
+    lacking = {answered(r): r for r in run.dropped if r["stage"] == "failed" and answered(r) not in done}
+    stages = Counter(r["stage"] for r in answers if "stage" in r)
+    counts = {"prompts_selected": len(selected), "prompts_contaminated": sum(dirty.values()),
+              "contaminated_by_source": dict(dirty), "prompts_asked": len(clean),
+              "requests": len(clean) * cfg.samples_per_prompt, "answered": len(answers),
+              **{s: stages[s] for s in STAGES}, "kept": len(run.kept), "failed": len(lacking)}
+    tokens = {"prompt": 0, "completion": 0, "reasoning": 0, "kept_completion": 0}
+    for r in answers:
+        usage = r["provenance"]["usage"]
+        tokens["prompt"] += usage.get("prompt_tokens", 0)
+        tokens["completion"] += usage.get("completion_tokens", 0)
+        tokens["reasoning"] += usage.get("reasoning_tokens", 0)
+    tokens["kept_completion"] = sum(r["provenance"]["usage"].get("completion_tokens", 0) for r in run.kept)
+    per_prompt: dict[str, dict] = {}
+    for (prompt_id, sample), r in sorted(lacking.items()):
+        entry = per_prompt.setdefault(prompt_id, {"samples": []})
+        entry["samples"].append(sample)
+        entry.update({**r["failure"], "attempts": r["provenance"]["attempts"]})
+    prices = cfg.prices()
+    cost = {"usd_per_mtok": None, "usd": None, "note": "no prices given (--teacher-usd-per-mtok IN,OUT)"}
+    if prices is not None:
+        usd = tokens["prompt"] / 1e6 * prices[0] + tokens["completion"] / 1e6 * prices[1]
+        cost = {"usd_per_mtok": {"prompt": prices[0], "completion": prices[1]}, "usd": usd,
+                "note": "every answered request, kept or not, at the prices given; failed requests not counted"}
+    compute = None
+    if isinstance(teacher, LocalTeacher):
+        stats = teacher.stats
+        compute = {"flops": stats.flops, "seconds": stats.seconds, "new_tokens": stats.new_tokens,
+                   "note": "this invocation only (earlier, resumed invocations are not in it)"}
+    if lacking:
+        lacks = (f"{len(lacking)} requests ({len(per_prompt)} prompts) failed after retries; rerun the same command "
+                 "to ask them again (failures per prompt in the card)")
+    else:
+        lacks = "nothing: every request was answered"
+    return {
+        "what": "verified reasoning traces (r1lite distill)", "r1lite_version": __version__, "written": now(),
+        "traces": Path(cfg.out).name, "dropped": sibling(Path(cfg.out), ".dropped.jsonl").name,
+        "teacher": {**run.teacher, "terms": cfg.teacher_terms or None},
+        "task": run.task.name, "task_options": normalise(cfg.task_options), "split": cfg.split, "format": cfg.format,
+        "sampling": run.identity["sampling"], "samples_per_prompt": cfg.samples_per_prompt,
+        "decontamination": {"ngram": NGRAM, "held_out_split": held_out, "files": list(cfg.decontaminate)},
+        "counts": counts, "acceptance_rate": counts["kept"] / counts["answered"] if counts["answered"] else 0.0,
+        "reasoning_fields": dict(Counter(r["provenance"]["reasoning_field"] for r in run.kept)),
+        "tokens": tokens, "cost": cost, "compute": compute,
+        "failures": {"requests": len(lacking), "prompts": len(per_prompt), "per_prompt": per_prompt},
+        "lacks": lacks,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# In a training run: the cold start from a teacher, and the teacher's share of the cost
+
+RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "n", "samples_per_prompt", "temperature",
+            "max_tokens", "seed", "out", "device", "dtype")
+"""DistillConfig fields a training run sets from its own config (distill_options may set the others)."""
+TEACHER_PHASES = ("teacher_sampling", "teacher_scoring")
+"""Cost-meter phases where a local teacher computes (distillation's sampling, on-policy scoring)."""
+
+
+def cold_start_config(cfg) -> DistillConfig:
+    """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.grpo.GRPOConfig`):
+    ``cold_start_items`` train prompts x ``cold_start_samples`` at ``cold_start_temperature``, each
+    within ``max_new_tokens`` (a longer trace could not be learnt), into ``<out>/distill.jsonl``."""
+    from r1lite.config import build
+
+    fixed = sorted(set(cfg.distill_options) & set(RUN_KEYS))
+    if fixed:
+        raise UsageError(f"distill_options: '{fixed[0]}' follows from the run's own keys (cold_start_*, task, format, "
+                         "max_new_tokens, seed, out); set those instead")
+    run_keys = {"teacher": cfg.cold_start_teacher, "task": cfg.task, "task_options": cfg.task_options,
+                "format": cfg.format, "split": "train", "n": cfg.cold_start_items,
+                "samples_per_prompt": cfg.cold_start_samples, "temperature": cfg.cold_start_temperature,
+                "max_tokens": cfg.max_new_tokens, "seed": cfg.seed + 1, "out": str(Path(cfg.out) / "distill.jsonl"),
+                "device": cfg.device, "dtype": cfg.dtype}
+    return build(DistillConfig, {**run_keys, **cfg.distill_options}, source="distill_options")
+
+
+def cold_start_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tuple[list[dict], dict]:
+    """(traces, what the summary records about them) for a run's cold start from ``cold_start_data``
+    or from ``cold_start_teacher`` (distilled now: resumed like ``r1lite distill``)."""
+    from r1lite import sft
+
+    if cfg.cold_start_data:
+        path = Path(cfg.cold_start_data)
+        info = {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    else:
+        with meter.phase("teacher_sampling"):
+            card = collect(distill_cfg, console)
+        if card["compute"] is not None:
+            meter.add_flops("teacher_sampling", card["compute"]["flops"])
+        if not card["counts"]["kept"]:
+            raise UsageError(f"cold start: {cfg.cold_start_teacher} gave no verified trace "
+                             f"(card: {sibling(Path(distill_cfg.out), '.card.md')}); raise cold_start_items or check the teacher")
+        path = Path(distill_cfg.out)
+        info = {"source": str(path), "teacher": {**card["teacher"], "tokens": card["tokens"], "usd": card["cost"]["usd"],
+                                                 "usd_per_mtok": card["cost"]["usd_per_mtok"],
+                                                 "flops": card["compute"]["flops"] if card["compute"] else None,
+                                                 "counts": card["counts"]}}
+    notice = card_notice(path)
+    if notice:
+        console.print(notice, highlight=False)
+    traces = [{"messages": m, "prefill": p, "completion": c} for m, p, c in sft.read_pairs(str(path))]
+    return traces, info
+
+
+def teacher_cost(cost: dict, cold_start: dict, on_policy_teacher: str) -> dict | None:
+    """The cost block's ``teacher`` entry, apart from the student's share: FLOPs a local teacher
+    computed on this device (sampling traces, scoring tokens), and an endpoint teacher's tokens and
+    price. None when the run had no teacher."""
+    by_phase = cost["flops"]["by_phase"]
+    flops = {p: by_phase[p] for p in TEACHER_PHASES if p in by_phase}
+    distilled = cold_start.get("teacher")
+    if not flops and distilled is None:
+        return None
+    return {"flops": sum(flops.values()), "flops_by_phase": flops, "student_flops": cost["flops"]["total"] - sum(flops.values()),
+            "seconds": sum(cost["seconds_by_phase"].get(p, 0.0) for p in TEACHER_PHASES),
+            "cold_start_teacher": distilled, "on_policy_teacher": on_policy_teacher or None,
+            "usd": distilled["usd"] if distilled else None,
+            "note": "a local teacher's FLOPs and time are in the run's totals too (same device); an endpoint teacher's "
+                    "price is usd, from its tokens at --teacher-usd-per-mtok"}
