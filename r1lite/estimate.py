@@ -99,6 +99,9 @@ class PhaseWork:
     """FLOPs of token-by-token decoding."""
     decode_steps: int = 0
     """Sequential decode forwards: the datasheet's latency floor counts these."""
+    batches: int = 0
+    """Decode batches they fall into: ranks decode different batches at once, one batch's steps
+    run in turn."""
     updates: int = 0
     """Optimizer steps."""
 
@@ -110,6 +113,7 @@ class PhaseWork:
         self.dense_flops += times * other.dense_flops
         self.decode_flops += times * other.decode_flops
         self.decode_steps += round(times * other.decode_steps)
+        self.batches += round(times * other.batches)
         self.updates += round(times * other.updates)
 
 
@@ -132,6 +136,7 @@ def generation_work(prompts: list[list[int]], samples: int, lengths: list[int], 
             work.dense_flops += flops(1, L, 0)
         work.dense_flops += flops(len(group), S, L)
         remaining = [next(drawn) for _ in range(len(group) * samples)]
+        work.batches += 1
         rows, col, done = len(remaining), L + S, 1  # tokens each row has after the prefill
         while True:
             live = sum(n > done for n in remaining)
@@ -301,13 +306,15 @@ def datasheet_speed(hardware: Hardware, mfu: float | None = None) -> Speed:
 
 def phase_seconds(work: PhaseWork, speed: Speed, n_layers: int, devices: int) -> float:
     """Seconds of one phase at ``speed`` on ``devices`` (ideal data parallelism; the datasheet's
-    decode latency floor does not shrink with devices)."""
+    decode latency floor shrinks only as far as there are batches to share out: one batch's steps
+    run in turn on one device)."""
     if speed.generate_flops_per_s is not None:
         compute = work.flops / speed.generate_flops_per_s if work.decode_steps else work.flops / speed.train_flops_per_s
         return (compute + work.updates * speed.optimizer_seconds) / devices
     dense = work.dense_flops / (devices * speed.train_flops_per_s)
     decode = work.decode_flops / (devices * speed.decode_flops_per_s) if work.decode_flops else 0.0
-    return dense + max(decode, work.decode_steps * n_layers * speed.decode_layer_seconds)
+    floor = work.decode_steps * n_layers * speed.decode_layer_seconds / max(1, min(devices, work.batches))
+    return dense + max(decode, floor)
 
 
 def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware: Hardware, devices: int,

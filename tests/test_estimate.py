@@ -76,11 +76,13 @@ def test_checkpoint_count_and_datasheet_timing():
     assert checkpoints(GRPOConfig(max_steps=10, save_every=0)) == 1
     assert checkpoints(GRPOConfig(max_steps=10, save_every=4, cold_start_items=8)) == 4  # cold start, 4, 8, 10
     work = {"train": PhaseWork(dense_flops=HARDWARE["H100"].train_flops_per_s * 100, updates=5),
-            "rollout": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000)}
+            "rollout": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=1),
+            "eval": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=8)}
     cfg = GRPOConfig(max_steps=5, save_every=0)
     block = estimate(cfg, work, datasheet_speed(HARDWARE["H100"]), HARDWARE["H100"], 4, 1.0, 30, ["an assumption"])
     assert block["seconds_by_phase"]["train"] == pytest.approx(25)  # 4 devices
-    assert block["seconds_by_phase"]["rollout"] == pytest.approx(1000 * 30 * 0.5e-3)  # the latency floor, not shared
+    assert block["seconds_by_phase"]["rollout"] == pytest.approx(1000 * 30 * 0.5e-3)  # one batch: its floor, not shared
+    assert block["seconds_by_phase"]["eval"] == pytest.approx(1000 * 30 * 0.5e-3 / 4)  # 8 batches on 4 devices
     assert block["estimated"] and block["method"] == "datasheet" and "an assumption" in block["assumptions"]
     assert "4 devices" in " ".join(block["assumptions"])
     half = datasheet_speed(HARDWARE["H100"], mfu=0.5)
