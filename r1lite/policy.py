@@ -137,15 +137,6 @@ def _unwrapped(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def completion_hidden(model, batch: GroupBatch) -> torch.Tensor:
-    """The final-normed states that predict the M real completion tokens, [M, C] in row-major order
-    (what the vocabulary head takes; on-policy distillation needs the whole distribution there)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if llama_family(base):
-        return _llama_hidden(base, batch)
-    return _generic_hidden(base, model, batch)[batch.completion_mask.bool()]
-
-
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
     """FLOPs of :func:`completion_logprobs` on ``batch`` as it computes them, and of its backward
     (:func:`r1lite.flops.train_pass_flops`, which the estimate uses too)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from r1lite import grpo, report, sft
+from r1lite import grpo, report, rollout, sft
 from r1lite.estimate import DecodeFlops, Speed, Workload, mean
 from r1lite.files import append_jsonl
 from r1lite.flops import ModelShape, Weights
@@ -128,8 +128,9 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         trainer.save_checkpoint()
         checkpoint_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        append_jsonl(Path(tmp) / "metrics.jsonl", trainer.step_metrics(
-            info, train, {"step": rollout_seconds + train_seconds, "rollout": rollout_seconds, "train": train_seconds}))
+        append_jsonl(Path(tmp) / "metrics.jsonl", rollout.step_metrics(
+            1, info, train, {"step": rollout_seconds + train_seconds, "rollout": rollout_seconds, "train": train_seconds},
+            trainer.scheduler.get_last_lr()[0]))
         report.write_report(Path(tmp))
         report_seconds = time.perf_counter() - t0
         base = trainer.model.get_base_model() if cfg.lora else trainer.model
