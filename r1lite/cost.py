@@ -204,7 +204,8 @@ class CostMeter:
         self.seconds_by_phase = dict(state["seconds_by_phase"])
         self.resumes = state["resumes"] + 1
         self._earlier_seconds = state["wall_seconds"]  # this process's own setup time keeps counting
-        self._earlier_device_seconds = state["device_seconds"]
+        # a checkpoint written before device time and energy were kept (one process throughout)
+        self._earlier_device_seconds = state.get("device_seconds", state["wall_seconds"] * state["devices"])
         self._earlier_kwh = state.get("measured_kwh")  # None: written before energy was measured
 
 

@@ -147,6 +147,18 @@ def test_state_dict_round_trip_keeps_counting():
         CostMeter(HARDWARE["H100"], clock=clock).load_state_dict(state)
 
 
+def test_a_checkpoint_from_before_device_time_and_energy_were_kept_still_resumes():
+    clock = FakeClock()
+    old = {"hardware": "cpu", "devices": 1, "wall_seconds": 100.0, "flops_by_phase": {"train": 5e12},
+           "seconds_by_phase": {"train": 90.0}, "resumes": 0}  # as r1lite wrote it before
+    resumed = CostMeter(HARDWARE["cpu"], clock=clock)
+    resumed.load_state_dict(old)
+    clock.now += 50
+    report = resumed.report()
+    assert report["wall_seconds"] == 150 and report["device_hours"] == pytest.approx(150 / 3600)
+    assert "power x time" in report["energy_source"]  # no measured energy for the whole run
+
+
 def test_format_cost_line():
     clock = FakeClock()
     meter = CostMeter(HARDWARE["cpu"], clock=clock)
