@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from r1lite import distill, evaluate, sft
+from r1lite import distill, sft
 from r1lite.engine import GenerationStats
 from r1lite.errors import UsageError
 from r1lite.files import write_jsonl
@@ -105,9 +105,4 @@ def format_check(trainer: Trainer) -> float:
     sees (each rank its share; metered with the SFT it steers)."""
     cfg = trainer.cfg
     items = trainer.task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
-    trainer.sync_engine()
-    shard = evaluate.evaluate(trainer.engine, trainer.tokenizer, trainer.task, items[trainer.world.span(len(items))],
-                              cfg.format, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.eval_batch_size,
-                              prefill_think=cfg.prefill_think and cfg.format == "r1")
-    trainer.meter.add_flops("sft", shard[1]["flops"])
-    return evaluate.combine(trainer.world.gather(shard))[1]["format_rate"]
+    return trainer.decode(items, cfg.format, "sft")["format_rate"]

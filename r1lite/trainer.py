@@ -237,20 +237,28 @@ class Trainer:
         """Evaluate the held-out items (each rank its share), unless the summary has ``key``."""
         if key in self.summary or not self.eval_items:
             return self.summary.get(key, {})
-        self.sync_engine()
-        items = self.eval_items[self.world.span(len(self.eval_items))]
-        with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(items), "seq") as update:
-            shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, items, fmt,
-                                      max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                      batch_size=self.cfg.eval_batch_size,
-                                      prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=update)
-        self.meter.add_flops("eval", shard[1]["flops"])
-        _, result = evaluate.combine(self.world.gather(shard))
+        with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(self.world_share(self.eval_items)),
+                                                "seq") as update:
+            result = self.decode(self.eval_items, fmt, "eval", on_progress=update)
         self.console.print(f"{key}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%} "
                            f"({result['n_items']} items, {fmt})")
         self.summary[key] = result
         self.save_summary()
         return result
+
+    def world_share(self, items: list) -> list:
+        return items[self.world.span(len(items))]
+
+    def decode(self, items: list[tasks.Item], fmt: str, phase: str, on_progress=None) -> dict:
+        """Greedy evaluation of ``items`` with the current weights, each rank its share, its FLOPs
+        metered under ``phase``; the whole job's summary."""
+        self.sync_engine()
+        shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
+                                  max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
+                                  batch_size=self.cfg.eval_batch_size,
+                                  prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress)
+        self.meter.add_flops(phase, shard[1]["flops"])
+        return evaluate.combine(self.world.gather(shard))[1]
 
     def save_summary(self) -> None:
         if self.world.main:
