@@ -25,6 +25,8 @@ apart. Run on a committed tree (the JSON records the bare commit); ``--smoke`` r
 tiny size on the tiny random model (a check that the script works, not a result).
 
     python benchmarks/distill_vs_rl.py --teacher runs/demo        # benchmarks/results/distill_vs_rl.json
+    python benchmarks/distill_vs_rl.py --rows b --reuse benchmarks/results/distill_vs_rl.json --work DIR
+                                               # row (b) again; the other rows, budget and traces kept
     python benchmarks/distill_vs_rl.py --smoke --out /tmp/smoke.json
 """
 
@@ -91,28 +93,35 @@ def measure(model_dir: str, task: tasks.Task, items: list, args) -> dict:
             f"pass@1_sampled": voted["pass@1"], "format_rate": greedy["format_rate"]}
 
 
-def sft_plan(pairs: list, budget: float, epochs: int, batch_size: int, model, pad_id: int, seed: int) -> list[int]:
-    """Indices of the traces, in training order, whose SFT at ``batch_size`` costs ``budget`` FLOPs
-    (pass_flops, as train_sft counts them): ``epochs`` passes over as many traces as that allows;
-    with too few traces, more passes over all of them."""
+def sft_plan(pairs: list, budget: float, epochs: int, batch_size: int, micro_batch_size: int, model, pad_id: int,
+             seed: int) -> list[int]:
+    """Indices of the traces, in training order, whose SFT costs ``budget`` FLOPs as train_sft
+    counts them (pass_flops per micro-batch): ``epochs`` passes over as many traces as that allows,
+    and the last pass cut at the batch that lands nearest the budget (a whole extra pass overshot
+    it by half). With too few traces, more passes over all of them."""
     from r1lite.policy import make_group_batch, pass_flops
 
-    def flops(indices: list[int]) -> float:
-        chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    def batch_flops(indices: list[int]) -> float:
+        micros = [indices[m:m + micro_batch_size] for m in range(0, len(indices), micro_batch_size)]
         return sum(pass_flops(model, make_group_batch([pairs[j][0] for j in c], list(range(len(c))),
-                                                      [pairs[j][1] for j in c], pad_id), backward=True) for c in chunks)
+                                                      [pairs[j][1] for j in c], pad_id), backward=True) for c in micros)
 
     rng = random.Random(seed)
     pool = list(range(len(pairs)))
     rng.shuffle(pool)
-    per_pair = flops(pool) / len(pool)
+    per_pair = sum(batch_flops(pool[i:i + batch_size]) for i in range(0, len(pool), batch_size)) / len(pool)
     chosen = pool[:max(batch_size, int(budget / (epochs * per_pair)))]
     order: list[int] = []
-    while flops(order) < budget:
+    spent = 0.0
+    while True:
         epoch = list(chosen)
         rng.shuffle(epoch)
-        order += epoch
-    return order
+        for i in range(0, len(epoch), batch_size):
+            cost = batch_flops(epoch[i:i + batch_size])
+            if order and spent + cost - budget > budget - spent:  # this batch would land farther from the budget than stopping
+                return order
+            order += epoch[i:i + batch_size]
+            spent += cost
 
 
 def sft_row(pairs: list, budget: float, out: Path, args, recipe: dict, usd_per_hour: float) -> dict:
@@ -125,7 +134,8 @@ def sft_row(pairs: list, budget: float, out: Path, args, recipe: dict, usd_per_h
     start = time.perf_counter()
     model, tokenizer = load_model(recipe["model"], runtime, seed=0)
     encoded = [sft.encode_pair(tokenizer, m, p, c) for m, p, c in pairs]
-    order = sft_plan(encoded, budget, args.sft_epochs, recipe["cold_start_batch_size"], model, tokenizer.pad_token_id, 0)
+    order = sft_plan(encoded, budget, args.sft_epochs, recipe["cold_start_batch_size"], recipe["micro_batch_size"], model,
+                     tokenizer.pad_token_id, 0)
     torch.manual_seed(0)
     history = sft.train_sft(Policy(model), tokenizer, [encoded[i] for i in order], epochs=1, lr=recipe["cold_start_lr"],
                             batch_size=recipe["cold_start_batch_size"], micro_batch_size=recipe["micro_batch_size"], seed=0,
@@ -157,6 +167,25 @@ def smoke_teacher(folder: Path) -> str:
     return str(folder / "teacher")
 
 
+def reused(args, teacher: str, task: tasks.Task, held_out: list) -> dict:
+    """The earlier result ``--reuse`` names, checked against this run; {} without it."""
+    if not args.reuse:
+        return {}
+    previous = json.loads(args.reuse.read_text())
+    mine = {"teacher": teacher, "task": task.name, "held_out_items": len(held_out), "samples": args.samples, "smoke": args.smoke}
+    theirs = {**{k: previous.get(k) for k in mine}, "teacher": previous["teacher"]["model"]}
+    if mine != theirs:
+        differ = ", ".join(f"{k} {theirs[k]!r} (this run: {mine[k]!r})" for k in mine if mine[k] != theirs[k])
+        raise SystemExit(f"distill_vs_rl: {args.reuse} was measured with {differ}; rerun every row instead")
+    if "grpo_step_flops" not in previous:  # results written before the key: from row (a)'s own run
+        a = json.loads((Path(next(r for r in previous["rows"] if r["row"] == "a")["run"]) / "summary.json").read_text())
+        by_phase = a["cost"]["flops"]["by_phase"]
+        previous["grpo_step_flops"] = (by_phase.get("rollout", 0.0) + by_phase.get("train", 0.0)) / a["steps"]
+    for row in previous["rows"]:
+        row.setdefault("commit", previous["commit"])
+    return previous
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", default="runs/demo", help="the teacher: a run directory or model directory (default: runs/demo)")
@@ -169,8 +198,15 @@ def main() -> None:
     ap.add_argument("--eval-batch-size", type=int, default=256)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "distill_vs_rl", help="where the rows' runs go")
     ap.add_argument("--out", type=Path, default=RESULTS / "distill_vs_rl.json")
+    ap.add_argument("--rows", default="abcd", help="the rows to run (default: all); the others come from --reuse")
+    ap.add_argument("--reuse", type=Path, help="an earlier result of this benchmark (same teacher, task, items) whose "
+                                                "other rows, budget and traces are kept; each row records its commit")
     ap.add_argument("--smoke", action="store_true", help="every row at a tiny size on the tiny model (checks the script)")
     args = ap.parse_args()
+    if set(args.rows) - set("abcd") or not args.rows:
+        raise SystemExit(f"distill_vs_rl: --rows {args.rows!r}: give letters from abcd")
+    if set(args.rows) != set("abcd") and not args.reuse:
+        raise SystemExit("distill_vs_rl: --rows without all of abcd needs --reuse RESULT.json for the rest")
     commit = git_commit()
     if commit.endswith("+dirty") and not args.smoke:
         raise SystemExit("distill_vs_rl: commit your changes first; the result records the bare commit it ran on")
@@ -182,76 +218,94 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if any(args.work.iterdir()):
         raise SystemExit(f"distill_vs_rl: {args.work} is not empty; give another --work")
-    teacher = smoke_teacher(args.work) if args.smoke else args.teacher
+    if args.smoke:  # a smoke run reusing an earlier one keeps its teacher
+        teacher = json.loads(args.reuse.read_text())["teacher"]["model"] if args.reuse else smoke_teacher(args.work)
+    else:
+        teacher = args.teacher
     task = tasks.load_task(recipe["task"], recipe.get("task_options"))
     held_out = task.split("test", args.eval_items, seed=0)
-    rows: list[dict] = []
+    previous = reused(args, teacher, task, held_out)
+    rows: dict[str, dict] = {r["row"]: r for r in previous.get("rows", []) if r["row"] not in args.rows}
     started = time.perf_counter()
 
     # (a) RL on the student: the budget
-    a = train_run(recipe, args.work / "a")
-    budget = student_flops(a["cost"])
-    grpo_step = (a["cost"]["flops"]["by_phase"].get("rollout", 0.0) + a["cost"]["flops"]["by_phase"].get("train", 0.0)) / a["steps"]
-    rows.append({"row": "a", "name": "RL on the student (own cold start + GRPO)", "run": str(args.work / "a"),
-                 "student_flops": budget, "teacher_flops": 0.0, "wall_seconds": a["cost"]["wall_seconds"], "usd": a["cost"]["usd"],
-                 **measure(str(args.work / "a"), task, held_out, args)})
+    if "a" in rows:
+        budget, grpo_step = previous["budget_student_flops"], previous["grpo_step_flops"]
+    else:
+        a = train_run(recipe, args.work / "a")
+        budget = student_flops(a["cost"])
+        grpo_step = (a["cost"]["flops"]["by_phase"].get("rollout", 0.0) + a["cost"]["flops"]["by_phase"].get("train", 0.0)) / a["steps"]
+        rows["a"] = {"row": "a", "name": "RL on the student (own cold start + GRPO)", "run": str(args.work / "a"),
+                     "student_flops": budget, "teacher_flops": 0.0, "wall_seconds": a["cost"]["wall_seconds"],
+                     "usd": a["cost"]["usd"],
+                     **measure(str(args.work / "a"), task, held_out, args)}
 
     # the teacher's traces
-    traces = args.work / "traces.jsonl"
-    dcfg = build(distill.DistillConfig, {"teacher": teacher, "task": recipe["task"], "task_options": recipe.get("task_options", {}),
-                                         "n": args.distill_prompts, "samples_per_prompt": args.samples_per_prompt,
-                                         "max_tokens": recipe["max_new_tokens"], "concurrency": 64, "out": str(traces)})
-    from rich.console import Console
+    if previous:
+        traces = Path(previous["traces"]["card"]).with_name(Path(previous["traces"]["card"]).name.replace(".card.json", ".jsonl"))
+        card = json.loads(Path(previous["traces"]["card"]).read_text())
+    else:
+        traces = args.work / "traces.jsonl"
+        dcfg = build(distill.DistillConfig, {"teacher": teacher, "task": recipe["task"], "task_options": recipe.get("task_options", {}),
+                                             "n": args.distill_prompts, "samples_per_prompt": args.samples_per_prompt,
+                                             "max_tokens": recipe["max_new_tokens"], "concurrency": 64, "out": str(traces)})
+        from rich.console import Console
 
-    card = distill.collect(dcfg, Console())
+        card = distill.collect(dcfg, Console())
     pairs = sft.read_pairs(str(traces))
     distill_flops, distill_seconds = card["compute"]["flops"], card["compute"]["seconds"]
+    usd_per_hour = rows["a"]["usd"] / rows["a"]["wall_seconds"] * 3600  # the meter's price of one device-hour here
 
     # (b) SFT on the traces
-    b = sft_row(pairs, budget, args.work / "b", args, recipe, a["cost"]["usd_per_hour_per_device"])
-    rows.append({"row": "b", "name": "SFT on the teacher's verified traces", "run": str(args.work / "b"), **b,
-                 "teacher_flops": distill_flops, "teacher_seconds": distill_seconds,
-                 **measure(str(args.work / "b"), task, held_out, args)})
+    if "b" not in rows:
+        b = sft_row(pairs, budget, args.work / "b", args, recipe, usd_per_hour)
+        rows["b"] = {"row": "b", "name": "SFT on the teacher's verified traces", "run": str(args.work / "b"), **b,
+                     "teacher_flops": distill_flops, "teacher_seconds": distill_seconds,
+                     **measure(str(args.work / "b"), task, held_out, args)}
 
     # (c) on-policy distillation: calibrate the FLOPs per step, then run for the budget
-    on_policy = {"objective": "on_policy_distill", "teacher": teacher, "cold_start_items": 0, "beta": 0.0,
-                 "dynamic_sampling": False}
-    calibration = train_run(recipe, args.work / "c-calibration", **on_policy, max_steps=2)
-    per_step = student_flops(calibration["cost"]) / 2
-    c = train_run(recipe, args.work / "c", **on_policy, max_steps=max(1, round(budget / per_step)))
-    rows.append({"row": "c", "name": "on-policy distillation (reverse KL)", "run": str(args.work / "c"),
-                 "student_flops": student_flops(c["cost"]), "teacher_flops": teacher_flops(c["cost"]),
-                 "steps": c["steps"], "wall_seconds": c["cost"]["wall_seconds"], "usd": c["cost"]["usd"],
-                 **measure(str(args.work / "c"), task, held_out, args)})
+    if "c" not in rows:
+        on_policy = {"objective": "on_policy_distill", "teacher": teacher, "cold_start_items": 0, "beta": 0.0,
+                     "dynamic_sampling": False}
+        calibration = train_run(recipe, args.work / "c-calibration", **on_policy, max_steps=2)
+        per_step = student_flops(calibration["cost"]) / 2
+        c = train_run(recipe, args.work / "c", **on_policy, max_steps=max(1, round(budget / per_step)))
+        rows["c"] = {"row": "c", "name": "on-policy distillation (reverse KL)", "run": str(args.work / "c"),
+                     "student_flops": student_flops(c["cost"]), "teacher_flops": teacher_flops(c["cost"]),
+                     "steps": c["steps"], "wall_seconds": c["cost"]["wall_seconds"], "usd": c["cost"]["usd"],
+                     **measure(str(args.work / "c"), task, held_out, args)}
 
     # (d) SFT on traces for half the budget (the run's cold start: cold_start_epochs passes), GRPO for the rest
-    from r1lite.models import load_model, resolve_runtime
+    if "d" not in rows:
+        from r1lite.models import load_model, resolve_runtime
 
-    student, tokenizer = load_model(recipe["model"], resolve_runtime(), seed=0)
-    encoded = [sft.encode_pair(tokenizer, m, p, cc) for m, p, cc in pairs]
-    subset = sorted(set(sft_plan(encoded, budget / 2, recipe["cold_start_epochs"], recipe["cold_start_batch_size"], student,
-                                 tokenizer.pad_token_id, 0)))
-    write_jsonl(args.work / "d-traces.jsonl", [{"messages": pairs[i][0], "prefill": pairs[i][1], "completion": pairs[i][2]}
-                                               for i in subset])
-    d = train_run(recipe, args.work / "d", cold_start_data=str(args.work / "d-traces.jsonl"), cold_start_items=0,
-                  max_steps=max(1, round(budget / 2 / grpo_step)))
-    rows.append({"row": "d", "name": "SFT on traces, then GRPO", "run": str(args.work / "d"),
-                 "student_flops": student_flops(d["cost"]), "teacher_flops": distill_flops * len(subset) / len(pairs),
-                 "steps": d["steps"], "wall_seconds": d["cost"]["wall_seconds"], "usd": d["cost"]["usd"],
-                 **measure(str(args.work / "d"), task, held_out, args)})
+        student, tokenizer = load_model(recipe["model"], resolve_runtime(), seed=0)
+        encoded = [sft.encode_pair(tokenizer, m, p, cc) for m, p, cc in pairs]
+        subset = sorted(set(sft_plan(encoded, budget / 2, recipe["cold_start_epochs"], recipe["cold_start_batch_size"],
+                                     recipe["micro_batch_size"], student, tokenizer.pad_token_id, 0)))
+        write_jsonl(args.work / "d-traces.jsonl", [{"messages": pairs[i][0], "prefill": pairs[i][1], "completion": pairs[i][2]}
+                                                   for i in subset])
+        d = train_run(recipe, args.work / "d", cold_start_data=str(args.work / "d-traces.jsonl"), cold_start_items=0,
+                      max_steps=max(1, round(budget / 2 / grpo_step)))
+        rows["d"] = {"row": "d", "name": "SFT on traces, then GRPO", "run": str(args.work / "d"),
+                     "student_flops": student_flops(d["cost"]), "teacher_flops": distill_flops * len(subset) / len(pairs),
+                     "steps": d["steps"], "wall_seconds": d["cost"]["wall_seconds"], "usd": d["cost"]["usd"],
+                     **measure(str(args.work / "d"), task, held_out, args)}
 
+    rows = [{"commit": commit.removesuffix("+dirty"), **rows[k]} for k in "abcd"]  # a reused row keeps its own commit
     for row in rows:
         row["budget_ratio"] = row["student_flops"] / budget
         row["within_budget"] = abs(row["budget_ratio"] - 1) <= 0.10
-    teacher_scores = measure(teacher, task, held_out, args)
+    teacher_scores = previous["teacher"] if previous else {"model": teacher, **measure(teacher, task, held_out, args)}
     best_distilled = max(r["pass@1"] for r in rows[1:])
     result = {"benchmark": "distill_vs_rl", "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty"),
-              "machine": machine(), "smoke": args.smoke, "teacher": {"model": teacher, **teacher_scores},
+              "machine": machine(), "smoke": args.smoke, "teacher": teacher_scores,
               "student": recipe["model"], "task": task.name, "held_out_items": len(held_out), "samples": args.samples,
-              "budget_student_flops": budget, "traces": {"kept": card["counts"]["kept"], "answered": card["counts"]["answered"],
+              "budget_student_flops": budget, "grpo_step_flops": grpo_step, "traces": {"kept": card["counts"]["kept"], "answered": card["counts"]["answered"],
                                                          "card": str(distill.sibling(traces, ".card.json"))},
               "rows": rows, "r1_ordering_holds": best_distilled >= rows[0]["pass@1"],
-              "wall_seconds": time.perf_counter() - started}
+              "wall_seconds": time.perf_counter() - started + previous.get("wall_seconds", 0.0),
+              "reused_from": previous.get("commit") and {"commit": previous["commit"], "rows": [r["row"] for r in previous["rows"] if r["row"] not in args.rows]}}
     write_json(args.out, result)
     print(f"| row | pass@1 | maj@{args.samples} | format | student FLOPs (x B) | teacher FLOPs | wall | cost |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
