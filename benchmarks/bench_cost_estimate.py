@@ -10,7 +10,8 @@ Run it on an idle machine, on the machine the runs ran on: the probe times this 
 ``results/cost_estimate-<cpu kind>.json`` with every estimate and every run's raw figures, and a
 replay: the estimator's FLOPs for the work the first run actually did (its own lengths and skipped
 groups), which shows how much of an estimate's error is in its assumptions and how much in its
-formulas.
+formulas. ``NAME.like.json`` beside ``NAME.json`` adds the estimate ``r1lite cost --like EARLIER_RUN``
+made from an earlier run of the recipe (not one of those compared).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from common import RESULTS, machine
 
 from r1lite import grpo
 from r1lite.config import build, read_yaml
-from r1lite.estimate import Overrides, Workload, estimate_recipe
+from r1lite.estimate import Overrides, estimate_recipe, run_workload
 from r1lite.grpo import GRPOConfig
 from r1lite.hardware import CostConfig
 
@@ -54,21 +55,6 @@ def estimate(recipe: Path) -> dict:
                            Overrides(), probe=True, console=Console(stderr=True))
 
 
-def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
-    """What a finished run's sequences were, from its logs: mean completion lengths of the base
-    (its plain-prompt evaluation, else its first evaluation) and of the GRPO rollouts, the fraction
-    of groups left out of the train steps (completion tokens trained on / tokens sampled), and the
-    traces its cold start kept per item."""
-    summary = json.loads((run / "summary.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    base = summary.get("eval_base_plain", summary.get("eval_before", {})).get("completion_tokens_mean")
-    rollout = statistics.mean(r["completion_len_mean"] for r in rows)
-    trained = statistics.mean(r["loss_tokens"] / (cfg.batch_size * r["completion_len_mean"]) for r in rows)
-    traces = summary["cold_start"]["traces"] / cfg.cold_start_items if cfg.cold_start_items else 0.0
-    return Workload([round(base or rollout)], [round(rollout)], 1 - trained, traces,
-                    notes=[f"replayed from {run}'s logs"])
-
-
 def replay(recipe: Path, run: Path) -> dict:
     """The estimator's FLOPs for the work a run actually did (its lengths, skipped groups, traces):
     how far the formulas are from the meter when the assumptions are right."""
@@ -86,12 +72,13 @@ def replay(recipe: Path, run: Path) -> dict:
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                                                  target_modules=list(cfg.lora_targets))).get_base_model()
-    workload = run_workload(run, cfg)
+    workload = run_workload(run, cfg)  # the run's own lengths and skipped groups: what `r1lite cost --like` reads
     work = run_work(cfg, model_shape(model), model_weights(model),
                     run_prompts(cfg, tokenizer, tasks.load_task(cfg.task, cfg.task_options)), workload,
                     make_decoder(model, runtime.dtype).flops)
     metered = json.loads((run / "summary.json").read_text())["cost"]["flops"]
-    return {"run": str(run), "workload": {"base_tokens": workload.base_lengths[0], "rollout_tokens": workload.trained_lengths[0],
+    return {"run": str(run), "workload": {"base_tokens": statistics.mean(workload.base_lengths),
+                                          "rollout_tokens": statistics.mean(workload.trained_lengths),
                                           "skipped_groups": workload.skipped_groups, "traces_per_item": workload.traces_per_item},
             "flops_by_phase": {k: w.flops for k, w in work.items()}, "metered_by_phase": metered["by_phase"],
             "relative_error": sum(w.flops for w in work.values()) / metered["total"] - 1}
@@ -99,6 +86,9 @@ def replay(recipe: Path, run: Path) -> dict:
 
 def compare(recipe: Path, runs: list[Path], made_before: Path | None) -> dict:
     blocks = json.loads(made_before.read_text()) if made_before else estimate(recipe)
+    liked = made_before and made_before.with_name(made_before.stem + ".like.json")
+    if liked and liked.exists():  # r1lite cost --like EARLIER_RUN --json, made before these runs too
+        blocks.update({f"{method} --like": block for method, block in json.loads(liked.read_text()).items()})
     raw = [actual(r) for r in runs]
     measured = {key: spread([r[key] for r in raw]) for key in ("wall_seconds", "usd", "flops")}
     errors = {method: {key: block_value(block, key) / measured[key]["median"] - 1 for key in measured}
@@ -118,7 +108,8 @@ def main() -> None:
     p.add_argument("--excluded", nargs=2, action="append", default=[], metavar=("RUN_DIR", "REASON"),
                    help="a run recorded but left out of the medians, and why (e.g. the machine was shared)")
     p.add_argument("--estimates", type=Path, metavar="DIR",
-                   help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating now")
+                   help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating "
+                        "now, and NAME.like.json beside it if there (the same with --like EARLIER_RUN)")
     p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

@@ -224,7 +224,7 @@ def cmd_serve(args) -> int:
 
 
 COST_FLAGS = ("command", "config", "reference", "devices", "pue", "probe", "completion_tokens", "skipped_groups", "mfu",
-              "json")
+              "like", "json")
 """``r1lite cost``'s own flags; the rest are train's."""
 
 
@@ -244,6 +244,9 @@ def _cost_parser(sub) -> None:
                    help="measure the recipe on this machine for at most a minute (--no-probe: datasheet and upper bounds)")
     p.add_argument("--completion-tokens", type=int, help="assume every completion this many tokens (default: measured)")
     p.add_argument("--skipped-groups", type=float, help="assume this fraction of groups scores alike, 0-1 (default: measured)")
+    p.add_argument("--like", metavar="RUN_DIR", help="take completion lengths, skipped groups and cold-start traces "
+                                                     "from this finished run instead of the probe (a repeat or variant "
+                                                     "of a recipe); the probe still times this machine")
     p.add_argument("--mfu", type=float, help="datasheet: fraction of peak for training passes (default: the table's)")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON, one cost block per method "
                                                        "(the fields of summary.json's cost block)")
@@ -271,7 +274,7 @@ def cmd_cost(args) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in COST_FLAGS}
     cfg = build(GRPOConfig, read_yaml(args.config) if args.config else {}, flags, source=str(args.config or "config"),
                 presets=grpo.preset)
-    overrides = Overrides(args.completion_tokens, args.skipped_groups, args.mfu)
+    overrides = Overrides(args.completion_tokens, args.skipped_groups, args.mfu, args.like)
     pricing = CostConfig(hardware=cfg.hardware, devices=args.devices, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour,
                          pue=args.pue)
     blocks = estimate_recipe(cfg, pricing, overrides, args.probe, console)

@@ -27,7 +27,9 @@ column count), which moves decode FLOPs by a few percent.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,16 @@ def lengths_like(sample: list[int], count: int) -> list[int]:
     [3, 5, 3, 5, 3]
     """
     return [sample[i % len(sample)] for i in range(count)]
+
+
+def lengths_with_mean(value: float, count: int = 20) -> list[int]:
+    """Whole token counts whose mean is ``value`` to 1/``count`` of a token.
+
+    >>> lengths_with_mean(29.5, 4)
+    [29, 30, 29, 30]
+    """
+    low, high = math.floor(value), round((value - math.floor(value)) * count)
+    return [low + 1 if (i * high) // count != ((i + 1) * high) // count else low for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +380,10 @@ class Overrides:
     """This fraction of groups scores alike (``--skipped-groups``)."""
     mfu: float | None = None
     """The datasheet's training utilisation (``--mfu``)."""
+    like: str | None = None
+    """A finished run whose lengths, skipped groups and cold-start traces stand in for the probe's
+    (``--like RUN_DIR``): a repeat of a recipe, or a close variant of one, estimated from what an
+    earlier run of it did."""
 
     def __post_init__(self) -> None:
         from r1lite.errors import UsageError
@@ -388,6 +404,36 @@ def unprobed_workload(cfg: GRPOConfig) -> Workload:
         f"{cfg.cold_start_per_item} trace(s) per cold-start item: upper bounds (--completion-tokens, --skipped-groups)"])
 
 
+def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
+    """What a finished run's sequences were, from its logs: the base's mean completion length (its
+    plain-prompt evaluation, else its first evaluation, else its rollouts), the GRPO rollouts'
+    mean length, the fraction of sampled groups left out of its train steps, and the traces its
+    cold start kept per item (scaled to ``cfg``'s items)."""
+    from r1lite.errors import UsageError
+    from r1lite.files import read_jsonl
+
+    summary_path, metrics_path = run / "summary.json", run / "metrics.jsonl"
+    for path in (summary_path, metrics_path):
+        if not path.is_file():
+            raise UsageError(f"--like {run}: no {path.name}; give the directory of a run `r1lite train` finished")
+    summary = json.loads(summary_path.read_text())
+    rows = [row for _, row in read_jsonl(metrics_path, notes=[]) if "completion_len_mean" in row]
+    if not rows:
+        raise UsageError(f"--like {run}: {metrics_path} has no GRPO steps; give a run that trained")
+    rollout = statistics.mean(r["completion_len_mean"] for r in rows)
+    if any(r.get("groups_sampled", 0) > r.get("groups_kept", 0) for r in rows):  # dynamic sampling dropped them
+        skipped = 1 - sum(r["groups_kept"] for r in rows) / sum(r["groups_sampled"] for r in rows)
+    else:  # left out of the train step: completion tokens trained on over tokens sampled
+        skipped = 1 - statistics.mean(r["loss_tokens"] / (cfg.batch_size * r["completion_len_mean"]) for r in rows)
+    evals = [summary[k] for k in ("eval_base_plain", "eval_before") if isinstance(summary.get(k), dict)]
+    base = evals[0]["completion_tokens_mean"] if evals else rollout
+    cold = summary.get("cold_start") or {}
+    traces = cold.get("traces", 0) / cold["items"] if cold.get("items") else float(cfg.cold_start_per_item)
+    return Workload(lengths_with_mean(base), lengths_with_mean(rollout), skipped, traces, notes=[
+        f"like {run} ({len(rows)} GRPO steps): base completions {base:.1f} tokens, rollouts {rollout:.1f}, "
+        f"{100 * skipped:.0f}% of sampled groups scored alike, {traces:.3f} cold-start traces per item"])
+
+
 def apply_overrides(w: Workload, o: Overrides) -> Workload:
     """The workload with the flags' figures in place of the measured ones, saying so."""
     notes = list(w.notes)
@@ -398,6 +444,11 @@ def apply_overrides(w: Workload, o: Overrides) -> Workload:
         w = dataclasses.replace(w, skipped_groups=o.skipped_groups)
         notes.append(f"--skipped-groups {o.skipped_groups:g}")
     return dataclasses.replace(w, notes=notes)
+
+
+def like_or(workload: Workload, cfg: GRPOConfig, o: Overrides) -> Workload:
+    """``--like``'s workload when one is given, else ``workload``."""
+    return run_workload(Path(o.like).expanduser(), cfg) if o.like else workload
 
 
 def phase_table(blocks: dict[str, dict]):
@@ -472,7 +523,7 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
         measured = run_probe(cfg, console)
         shape, weights, flops = measured.shape, measured.weights, measured.decode_flops
         tokenizer, task = measured.tokenizer, measured.task
-        workload = apply_overrides(measured.workload, overrides)
+        workload = apply_overrides(like_or(measured.workload, cfg, overrides), overrides)
         if chosen.name != here:
             notes.append(f"the probe measured the workload on this machine ({here}); the time is the datasheet's "
                          f"for {chosen.name}")
@@ -483,7 +534,7 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
         flops = plain_decode_flops(shape, weights)
         tokenizer = load_tokenizer(cfg.model if loaded else "default")
         task = tasks.load_task(cfg.task, cfg.task_options)
-        workload = apply_overrides(unprobed_workload(cfg), overrides)
+        workload = apply_overrides(like_or(unprobed_workload(cfg), cfg, overrides), overrides)
         if not loaded:
             where = cfg.model if Path(cfg.model).expanduser().exists() else "the built-in shape table"
             notes.append(f"{shape.name}: shape from {where}; prompt lengths counted with SmolLM2's tokenizer")

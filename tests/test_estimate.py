@@ -98,6 +98,44 @@ def test_overrides_replace_measured_figures_and_reject_bad_ones():
             Overrides(**bad)
 
 
+def fake_run(folder, rows: list[dict], summary: dict):
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "compl')  # cut off
+
+
+def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
+    from rich.console import Console
+
+    from r1lite.estimate import run_workload
+
+    cfg = GRPOConfig(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
+                     out=str(tmp_path / "x"))
+    rows = [{"step": 1, "completion_len_mean": 20.0, "loss_tokens": 160, "groups_kept": 2, "groups_sampled": 2},
+            {"step": 2, "completion_len_mean": 10.0, "loss_tokens": 40, "groups_kept": 2, "groups_sampled": 2}]
+    fake_run(tmp_path / "a", rows, {"eval_base_plain": {"completion_tokens_mean": 30.5},
+                                    "cold_start": {"items": 200, "traces": 50}})
+    w = run_workload(tmp_path / "a", cfg)
+    assert sum(w.trained_lengths) / len(w.trained_lengths) == pytest.approx(15.0)
+    assert sum(w.base_lengths) / len(w.base_lengths) == pytest.approx(30.5)
+    assert w.skipped_groups == pytest.approx(0.25)  # step 1 trained all 160 tokens, step 2 half of its 80
+    assert w.traces_per_item == pytest.approx(0.25) and "2 GRPO steps" in w.notes[0]
+    dynamic = [{**r, "groups_sampled": 4} for r in rows]  # dynamic sampling dropped half the groups it drew
+    fake_run(tmp_path / "b", dynamic, {})
+    assert run_workload(tmp_path / "b", cfg).skipped_groups == pytest.approx(0.5)
+    blocks = {like: estimate_recipe(cfg, CostConfig(), Overrides(like=like), probe=False, console=Console(quiet=True))
+              for like in (None, str(tmp_path / "a"))}
+    upper, liked = (blocks[k]["datasheet"] for k in blocks)
+    assert liked["flops"]["by_phase"]["train"] < upper["flops"]["by_phase"]["train"] / 2  # 15 of 48 tokens, 25% skipped
+    assert any("like " in n for n in liked["assumptions"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no summary.json"):
+        run_workload(tmp_path / "empty", cfg)
+    fake_run(tmp_path / "c", [], {})
+    with pytest.raises(UsageError, match="no GRPO steps"):
+        run_workload(tmp_path / "c", cfg)
+
+
 def tiny_config(tmp_path, task: str, **kw) -> GRPOConfig:
     base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4,
                 rollout_batch_size=8, max_new_tokens=12, eval_items=6, max_steps=3, beta=0.04, lr=1e-3,
