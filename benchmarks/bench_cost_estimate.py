@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--estimates", type=Path, metavar="DIR",
                    help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating "
                         "now, and NAME.like.json beside it if there (the same with --like EARLIER_RUN)")
+    p.add_argument("--note", action="append", default=[], help="a line for the result's notes (how the runs were made)")
     p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -121,6 +122,7 @@ def main() -> None:
         errors = result["cases"][name]["relative_error"]
         print(name, {m: {k: f"{100 * v:+.1f}%" for k, v in e.items()} for m, e in errors.items()}, flush=True)
     result["excluded"] = [{**actual(Path(run)), "reason": reason} for run, reason in args.excluded]
+    result["notes"] = args.note
     out = args.out or RESULTS / f"cost_estimate-{result['machine']['cpu_kind']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
