@@ -77,7 +77,7 @@ def trace_stats(groups: list[dict], tokenizer, cfg: GRPOConfig) -> tuple[list[in
     items says more than its first ``cold_start_samples`` samples would."""
     lengths, kept = [], []
     for g in groups:
-        correct = [c for c, acc in zip(g["completions"], g["accuracy"]) if c.finish == "stop" and acc == 1.0]
+        correct = [c for c, acc in zip(g["completions"], g["seen"]["accuracy"]) if c.finish == "stop" and acc == 1.0]
         traces = sorted(len(tokenizer.encode(sft.r1_trace(c.text), add_special_tokens=False)) + 1 for c in correct)
         lengths += traces[:cfg.cold_start_per_item]  # the cold start keeps the shortest
         p, n = len(correct) / len(g["completions"]), cfg.cold_start_samples

@@ -224,3 +224,31 @@ def test_trace_stats_keep_each_items_shortest_verified_answer():
     assert per_item == pytest.approx((1 - 0.25 ** 2) / 3)  # P(at least one of 2 samples right) = 1 - (1 - 3/4)^2
     probed = probe_config(GRPOConfig(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
     assert (probed.format, probed.prefill_think, probed.temperature, probed.cold_start_items) == ("plain", False, 0.7, 0)
+
+
+def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tmp_path):
+    """trace_stats reads the groups rollout.score_group makes (a structure change once crashed
+    `r1lite cost` on every cold-start recipe), and its expected traces per item follow the binomial."""
+    from r1lite import tasks
+    from r1lite.engine.engine import Completion
+    from r1lite.models import load_tokenizer
+    from r1lite.probe import trace_stats
+    from r1lite.rollout import score_group
+
+    tokenizer = load_tokenizer("tiny")
+    cfg = tiny_config(tmp_path, "arithmetic", cold_start_items=4, cold_start_samples=4, cold_start_per_item=1,
+                      format="plain")
+    task = tasks.load_task("arithmetic")
+    item = task.split("train", 1, seed=0)[0]
+    right, wrong = f"The sum is {item.answer}.", f"The sum is {int(item.answer) + 1}."
+    group = score_group(cfg, task, item, [1], "", [Completion([5, 6], right, "stop"), Completion([5], wrong, "stop"),
+                                                   Completion([5, 6, 7], right, "length"), Completion([5], wrong, "stop")])
+    lengths, per_item = trace_stats([group], tokenizer, cfg)
+    assert len(lengths) == 1  # the one right answer that stopped (the truncated one is not a trace)
+    assert per_item == pytest.approx(1 - 0.75 ** 4)  # p = 1/4: at least one of 4 samples right
+    from rich.console import Console
+
+    from r1lite.probe import run_probe
+
+    probe = run_probe(cfg, Console(quiet=True))  # the tiny random model: no verified answer, upper bounds
+    assert probe.workload.traces_per_item == 1.0
