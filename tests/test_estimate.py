@@ -213,7 +213,7 @@ def test_trace_stats_keep_each_items_shortest_verified_answer():
     tokenizer = load_tokenizer("tiny")
 
     def group(texts, accuracies, finish="stop"):
-        return {"completions": [SimpleNamespace(text=t, finish=finish) for t in texts], "accuracy": accuracies}
+        return {"completions": [SimpleNamespace(text=t, finish=finish) for t in texts], "seen": {"accuracy": accuracies}}
 
     groups = [group(["3 + 4 = 7.", "It is 7.", "7", "8"], [1.0, 1.0, 1.0, 0.0]),  # keeps "7", the shortest
               group(["5", "6", "9", "1"], [0.0] * 4),  # nothing verified: no trace
