@@ -68,6 +68,12 @@ def teacher_flops(cost: dict) -> float:
     return sum(cost["flops"]["by_phase"].get(p, 0.0) for p in TEACHER_PHASES)
 
 
+def grpo_step_flops(summary: dict) -> float:
+    """A GRPO run's FLOPs per step: its rollouts and train steps (no evaluations, no cold start)."""
+    by_phase = summary["cost"]["flops"]["by_phase"]
+    return (by_phase.get("rollout", 0.0) + by_phase.get("train", 0.0)) / summary["steps"]
+
+
 def train_run(recipe: dict, out: Path, **overrides) -> dict:
     """A training run in this process (no evaluations inside it; every row is evaluated alike afterwards)."""
     from r1lite.trainer import Trainer
@@ -179,8 +185,7 @@ def reused(args, teacher: str, task: tasks.Task, held_out: list) -> dict:
         raise SystemExit(f"distill_vs_rl: {args.reuse} was measured with {differ}; rerun every row instead")
     if "grpo_step_flops" not in previous:  # results written before the key: from row (a)'s own run
         a = json.loads((Path(next(r for r in previous["rows"] if r["row"] == "a")["run"]) / "summary.json").read_text())
-        by_phase = a["cost"]["flops"]["by_phase"]
-        previous["grpo_step_flops"] = (by_phase.get("rollout", 0.0) + by_phase.get("train", 0.0)) / a["steps"]
+        previous["grpo_step_flops"] = grpo_step_flops(a)
     for row in previous["rows"]:
         row.setdefault("commit", previous["commit"])
     return previous
@@ -234,7 +239,7 @@ def main() -> None:
     else:
         a = train_run(recipe, args.work / "a")
         budget = student_flops(a["cost"])
-        grpo_step = (a["cost"]["flops"]["by_phase"].get("rollout", 0.0) + a["cost"]["flops"]["by_phase"].get("train", 0.0)) / a["steps"]
+        grpo_step = grpo_step_flops(a)
         rows["a"] = {"row": "a", "name": "RL on the student (own cold start + GRPO)", "run": str(args.work / "a"),
                      "student_flops": budget, "teacher_flops": 0.0, "wall_seconds": a["cost"]["wall_seconds"],
                      "usd": a["cost"]["usd"],
@@ -301,8 +306,9 @@ def main() -> None:
     result = {"benchmark": "distill_vs_rl", "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty"),
               "machine": machine(), "smoke": args.smoke, "teacher": teacher_scores,
               "student": recipe["model"], "task": task.name, "held_out_items": len(held_out), "samples": args.samples,
-              "budget_student_flops": budget, "grpo_step_flops": grpo_step, "traces": {"kept": card["counts"]["kept"], "answered": card["counts"]["answered"],
-                                                         "card": str(distill.sibling(traces, ".card.json"))},
+              "budget_student_flops": budget, "grpo_step_flops": grpo_step,
+              "traces": {"kept": card["counts"]["kept"], "answered": card["counts"]["answered"],
+                         "card": str(distill.sibling(traces, ".card.json"))},
               "rows": rows, "r1_ordering_holds": best_distilled >= rows[0]["pass@1"],
               "wall_seconds": time.perf_counter() - started + previous.get("wall_seconds", 0.0),
               "reused_from": previous.get("commit") and {"commit": previous["commit"], "rows": [r["row"] for r in previous["rows"] if r["row"] not in args.rows]}}
