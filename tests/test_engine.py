@@ -210,6 +210,35 @@ def test_a_sequence_depends_only_on_seed_prompt_and_sample_index(which, cpu_path
     assert [c.token_ids for c in other_seed[0]] != together[0]
 
 
+def test_a_sequence_gets_the_same_logits_bit_for_bit_in_any_batch(cpu_path, tiny, monkeypatch):
+    """What the test above rests on, checked where a near-tie would hide it: every logit a sequence
+    draws from is the same bits alone, among other prompts (whose shared prefix and left padding
+    move its keys to other cache columns) and joining a running batch. Products computed by a
+    kernel chosen by the batch's shape, or sums that follow cache columns, break it."""
+    from r1lite.engine import engine as engine_module
+
+    model, tokenizer = tiny
+    prompts = prompts_for(tokenizer, QUESTIONS[:4] + LONG_QUESTIONS[:2])
+    s = Sampling(max_new_tokens=12, temperature=1.0)
+    stops = stop_token_ids(tokenizer, model)
+    seen: dict[tuple[int, int], bytes] = {}
+    mismatched = []
+
+    def recording(logits, settings, keys, steps):
+        for r, (key, step) in enumerate(zip(keys, steps)):
+            row = logits[r].numpy().tobytes()
+            if seen.setdefault((key, step), row) != row:
+                mismatched.append((key, step))
+        return sample_rows(logits, settings, keys, steps)
+
+    from r1lite.engine.sampling import sample_rows
+    monkeypatch.setattr(engine_module, "sample_rows", recording)
+    for max_rows, order in [(64, range(6)), *[(3, [i]) for i in range(6)], (4, [5, 3, 1, 0, 2, 4]), (7, [2, 0, 4, 1, 5, 3])]:
+        make_engine(model, tokenizer, torch.float32, stops, max_rows).generate(
+            [Request(prompts[i], s, n=3, seed=100 + i) for i in order])
+    assert len(seen) == 6 * 3 * 12 and not mismatched, f"{len(set(mismatched))} of {len(seen)} (sequence, step) logits differ"
+
+
 def test_finished_rows_leave_the_batch(tiny):
     model, tokenizer = tiny
     eos = tokenizer.eos_token_id

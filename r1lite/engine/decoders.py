@@ -37,14 +37,17 @@ class Projection:
     and up).
 
     fp32 on x86-64 CPUs: our kernel (:mod:`r1lite.engine.kernels`) on a copy of the weights packed
-    at each sync (into the previous sync's memory, ``reuse``). Where it cannot be built: oneDNN's
-    linear on a copy reordered for it below ``SMALL_BATCH`` columns and for the vocabulary head
-    (decode step of the 135M model 37.6 vs 45.8 ms at batch 1 against MKL, head 13.7 vs 20.4 ms
-    at 16; 2-core EPYC); otherwise MKL, with 2..15 columns padded to 16 (its kernels for fewer
-    run slower: 1.3 vs 0.8 ms for a 3072x576 weight). Other dtypes and devices: ``weight @ x``.
+    at each sync (into the previous sync's memory, ``reuse``). Other CPUs (no compiler, other
+    architectures, bf16 compute): products of exactly ``CHUNK`` columns each, the last padded,
+    with oneDNN's linear on a copy of the weight reordered for it where it runs fp32, else
+    PyTorch's matmul. MKL and oneDNN choose kernels, and so the order of a sum, by the shape of a
+    product: a column computed among 3 and among 18 columns differs in its last bits, and a
+    sequence's tokens would depend on its batch. With one shape every column is computed alike,
+    wherever it sits (attention: :meth:`LlamaDecoder._attention`). GPUs: ``weight @ x`` (cuBLAS
+    chooses kernels by shape too: there a sequence's tokens can depend on its batch).
     """
 
-    SMALL_BATCH = 8
+    CHUNK = 16
 
     def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None):
         if lib is not None:
@@ -61,9 +64,9 @@ class Projection:
         """Columns a product with n columns of x computes (padding included): what FLOPs count."""
         if self.packed is not None:
             return 8 if n <= 8 else -(-n // 16) * 16  # the kernel's padded f(x) (gemm.c)
-        if self.onednn and (n < self.SMALL_BATCH or transposed):
-            return n
-        return 16 if self.weight.device.type == "cpu" and 1 < n < 16 else n
+        if self.weight.device.type == "cpu":
+            return -(-n // self.CHUNK) * self.CHUNK
+        return n
 
     def __call__(self, x: torch.Tensor, prologue: str = "plain", norm: torch.Tensor | None = None, eps: float = 0.0,
                  bias: torch.Tensor | None = None, into: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
@@ -71,29 +74,36 @@ class Projection:
         :meth:`r1lite.engine.kernels.PackedWeight.linear`, whose meaning this keeps on every path)."""
         if self.packed is not None:
             return self.packed.linear(x, prologue, norm, eps, bias, into, transposed)
-        n = x.shape[1]
+        rows = x.t().contiguous()  # [N, K]: f and the products work on one token's features at a time
         if prologue == "rmsnorm":
-            xf = x.float()
-            x = (xf * torch.rsqrt(xf.pow(2).mean(0, keepdim=True) + eps)).to(x.dtype) * norm[:, None]
+            xf = rows.float()
+            rows = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * norm
         elif prologue == "swiglu":
-            gate, up = x.chunk(2, dim=0)
-            x = F.silu(gate) * up
-        if self.onednn and (n < self.SMALL_BATCH or transposed):
-            if self._reordered is None:
-                self._reordered = torch.ops.mkldnn._reorder_linear_weight(self.weight, 16)
-            out = torch.ops.mkldnn._linear_pointwise(x.t(), self._reordered, None, "none", [], "")
-            out = out if transposed else out.t()
-        else:
-            if self.weight.device.type == "cpu" and 1 < n < 16:
-                out = (self.weight @ F.pad(x, (0, 16 - n)))[:, :n]
-            else:
-                out = self.weight @ x
-            out = out.t().contiguous() if transposed else out
+            gate, up = rows.chunk(2, dim=-1)
+            rows = F.silu(gate) * up
+        out = self._rows(rows)  # [N, O]
         if bias is not None:
-            out = out + (bias if transposed else bias[:, None])
+            out = out + bias
+        if not transposed:
+            out = out.t()
         if into is None:
-            return out
+            return out.contiguous()
         return into.add_(out)
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [N, K] -> rows @ weight.T [N, O]; on a CPU in products of CHUNK rows."""
+        if self.weight.device.type != "cpu":
+            return rows @ self.weight.t()
+        n, C = rows.shape[0], self.CHUNK
+        rows = F.pad(rows, (0, 0, 0, -n % C)).contiguous()
+        if self.onednn:
+            if self._reordered is None:
+                self._reordered = torch.ops.mkldnn._reorder_linear_weight(self.weight, C)
+            parts = [torch.ops.mkldnn._linear_pointwise(rows[c:c + C], self._reordered, None, "none", [], "")
+                     for c in range(0, rows.shape[0], C)]
+        else:
+            parts = [rows[c:c + C] @ self.weight.t() for c in range(0, rows.shape[0], C)]
+        return (torch.cat(parts) if len(parts) > 1 else parts[0])[:n]
 
 
 def _unwrapped(model):
@@ -284,7 +294,12 @@ class LlamaDecoder:
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         cache[0, :, :, start:end] = k
         cache[1, :, :, start:end] = v
-        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask)  # [B, H, T, D]
+        # fp32 on a CPU: in fp64, rounded to fp32. In another batch a row's keys sit at other cache
+        # columns (padding), and fp32 sums over them would round differently (see gqa_attention).
+        # bf16 compute keeps bf16's products, as transformers' bf16 does: there, as on GPUs, a
+        # sequence's last bits can depend on its batch.
+        exact = self.device.type == "cpu" and self.compute == torch.float32
+        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask, torch.float64 if exact else None)  # [B, H, T, D]
         return o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()
 
     def _mask(self, valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:

@@ -82,13 +82,27 @@ static void prologue(const float *x, long K, long N, long NP, int mode, const fl
             float *row = chunk_at(xs, K, NP, c, &w) + k * w;
             long n = c, end = c + w < N ? c + w : N;
             if (mode == SWIGLU) {
-                for (; n + 8 <= end; n += 8) {
-                    __m256 g = _mm256_loadu_ps(src + n);
+                /* every column by the same vector code (the last few from padded copies): a
+                   column's value must not depend on its place in the batch */
+                for (; n < end; n += 8) {
+                    long m = end - n < 8 ? end - n : 8;
+                    float g8[8] = {0}, u8[8] = {0}, r8[8];
+                    const float *gp = src + n, *upp = up + n;
+                    if (m < 8) {
+                        memcpy(g8, gp, m * sizeof(float));
+                        memcpy(u8, upp, m * sizeof(float));
+                        gp = g8, upp = u8;
+                    }
+                    __m256 g = _mm256_loadu_ps(gp);
                     __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-                    _mm256_storeu_ps(row + n - c, _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(up + n)));
+                    __m256 r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(upp));
+                    if (m < 8) {
+                        _mm256_storeu_ps(r8, r);
+                        memcpy(row + n - c, r8, m * sizeof(float));
+                    } else
+                        _mm256_storeu_ps(row + n - c, r);
                 }
-                for (; n < end; n++)
-                    row[n - c] = src[n] / (1.0f + expf(-src[n])) * up[n];
+                n = end;
             } else if (end > n) {
                 memcpy(row, src + n, (end - n) * sizeof(float));
                 n = end;
@@ -301,17 +315,22 @@ static inline __attribute__((always_inline)) void attend_head(const float *q, co
             sc[j] = -INFINITY;
         top = sc[j] > top ? sc[j] : top;
     }
-    __m256 sum8 = _mm256_setzero_ps();
-    for (j = 0; j + 8 <= S; j += 8) {
-        __m256 e = weight8(sc + j, _mm256_set1_ps(top));
-        _mm256_storeu_ps(sc + j, e);
-        sum8 = _mm256_add_ps(sum8, e);
+    /* A key's weight and its place in the sums depend on the real keys before it, never on its
+       column: every weight is computed by exp8 (the last few from a copy padded with masked
+       scores), the total adds them in order, and a masked key adds an exact 0. So a row's
+       output does not depend on where padding put its keys: a sequence decodes to the same bits
+       alone and in any batch. */
+    for (j = 0; j + 8 <= S; j += 8)
+        _mm256_storeu_ps(sc + j, weight8(sc + j, _mm256_set1_ps(top)));
+    if (j < S) {
+        float tail[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        memcpy(tail, sc + j, (S - j) * sizeof(float));
+        _mm256_storeu_ps(tail, weight8(tail, _mm256_set1_ps(top)));
+        memcpy(sc + j, tail, (S - j) * sizeof(float));
     }
-    float total = hsum8(sum8);
-    for (; j < S; j++) {
-        sc[j] = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - top);
+    float total = 0.0f;
+    for (j = 0; j < S; j++)
         total += sc[j];
-    }
     for (long d0 = 0; d0 < D; d0 += 64) {  /* 64 outputs (8 registers) at a time */
         long width = D - d0 < 64 ? D - d0 : 64;
         __m256 acc[8];
