@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from r1lite import tasks
+from r1lite.engine import engine as engine_module
 from r1lite.engine import Engine, GenerationStats, HFDecoder, LlamaDecoder, Request, Sampling, kernels, make_decoder, make_engine
+from r1lite.engine.sampling import sample_rows
 from r1lite.models import cpu_bf16_flags, load_model, resolve_runtime, stop_token_ids
 from r1lite.prompts import encode_messages, item_prompts, left_pad
 from r1lite.rewards import END_TOKENS
@@ -215,8 +217,6 @@ def test_a_sequence_gets_the_same_logits_bit_for_bit_in_any_batch(cpu_path, tiny
     draws from is the same bits alone, among other prompts (whose shared prefix and left padding
     move its keys to other cache columns) and joining a running batch. Products computed by a
     kernel chosen by the batch's shape, or sums that follow cache columns, break it."""
-    from r1lite.engine import engine as engine_module
-
     model, tokenizer = tiny
     prompts = prompts_for(tokenizer, QUESTIONS[:4] + LONG_QUESTIONS[:2])
     s = Sampling(max_new_tokens=12, temperature=1.0)
@@ -231,7 +231,6 @@ def test_a_sequence_gets_the_same_logits_bit_for_bit_in_any_batch(cpu_path, tiny
                 mismatched.append((key, step))
         return sample_rows(logits, settings, keys, steps)
 
-    from r1lite.engine.sampling import sample_rows
     monkeypatch.setattr(engine_module, "sample_rows", recording)
     for max_rows, order in [(64, range(6)), *[(3, [i]) for i in range(6)], (4, [5, 3, 1, 0, 2, 4]), (7, [2, 0, 4, 1, 5, 3])]:
         make_engine(model, tokenizer, torch.float32, stops, max_rows).generate(

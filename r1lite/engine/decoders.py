@@ -95,7 +95,8 @@ class Projection:
         if self.weight.device.type != "cpu":
             return rows @ self.weight.t()
         n, C = rows.shape[0], self.CHUNK
-        rows = F.pad(rows, (0, 0, 0, -n % C)).contiguous()
+        if n % C:
+            rows = F.pad(rows, (0, 0, 0, C - n % C))
         if self.onednn:
             if self._reordered is None:
                 self._reordered = torch.ops.mkldnn._reorder_linear_weight(self.weight, C)
@@ -142,6 +143,11 @@ class LlamaDecoder:
         self.lib = lib
         self.compute = torch.float32 if lib is not None else dtype  # see the module docstring
         self.onednn = self.device.type == "cpu" and self.compute == torch.float32 and lib is None and torch.backends.mkldnn.is_available()
+        # fp32 attention on a CPU in fp64, rounded to fp32: in another batch a row's keys sit at
+        # other cache columns (padding), and fp32 sums over them would round differently (see
+        # gqa_attention). bf16 compute keeps bf16's products, as transformers' bf16 does: there, as
+        # on GPUs, a sequence's last bits can depend on its batch.
+        self.attention_accumulate = torch.float64 if self.device.type == "cpu" and self.compute == torch.float32 else None
         self.body_params = sum(w.numel() for w in body_weights(_unwrapped(model)))
         self.sync(model)
 
@@ -294,12 +300,7 @@ class LlamaDecoder:
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
         cache[0, :, :, start:end] = k
         cache[1, :, :, start:end] = v
-        # fp32 on a CPU: in fp64, rounded to fp32. In another batch a row's keys sit at other cache
-        # columns (padding), and fp32 sums over them would round differently (see gqa_attention).
-        # bf16 compute keeps bf16's products, as transformers' bf16 does: there, as on GPUs, a
-        # sequence's last bits can depend on its batch.
-        exact = self.device.type == "cpu" and self.compute == torch.float32
-        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask, torch.float64 if exact else None)  # [B, H, T, D]
+        o = gqa_attention(q, cache[0, :, :, :end], cache[1, :, :, :end], mask, self.attention_accumulate)  # [B, H, T, D]
         return o.transpose(1, 2).reshape(B * T, H * D).t().contiguous()
 
     def _mask(self, valid: torch.Tensor, start: int, T: int) -> torch.Tensor | None:
