@@ -66,6 +66,17 @@ class Workload:
     """Fraction of a step's groups whose rewards are all equal (no gradient: left out of the step)."""
     traces_per_item: float
     """Cold start: traces kept per item (verified, distinct, at most ``cold_start_per_item``)."""
+    final_lengths: list[int] = field(default_factory=list)
+    """Completion lengths the GRPO rollouts reach by the last step (empty: they stay at
+    ``trained_lengths``), and the evaluations after training. For a run without a cold start, the
+    probe takes the untrained model's greedy answers in the recipe's format: RL sharpens a policy
+    toward its mode (its sampling entropy collapses), so its samples come to look like its greedy
+    answers. Between the two, lengths are assumed to move at a constant relative rate per step
+    (geometrically)."""
+    eval_lengths: dict[str, list[int]] = field(default_factory=dict)
+    """Completion lengths of evaluations measured on their own (greedy, in their own format), by
+    summary key (:func:`eval_phases`); an evaluation not here takes ``base_lengths`` before
+    training and ``trained_lengths`` after."""
     notes: list[str] = field(default_factory=list)
     """Where each figure comes from, one line each."""
 
@@ -223,12 +234,12 @@ def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
 
 
 def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
-    """(evaluation, format, after training?) for each evaluation the run does, in order."""
+    """(summary key, format, after training?) for each evaluation the run does, in order."""
     if not cfg.eval_items:
         return []
     evals = [("eval_before", cfg.format, False)]
     if cfg.eval_base_plain:
-        evals += [(f"eval_base_{fmt}", fmt, False) for fmt in cfg.base_phrasings]
+        evals += [(tasks.base_eval_key(fmt), fmt, False) for fmt in cfg.base_phrasings]
     if cfg.cold_start_items:
         evals.append(("eval_after_sft", cfg.format, True))
     return evals + [("eval_after", cfg.format, True)]
@@ -250,8 +261,8 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
     ``rollout``, ``train`` (phases that do nothing are left out)."""
     w = workload
     phases = {name: PhaseWork() for name in ("eval", "cold_start_sampling", "sft", "rollout", "train")}
-    for _, fmt, trained in eval_phases(cfg):
-        lengths = w.trained_lengths if trained else w.base_lengths
+    for key, fmt, trained in eval_phases(cfg):
+        lengths = w.eval_lengths.get(key) or ((w.final_lengths or w.trained_lengths) if trained else w.base_lengths)
         phases["eval"].add(generation_work(prompts.eval[fmt], 1, lengths, cfg.eval_batch_size, flops))
     if cfg.cold_start_items:
         phases["cold_start_sampling"].add(generation_work(prompts.cold_start, cfg.cold_start_samples, w.base_lengths,
@@ -268,12 +279,29 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
         kept = P * (1 - w.skipped_groups ** rounds) if w.skipped_groups < 1 else 0.0
     else:
         kept = P * (1 - w.skipped_groups) if cfg.beta == 0 else float(P)
-    rollout = generation_work(prompts.train[:P], G, w.trained_lengths, cfg.rollout_batch_size, flops)
     forwards = int(cfg.mu > 1) + int(cfg.beta > 0)
-    step = train_work(shape, weights, prompts.train, w.trained_lengths, kept, G, cfg.micro_batch_size, forwards, cfg.mu)
-    phases["rollout"].add(rollout, cfg.max_steps * sampled)
-    phases["train"].add(step, cfg.max_steps)
+    for lengths, steps in step_lengths(w, cfg.max_steps, cfg.max_new_tokens):
+        rollout = generation_work(prompts.train[:P], G, lengths, cfg.rollout_batch_size, flops)
+        step = train_work(shape, weights, prompts.train, lengths, kept, G, cfg.micro_batch_size, forwards, cfg.mu)
+        phases["rollout"].add(rollout, steps * sampled)
+        phases["train"].add(step, steps)
     return {name: work for name, work in phases.items() if work.flops > 0 or work.updates}
+
+
+def step_lengths(w: Workload, max_steps: int, max_new_tokens: int, points: int = 8) -> list[tuple[list[int], float]]:
+    """(completion lengths, GRPO steps they stand for): the rollouts' lengths over the run, at up to
+    ``points`` evenly spaced steps, each scaled from ``trained_lengths`` toward ``final_lengths``'
+    mean at a constant rate per step (see :attr:`Workload.final_lengths`).
+
+    >>> step_lengths(Workload([40], [40], 0.0, 0.0, final_lengths=[10]), 2, 64)
+    [([28], 1.0), ([14], 1.0)]
+    """
+    if not w.final_lengths or not max_steps:
+        return [(w.trained_lengths, float(max_steps))]
+    ratio = mean(w.final_lengths) / mean(w.trained_lengths)
+    n = min(points, max_steps)
+    return [([min(max_new_tokens, max(1, round(x * ratio ** ((i + 0.5) / n)))) for x in w.trained_lengths],
+             max_steps / n) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +377,16 @@ def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware
 def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
     """The workload's assumptions as printed lines."""
     lines = list(w.notes)
-    lines.append(f"completion length: untrained model {mean(w.base_lengths):.1f} tokens"
-                 + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start_items else "")
-                 + " (mean), for the whole run (R1-Zero runs often grow longer)")
+    if w.final_lengths:
+        lines.append(f"rollout completions: from {mean(w.trained_lengths):.1f} tokens (the untrained model's samples) "
+                     f"to {mean(w.final_lengths):.1f} by the last step (its greedy answers: RL sharpens the policy toward "
+                     f"its mode), at a constant rate per step: {mean_rollout_length(w, cfg):.1f} on average; "
+                     "evaluations after training as long as the greedy answers (an R1-Zero run that learns to "
+                     "think longer grows instead: pass --completion-tokens)")
+    else:
+        lines.append(f"completion length: untrained model {mean(w.base_lengths):.1f} tokens"
+                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start_items else "")
+                     + " (mean), for the whole run (R1-Zero runs often grow longer)")
     if cfg.beta > 0:
         lines.append("every group trains (a KL reference gives each one a gradient)")
     else:
@@ -364,6 +399,12 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
             lines.append(f"the cold start's format check passes after {cfg.cold_start_epochs} epochs (each extra epoch, "
                          f"up to {cfg.cold_start_max_epochs}, adds 1/{cfg.cold_start_epochs} of the SFT and a check)")
     return lines
+
+
+def mean_rollout_length(w: Workload, cfg: GRPOConfig) -> float:
+    """The rollouts' mean completion length over the run."""
+    points = step_lengths(w, cfg.max_steps, cfg.max_new_tokens)
+    return sum(mean(lengths) * steps for lengths, steps in points) / max(1e-9, sum(steps for _, steps in points))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +479,8 @@ def apply_overrides(w: Workload, o: Overrides) -> Workload:
     """The workload with the flags' figures in place of the measured ones, saying so."""
     notes = list(w.notes)
     if o.completion_tokens is not None:
-        w = dataclasses.replace(w, base_lengths=[o.completion_tokens], trained_lengths=[o.completion_tokens])
+        w = dataclasses.replace(w, base_lengths=[o.completion_tokens], trained_lengths=[o.completion_tokens],
+                                final_lengths=[], eval_lengths={})
         notes.append(f"--completion-tokens {o.completion_tokens}: every completion that long")
     if o.skipped_groups is not None:
         w = dataclasses.replace(w, skipped_groups=o.skipped_groups)

@@ -35,6 +35,7 @@ from r1lite.estimate import DecodeFlops, Speed, Workload, mean
 from r1lite.files import append_jsonl
 from r1lite.flops import ModelShape, Weights
 from r1lite.grpo import GRPOConfig
+from r1lite.prompts import item_prompts
 
 PROBE_SECONDS = 60.0
 """What the probe aims to stay under; a recipe too big for this machine says so in its notes."""
@@ -113,6 +114,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         lengths = [len(c.token_ids) for g in groups for c in g["completions"]]
         rewards = torch.cat([g["reward"] for g in groups])
         skipped = 1.0 - float(grpo.informative_groups(rewards, pcfg.group_size).float().mean())
+        eval_lengths = greedy_eval_lengths(trainer, cfg, groups, console)
         traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start_items else (lengths, 0.0)
         if cfg.cold_start_items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
             per_item = float(cfg.cold_start_per_item)
@@ -156,10 +158,42 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         speed = Speed("measured probe", generate_rate, train_rate, optimizer_seconds=optimizer_seconds,
                       setup_seconds=setup, checkpoint_seconds=checkpoint_seconds, report_seconds=report_seconds,
                       notes=tuple(speed_notes))
-        workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item,
-                            notes=probe_notes(cfg, pcfg, lengths, skipped, traces))
+        final = eval_lengths.pop("greedy", [])
+        workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item, eval_lengths=eval_lengths,
+                            final_lengths=final, notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
         return Probe(speed, workload, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
                      trainer.task, trainer.runtime.describe(), seconds)
+
+
+EVAL_SAMPLE = 32
+"""Held-out items the probe decodes greedily per evaluation of the untrained model."""
+
+
+def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -> dict[str, list[int]]:
+    """Completion lengths of the untrained model decoded greedily (as the run evaluates) on up to
+    ``EVAL_SAMPLE`` of the run's held-out items, for each evaluation of the untrained model (keyed
+    by its summary key) and, for a run without a cold start, in the recipe's format (key
+    ``greedy``: where its rollouts are assumed to end, see :class:`~r1lite.estimate.Workload`;
+    the rollout batch's prompts when the run holds no items out). Greedy answers are far shorter
+    than the temperature-1 samples of the rollout batch."""
+    from r1lite.engine import Request, Sampling
+    from r1lite.estimate import eval_phases
+
+    wanted = {key: fmt for key, fmt, trained in eval_phases(cfg) if not trained}
+    if not cfg.cold_start_items:
+        wanted["greedy"] = cfg.format
+    items = trainer.eval_items[:EVAL_SAMPLE]
+    trainer.sync_engine()
+    by_format = {}
+    for fmt in sorted(set(wanted.values())):
+        prompts = ([p.ids for p in item_prompts(trainer.tokenizer, trainer.task, items, fmt,
+                                                 cfg.prefill_think and fmt == "r1")] if items else
+                   [g["prompt"] for g in groups])  # no held-out items: only the recipe's format is wanted
+        console.print(f"probe: greedy answers of the untrained model to {len(prompts)} prompts ({fmt})")
+        greedy = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=0.0)  # as evaluations decode
+        outputs = trainer.engine.generate([Request(ids, greedy) for ids in prompts], max_rows=cfg.eval_batch_size)
+        by_format[fmt] = [len(c[0].token_ids) for c in outputs]
+    return {key: by_format[fmt] for key, fmt in wanted.items()}
 
 
 def time_optimizer_step(trainer) -> float:
@@ -173,11 +207,15 @@ def time_optimizer_step(trainer) -> float:
     return seconds
 
 
-def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: float, traces: list[int]) -> list[str]:
+def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: float, traces: list[int],
+                eval_lengths: dict[str, list[int]]) -> list[str]:
     """Where the workload's figures come from."""
     n = len(lengths)
     lines = [f"probe rollout batch: {n} completions of the untrained model ({pcfg.format} prompt, temperature "
              f"{pcfg.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups scored alike"]
+    if eval_lengths:
+        lines.append(f"evaluations of the untrained model, from its greedy answers to {EVAL_SAMPLE} held-out items: "
+                     + ", ".join(f"{key} {mean(v):.1f} tokens" for key, v in eval_lengths.items()))
     if cfg.cold_start_items:
         lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
                      f"(each item's shortest verified answer), mean {mean(traces):.1f} tokens" if traces else

@@ -479,6 +479,16 @@ def load_task(spec: str, options: dict | None = None) -> Task:
 FORMATS = ("r1", "plain", "plain:1", "plain:2")
 """Prompt formats: R1's think/answer tags, or one of three plain phrasings (``plain`` is the first)."""
 
+
+def base_eval_key(phrasing: str) -> str:
+    """The summary key of the base model's evaluation with a plain phrasing.
+
+    >>> base_eval_key("plain:2")
+    'eval_base_phrasing2'
+    """
+    return f"eval_base_phrasing{FORMATS.index(phrasing) - 1}"
+
+
 R1_INSTRUCTION = ("Think through the problem inside <think> </think> tags, then give the final answer "
                   "inside <answer> </answer> tags, like this: <think> reasoning </think> <answer> answer </answer>.")
 

@@ -41,7 +41,6 @@ from r1lite.progress import progress
 from r1lite.reference import Reference
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
-PLAIN_PHRASINGS = ("plain", "plain:1", "plain:2")
 
 
 class Interrupted(Exception):
@@ -274,7 +273,7 @@ class Trainer:
         if cfg.eval_base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
             for phrasing in cfg.base_phrasings:
-                results[phrasing] = self.run_eval(f"eval_base_phrasing{PLAIN_PHRASINGS.index(phrasing)}", phrasing)
+                results[phrasing] = self.run_eval(tasks.base_eval_key(phrasing), phrasing)
             best = max(results, key=lambda p: results[p]["pass@1"])
             self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
                                                "phrasings": {p: r["pass@1"] for p, r in results.items()}}
