@@ -214,7 +214,8 @@ def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: 
     lines = [f"probe rollout batch: {n} completions of the untrained model ({pcfg.format} prompt, temperature "
              f"{pcfg.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups scored alike"]
     if eval_lengths:
-        lines.append(f"evaluations of the untrained model, from its greedy answers to {EVAL_SAMPLE} held-out items: "
+        items = len(next(iter(eval_lengths.values())))
+        lines.append(f"evaluations of the untrained model, from its greedy answers to {items} held-out items: "
                      + ", ".join(f"{key} {mean(v):.1f} tokens" for key, v in eval_lengths.items()))
     if cfg.cold_start_items:
         lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
