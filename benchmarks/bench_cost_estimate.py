@@ -6,7 +6,8 @@ recipe, next to the metered wall time, money and FLOPs of runs of it (their medi
         --case lora recipes/lora.yaml runs/lora-s0 runs/lora-s1
 
 Run it on an idle machine, on the machine the runs ran on: the probe times this machine; or give
-``--estimates DIR`` with ``NAME.json`` from ``r1lite cost --json`` made before the runs. Writes
+``--estimates DIR`` with ``NAME.json`` from ``r1lite cost --json`` made before the runs (or its
+repeats ``NAME.1.json``, ``NAME.2.json``, ...: the median probe is compared, each repeat listed). Writes
 ``results/cost_estimate-<cpu kind>.json`` with every estimate and every run's raw figures, and a
 replay: the estimator's FLOPs for the work the first run actually did (its own lengths and skipped
 groups), which shows how much of an estimate's error is in its assumptions and how much in its
@@ -26,9 +27,10 @@ from common import RESULTS, machine
 
 from r1lite import grpo
 from r1lite.config import build, read_yaml
-from r1lite.estimate import Overrides, estimate_recipe, run_workload
+from r1lite.estimate import estimate_recipe
 from r1lite.grpo import GRPOConfig
 from r1lite.hardware import CostConfig
+from r1lite.workload import Overrides, run_workload
 
 
 def actual(run: Path) -> dict:
@@ -84,17 +86,36 @@ def replay(recipe: Path, run: Path) -> dict:
             "relative_error": sum(w.flops for w in work.values()) / metered["total"] - 1}
 
 
-def compare(recipe: Path, runs: list[Path], made_before: Path | None) -> dict:
-    blocks = json.loads(made_before.read_text()) if made_before else estimate(recipe)
-    liked = made_before and made_before.with_name(made_before.stem + ".like.json")
+def made_estimates(directory: Path, name: str) -> list[dict]:
+    """``NAME.json``, or the repeats ``NAME.1.json``, ``NAME.2.json``, ... (the probe times a noisy
+    machine: repeats show the estimate's own spread), in ``directory``."""
+    paths = [directory / f"{name}.json"] if (directory / f"{name}.json").exists() else sorted(
+        directory.glob(f"{name}.[0-9]*.json"), key=lambda p: int(p.stem.rsplit(".", 1)[1]))
+    if not paths:
+        raise SystemExit(f"{directory}: no {name}.json nor {name}.1.json (r1lite cost --config RECIPE --json > ...)")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def compare(recipe: Path, runs: list[Path], made_before: Path | None, name: str, recorded: dict | None) -> dict:
+    """``recorded``: this case from an earlier result, whose runs (metered figures and replay) stand
+    in for ``runs`` when those directories are gone (the runs' code must be the one estimated)."""
+    repeats = made_estimates(made_before, name) if made_before else [estimate(recipe)]
+    repeats.sort(key=lambda blocks: blocks["measured"]["wall_seconds"])
+    blocks = dict(repeats[(len(repeats) - 1) // 2])  # the median probe (the lower of two)
+    liked = made_before / f"{name}.like.json" if made_before else None
     if liked and liked.exists():  # r1lite cost --like EARLIER_RUN --json, made before these runs too
         blocks.update({f"{method} --like": block for method, block in json.loads(liked.read_text()).items()})
-    raw = [actual(r) for r in runs]
+    raw = recorded["runs"] if recorded else [actual(r) for r in runs]
     measured = {key: spread([r[key] for r in raw]) for key in ("wall_seconds", "usd", "flops")}
-    errors = {method: {key: block_value(block, key) / measured[key]["median"] - 1 for key in measured}
-              for method, block in blocks.items()}
+
+    def errors(block: dict) -> dict:
+        return {key: block_value(block, key) / measured[key]["median"] - 1 for key in measured}
+
     return {"recipe": str(recipe), "estimated_before_the_runs": made_before is not None, "estimates": blocks, "runs": raw,
-            "actual": measured, "relative_error": errors, "replay": replay(recipe, runs[0])}
+            "actual": measured, "relative_error": {method: errors(block) for method, block in blocks.items()},
+            "probe_repeats": [{"wall_seconds": r["measured"]["wall_seconds"], "flops": r["measured"]["flops"]["total"],
+                               "relative_error": errors(r["measured"])} for r in repeats],
+            "replay": recorded["replay"] if recorded else replay(recipe, runs[0])}
 
 
 def block_value(block: dict, key: str) -> float:
@@ -110,15 +131,24 @@ def main() -> None:
     p.add_argument("--estimates", type=Path, metavar="DIR",
                    help="read NAME.json (r1lite cost --config RECIPE --json, made before the runs) instead of estimating "
                         "now, and NAME.like.json beside it if there (the same with --like EARLIER_RUN)")
+    p.add_argument("--runs-from", type=Path, metavar="RESULT.json",
+                   help="take each case's runs (metered figures, replay) from this earlier result instead of run "
+                        "directories (give a case as NAME RECIPE only); the runs' code must be what is estimated")
     p.add_argument("--note", action="append", default=[], help="a line for the result's notes (how the runs were made)")
     p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     result = {"benchmark": "cost_estimate", "commit": commit, "machine": machine(), "cases": {}}
+    earlier = json.loads(args.runs_from.read_text())["cases"] if args.runs_from else {}
     for name, recipe, *runs in args.case:
-        before = args.estimates / f"{name}.json" if args.estimates else None
-        result["cases"][name] = compare(Path(recipe), [Path(r) for r in runs], before)
+        if bool(runs) == (name in earlier):
+            raise SystemExit(f"--case {name}: give its run directories or take them from --runs-from (which has "
+                             f"{', '.join(earlier) or 'no case'}), one or the other")
+        result["cases"][name] = compare(Path(recipe), [Path(r) for r in runs], args.estimates, name, earlier.get(name))
+        if name in earlier:
+            result["cases"][name]["runs_from"] = {"result": str(args.runs_from), "commit": json.loads(
+                args.runs_from.read_text())["commit"]}
         errors = result["cases"][name]["relative_error"]
         print(name, {m: {k: f"{100 * v:+.1f}%" for k, v in e.items()} for m, e in errors.items()}, flush=True)
     result["excluded"] = [{**actual(Path(run)), "reason": reason} for run, reason in args.excluded]

@@ -13,9 +13,10 @@ items and a sample of its train items, tokenized), following what the trainer do
   train step over the groups whose rewards are not all equal (all of them when a KL reference is
   held), in micro-batches of whole groups, ``mu`` updates.
 
-What a run's sequences will look like cannot be known before it runs: :class:`Workload` holds the
-assumptions (completion lengths, the fraction of groups skipped, the traces a cold start keeps),
-measured by the probe (:mod:`r1lite.probe`) or given as flags, and every estimate lists them.
+What a run's sequences will look like cannot be known before it runs: a
+:class:`~r1lite.workload.Workload` holds the assumptions (completion lengths, the fraction of
+groups skipped, the traces a cold start keeps), measured by the probe (:mod:`r1lite.probe`), read
+from an earlier run or given as flags, and every estimate lists them.
 
 The time comes from either of two :class:`Speed` figures: measured (the probe's throughput on this
 machine, its setup, checkpoint and report times) or datasheet (a hardware row's peak x its stated
@@ -26,12 +27,9 @@ column count), which moves decode FLOPs by a few percent.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from r1lite import tasks
@@ -41,6 +39,9 @@ from r1lite.flops import ModelShape, Weights, decode_flops, train_pass_flops
 from r1lite.grpo import GRPOConfig
 from r1lite.hardware import Hardware
 from r1lite.prompts import item_prompts
+from r1lite.workload import (
+    Overrides, Workload, apply_overrides, lengths_like, like_or, mean, step_points, unprobed_workload, workload_notes,
+)
 
 DecodeFlops = Callable[[int, int, int], float]
 """FLOPs of one decoder forward on ``rows`` x ``T`` tokens at column ``start``."""
@@ -50,62 +51,6 @@ def plain_decode_flops(shape: ModelShape, weights: Weights) -> DecodeFlops:
     """The decoder's FLOPs with no padded columns (GPUs; a model not loaded here)."""
     return lambda rows, T, start: decode_flops(shape, weights.total, rows, T, start, body_columns=rows * T,
                                                head_columns=rows, causal_only=False)
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What the run's sequences are assumed to look like (each field is printed as an assumption)."""
-
-    base_lengths: list[int]
-    """Completion lengths (tokens) of the untrained model: its evaluations, its cold-start samples,
-    and (without a cold start) the GRPO rollouts."""
-    trained_lengths: list[int]
-    """Completion lengths after the cold start (its traces), for GRPO's rollouts and the later
-    evaluations; without a cold start, the same as ``base_lengths``."""
-    skipped_groups: float
-    """Fraction of a step's groups whose rewards are all equal (no gradient: left out of the step)."""
-    traces_per_item: float
-    """Cold start: traces kept per item (verified, distinct, at most ``cold_start_per_item``)."""
-    final_lengths: list[int] = field(default_factory=list)
-    """Completion lengths the GRPO rollouts reach by the last step (empty: they stay at
-    ``trained_lengths``), and the evaluations after training. For a run without a cold start, the
-    probe takes the untrained model's greedy answers in the recipe's format: RL sharpens a policy
-    toward its mode (its sampling entropy collapses), so its samples come to look like its greedy
-    answers. Between the two, lengths are assumed to move at a constant relative rate per step
-    (geometrically)."""
-    eval_lengths: dict[str, list[int]] = field(default_factory=dict)
-    """Completion lengths of evaluations measured on their own (greedy, in their own format), by
-    summary key (:func:`eval_phases`); an evaluation not here takes ``base_lengths`` before
-    training and ``trained_lengths`` after."""
-    notes: list[str] = field(default_factory=list)
-    """Where each figure comes from, one line each."""
-
-    def __post_init__(self) -> None:
-        if not self.base_lengths or not self.trained_lengths:
-            raise ValueError("a workload needs at least one completion length of each kind")
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def lengths_like(sample: list[int], count: int) -> list[int]:
-    """``count`` completion lengths drawn in turn from ``sample`` (a probe's, or one assumed figure).
-
-    >>> lengths_like([3, 5], 5)
-    [3, 5, 3, 5, 3]
-    """
-    return [sample[i % len(sample)] for i in range(count)]
-
-
-def lengths_with_mean(value: float, count: int = 20) -> list[int]:
-    """Whole token counts whose mean is ``value`` to 1/``count`` of a token.
-
-    >>> lengths_with_mean(29.5, 4)
-    [29, 30, 29, 30]
-    """
-    low, high = math.floor(value), round((value - math.floor(value)) * count)
-    return [low + 1 if (i * high) // count != ((i + 1) * high) // count else low for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,34 +219,18 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
             phases["sft"].add(generation_work(prompts.check, 1, w.trained_lengths, cfg.eval_batch_size, flops))
     P, G = cfg.prompts_per_step, cfg.group_size
     rounds = cfg.max_refill_rounds + 1 if cfg.dynamic_sampling else 1
-    sampled = sum(w.skipped_groups ** r for r in range(rounds))  # expected rounds' worth of P prompts
-    if cfg.dynamic_sampling:
-        kept = P * (1 - w.skipped_groups ** rounds) if w.skipped_groups < 1 else 0.0
-    else:
-        kept = P * (1 - w.skipped_groups) if cfg.beta == 0 else float(P)
     forwards = int(cfg.mu > 1) + int(cfg.beta > 0)
-    for lengths, steps in step_lengths(w, cfg.max_steps, cfg.max_new_tokens):
+    for lengths, steps, skipped in step_points(w, cfg.max_steps, cfg.max_new_tokens, G):
+        sampled = sum(skipped ** r for r in range(rounds))  # expected rounds' worth of P prompts
+        if cfg.dynamic_sampling:
+            kept = P * (1 - skipped ** rounds) if skipped < 1 else 0.0
+        else:
+            kept = P * (1 - skipped) if cfg.beta == 0 else float(P)
         rollout = generation_work(prompts.train[:P], G, lengths, cfg.rollout_batch_size, flops)
         step = train_work(shape, weights, prompts.train, lengths, kept, G, cfg.micro_batch_size, forwards, cfg.mu)
         phases["rollout"].add(rollout, steps * sampled)
         phases["train"].add(step, steps)
     return {name: work for name, work in phases.items() if work.flops > 0 or work.updates}
-
-
-def step_lengths(w: Workload, max_steps: int, max_new_tokens: int, points: int = 8) -> list[tuple[list[int], float]]:
-    """(completion lengths, GRPO steps they stand for): the rollouts' lengths over the run, at up to
-    ``points`` evenly spaced steps, each scaled from ``trained_lengths`` toward ``final_lengths``'
-    mean at a constant rate per step (see :attr:`Workload.final_lengths`).
-
-    >>> step_lengths(Workload([40], [40], 0.0, 0.0, final_lengths=[10]), 2, 64)
-    [([28], 1.0), ([14], 1.0)]
-    """
-    if not w.final_lengths or not max_steps:
-        return [(w.trained_lengths, float(max_steps))]
-    ratio = mean(w.final_lengths) / mean(w.trained_lengths)
-    n = min(points, max_steps)
-    return [([min(max_new_tokens, max(1, round(x * ratio ** ((i + 0.5) / n)))) for x in w.trained_lengths],
-             max_steps / n) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +253,9 @@ class Speed:
     """Datasheet: least time of one decode forward per layer."""
     optimizer_seconds: float = 0.0
     """Seconds of one optimizer step (measured; 0 on the datasheet)."""
+    first_step_seconds: float = 0.0
+    """Seconds the first step of a training phase takes beyond a later one of the same work (first
+    calls at its shapes, the optimizer's state; measured; 0 on the datasheet)."""
     setup_seconds: float = 0.0
     """Seconds before the first phase: loading the model (measured; 0 on the datasheet)."""
     checkpoint_seconds: float = 0.0
@@ -350,7 +282,8 @@ def phase_seconds(work: PhaseWork, speed: Speed, n_layers: int, devices: int) ->
     run in turn on one device)."""
     if speed.generate_flops_per_s is not None:
         compute = work.flops / speed.generate_flops_per_s if work.decode_steps else work.flops / speed.train_flops_per_s
-        return (compute + work.updates * speed.optimizer_seconds) / devices
+        first = speed.first_step_seconds if work.updates else 0.0
+        return (compute + work.updates * speed.optimizer_seconds + first) / devices
     dense = work.dense_flops / (devices * speed.train_flops_per_s)
     decode = work.decode_flops / (devices * speed.decode_flops_per_s) if work.decode_flops else 0.0
     floor = work.decode_steps * n_layers * speed.decode_layer_seconds / max(1, min(devices, work.batches))
@@ -374,123 +307,8 @@ def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware
                        energy_source="an estimate measures nothing", assumptions=notes, method=speed.method)
 
 
-def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
-    """The workload's assumptions as printed lines."""
-    lines = list(w.notes)
-    if w.final_lengths:
-        lines.append(f"rollout completions: from {mean(w.trained_lengths):.1f} tokens (the untrained model's samples) "
-                     f"to {mean(w.final_lengths):.1f} by the last step (its greedy answers: RL sharpens the policy toward "
-                     f"its mode), at a constant rate per step: {mean_rollout_length(w, cfg):.1f} on average; "
-                     "evaluations after training as long as the greedy answers (an R1-Zero run that learns to "
-                     "think longer grows instead: pass --completion-tokens)")
-    else:
-        lines.append(f"completion length: untrained model {mean(w.base_lengths):.1f} tokens"
-                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start_items else "")
-                     + " (mean), for the whole run (R1-Zero runs often grow longer)")
-    if cfg.beta > 0:
-        lines.append("every group trains (a KL reference gives each one a gradient)")
-    else:
-        lines.append(f"skipped groups (rewards all equal): {100 * w.skipped_groups:.0f}%"
-                     + (" (DAPO dynamic sampling refills them)" if cfg.dynamic_sampling else ""))
-    if cfg.cold_start_items:
-        lines.append(f"cold start keeps {w.traces_per_item:.2f} traces per item: "
-                     f"{cfg.cold_start_items * w.traces_per_item:.0f} traces")
-        if cfg.cold_start_min_format:
-            lines.append(f"the cold start's format check passes after {cfg.cold_start_epochs} epochs (each extra epoch, "
-                         f"up to {cfg.cold_start_max_epochs}, adds 1/{cfg.cold_start_epochs} of the SFT and a check)")
-    return lines
-
-
-def mean_rollout_length(w: Workload, cfg: GRPOConfig) -> float:
-    """The rollouts' mean completion length over the run."""
-    points = step_lengths(w, cfg.max_steps, cfg.max_new_tokens)
-    return sum(mean(lengths) * steps for lengths, steps in points) / max(1e-9, sum(steps for _, steps in points))
-
-
 # ---------------------------------------------------------------------------------------------
 # A recipe, end to end
-
-
-@dataclass(frozen=True)
-class Overrides:
-    """Assumptions given as flags instead of measured (None = the probe's, or an upper bound)."""
-
-    completion_tokens: int | None = None
-    """Every completion this long (``--completion-tokens``)."""
-    skipped_groups: float | None = None
-    """This fraction of groups scores alike (``--skipped-groups``)."""
-    mfu: float | None = None
-    """The datasheet's training utilisation (``--mfu``)."""
-    like: str | None = None
-    """A finished run whose lengths, skipped groups and cold-start traces stand in for the probe's
-    (``--like RUN_DIR``): a repeat of a recipe, or a close variant of one, estimated from what an
-    earlier run of it did."""
-
-    def __post_init__(self) -> None:
-        from r1lite.errors import UsageError
-
-        if self.completion_tokens is not None and self.completion_tokens < 1:
-            raise UsageError(f"--completion-tokens {self.completion_tokens}: must be at least 1")
-        if self.skipped_groups is not None and not 0 <= self.skipped_groups <= 1:
-            raise UsageError(f"--skipped-groups {self.skipped_groups}: a fraction in [0, 1]")
-        if self.mfu is not None and not 0 < self.mfu <= 1:
-            raise UsageError(f"--mfu {self.mfu}: a fraction of peak in (0, 1]")
-
-
-def unprobed_workload(cfg: GRPOConfig) -> Workload:
-    """Upper bounds where nothing was measured: completions as long as the budget, no group skipped,
-    the most traces a cold start may keep."""
-    return Workload([cfg.max_new_tokens], [cfg.max_new_tokens], 0.0, float(cfg.cold_start_per_item), notes=[
-        f"no probe: completions as long as max_new_tokens ({cfg.max_new_tokens}), no group skipped, "
-        f"{cfg.cold_start_per_item} trace(s) per cold-start item: upper bounds (--completion-tokens, --skipped-groups)"])
-
-
-def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
-    """What a finished run's sequences were, from its logs: the base's mean completion length (its
-    plain-prompt evaluation, else its first evaluation, else its rollouts), the GRPO rollouts'
-    mean length, the fraction of sampled groups left out of its train steps, and the traces its
-    cold start kept per item (scaled to ``cfg``'s items)."""
-    from r1lite.errors import UsageError
-    from r1lite.files import read_jsonl
-
-    summary_path, metrics_path = run / "summary.json", run / "metrics.jsonl"
-    for path in (summary_path, metrics_path):
-        if not path.is_file():
-            raise UsageError(f"--like {run}: no {path.name}; give the directory of a run `r1lite train` finished")
-    summary = json.loads(summary_path.read_text())
-    rows = [row for _, row in read_jsonl(metrics_path, notes=[]) if "completion_len_mean" in row]
-    if not rows:
-        raise UsageError(f"--like {run}: {metrics_path} has no GRPO steps; give a run that trained")
-    rollout = statistics.mean(r["completion_len_mean"] for r in rows)
-    if any(r.get("groups_sampled", 0) > r.get("groups_kept", 0) for r in rows):  # dynamic sampling dropped them
-        skipped = 1 - sum(r["groups_kept"] for r in rows) / sum(r["groups_sampled"] for r in rows)
-    else:  # left out of the train step: completion tokens trained on over tokens sampled
-        skipped = 1 - statistics.mean(r["loss_tokens"] / (cfg.batch_size * r["completion_len_mean"]) for r in rows)
-    evals = [summary[k] for k in ("eval_base_plain", "eval_before") if isinstance(summary.get(k), dict)]
-    base = evals[0]["completion_tokens_mean"] if evals else rollout
-    cold = summary.get("cold_start") or {}
-    traces = cold.get("traces", 0) / cold["items"] if cold.get("items") else float(cfg.cold_start_per_item)
-    return Workload(lengths_with_mean(base), lengths_with_mean(rollout), skipped, traces, notes=[
-        f"like {run} ({len(rows)} GRPO steps): base completions {base:.1f} tokens, rollouts {rollout:.1f}, "
-        f"{100 * skipped:.0f}% of sampled groups scored alike, {traces:.3f} cold-start traces per item"])
-
-
-def apply_overrides(w: Workload, o: Overrides) -> Workload:
-    """The workload with the flags' figures in place of the measured ones, saying so."""
-    notes = list(w.notes)
-    if o.completion_tokens is not None:
-        w = dataclasses.replace(w, base_lengths=[o.completion_tokens], trained_lengths=[o.completion_tokens],
-                                final_lengths=[], eval_lengths={})
-        notes.append(f"--completion-tokens {o.completion_tokens}: every completion that long")
-    if o.skipped_groups is not None:
-        w = dataclasses.replace(w, skipped_groups=o.skipped_groups)
-        notes.append(f"--skipped-groups {o.skipped_groups:g}")
-    return dataclasses.replace(w, notes=notes)
-
-
-def like_or(workload: Workload, cfg: GRPOConfig, o: Overrides) -> Workload:
-    """``--like``'s workload when one is given, else ``workload``."""
-    return run_workload(Path(o.like).expanduser(), cfg) if o.like else workload
 
 
 def phase_table(blocks: dict[str, dict]):

@@ -5,13 +5,14 @@ on this machine, in the recipe's precision:
 
 1. setup: loading the model, the optimizer and the engine (``Trainer.setup``);
 2. one rollout batch, exactly as a GRPO step samples it (``Trainer.rollout``), metered;
-3. one train step over one micro-batch of those groups (``Trainer.train_step``), metered, after a
-   warm-up step on one group (the first call allocates the optimizer's state), and one optimizer
-   step alone;
+3. two train steps over one micro-batch of those groups (``Trainer.train_step``): the first (its
+   first calls at these shapes and the optimizer's state cost a training phase once) and a second,
+   metered, which gives the rate; and one optimizer step alone;
 4. one checkpoint and the report.
 
 From (2) come the workload assumptions: completion lengths and the fraction of groups whose
-rewards are all equal. A run with a cold start trains GRPO on a policy taught by its traces, which
+rewards are all equal; a run without a cold start also takes the untrained model's greedy answers
+(their lengths and rewards), toward which RL is assumed to move its rollouts. A run with a cold start trains GRPO on a policy taught by its traces, which
 the probe cannot make in a minute; so for such a recipe the rollout batch is sampled the way the
 cold start samples (its phrasing and temperature), and the policy after it is assumed to write
 what its traces hold: the verified answers rewritten in ``<think>/<answer>``, and groups scoring
@@ -31,11 +32,12 @@ from pathlib import Path
 import torch
 
 from r1lite import grpo, report, rollout, sft
-from r1lite.estimate import DecodeFlops, Speed, Workload, mean
+from r1lite.estimate import DecodeFlops, Speed
 from r1lite.files import append_jsonl
 from r1lite.flops import ModelShape, Weights
 from r1lite.grpo import GRPOConfig
 from r1lite.prompts import item_prompts
+from r1lite.workload import Workload, mean
 
 PROBE_SECONDS = 60.0
 """What the probe aims to stay under; a recipe too big for this machine says so in its notes."""
@@ -114,7 +116,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         lengths = [len(c.token_ids) for g in groups for c in g["completions"]]
         rewards = torch.cat([g["reward"] for g in groups])
         skipped = 1.0 - float(grpo.informative_groups(rewards, pcfg.group_size).float().mean())
-        eval_lengths = greedy_eval_lengths(trainer, cfg, groups, console)
+        eval_lengths, greedy_rewards = greedy_eval_lengths(trainer, cfg, groups, console)
         traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start_items else (lengths, 0.0)
         if cfg.cold_start_items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
             per_item = float(cfg.cold_start_per_item)
@@ -122,8 +124,10 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         chunk = groups[:max(1, pcfg.micro_batch_size // pcfg.group_size)]
         for g in chunk:  # alternating rewards: every group trains (the timing needs its gradient)
             g["reward"] = torch.arange(pcfg.group_size, dtype=torch.float32) % 2
-        console.print(f"probe: one train step ({len(chunk) * pcfg.group_size} completions), after a warm-up on one group")
-        trainer.train_step(chunk[:1])  # first-call costs (optimizer state, kernels) are not a step's
+        console.print(f"probe: two train steps ({len(chunk) * pcfg.group_size} completions): the first, and a later one")
+        t0 = time.perf_counter()
+        trainer.train_step(chunk)  # first calls at these shapes, the optimizer's state: once a phase
+        first_seconds = time.perf_counter() - t0
         trainer.meter.flops_by_phase.pop("train")
         t0 = time.perf_counter()
         with trainer.meter.phase("train"):
@@ -145,22 +149,26 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         seconds = time.perf_counter() - start
         generate_rate = flops["rollout"] / rollout_seconds
         train_rate = flops["train"] / max(1e-9, train_seconds - pcfg.mu * optimizer_seconds)
+        first_step = max(0.0, first_seconds - train_seconds)
         from r1lite.models import cpu_kind
 
         kind = f"CPU kind {cpu_kind()}, " if trainer.runtime.device.type == "cpu" else ""
         speed_notes = [f"measured on this machine ({kind}{trainer.runtime.describe()}) by a {seconds:.0f} s probe: "
                        f"generation at {generate_rate / 1e9:.1f} GFLOP/s, training passes at {train_rate / 1e9:.1f} "
-                       f"GFLOP/s, an optimizer step {optimizer_seconds:.2f} s, setup {setup:.1f} s, a checkpoint "
+                       f"GFLOP/s (a training phase's first step {first_step:.1f} s more), an optimizer step "
+                       f"{optimizer_seconds:.2f} s, setup {setup:.1f} s, a checkpoint "
                        f"{checkpoint_seconds:.1f} s, the report {report_seconds:.1f} s"]
         if seconds > PROBE_SECONDS:
             speed_notes.append(f"the probe took {seconds:.0f} s, over its {PROBE_SECONDS:.0f} s aim: the model is large "
                                "for this machine (estimate a bigger one with --hardware and --no-probe)")
         speed = Speed("measured probe", generate_rate, train_rate, optimizer_seconds=optimizer_seconds,
-                      setup_seconds=setup, checkpoint_seconds=checkpoint_seconds, report_seconds=report_seconds,
+                      first_step_seconds=first_step, setup_seconds=setup, checkpoint_seconds=checkpoint_seconds, report_seconds=report_seconds,
                       notes=tuple(speed_notes))
         final = eval_lengths.pop("greedy", [])
         workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item, eval_lengths=eval_lengths,
-                            final_lengths=final, notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
+                            final_lengths=final, sampled_rewards=rewards.tolist() if final else [],
+                            final_rewards=greedy_rewards if final else [],
+                            notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
         return Probe(speed, workload, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
                      trainer.task, trainer.runtime.describe(), seconds)
 
@@ -169,13 +177,14 @@ EVAL_SAMPLE = 32
 """Held-out items the probe decodes greedily per evaluation of the untrained model."""
 
 
-def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -> dict[str, list[int]]:
+def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -> tuple[dict[str, list[int]], list[float]]:
     """Completion lengths of the untrained model decoded greedily (as the run evaluates) on up to
     ``EVAL_SAMPLE`` of the run's held-out items, for each evaluation of the untrained model (keyed
     by its summary key) and, for a run without a cold start, in the recipe's format (key
-    ``greedy``: where its rollouts are assumed to end, see :class:`~r1lite.estimate.Workload`;
+    ``greedy``: where its rollouts are assumed to end, see :class:`~r1lite.workload.Workload`;
     the rollout batch's prompts when the run holds no items out). Greedy answers are far shorter
-    than the temperature-1 samples of the rollout batch."""
+    than the temperature-1 samples of the rollout batch. Also the rewards of the ``greedy``
+    answers, as the recipe scores a rollout (empty without held-out items or that key)."""
     from r1lite.engine import Request, Sampling
     from r1lite.estimate import eval_phases
 
@@ -184,16 +193,19 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
         wanted["greedy"] = cfg.format
     items = trainer.eval_items[:EVAL_SAMPLE]
     trainer.sync_engine()
-    by_format = {}
+    by_format, rewards = {}, []
     for fmt in sorted(set(wanted.values())):
-        prompts = ([p.ids for p in item_prompts(trainer.tokenizer, trainer.task, items, fmt,
-                                                 cfg.prefill_think and fmt == "r1")] if items else
-                   [g["prompt"] for g in groups])  # no held-out items: only the recipe's format is wanted
-        console.print(f"probe: greedy answers of the untrained model to {len(prompts)} prompts ({fmt})")
+        prompts = (item_prompts(trainer.tokenizer, trainer.task, items, fmt, cfg.prefill_think and fmt == "r1")
+                   if items else [])
+        ids = [p.ids for p in prompts] or [g["prompt"] for g in groups]  # no held-out items: the recipe's format only
+        console.print(f"probe: greedy answers of the untrained model to {len(ids)} prompts ({fmt})")
         greedy = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=0.0)  # as evaluations decode
-        outputs = trainer.engine.generate([Request(ids, greedy) for ids in prompts], max_rows=cfg.eval_batch_size)
+        outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.eval_batch_size)
         by_format[fmt] = [len(c[0].token_ids) for c in outputs]
-    return {key: by_format[fmt] for key, fmt in wanted.items()}
+        if prompts and fmt == wanted.get("greedy"):
+            rewards = [float(rollout.score_group(cfg, trainer.task, item, p.ids, p.prefill, c)["reward"][0])
+                       for item, p, c in zip(items, prompts, outputs)]
+    return {key: by_format[fmt] for key, fmt in wanted.items()}, rewards
 
 
 def time_optimizer_step(trainer) -> float:

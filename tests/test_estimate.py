@@ -6,13 +6,14 @@ import pytest
 
 from r1lite.cost import CostMeter
 from r1lite.estimate import (
-    Overrides, PhaseWork, RunPrompts, Workload, apply_overrides, checkpoints, datasheet_speed, estimate,
-    estimate_recipe, generation_work, run_work, sft_work,
+    PhaseWork, RunPrompts, Speed, checkpoints, datasheet_speed, estimate, estimate_recipe, generation_work,
+    phase_seconds, run_work, sft_work, train_work,
 )
 from r1lite.errors import UsageError
 from r1lite.flops import SHAPES, full_weights
 from r1lite.grpo import GRPOConfig
 from r1lite.hardware import HARDWARE, CostConfig
+from r1lite.workload import Overrides, Workload, apply_overrides, skipped_at, step_points
 
 
 def tokens_computed(rows: int, T: int, start: int) -> float:
@@ -55,6 +56,39 @@ def test_run_work_skips_groups_holds_a_reference_and_refills():
     assert work["rollout"].flops == pytest.approx(plain["rollout"].flops * 1.5)  # a second round for half the groups
     assert work["train"].dense_flops == pytest.approx(plain["train"].dense_flops * 1.5)  # 1 - 0.5^2 of them kept
     assert set(plain) == {"eval", "rollout", "train"} and plain["train"].updates == 10
+
+
+def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
+    """An R1-Zero run: each rollout is the greedy answer as often as the lengths have moved toward
+    it, else a sample like the untrained model's; a group of 8 whose samples are right half the
+    time almost never scores alike, one of greedy answers always does."""
+    shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
+    flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
+    sampled = dict(sampled_rewards=[0.0, 1.0] * 8, final_rewards=[1.0, 0.0])
+    w = Workload([40], [40], 0.0, 0.0, final_lengths=[10], **sampled)
+    assert skipped_at(w, 0.0, 8) == pytest.approx(2 * 0.5 ** 8)
+    assert skipped_at(w, 1.0, 8) == 1.0
+    alike = [s for _, _, s in step_points(w, 8, 64, 8)]
+    assert alike == sorted(alike) and alike[0] < 0.05 and alike[-1] > 0.5
+    assert skipped_at(Workload([40], [40], 0.3, 0.0, final_lengths=[10], **sampled), 0.0, 8) == 0.3  # the probe's floor
+    cfg = GRPOConfig(max_steps=8, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
+    constant = Workload([40], [40], 0.0, 0.0, final_lengths=[10])
+    assert run(cfg, w)["rollout"].flops == pytest.approx(run(cfg, constant)["rollout"].flops)
+    expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8, cfg.micro_batch_size, 0, 1).dense_flops
+                   for lengths, steps, alike in step_points(w, 8, 64, 8))  # each step's kept groups of its lengths
+    assert run(cfg, w)["train"].dense_flops == pytest.approx(expected)
+    assert run(cfg, w)["train"].dense_flops < 0.9 * run(cfg, constant)["train"].dense_flops
+    dapo = GRPOConfig(**{**cfg.__dict__, "dynamic_sampling": True, "max_refill_rounds": 1})
+    assert run(dapo, w)["rollout"].flops > 1.1 * run(cfg, w)["rollout"].flops  # alike groups are refilled
+    fixed = apply_overrides(w, Overrides(skipped_groups=0.2))
+    assert [s for _, _, s in step_points(fixed, 8, 64, 8)] == [0.2] * 8  # --skipped-groups: the whole run
+
+
+def test_a_training_phases_first_step_costs_once():
+    speed = Speed("measured probe", 1e9, 1e9, optimizer_seconds=0.5, first_step_seconds=4.0)
+    assert phase_seconds(PhaseWork(dense_flops=10e9, updates=3), speed, 30, 1) == pytest.approx(10 + 1.5 + 4)
+    assert phase_seconds(PhaseWork(dense_flops=10e9, decode_steps=5), speed, 30, 1) == pytest.approx(10)
 
 
 def test_sft_work_matches_what_sft_meters(tmp_path):
@@ -107,7 +141,7 @@ def fake_run(folder, rows: list[dict], summary: dict):
 def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
     from rich.console import Console
 
-    from r1lite.estimate import run_workload
+    from r1lite.workload import run_workload
 
     cfg = GRPOConfig(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
                      out=str(tmp_path / "x"))
@@ -198,6 +232,10 @@ def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
     probe = run_probe(cfg, Console(quiet=True))
     assert probe.workload.skipped_groups == 1.0
     assert probe.speed.train_flops_per_s > 0 and probe.speed.generate_flops_per_s > 0
+    assert probe.speed.first_step_seconds >= 0
+    w = probe.workload  # no cold start: the greedy answers' rewards, scored as rollouts are
+    assert len(w.final_rewards) == cfg.eval_items and set(w.final_rewards) == {0.0}
+    assert len(w.sampled_rewards) == cfg.batch_size
     assert len(probe.workload.base_lengths) == cfg.batch_size
     assert probe.seconds < 60
 
