@@ -140,15 +140,15 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     result = {"benchmark": "cost_estimate", "commit": commit, "machine": machine(), "cases": {}}
-    earlier = json.loads(args.runs_from.read_text())["cases"] if args.runs_from else {}
+    runs_from = json.loads(args.runs_from.read_text()) if args.runs_from else {"cases": {}}
+    earlier = runs_from["cases"]
     for name, recipe, *runs in args.case:
         if bool(runs) == (name in earlier):
             raise SystemExit(f"--case {name}: give its run directories or take them from --runs-from (which has "
                              f"{', '.join(earlier) or 'no case'}), one or the other")
         result["cases"][name] = compare(Path(recipe), [Path(r) for r in runs], args.estimates, name, earlier.get(name))
         if name in earlier:
-            result["cases"][name]["runs_from"] = {"result": str(args.runs_from), "commit": json.loads(
-                args.runs_from.read_text())["commit"]}
+            result["cases"][name]["runs_from"] = {"result": str(args.runs_from), "commit": runs_from["commit"]}
         errors = result["cases"][name]["relative_error"]
         print(name, {m: {k: f"{100 * v:+.1f}%" for k, v in e.items()} for m, e in errors.items()}, flush=True)
     result["excluded"] = [{**actual(Path(run)), "reason": reason} for run, reason in args.excluded]

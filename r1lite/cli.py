@@ -261,9 +261,9 @@ def cmd_cost(args) -> int:
     from r1lite import grpo, published
     from r1lite.config import build, read_yaml
     from r1lite.estimate import estimate_recipe, phase_table
-    from r1lite.workload import Overrides
     from r1lite.grpo import GRPOConfig
     from r1lite.hardware import CostConfig
+    from r1lite.workload import Overrides
 
     console = Console(stderr=args.json)
     if args.reference:

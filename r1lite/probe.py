@@ -12,8 +12,8 @@ on this machine, in the recipe's precision:
 
 From (2) come the workload assumptions: completion lengths and the fraction of groups whose
 rewards are all equal; a run without a cold start also takes the untrained model's greedy answers
-(their lengths and rewards), toward which RL is assumed to move its rollouts. A run with a cold start trains GRPO on a policy taught by its traces, which
-the probe cannot make in a minute; so for such a recipe the rollout batch is sampled the way the
+(their lengths and rewards), toward which RL is assumed to move its rollouts. A run with a cold
+start trains GRPO on a policy taught by its traces, which the probe cannot make in a minute; so for such a recipe the rollout batch is sampled the way the
 cold start samples (its phrasing and temperature), and the policy after it is assumed to write
 what its traces hold: the verified answers rewritten in ``<think>/<answer>``, and groups scoring
 alike as often as the base's plain answers do. The train step's groups get alternating rewards for the timing (a
@@ -162,12 +162,12 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
             speed_notes.append(f"the probe took {seconds:.0f} s, over its {PROBE_SECONDS:.0f} s aim: the model is large "
                                "for this machine (estimate a bigger one with --hardware and --no-probe)")
         speed = Speed("measured probe", generate_rate, train_rate, optimizer_seconds=optimizer_seconds,
-                      first_step_seconds=first_step, setup_seconds=setup, checkpoint_seconds=checkpoint_seconds, report_seconds=report_seconds,
-                      notes=tuple(speed_notes))
+                      first_step_seconds=first_step, setup_seconds=setup, checkpoint_seconds=checkpoint_seconds,
+                      report_seconds=report_seconds, notes=tuple(speed_notes))
         final = eval_lengths.pop("greedy", [])
         workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item, eval_lengths=eval_lengths,
-                            final_lengths=final, sampled_rewards=rewards.tolist() if final else [],
-                            final_rewards=greedy_rewards if final else [],
+                            final_lengths=final, sampled_rewards=rewards.tolist() if greedy_rewards else [],
+                            final_rewards=greedy_rewards,
                             notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
         return Probe(speed, workload, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
                      trainer.task, trainer.runtime.describe(), seconds)

@@ -75,7 +75,8 @@ def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
     run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
     constant = Workload([40], [40], 0.0, 0.0, final_lengths=[10])
     assert run(cfg, w)["rollout"].flops == pytest.approx(run(cfg, constant)["rollout"].flops)
-    expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8, cfg.micro_batch_size, 0, 1).dense_flops
+    expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8,
+                                      cfg.micro_batch_size, 0, 1).dense_flops
                    for lengths, steps, alike in step_points(w, 8, 64, 8))  # each step's kept groups of its lengths
     assert run(cfg, w)["train"].dense_flops == pytest.approx(expected)
     assert run(cfg, w)["train"].dense_flops < 0.9 * run(cfg, constant)["train"].dense_flops
