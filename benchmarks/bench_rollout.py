@@ -6,9 +6,10 @@ transformers' ``min_new_tokens``), sampling at temperature 1 with no top-k/top-p
 batch 1, 16, 64, one row per precision of the weights:
 
 - fp32: both sides in fp32;
-- bf16: r1lite as a bf16 run decodes (the weights rounded to bf16; on a CPU where our kernels
-  build they compute in fp32, elsewhere PyTorch in bf16) against transformers in bf16 — where bf16
-  is slow (no AVX-512 BF16/AMX, ~1 GFLOP/s) transformers runs fp32 instead, and the row says so.
+- bf16: r1lite as a bf16 run decodes (the weights rounded to bf16; on a CPU with AVX-512 BF16 our
+  kernels' bf16 products, on an AVX2 CPU our kernels' fp32 products of the rounded weights,
+  elsewhere PyTorch in bf16) against transformers in bf16 — where bf16 is slow (no AVX-512
+  BF16/AMX, ~1 GFLOP/s) transformers runs fp32 instead, and the row says so.
 
 The roofline comes from the same process: peak FLOP/s of a large matmul in the dtype, and memory
 bandwidth of a >= 1 GiB multithreaded copy (bytes read + written), best of 5 each, measured before
@@ -97,6 +98,13 @@ def r1lite_generate(engine, prompts, new_tokens: int) -> float:
     return len(prompts) * new_tokens / seconds
 
 
+def compute_name(decoder) -> str:
+    """The precision of the decoder's products: "bfloat16 products" (fp32 sums), or its compute dtype."""
+    if getattr(decoder, "bf16_products", False):
+        return "bfloat16 products"
+    return str(decoder.compute).removeprefix("torch.")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
@@ -124,7 +132,8 @@ def main() -> None:
         hf_dtype = dtype if fast_bf16 else torch.float32
         reference = model if hf_dtype == torch.float32 else copy.deepcopy(model).to(hf_dtype)
         engine = make_engine(model, tokenizer, dtype, eos, max(args.batches))
-        path = "our fp32 kernels" if engine.decoder.lib is not None else f"PyTorch in {engine.decoder.compute}"
+        products = compute_name(engine.decoder)
+        path = f"our kernels, {products}" if engine.decoder.lib is not None else f"PyTorch in {products}"
         print(f"{name}: r1lite on {name} weights ({path}), transformers in {hf_dtype}", flush=True)
         # The roofline is measured before the runs and again after each batch, and the best figures
         # count: a slow spell of a shared machine during one measurement must not lower the limit.
@@ -150,7 +159,7 @@ def main() -> None:
             print(f"  batch {batch:3d}: roofline {limit['tokens_per_s']:7.1f} tok/s ({limit['bound']}-bound) -> "
                   f"r1lite at {ours / limit['tokens_per_s']:.0%}", flush=True)
         result["rows"].append({"weights": name, "transformers_dtype": str(hf_dtype).removeprefix("torch."),
-                               "r1lite_compute": str(engine.decoder.compute).removeprefix("torch."),
+                               "r1lite_compute": products,
                                "peak_flops": peak, "bandwidth_bytes_per_s": bw, "results": rows})
     kind = cpu_kind() if base.device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-").lower()
     out = args.out or RESULTS / f"rollout-{kind}.json"

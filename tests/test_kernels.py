@@ -38,6 +38,56 @@ def test_projection_matches_torch_for_every_prologue_and_output(O, K, N):
     torch.testing.assert_close(residual, expected, **close)
 
 
+needs_bf16 = pytest.mark.skipif(not cpu_kernels.bf16_products(LIB),
+                                reason="bf16 products need AVX-512 BF16 and a compiler that knows it")
+
+
+def bf16(t):
+    return t.bfloat16().double()
+
+
+@needs_bf16
+@pytest.mark.parametrize("N", [1, 7, 16, 17, 40, 96, 200])  # 16 a tile of its own, 200: chunks of 64 and a last one of 8
+@pytest.mark.parametrize("O,K", [(13, 24), (100, 40), (960, 576)])
+def test_bf16_projection_is_the_product_of_bf16_weights_and_bf16_inputs(O, K, N):
+    """Each product's inputs rounded to bf16 (the weights at packing, f(x) after its fp32
+    prologue), summed in fp32: against the same rounding with the product in fp64."""
+    g = torch.Generator().manual_seed(O * 1000 + K + N)
+    w = torch.randn(O, K, generator=g)
+    packed = cpu_kernels.PackedWeight(w, LIB, bf16=True)
+    x = torch.randn(K, N, generator=g)
+    gu = torch.randn(2 * K, N, generator=g) * 4
+    norm, bias = torch.rand(K, generator=g) + 0.5, torch.randn(O, generator=g)
+    close = dict(atol=1e-5 * K ** 0.5 * 4, rtol=1e-4)
+    wb = bf16(w)
+
+    def expect(fx):
+        return (wb @ bf16(fx.double().float())).float()
+
+    torch.testing.assert_close(packed.linear(x), expect(x), **close)
+    # the norm's fp32 result rounds to bf16; one ulp of bf16 apart in a few inputs is allowed for
+    torch.testing.assert_close(packed.linear(x, "rmsnorm", norm, 1e-5), expect(rms(x, norm, 1e-5)),
+                               atol=1e-5 * K ** 0.5 * 4 + 2 ** -7 * 4, rtol=1e-2)
+    torch.testing.assert_close(packed.linear(gu, "swiglu"), expect(F.silu(gu[:K]) * gu[K:]),
+                               atol=1e-5 * K ** 0.5 * 4 + 2 ** -7 * 16, rtol=1e-2)
+    torch.testing.assert_close(packed.linear(x, bias=bias, transposed=True), (expect(x) + bias[:, None]).t(), **close)
+    residual = torch.randn(O, N, generator=g)
+    expected = residual + expect(x) + bias[:, None]
+    assert packed.linear(x, bias=bias, into=residual) is residual
+    torch.testing.assert_close(residual, expected, **close)
+    assert packed.columns(N) == (16 if N <= 16 else -(-N // 32) * 32)
+
+
+@needs_bf16
+def test_bf16_columns_do_not_depend_on_their_place_in_the_batch():
+    g = torch.Generator().manual_seed(5)
+    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, bf16=True)
+    x = torch.randn(64, 70, generator=g)
+    whole = packed.linear(x)
+    for cols in ([0], [3, 9], list(range(5, 22)), list(range(33, 70))):
+        assert torch.equal(packed.linear(x[:, cols].contiguous()), whole[:, cols])
+
+
 @needs_kernel
 def test_packing_stacks_parts_and_reuses_memory():
     g = torch.Generator().manual_seed(3)
@@ -181,3 +231,29 @@ def test_kernels_can_be_turned_off(monkeypatch, capsys):
     monkeypatch.setenv("R1LITE_CPU_KERNELS", "0")
     assert cpu_kernels.load() is None
     assert capsys.readouterr().err == ""
+
+
+@needs_kernel
+def test_a_compiler_without_avx512_bf16_still_builds_the_fp32_kernels(monkeypatch, tmp_path):
+    """The bf16 products need a compiler that knows AVX-512 BF16; where it does not, the library is
+    built without them and bf16 weights run as fp32 products of the rounded weights."""
+    real = cpu_kernels._compile
+
+    def old_compiler(cc, flags, code, torch_lib):
+        if cpu_kernels.NO_BF16 not in flags:
+            raise cpu_kernels._Unavailable("error: attribute(target(\"avx512bf16\")) is unknown")
+        return real(cc, flags, code, torch_lib)
+
+    monkeypatch.setenv("R1LITE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_compile", old_compiler)
+    lib = cpu_kernels._build()
+    assert not hasattr(lib, "r1_linear_bf16") and not cpu_kernels.bf16_products(lib)
+    w, x = torch.randn(20, 16), torch.randn(16, 5)
+    torch.testing.assert_close(cpu_kernels.PackedWeight(w, lib).linear(x), w @ x, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="bf16 products"):
+        cpu_kernels.PackedWeight(w, lib, bf16=True)
+
+
+def test_bf16_products_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("R1LITE_BF16_KERNELS", "0")
+    assert not cpu_kernels.bf16_products(LIB)

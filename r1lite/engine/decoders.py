@@ -11,11 +11,12 @@ own inference forward; any other architecture runs on the transformers forward (
 which is slower, and says so.
 
 Precision: ``dtype`` is the precision of the rollout weights, copied from the fp32 master weights
-at every sync (never accumulated in low precision). On an x86-64 CPU where our kernels build they
-compute in fp32 whatever ``dtype`` is — bf16 weights are rounded to bf16 and run in fp32 — since
-they are both faster and closer to fp32 than PyTorch's bf16 matmuls (135M model, teacher-forced:
-logits within 0.11 of fp32 against 0.43 for bf16 compute). Elsewhere (GPUs, other CPUs) the
-PyTorch path computes in ``dtype``.
+at every sync (never accumulated in low precision). On an x86-64 CPU where our kernels build, the
+activations, the attention and the cache are fp32 whatever ``dtype`` is. bf16 weights run as bf16
+products with fp32 sums where the CPU has AVX-512 BF16 (each product's input rounded to bf16, as
+bf16 autocast rounds it in training; ``benchmarks/bench_rollout.py`` has the speed), and as fp32
+products of the bf16-rounded weights where it has not (the emulation of that path on AVX2 CPUs).
+Elsewhere (GPUs, other CPUs) the PyTorch path computes in ``dtype``.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class Projection:
 
     CHUNK = 16
 
-    def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None):
+    def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None,
+                 bf16: bool = False):
         if lib is not None:
             self.weight = None
-            self.packed = kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None)
+            self.packed = kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None, bf16)
         else:
             self.weight = torch.cat(parts) if len(parts) > 1 else parts[0]
             self.packed = None
@@ -63,7 +65,7 @@ class Projection:
     def columns(self, n: int, transposed: bool = False) -> int:
         """Columns a product with n columns of x computes (padding included): what FLOPs count."""
         if self.packed is not None:
-            return 8 if n <= 8 else -(-n // 16) * 16  # the kernel's padded f(x) (gemm.c)
+            return self.packed.columns(n)
         if self.weight.device.type == "cpu":
             return -(-n // self.CHUNK) * self.CHUNK
         return n
@@ -142,6 +144,9 @@ class LlamaDecoder:
         lib = kernels.load() if self.device.type == "cpu" else None
         self.lib = lib
         self.compute = torch.float32 if lib is not None else dtype  # see the module docstring
+        inputs = (cfg.hidden_size, self.n_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads),
+                  cfg.intermediate_size)
+        self.bf16_products = dtype == torch.bfloat16 and kernels.bf16_products(lib) and all(k % 2 == 0 for k in inputs)
         self.onednn = self.device.type == "cpu" and self.compute == torch.float32 and lib is None and torch.backends.mkldnn.is_available()
         # fp32 attention on a CPU in fp64, rounded to fp32: in another batch a row's keys sit at
         # other cache columns (padding), and fp32 sums over them would round differently (see
@@ -177,7 +182,7 @@ class LlamaDecoder:
 
         def proj(i, name, *linears):
             reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
-            return Projection([cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse)
+            return Projection([cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
 
         layers = []
         for i, layer in enumerate(model.model.layers):

@@ -206,9 +206,16 @@ static inline void panel_pair8(const float *P0, const float *P1, const float *x,
     store(acc[0], 8, o, rows, 0, cols, bias, out, ldo, accumulate, transposed);
 }
 
-/* floats of scratch r1_linear needs for K input features and N columns */
+#ifndef R1_NO_BF16
+#include "gemm_bf16.c"
+#else
+static inline long padded_columns_bf16(long N) { return padded_columns(N); }
+#endif
+
+/* floats of scratch r1_linear (and r1_linear_bf16: f(x), then its bf16 pairs) needs for K input
+   features and N columns */
 long r1_linear_work(long K, long N) {
-    return (K + 1) * padded_columns(N);
+    return (K + 1 + (K + 1) / 2) * padded_columns_bf16(N);
 }
 
 /* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
@@ -395,6 +402,18 @@ void r1_attend(const float *qkv, long B, long T, long H, long KV, long D, const 
     }
 }
 
+/* r1_linear, or r1_linear_bf16 on bf16 pairs */
+static void linear_any(int bf16, const void *P, long O, long K, const float *x, long N, int mode, const float *norm_w,
+                       float eps, float *xs, const float *bias, float *out, int accumulate, int transposed) {
+#ifndef R1_NO_BF16
+    if (bf16) {
+        r1_linear_bf16((const uint32_t *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
+        return;
+    }
+#endif
+    r1_linear((const float *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
+}
+
 /* floats of scratch r1_decode_step needs for N sequences */
 long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
     long K = C > H * D ? C : H * D;  /* the widest input of a projection */
@@ -411,22 +430,23 @@ long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
    vectors: per layer ln1, ln2 and the biases of qkv, o, gate|up, down (NULL: none), then the final
    norm (6 n + 1); scale: the attention's, 1/sqrt(D); x [C, N] the residual stream (the embedded
    tokens; updated); cos, sin [N, D]; cache [n, 2, N, KV, L, D]; valid as r1_attend; work
-   r1_decode_work floats; logits [N, V]. */
+   r1_decode_work floats; logits [N, V]; bf16: the weights are packed by r1_pack6_bf16. */
 void r1_decode_step(long n_layers, long C, long H, long KV, long D, long I, long V,
-                    const float *const *weights, const float *const *vectors, float eps, float scale, float *x, long N,
+                    const void *const *weights, const float *const *vectors, float eps, float scale, float *x, long N,
                     const float *cos, const float *sin, float *cache, long L, long pos, long shared,
-                    const unsigned char *valid, long valid_stride, float *work, float *logits) {
+                    const unsigned char *valid, long valid_stride, float *work, float *logits, int bf16) {
     float *qkv = work, *att = qkv + (H + 2 * KV) * D * N, *gu = att + H * D * N, *xs = gu + 2 * I * N;
     for (long i = 0; i < n_layers; i++) {
-        const float *const *w = weights + 4 * i, *const *v = vectors + 6 * i;
-        r1_linear(w[0], (H + 2 * KV) * D, C, x, N, RMSNORM, v[0], eps, xs, v[2], qkv, 0, 0);
+        const void *const *w = weights + 4 * i;
+        const float *const *v = vectors + 6 * i;
+        linear_any(bf16, w[0], (H + 2 * KV) * D, C, x, N, RMSNORM, v[0], eps, xs, v[2], qkv, 0, 0);
         r1_attend(qkv, N, 1, H, KV, D, cos, sin, cache + i * 2 * N * KV * L * D, L, pos, shared, valid, valid_stride,
                   scale, att);
-        r1_linear(w[1], C, H * D, att, N, PLAIN, NULL, 0.0f, xs, v[3], x, 1, 0);
-        r1_linear(w[2], 2 * I, C, x, N, RMSNORM, v[1], eps, xs, v[4], gu, 0, 0);
-        r1_linear(w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
+        linear_any(bf16, w[1], C, H * D, att, N, PLAIN, NULL, 0.0f, xs, v[3], x, 1, 0);
+        linear_any(bf16, w[2], 2 * I, C, x, N, RMSNORM, v[1], eps, xs, v[4], gu, 0, 0);
+        linear_any(bf16, w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
     }
-    r1_linear(weights[4 * n_layers], V, C, x, N, RMSNORM, vectors[6 * n_layers], eps, xs, NULL, logits, 0, 1);
+    linear_any(bf16, weights[4 * n_layers], V, C, x, N, RMSNORM, vectors[6 * n_layers], eps, xs, NULL, logits, 0, 1);
 }
 
 /* w[0..n) = exp(x - top) for n <= 256 logits (0 at -inf); returns their sum */

@@ -1,4 +1,5 @@
-"""Our own fp32 kernels for a decode step on x86-64 CPUs (AVX2 + FMA), built on first use.
+"""Our own kernels for a decode step on x86-64 CPUs (AVX2 + FMA), built on first use: fp32
+products, and bf16 products where the CPU has AVX-512 BF16 (``gemm_bf16.c``).
 
 A decode step multiplies every weight by a handful of columns (one per sequence in the batch).
 MKL and oneDNN run these tall-skinny products at 50-75 GFLOP/s on the 2-core EPYC we measured
@@ -37,7 +38,9 @@ import torch
 from r1lite.models import cache_dir
 
 SOURCE = Path(__file__).with_name("gemm.c")
+SOURCES = [SOURCE, SOURCE.with_name("gemm_bf16.c")]  # gemm.c includes gemm_bf16.c
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
+NO_BF16 = "-DR1_NO_BF16"  # for a compiler that does not know AVX-512 BF16: the fp32 kernels alone
 PANEL = 6  # weight rows per packed panel (gemm.c)
 
 _lib: ctypes.CDLL | None = None
@@ -74,24 +77,14 @@ def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
         raise _Unavailable("no C compiler found: install gcc, or set CC")
-    code = SOURCE.read_bytes()
-    key = hashlib.sha256(code + " ".join([cc, *FLAGS, str(torch_lib)]).encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"gemm-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [cc, *FLAGS, str(SOURCE), "-o", tmp, f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-l:libgomp.so.1"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise _Unavailable(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
-            os.replace(tmp, target)  # atomic: a concurrent build or a killed one never leaves half a file
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise _Unavailable(f"compiling with {cc} failed: {e}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    code = b"".join(path.read_bytes() for path in SOURCES)
+    try:
+        target = _compile(cc, FLAGS, code, torch_lib)
+    except _Unavailable as first:
+        try:  # the bf16 products need a compiler that knows AVX-512 BF16 (GCC 9, clang 9); the rest does not
+            target = _compile(cc, [*FLAGS, NO_BF16], code, torch_lib)
+        except _Unavailable:
+            raise first from None
     lib = ctypes.CDLL(str(target))
     ptr, long, int_, float_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
     signatures = {  # argument types, in gemm.c's order
@@ -101,34 +94,83 @@ def _build() -> ctypes.CDLL:
         "r1_linear_work": [long] * 2,
         "r1_decode_work": [long] * 6,
         "r1_sample": [ptr, long, long, ptr, ptr],
-        "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr],
+        "r1_decode_step": [long] * 7 + [ptr, ptr, float_, float_, ptr, long, ptr, ptr, ptr, long, long, long, ptr, long, ptr, ptr,
+                           int_],
+        "r1_pack6_bf16": [ptr, ptr, long, ptr, long, long],
+        "r1_linear_bf16": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
     }
     for name, argtypes in signatures.items():
+        if name.endswith("_bf16") and not hasattr(lib, name):
+            continue  # built without the bf16 products
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = (long if name.endswith("_work") else None), argtypes
     return lib
 
 
+def _compile(cc: str, flags: list[str], code: bytes, torch_lib: Path) -> Path:
+    """The shared library of ``code`` built with ``flags`` (cached by their hash)."""
+    key = hashlib.sha256(code + " ".join([cc, *flags, str(torch_lib)]).encode()).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"gemm-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cc, *flags, str(SOURCE), "-o", tmp, f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-l:libgomp.so.1"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise _Unavailable(f"`{' '.join(cmd)}` failed: {done.stderr.strip()[-300:]}")
+        os.replace(tmp, target)  # atomic: a concurrent build or a killed one never leaves half a file
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise _Unavailable(f"compiling with {cc} failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def bf16_products(lib: ctypes.CDLL | None) -> bool:
+    """Whether bf16 weights can run as bf16 products here: the library has them and the CPU has
+    AVX-512 BF16. ``R1LITE_BF16_KERNELS=0`` keeps them in fp32 products (bf16-rounded weights)."""
+    from r1lite.models import cpu_bf16_flags
+
+    return (lib is not None and hasattr(lib, "r1_linear_bf16") and "avx512_bf16" in cpu_bf16_flags() and os.environ.get("R1LITE_BF16_KERNELS", "1") != "0")
+
+
 class PackedWeight:
     """fp32 CPU weights [O_i, K], stacked along O, packed for :meth:`linear` (a copy: pack again
-    after the weights change). ``reuse``: a PackedWeight of the same shape whose memory to pack
-    into (a fresh 0.5 GB allocation costs ~0.2 s of page faults per sync for the 135M model)."""
+    after the weights change). ``bf16``: packed as bf16 pairs for bf16 products (the weights
+    rounded to bf16, f(x) too; fp32 sums: gemm_bf16.c), where :func:`bf16_products` says the
+    machine has them; K must be even. ``reuse``: a PackedWeight of the same shape and kind whose
+    memory to pack into (a fresh 0.5 GB allocation costs ~0.2 s of page faults per sync for the
+    135M model)."""
 
-    def __init__(self, parts: torch.Tensor | list[torch.Tensor], lib: ctypes.CDLL, reuse: PackedWeight | None = None):
+    def __init__(self, parts: torch.Tensor | list[torch.Tensor], lib: ctypes.CDLL, reuse: PackedWeight | None = None,
+                 bf16: bool = False):
         parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
         K = parts[0].shape[-1]
+        if bf16 and (K % 2 or not hasattr(lib, "r1_linear_bf16")):
+            raise ValueError(f"bf16 packing needs an even K (got {K}) and a library built with the bf16 products")
         for w in parts:
             if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2 or w.shape[1] != K:
                 raise ValueError(f"PackedWeight takes 2-D fp32 CPU tensors with {K} columns, got {w.dtype} {tuple(w.shape)} on {w.device}")
         parts = [w.detach().contiguous() for w in parts]
-        self.lib = lib
+        self.lib, self.bf16 = lib, bf16
         self.out_features, self.in_features = sum(w.shape[0] for w in parts), K
-        size = -(-self.out_features // PANEL) * K * PANEL
-        same = reuse is not None and (reuse.out_features, reuse.in_features) == (self.out_features, K)
-        self.data = reuse.data if same else torch.empty(size)
+        size = -(-self.out_features // PANEL) * K * PANEL // (2 if bf16 else 1)  # 32-bit words
+        same = reuse is not None and (reuse.out_features, reuse.in_features, reuse.bf16) == (self.out_features, K, bf16)
+        self.data = reuse.data if same else torch.empty(size, dtype=torch.int32 if bf16 else torch.float32)
         pointers = (ctypes.c_void_p * len(parts))(*[w.data_ptr() for w in parts])
         rows = (ctypes.c_long * len(parts))(*[w.shape[0] for w in parts])
-        lib.r1_pack6(pointers, rows, len(parts), self.data.data_ptr(), self.out_features, K)
+        pack = lib.r1_pack6_bf16 if bf16 else lib.r1_pack6
+        pack(pointers, rows, len(parts), self.data.data_ptr(), self.out_features, K)
+
+    def columns(self, n: int) -> int:
+        """Columns a product with n columns of x computes, padding included (gemm.c, gemm_bf16.c)."""
+        if self.bf16:
+            return 16 if n <= 16 else -(-n // 32) * 32
+        return 8 if n <= 8 else -(-n // 16) * 16
 
     def linear(self, x: torch.Tensor, prologue: str = "plain", norm: torch.Tensor | None = None, eps: float = 0.0,
                bias: torch.Tensor | None = None, into: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
@@ -152,7 +194,8 @@ class PackedWeight:
                 raise ValueError(f"{name} must be a contiguous fp32 vector of {size}, got {t.dtype} {tuple(t.shape)}")
         if prologue == "rmsnorm" and norm is None:
             raise ValueError("the rmsnorm prologue needs its norm weight")
-        self.lib.r1_linear(self.data.data_ptr(), self.out_features, K, x.data_ptr(), N, _PROLOGUES[prologue],
+        linear = self.lib.r1_linear_bf16 if self.bf16 else self.lib.r1_linear
+        linear(self.data.data_ptr(), self.out_features, K, x.data_ptr(), N, _PROLOGUES[prologue],
                            None if norm is None else norm.data_ptr(), eps, scratch.data_ptr(),
                            None if bias is None else bias.data_ptr(), out.data_ptr(), into is not None, transposed)
         return out
@@ -232,6 +275,10 @@ class DecodeStep:
                                          for v, n in zip(vs, sizes)):
                 raise ValueError(f"DecodeStep: layer {i} has projections {shapes} and vectors "
                                  f"{[None if v is None else tuple(v.shape) for v in vs]}; expected {expected} and {sizes}")
+        packed = [w for ws, _ in layers for w in ws] + [head]
+        if len({w.bf16 for w in packed}) != 1:
+            raise ValueError("DecodeStep: every weight must be packed alike (all bf16 or all fp32)")
+        self.bf16 = head.bf16
         self._keep = [layers, head, final_norm]
         self.weights = (ctypes.c_void_p * (4 * self.n_layers + 1))(
             *[w.data.data_ptr() for ws, _ in layers for w in ws], head.data.data_ptr())
@@ -257,5 +304,6 @@ class DecodeStep:
         logits = torch.empty(N, self.V)
         self.lib.r1_decode_step(self.n_layers, self.C, self.H, self.KV, self.D, self.I, self.V, self.weights, self.vectors,
                                 self.eps, self.D ** -0.5, x.data_ptr(), N, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
-                                cache.shape[4], pos, shared, valid.data_ptr(), valid.stride(0), work.data_ptr(), logits.data_ptr())
+                                cache.shape[4], pos, shared, valid.data_ptr(), valid.stride(0), work.data_ptr(), logits.data_ptr(),
+                                self.bf16)
         return logits

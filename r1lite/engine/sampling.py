@@ -5,9 +5,9 @@ is a hash of (the request's seed, the sample's index, t) — a counter-based gen
 JAX's or Philox, in a few lines of Python. So a sequence's tokens depend only on (seed, prompt,
 sample index): not on the batch size, its row, the other rows, or when it joined a running batch.
 Distributed training and the server rely on this. It takes logits that are themselves the same
-bits in any batch: so they are on every fp32 CPU path (our kernels, on fp32 or bf16-rounded
-weights, and PyTorch's fp32; see :class:`r1lite.engine.decoders.Projection`); bf16 compute on
-PyTorch and GPUs round by the batch's shape, and a near-tie can then go either way.
+bits in any batch: so they are on our kernels (fp32 products, and bf16 products on CPUs with
+AVX-512 BF16) and PyTorch's fp32 CPU path (see :class:`r1lite.engine.decoders.Projection`); bf16
+compute on PyTorch and GPUs round by the batch's shape, and a near-tie can then go either way.
 """
 
 from __future__ import annotations
