@@ -34,13 +34,12 @@ from pathlib import Path
 
 from r1lite import tasks
 from r1lite.cost import cost_report, human_seconds
-from r1lite.engine.engine import shared_prefix
 from r1lite.flops import ModelShape, Weights, decode_flops, train_pass_flops
 from r1lite.grpo import GRPOConfig
 from r1lite.hardware import Hardware
-from r1lite.prompts import item_prompts
+from r1lite.prompts import item_prompts, shared_prefix
 from r1lite.workload import (
-    Overrides, Workload, apply_overrides, lengths_like, like_or, mean, step_points, unprobed_workload, workload_notes,
+    Overrides, Workload, apply_overrides, lengths_like, like_or, step_points, unprobed_workload, workload_notes,
 )
 
 DecodeFlops = Callable[[int, int, int], float]
@@ -122,24 +121,33 @@ def train_work(shape: ModelShape, weights: Weights, prompts: list[list[int]], le
                group_size: int, micro_batch_size: int, forwards: int, updates: int) -> PhaseWork:
     """One GRPO train step over ``groups`` groups (may be fractional: an expectation): ``updates``
     forward+backward passes and ``forwards`` no-grad passes (reference, old log-probs), in chunks of
-    whole groups; each chunk as wide as its longest prompt and completion. The chunk's FLOPs
-    scale with its groups, so they are counted per group."""
+    whole groups; each chunk as wide as its longest prompt and completion, the prefix its prompts
+    share run once. The chunk's FLOPs scale with its groups, so they are counted per group."""
     per_chunk = max(1, micro_batch_size // group_size)
-    Lp = max(len(p) for p in prompts[:per_chunk])
+    chunk = _chunk_shape(prompts[:per_chunk])
     rows = lengths_like(lengths, per_chunk * group_size)
-    Lc, M = max(rows), sum(rows) / per_chunk  # M: real tokens per group
-    one = (updates * train_pass_flops(shape, weights, 1, Lp, group_size, Lc, round(M), backward=True)
-           + forwards * train_pass_flops(shape, weights, 1, Lp, group_size, Lc, round(M), backward=False))
+    Lc, M = max(rows), sum(rows)  # M: real tokens per chunk
+    passes = [(updates, True), (forwards, False)]
+    one = sum(n * train_pass_flops(shape, weights, chunk[0], chunk[1], len(rows), Lc, M, backward=b, Lx=chunk[2])
+              for n, b in passes) / chunk[0]
     return PhaseWork(dense_flops=groups * one, updates=updates)
+
+
+def _chunk_shape(prompts: list[list[int]]) -> tuple[int, int, int]:
+    """(prompts, width after the shared prefix, shared prefix) of a train pass over ``prompts``, as
+    :func:`r1lite.policy.make_group_batch` lays them out."""
+    shared = shared_prefix(prompts) if len(prompts) > 1 else 0
+    return len(prompts), max(len(p) for p in prompts) - shared, shared
 
 
 def sft_work(shape: ModelShape, weights: Weights, prompts: list[list[int]], lengths: list[int], traces: float,
              batch_size: int, epochs: int) -> PhaseWork:
     """The cold start's SFT: ``epochs`` passes over ``traces`` traces in steps of ``batch_size``,
     each trace its own prompt (counted per trace, as :func:`train_work` counts per group)."""
-    Lp = max(len(p) for p in prompts[:batch_size])
-    rows = lengths_like(lengths, batch_size)
-    per_trace = train_pass_flops(shape, weights, 1, Lp, 1, max(rows), round(mean(rows)), backward=True)
+    chunk = _chunk_shape(prompts[:batch_size])
+    rows = lengths_like(lengths, chunk[0])
+    per_trace = train_pass_flops(shape, weights, chunk[0], chunk[1], chunk[0], max(rows), sum(rows), backward=True,
+                                 Lx=chunk[2]) / chunk[0]
     steps = epochs * math.ceil(traces / batch_size)
     return PhaseWork(dense_flops=epochs * traces * per_trace, updates=steps)
 

@@ -149,14 +149,15 @@ def decode_flops(shape: ModelShape, body_params: int, rows: int, T: int, start: 
 
 
 def train_pass_flops(shape: ModelShape, weights: Weights, P: int, Lp: int, N: int, Lc: int, M: int,
-                     backward: bool) -> float:
-    """FLOPs of r1lite's training forward (:func:`r1lite.policy.completion_logprobs`) on ``P``
-    prompts of width ``Lp`` and ``N`` completions of width ``Lc`` holding ``M`` real tokens, and of
-    its backward.
+                     backward: bool, Lx: int = 0) -> float:
+    """FLOPs of r1lite's training forward (:func:`r1lite.policy.completion_logprobs`) on a shared
+    prefix of ``Lx`` tokens, ``P`` prompts of width ``Lp`` after it and ``N`` completions of width
+    ``Lc`` holding ``M`` real tokens, and of its backward.
 
-    Forward: the layers' products on every prompt position (padding included, each prompt once)
-    and on the real completion tokens; attention over the full score matrices (prompts: Lp x Lp,
-    completions: Lc x (Lp + Lc), masked entries included); the vocabulary head on the real
+    Forward: the layers' products on the prefix once, on every prompt position (padding included,
+    each prompt once) and on the real completion tokens; attention over the full score matrices
+    (prefix: Lx x Lx, prompts: Lp x (Lx + Lp), completions: Lc x (Lx + Lp + Lc), masked entries
+    included); the vocabulary head on the real
     completion tokens. Backward: twice the forward for products with trainable weights (input
     and weight gradients), once for frozen ones (LoRA's base); attention twice; the head three
     times (its logits recomputed, then both gradients; the weight gradient only if it trains).
@@ -164,9 +165,9 @@ def train_pass_flops(shape: ModelShape, weights: Weights, P: int, Lp: int, N: in
     """
     H, D = shape.n_heads, shape.head_dim
     if shape.llama_layout:
-        positions, pairs = P * Lp + M, P * H * Lp * Lp + N * H * Lc * (Lp + Lc)
+        positions, pairs = Lx + P * Lp + M, H * (Lx * Lx + P * Lp * (Lx + Lp) + N * Lc * (Lx + Lp + Lc))
     else:
-        positions, pairs = N * (Lp + Lc), N * H * (Lp + Lc) ** 2
+        positions, pairs = N * (Lx + Lp + Lc), N * H * (Lx + Lp + Lc) ** 2
     layers = 2 * weights.total * positions
     attention = 4 * shape.n_layers * D * pairs
     head = 2 * shape.vocab_size * shape.hidden_size * M

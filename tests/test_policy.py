@@ -34,6 +34,7 @@ def test_grouped_logprobs_and_gradients_match_transformers(spec):
     model.zero_grad()
 
     batch = make_group_batch(prompts, group, completions, tokenizer.pad_token_id)
+    assert batch.prefix_ids.tolist() == prompts[0][:len(batch.prefix_ids)] and len(batch.prefix_ids) >= 3  # "<|im_start|>user\n"
     logp, entropy = completion_logprobs(model, batch, with_entropy=True)
     (logp * batch.completion_mask).sum().backward()
     for i, c in enumerate(completions):
@@ -41,6 +42,36 @@ def test_grouped_logprobs_and_gradients_match_transformers(spec):
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-4 * ref_grads[n].abs().max().item() + 1e-8, rtol=1e-3)
     assert (entropy[batch.completion_mask.bool()] > 0).all()
+
+
+def test_the_prefix_all_prompts_share_runs_once():
+    """Split off once, each prompt keeping at least one token of its own; prompts that share
+    nothing (or a batch of one prompt) keep their whole tokens."""
+    batch = make_group_batch([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]], [0, 1, 2], [[7], [8], [9]], pad_id=0)
+    assert batch.prefix_ids.tolist() == [1, 2] and batch.prompt_ids.tolist() == [[3, 4], [0, 5], [0, 3]]
+    assert batch.tokens == 2 + 4 + 3  # the prefix once, each prompt's own tokens, the completions
+    assert batch.rows(slice(1, 3)).prefix_ids.tolist() == [1, 2]
+    assert make_group_batch([[1, 2, 3]], [0], [[4]], pad_id=0).prefix_ids.numel() == 0
+    assert make_group_batch([[1, 2], [3, 2]], [0, 1], [[4], [4]], pad_id=0).prefix_ids.numel() == 0
+
+
+@pytest.mark.parametrize("prompts", [[[1, 5, 9, 4], [2, 3]], [[1, 5, 9, 4, 6], [1, 5, 2], [1, 5, 9, 8]]],
+                         ids=["nothing-shared", "shared-prefix"])
+def test_logprobs_and_gradients_with_and_without_a_shared_prefix_match_one_row_at_a_time(prompts):
+    model, _ = load_model("tiny", FP32)
+    group = [0, 1, 1] + [2] * (len(prompts) > 2)
+    completions = [[7, 8, 6], [5], [9, 9], [3, 3, 3, 3]][:len(group)]
+    ref = reference(model, prompts, group, completions)
+    sum(r.sum() for r in ref).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    batch = make_group_batch(prompts, group, completions, pad_id=0)
+    logp, _ = completion_logprobs(model, batch)
+    (logp * batch.completion_mask).sum().backward()
+    for i, c in enumerate(completions):
+        torch.testing.assert_close(logp[i, :len(c)], ref[i], atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], atol=1e-4 * expected[n].abs().max().item() + 1e-8, rtol=1e-3, msg=n)
 
 
 def test_sub_batches_keep_only_their_prompts_and_widths():
@@ -93,15 +124,16 @@ def test_embedding_gradient_is_dense_and_exact_tied_or_not(tied):
         torch.testing.assert_close(p.grad, expected[n], atol=1e-4 * expected[n].abs().max().item() + 1e-8, rtol=1e-3, msg=n)
 
 
+@pytest.mark.parametrize("prompts", [[[1, 5, 9, 4, 7, 7], [2, 3]], [[1, 5, 9, 4, 7, 7], [1, 5, 9, 3]]],
+                         ids=["nothing-shared", "shared-prefix"])
 @pytest.mark.parametrize("backward", [False, True])
-def test_pass_flops_match_torch_flop_counter(backward):
+def test_pass_flops_match_torch_flop_counter(backward, prompts):
     """The FLOPs the trainer meters for a train forward (and backward) are what PyTorch counts."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from r1lite.policy import pass_flops
 
     model, tokenizer = load_model("tiny", FP32)
-    prompts = [[1, 5, 9, 4, 7, 7], [2, 3]]
     batch = make_group_batch(prompts, [0, 0, 1, 1], [[7, 8, 6, 1], [5], [9, 9, 3], [4, 4, 4, 4, 4]], pad_id=0)
     with FlopCounterMode(display=False) as counter:
         logp, _ = completion_logprobs(model, batch)

@@ -35,7 +35,7 @@ import torch
 
 from r1lite.engine.sampling import Sampling, sample_rows, sequence_key
 from r1lite.errors import UsageError
-from r1lite.prompts import left_pad
+from r1lite.prompts import left_pad, shared_prefix
 
 
 @dataclass
@@ -122,19 +122,6 @@ thinking, the forced tokens included, stays within the budget; a budget shorter 
 and the close gets the close alone (a budget shorter than the close cannot be kept: the close is
 still written)."""
 CLOSE_THINKING = "\n</think>\n\n"
-
-
-def shared_prefix(prompts: list[list[int]]) -> int:
-    """Length of the token prefix all prompts share, leaving every prompt at least one own token.
-
-    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 5]]), shared_prefix([[1, 2], [1, 2]]), shared_prefix([[7]])
-    (2, 1, 0)
-    """
-    n = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for other in prompts[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return max(0, n)
 
 
 class _Seq:
