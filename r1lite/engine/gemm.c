@@ -24,6 +24,17 @@ static inline long padded_columns(long N) {
     return N <= 8 ? 8 : (N + 15) / 16 * 16;
 }
 
+/* src[r] = row 6t + r of the stacked parts (NULL past the last row) */
+static inline void panel_rows(const float *const *parts, const long *part_rows, long nparts, long K, long t,
+                              const float *src[6]) {
+    for (long r = 0; r < 6; r++) {
+        long o = t * 6 + r, i = 0;
+        while (i < nparts && o >= part_rows[i])
+            o -= part_rows[i++];
+        src[r] = i < nparts ? parts[i] + o * K : NULL;
+    }
+}
+
 /* the rows of parts[0], parts[1], ... (part_rows[i] rows of K each, stacked: O rows in all) ->
    P [ceil(O/6), K, 6]; stacking q/k/v or gate/up this way needs no concatenated copy */
 void r1_pack6(const float *const *parts, const long *part_rows, long nparts, float *P, long O, long K) {
@@ -31,12 +42,7 @@ void r1_pack6(const float *const *parts, const long *part_rows, long nparts, flo
     #pragma omp parallel for schedule(static)
     for (long t = 0; t < panels; t++) {
         const float *src[6];
-        for (long r = 0; r < 6; r++) {
-            long o = t * 6 + r, i = 0;
-            while (i < nparts && o >= part_rows[i])
-                o -= part_rows[i++];
-            src[r] = i < nparts ? parts[i] + o * K : NULL;
-        }
+        panel_rows(parts, part_rows, nparts, K, t, src);
         float *p = P + t * K * 6;
         for (long k = 0; k < K; k++)
             for (long r = 0; r < 6; r++)

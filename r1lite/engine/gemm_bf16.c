@@ -36,12 +36,7 @@ void r1_pack6_bf16(const float *const *parts, const long *part_rows, long nparts
     #pragma omp parallel for schedule(static)
     for (long t = 0; t < panels; t++) {
         const float *src[6];
-        for (long r = 0; r < 6; r++) {
-            long o = t * 6 + r, i = 0;
-            while (i < nparts && o >= part_rows[i])
-                o -= part_rows[i++];
-            src[r] = i < nparts ? parts[i] + o * K : NULL;
-        }
+        panel_rows(parts, part_rows, nparts, K, t, src);
         uint32_t *p = P + t * K2 * 6;
         for (long k = 0; k < K2; k++)
             for (long r = 0; r < 6; r++)
