@@ -144,8 +144,7 @@ class LlamaDecoder:
         lib = kernels.load() if self.device.type == "cpu" else None
         self.lib = lib
         self.compute = torch.float32 if lib is not None else dtype  # see the module docstring
-        inputs = (cfg.hidden_size, self.n_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads),
-                  cfg.intermediate_size)
+        inputs = (cfg.hidden_size, self.n_heads * self.head_dim, cfg.intermediate_size)  # K of each product
         self.bf16_products = dtype == torch.bfloat16 and kernels.bf16_products(lib) and all(k % 2 == 0 for k in inputs)
         self.onednn = self.device.type == "cpu" and self.compute == torch.float32 and lib is None and torch.backends.mkldnn.is_available()
         # fp32 attention on a CPU in fp64, rounded to fp32: in another batch a row's keys sit at
