@@ -1,11 +1,16 @@
 """R1's cold start, one phase of a GRPO run (:class:`r1lite.trainer.Trainer`): sample the base with a
 plain prompt, keep the verified-correct answers, rewrite them in the R1 format, fine-tune on them,
-and (with ``cold_start_min_format``) keep training while the format is not yet learned.
+and (with ``cold_start_min_format`` or ``cold_start_min_accuracy``) keep training, checked every
+``cold_start_check_every`` epochs, until the format is learned and the accuracy reached.
 
-Why the format check: a cold start exists to teach the format so that GRPO's rewards are not all
-zero; a few dozen traces, two epochs, sometimes leave a model that writes ``<answer>`` before
-``</think>`` on a third of its answers, and GRPO then spends its first steps on the format. The
-check decodes train prompts (never held-out items), so it steers the SFT without seeing the test.
+Why the check: a cold start exists to teach the format so that GRPO's rewards are not all zero;
+a few dozen traces, two epochs, sometimes leave a model that writes ``<answer>`` before
+``</think>`` on a third of its answers, and GRPO then spends its first steps on the format. A
+fixed number of epochs also lands wherever its traces take it: the same recipe's cold start
+varies widely between seeds, too low for some and leaving RL little to add for others.
+Training until a set accuracy is reached, checked at a finer step than an epoch, lands every run
+near the same point. The check decodes train prompts (never held-out items), so it steers the SFT
+without seeing the test.
 """
 
 from __future__ import annotations
@@ -70,16 +75,19 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
     per_epoch = -(-len(pairs) // cfg.cold_start_batch_size)
     checks: list[dict] = []
 
-    def again(epochs: int) -> bool:
-        """One more epoch while the greedy format rate on train prompts is below the recipe's bar."""
-        if not cfg.cold_start_min_format:
-            return False
-        checks.append({"epochs": epochs, "format_rate": format_check(trainer)})
-        trainer.console.print(f"cold-start format check after {epochs} epochs: {checks[-1]['format_rate']:.1%} "
-                              f"(bar {cfg.cold_start_min_format:.0%})")
-        more = checks[-1]["format_rate"] < cfg.cold_start_min_format
+    interval = max(1, round(cfg.cold_start_check_every * per_epoch))
+
+    def again(epochs: float) -> bool:
+        """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
+        checks.append({"epochs": round(epochs, 3), **check(trainer)})
+        bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
+                                                                   ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
+        trainer.console.print(f"cold-start check after {epochs:g} epochs: " +
+                              ", ".join(f"{name} {value:.1%} (bar {bar:.0%})" for name, value, bar in bars))
+        more = any(value < bar for _, value, bar in bars)
         if more:
-            update(epochs * per_epoch, "another epoch", total=(epochs + 1) * per_epoch)
+            done = round(epochs * per_epoch)
+            update(done, "training on", total=done + interval)
         return more
 
     with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
@@ -88,10 +96,11 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
                                 batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
                                 seed=cfg.seed, autocast=trainer.runtime.autocast, device=trainer.runtime.device,
                                 world=trainer.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"),
-                                max_epochs=cfg.cold_start_max_epochs, again=again)
+                                max_epochs=cfg.cold_start_max_epochs, again=again if cfg.checks_cold_start else None,
+                                check_every=cfg.cold_start_check_every)
     trainer.meter.add_flops("sft", sum(r["flops"] for r in history))
     trainer.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
-                                     "epochs": history[-1]["epoch"] + 1 if history else 0, "format_checks": checks,
+                                     "epochs": round(len(history) / per_epoch, 3), "checks": checks,
                                      "final_loss": history[-1]["loss"] if history else None}
     trainer.run_eval("eval_after_sft", cfg.format)
     trainer.save_checkpoint(cold_start_done=True)
@@ -100,9 +109,10 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
     trainer.check_stop()
 
 
-def format_check(trainer: Trainer) -> float:
-    """Greedy strict-format rate, in the run's format, on train prompts the held-out set never
-    sees (each rank its share; metered with the SFT it steers)."""
+def check(trainer: Trainer) -> dict:
+    """Greedy strict-format rate and accuracy, in the run's format, on train prompts the held-out
+    set never sees (each rank its share; metered with the SFT it steers)."""
     cfg = trainer.cfg
     items = trainer.task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
-    return trainer.decode(items, cfg.format, "sft")["format_rate"]
+    result = trainer.decode(items, cfg.format, "sft")
+    return {"format_rate": result["format_rate"], "accuracy": result["accuracy"]}

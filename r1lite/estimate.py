@@ -165,7 +165,7 @@ class RunPrompts:
     train: list[list[int]]
     """A sample of train items in the recipe's format (two steps' worth: rollouts and train chunks)."""
     check: list[list[int]]
-    """The cold start's format-check prompts (train items in the recipe's format), when it checks."""
+    """The cold start's check prompts (train items in the recipe's format), when it checks."""
 
 
 def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
@@ -178,7 +178,7 @@ def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
     cold = task.split("train", cfg.cold_start_items, seed=cfg.seed + 1) if cfg.cold_start_items else []
     train = task.split("train", 2 * cfg.prompts_per_step, seed=cfg.seed)
     check = (task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
-             if cfg.cold_start_items and cfg.cold_start_min_format else [])
+             if cfg.cold_start_items and cfg.checks_cold_start else [])
     return RunPrompts(
         evals, [p.ids for p in item_prompts(tokenizer, task, cold, cfg.cold_start_format)],
         [p.ids for p in item_prompts(tokenizer, task, cold, "r1")],
@@ -223,7 +223,7 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
         phases["sft"].add(sft_work(shape, weights, prompts.traces, w.trained_lengths,
                                    cfg.cold_start_items * w.traces_per_item, cfg.cold_start_batch_size,
                                    cfg.cold_start_epochs))
-        if prompts.check:  # one format check, after the planned epochs (it passes: no extra epoch assumed)
+        if prompts.check:  # one check, after the planned epochs (it passes: no further training assumed)
             phases["sft"].add(generation_work(prompts.check, 1, w.trained_lengths, cfg.eval_batch_size, flops))
     P, G = cfg.prompts_per_step, cfg.group_size
     rounds = cfg.max_refill_rounds + 1 if cfg.dynamic_sampling else 1

@@ -171,11 +171,16 @@ class GRPOConfig:
     cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
     cold_start_batch_size: int = opt(8, "cold start: traces per SFT optimizer step")
     cold_start_per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
-    cold_start_min_format: float = opt(0.0, "cold start: after cold_start_epochs, train more epochs (up to "
-                                            "cold_start_max_epochs) while the greedy strict-format rate on "
-                                            "cold_start_check_items train prompts is below this (0 = no check)")
-    cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the format check asks for more")
-    cold_start_check_items: int = opt(64, "cold start: train prompts (not held-out) the format check decodes")
+    cold_start_min_format: float = opt(0.0, "cold start: after cold_start_epochs, train on (up to "
+                                            "cold_start_max_epochs, checked every cold_start_check_every epochs) while "
+                                            "the greedy strict-format rate on cold_start_check_items train prompts is "
+                                            "below this (0 = no format bar)")
+    cold_start_min_accuracy: float = opt(0.0, "cold start: the same check's bar for greedy accuracy on those train "
+                                              "prompts: train on while below it (0 = no accuracy bar)")
+    cold_start_check_every: float = opt(1.0, "cold start: epochs between checks after cold_start_epochs (0.5 = every "
+                                             "half epoch, rounded to whole SFT steps)")
+    cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the check asks for more")
+    cold_start_check_items: int = opt(64, "cold start: train prompts (not held-out) the check decodes")
     cold_start_data: str = opt("", "cold start on these traces (r1lite distill's JSONL, or any prompt/completion JSONL) "
                                    "instead of the base's own answers")
     cold_start_teacher: str = opt("", "cold start on traces distilled from this teacher (a URL, a local model, FILE.gguf) "
@@ -254,13 +259,17 @@ class GRPOConfig:
             bad("prefill_think needs format r1")
         if self.dist_timeout <= 0:
             bad(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
-        if not 0 <= self.cold_start_min_format <= 1:
-            bad(f"cold_start_min_format={self.cold_start_min_format} is a rate: use a value in [0, 1] (0 = no check)")
-        if self.cold_start_min_format and self.cold_start_max_epochs < self.cold_start_epochs:
+        for key in ("cold_start_min_format", "cold_start_min_accuracy"):
+            if not 0 <= getattr(self, key) <= 1:
+                bad(f"{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no bar)")
+        if self.checks_cold_start and self.cold_start_max_epochs < self.cold_start_epochs:
             bad(f"cold_start_max_epochs={self.cold_start_max_epochs} < cold_start_epochs={self.cold_start_epochs}; "
                 "set it >= cold_start_epochs")
-        if self.cold_start_min_format and self.cold_start_check_items < 1:
-            bad(f"cold_start_check_items={self.cold_start_check_items} must be >= 1 when cold_start_min_format is set")
+        if self.checks_cold_start and self.cold_start_check_items < 1:
+            bad(f"cold_start_check_items={self.cold_start_check_items} must be >= 1 when cold_start_min_format or "
+                "cold_start_min_accuracy is set")
+        if self.cold_start_check_every <= 0:
+            bad(f"cold_start_check_every={self.cold_start_check_every} must be > 0 (epochs between checks)")
         if self.objective not in OBJECTIVES:
             bad(f"objective '{self.objective}' is unknown; use one of {', '.join(OBJECTIVES)}")
         if (self.objective == "on_policy_distill") != bool(self.teacher):
@@ -286,6 +295,11 @@ class GRPOConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.batch_size // self.group_size
+
+    @property
+    def checks_cold_start(self) -> bool:
+        """Whether a cold start decodes train prompts to decide when its SFT has done enough."""
+        return bool(self.cold_start_min_format or self.cold_start_min_accuracy)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ cold-start data were long chains of thought written or reviewed by people and by
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) 
 def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
               batch_size: int, micro_batch_size: int, seed: int, autocast, device, world: World | None = None,
               on_step: Callable[[dict], None] | None = None, max_epochs: int | None = None,
-              again: Callable[[int], bool] | None = None) -> list[dict]:
+              again: Callable[[float], bool] | None = None, check_every: float = 1.0) -> list[dict]:
     """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
 
     Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``, ``flops``
@@ -128,8 +129,9 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     loss is that of the model as it samples. ``world``: under torchrun each rank trains on its
     contiguous share of every batch and the gradients are summed (the loss is each batch's token
     mean on every rank); every rank has all ``pairs``. ``again(epochs_done)``, asked after the
-    ``epochs``-th epoch and each one after it, trains one more epoch (same optimizer, same order
-    stream) while it returns True, up to ``max_epochs``.
+    ``epochs``-th epoch and then every ``check_every`` epochs (rounded to whole steps), trains on
+    (same optimizer, the epochs' shuffled orders one after another) while it returns True, up to
+    ``max_epochs``.
     """
     world = world or World()
     model = policy.model
@@ -137,38 +139,49 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     optimizer = adamw(params, lr)
     rng = random.Random(seed)
     history: list[dict] = []
-    epoch = 0
-    while epoch < epochs or (again is not None and epoch < (max_epochs or epochs) and again(epoch)):
-        order = list(range(len(pairs)))
-        rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            chunk = [pairs[i] for i in order[start:start + batch_size]]
-            total_tokens = sum(len(c) for _, c in chunk)
-            mine = chunk[world.span(len(chunk))]
-            micros: list[list | None] = [mine[m:m + micro_batch_size] for m in range(0, len(mine), micro_batch_size)]
-            if world.fsdp:  # every pass is a collective: as many on each rank as on the one with the largest share
-                largest = -(-len(chunk) // world.size)
-                micros += [None] * (-(-largest // micro_batch_size) - len(micros))
-            loss_sum, flops = 0.0, 0.0
-            for micro in micros:
-                batch = (dummy_batch(tokenizer.pad_token_id) if micro is None else
-                         make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
-                                          tokenizer.pad_token_id)).to(device)
-                with autocast():
-                    logp, _ = policy(batch)
-                loss = -(logp * batch.completion_mask).sum() / total_tokens * (micro is not None)
-                loss.backward()
-                loss_sum += loss.item()
-                flops += pass_flops(model, batch, backward=True)
-            world.sum_grads(params)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            row = {"epoch": epoch, "loss": world.sum([loss_sum])[0], "tokens": total_tokens, "flops": flops}
-            history.append(row)
-            if on_step:
-                on_step({**row, "history": history})
-        epoch += 1
+    if not pairs:
+        return history
+
+    def batches():
+        """Each epoch's shuffled order, one epoch after another, as (epoch, chunk)."""
+        for epoch in itertools.count():
+            order = list(range(len(pairs)))
+            rng.shuffle(order)
+            for start in range(0, len(order), batch_size):
+                yield epoch, [pairs[i] for i in order[start:start + batch_size]]
+
+    per_epoch = -(-len(pairs) // batch_size)
+    first = epochs * per_epoch  # the planned steps
+    last = (max_epochs or epochs) * per_epoch if again is not None else first
+    interval = max(1, round(check_every * per_epoch))
+    for step, (epoch, chunk) in enumerate(batches(), 1):
+        total_tokens = sum(len(c) for _, c in chunk)
+        mine = chunk[world.span(len(chunk))]
+        micros: list[list | None] = [mine[m:m + micro_batch_size] for m in range(0, len(mine), micro_batch_size)]
+        if world.fsdp:  # every pass is a collective: as many on each rank as on the one with the largest share
+            largest = -(-len(chunk) // world.size)
+            micros += [None] * (-(-largest // micro_batch_size) - len(micros))
+        loss_sum, flops = 0.0, 0.0
+        for micro in micros:
+            batch = (dummy_batch(tokenizer.pad_token_id) if micro is None else
+                     make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
+                                      tokenizer.pad_token_id)).to(device)
+            with autocast():
+                logp, _ = policy(batch)
+            loss = -(logp * batch.completion_mask).sum() / total_tokens * (micro is not None)
+            loss.backward()
+            loss_sum += loss.item()
+            flops += pass_flops(model, batch, backward=True)
+        world.sum_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        row = {"epoch": epoch, "loss": world.sum([loss_sum])[0], "tokens": total_tokens, "flops": flops}
+        history.append(row)
+        if on_step:
+            on_step({**row, "history": history})
+        if step >= first and (step >= last or ((step - first) % interval == 0 and not again(step / per_epoch))):
+            break
     return history
 
 

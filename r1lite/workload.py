@@ -155,9 +155,10 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
     if cfg.cold_start_items:
         lines.append(f"cold start keeps {w.traces_per_item:.2f} traces per item: "
                      f"{cfg.cold_start_items * w.traces_per_item:.0f} traces")
-        if cfg.cold_start_min_format:
-            lines.append(f"the cold start's format check passes after {cfg.cold_start_epochs} epochs (each extra epoch, "
-                         f"up to {cfg.cold_start_max_epochs}, adds 1/{cfg.cold_start_epochs} of the SFT and a check)")
+        if cfg.checks_cold_start:
+            lines.append(f"the cold start's check passes after {cfg.cold_start_epochs} epochs (each "
+                         f"{cfg.cold_start_check_every:g} epochs more, up to {cfg.cold_start_max_epochs}, add "
+                         f"{cfg.cold_start_check_every / cfg.cold_start_epochs:.0%} of the SFT and a check)")
     return lines
 
 

@@ -145,7 +145,7 @@ COLD_START_ROWS = [{"item_id": str(i), "messages": [{"role": "user", "content": 
 
 
 def cold_start_config(tmp_path, **kw):
-    return small_config("arithmetic", tmp_path, cold_start_items=8, cold_start_lr=5e-3, cold_start_epochs=2, **kw)
+    return small_config("arithmetic", tmp_path, **{"cold_start_items": 8, "cold_start_lr": 5e-3, "cold_start_epochs": 2, **kw})
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -381,6 +381,9 @@ def test_resume_with_different_flags_is_refused(cli, tmp_path):
     (["--beta", "0", "--ref-reset-every", "10"], None, "ref_reset_every=10"),
     ([], "cold_start_min_format: 95\n", "cold_start_min_format=95.0 is a rate"),
     ([], "cold_start_min_format: 0.9\ncold_start_max_epochs: 1\n", "cold_start_max_epochs=1 < cold_start_epochs=2"),
+    ([], "cold_start_min_accuracy: 55\n", "cold_start_min_accuracy=55.0 is a rate"),
+    ([], "cold_start_min_accuracy: 0.5\ncold_start_max_epochs: 1\n", "cold_start_max_epochs=1 < cold_start_epochs=2"),
+    ([], "cold_start_check_every: 0\n", "cold_start_check_every=0.0 must be > 0"),
 ])
 def test_invalid_configs_fail_before_anything_is_written_or_loaded(cli, tmp_path, flags, yaml_text, needle):
     args = ["train", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run"), *flags]
@@ -522,6 +525,31 @@ def test_sft_trains_more_epochs_while_asked_up_to_the_cap():
     assert epochs == [0, 1] and asked == [2]
 
 
+def test_sft_checks_every_fraction_of_an_epoch():
+    """With ``check_every`` 0.5 ``again`` is asked after the planned epochs and every half epoch
+    after them (rounded to whole steps), the steps run on through the next epoch's order, and the
+    cap still holds; the first steps are those of a plain run."""
+    from r1lite import sft
+    from r1lite.models import load_model, resolve_runtime
+
+    def run(again, epochs, max_epochs):
+        model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+        pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
+        asked = []
+        history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=epochs, lr=1e-3, batch_size=2,
+                                micro_batch_size=2, seed=0, autocast=__import__("contextlib").nullcontext,
+                                device=torch.device("cpu"), max_epochs=max_epochs, check_every=0.5,
+                                again=lambda done: asked.append(done) or again(done))
+        return len(history), [r["epoch"] for r in history], asked
+
+    steps, epochs, asked = run(lambda done: done < 2, epochs=1, max_epochs=4)  # 4 steps an epoch
+    assert asked == [1.0, 1.5, 2.0] and steps == 8 and epochs == [0] * 4 + [1] * 4
+    steps, _, asked = run(lambda done: done < 1.5, epochs=1, max_epochs=4)
+    assert asked == [1.0, 1.5] and steps == 6
+    steps, _, asked = run(lambda done: True, epochs=1, max_epochs=2)
+    assert asked == [1.0, 1.5] and steps == 8  # not asked at the cap
+
+
 @pytest.mark.parametrize("bar, epochs", [(1.0, 3), (0.0, 2)])
 def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkeypatch, bar, epochs):
     """With cold_start_min_format the cold start decodes train prompts after its epochs and trains
@@ -538,8 +566,27 @@ def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkey
     cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
     per_epoch = -(-len(COLD_START_ROWS) // cfg.cold_start_batch_size)
     assert cold["epochs"] == epochs and cold["sft_steps"] == epochs * per_epoch
-    assert [c["epochs"] for c in cold["format_checks"]] == ([2] if bar else [])  # none after the last allowed epoch
-    assert all(c["format_rate"] == 0.0 for c in cold["format_checks"])
+    assert [c["epochs"] for c in cold["checks"]] == ([2] if bar else [])  # none after the last allowed epoch
+    assert all(c["format_rate"] == 0.0 for c in cold["checks"])
+
+
+def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_path, monkeypatch):
+    """With cold_start_min_accuracy the check after the planned epochs and every
+    cold_start_check_every epochs after them asks for more while the accuracy on its train prompts
+    is below the bar, and the cold start stops at the first check that reaches it; every check is
+    in the summary."""
+    from r1lite import coldstart, sft
+
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
+    readings = iter([{"format_rate": 1.0, "accuracy": a} for a in (0.2, 0.4, 0.5, 0.7)])
+    monkeypatch.setattr(coldstart, "check", lambda trainer: next(readings))
+    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
+                            cold_start_check_every=0.5, cold_start_max_epochs=4, cold_start_batch_size=2)
+    assert Trainer(cfg).train() == 0
+    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
+    assert [c["epochs"] for c in cold["checks"]] == [1.0, 1.5, 2.0]
+    assert [c["accuracy"] for c in cold["checks"]] == [0.2, 0.4, 0.5]
+    assert cold["epochs"] == 2.0 and cold["sft_steps"] == 8
 
 
 def test_every_seed_is_scored_on_the_same_held_out_items(tmp_path):
