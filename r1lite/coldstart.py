@@ -82,7 +82,7 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         checks.append({"epochs": round(epochs, 3), **check(trainer)})
         bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
                                                                    ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
-        trainer.console.print(f"cold-start check after {epochs:g} epochs: " +
+        trainer.console.print(f"cold-start check after {epochs:.3g} epochs: " +
                               ", ".join(f"{name} {value:.1%} (bar {bar:.0%})" for name, value, bar in bars))
         more = any(value < bar for _, value, bar in bars)
         if more:
