@@ -75,7 +75,7 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
     per_epoch = -(-len(pairs) // cfg.cold_start_batch_size)
     checks: list[dict] = []
 
-    interval = max(1, round(cfg.cold_start_check_every * per_epoch))
+    interval = sft.check_steps(per_epoch, cfg.cold_start_check_every)
 
     def again(epochs: float) -> bool:
         """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""

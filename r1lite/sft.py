@@ -117,6 +117,12 @@ def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) 
     return prompt, body
 
 
+def check_steps(per_epoch: int, check_every: float) -> int:
+    """SFT steps between two of :func:`train_sft`'s checks: ``check_every`` epochs, rounded to whole
+    steps, at least one."""
+    return max(1, round(check_every * per_epoch))
+
+
 def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
               batch_size: int, micro_batch_size: int, seed: int, autocast, device, world: World | None = None,
               on_step: Callable[[dict], None] | None = None, max_epochs: int | None = None,
@@ -153,7 +159,7 @@ def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     per_epoch = -(-len(pairs) // batch_size)
     first = epochs * per_epoch  # the planned steps
     last = (max_epochs or epochs) * per_epoch if again is not None else first
-    interval = max(1, round(check_every * per_epoch))
+    interval = check_steps(per_epoch, check_every)
     for step, (epoch, chunk) in enumerate(batches(), 1):
         total_tokens = sum(len(c) for _, c in chunk)
         mine = chunk[world.span(len(chunk))]
