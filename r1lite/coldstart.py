@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from r1lite import distill, sft
 from r1lite.engine import GenerationStats
 from r1lite.errors import UsageError
@@ -76,19 +78,30 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
     checks: list[dict] = []
 
     interval = sft.check_steps(per_epoch, cfg.cold_start_check_every)
+    best: dict = {}  # the best-checked weights so far, for a cold start that reaches its cap below the bars
 
-    def again(epochs: float) -> bool:
-        """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
+    def checked(epochs: float) -> bool:
+        """Check, keep the weights if they are the best checked so far; True if a bar is still unmet."""
         checks.append({"epochs": round(epochs, 3), **check(trainer)})
         bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
                                                                    ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
         trainer.console.print(f"cold-start check after {epochs:.3g} epochs: " +
                               ", ".join(f"{name} {value:.1%} (bar {bar:.0%})" for name, value, bar in bars))
         more = any(value < bar for _, value, bar in bars)
+        score = (checks[-1]["format_rate"] >= cfg.cold_start_min_format, checks[-1]["accuracy"])
+        if more and (not best or score > best["score"]):
+            best.update(score=score, epochs=checks[-1]["epochs"], weights=[p.detach().clone() for p in params])
+        return more
+
+    def again(epochs: float) -> bool:
+        """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
+        more = checked(epochs)
         if more:
             done = round(epochs * per_epoch)
             update(done, "training on", total=done + interval)
         return more
+
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
 
     with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
                                               "steps") as update:
@@ -98,10 +111,20 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
                                 world=trainer.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"),
                                 max_epochs=cfg.cold_start_max_epochs, again=again if cfg.checks_cold_start else None,
                                 check_every=cfg.cold_start_check_every)
+        kept = None
+        if best and len(history) >= cfg.cold_start_max_epochs * per_epoch and checked(len(history) / per_epoch):
+            # the cap came before the bars: the best-checked weights (the cap's own included) go on to RL
+            kept = best["epochs"]
+            with torch.no_grad():
+                for p, saved in zip(params, best["weights"]):
+                    p.copy_(saved)
+            trainer.console.print(f"cold start: no check met the bars by the {cfg.cold_start_max_epochs}-epoch cap; "
+                                  f"keeping the weights checked after {kept:g} epochs, the best")
+        best.clear()
     trainer.meter.add_flops("sft", sum(r["flops"] for r in history))
     trainer.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
                                      "epochs": round(len(history) / per_epoch, 3), "checks": checks,
-                                     "final_loss": history[-1]["loss"] if history else None}
+                                     "kept_epochs": kept, "final_loss": history[-1]["loss"] if history else None}
     trainer.run_eval("eval_after_sft", cfg.format)
     trainer.save_checkpoint(cold_start_done=True)
     trainer.summary["cold_start_done"] = True

@@ -136,6 +136,8 @@ class GRPOConfig:
     beta: float = opt(0.0, "KL penalty to the reference (k3 estimator): the policy as RL starts, after any cold start; "
                            "0 = no reference model at all")
     ref_reset_every: int = opt(0, "replace the KL reference by the current policy every N steps (R1: 400); 0 = never")
+    entropy_coef: float = opt(0.0, "entropy bonus: the loss subtracts this x the sampling distribution's entropy at "
+                                   "each counted token of a trained group (verl's entropy_coeff); 0 = off")
     rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, format_partial")
     dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and refill")
     max_refill_rounds: int = opt(4, "dynamic sampling: most extra generation rounds per step")
@@ -230,6 +232,8 @@ class GRPOConfig:
             bad(f"rollout_batch_size={self.rollout_batch_size} must be >= group_size={self.group_size}")
         if self.beta < 0:
             bad(f"beta={self.beta} must be >= 0 (0 = no KL term)")
+        if self.entropy_coef < 0:
+            bad(f"entropy_coef={self.entropy_coef} must be >= 0 (0 = no entropy bonus)")
         if self.lr <= 0:
             bad(f"lr={self.lr} must be > 0")
         if self.overlong_buffer < 0 or self.overlong_buffer >= self.max_new_tokens:
@@ -402,9 +406,13 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                advantages: torch.Tensor, weights: torch.Tensor, cfg: GRPOConfig) -> tuple[torch.Tensor, dict]:
-    """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL)``, and its statistics."""
+                advantages: torch.Tensor, weights: torch.Tensor, cfg: GRPOConfig,
+                entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL - entropy_coef · H)``, and
+    its statistics. ``entropy`` [N, C] (with its gradient) is needed when ``entropy_coef`` > 0."""
     per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high)
+    if cfg.entropy_coef:
+        per_token = per_token - cfg.entropy_coef * entropy
     stats = {"clipped": (was_clipped.float() * (weights > 0)).sum().item(), "kl_sum": 0.0}
     if ref_logp is not None:
         kl = k3_kl(logp, ref_logp)

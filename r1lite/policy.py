@@ -106,8 +106,8 @@ class Policy(torch.nn.Module):
 
     def forward(self, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probability of each completion token under softmax(logits / temperature), [N, Lc]
-        fp32, and optionally that distribution's entropy at each completion position, [N, Lc] (no
-        gradient). Padding positions hold 0."""
+        fp32, and optionally that distribution's entropy at each completion position, [N, Lc] (with
+        its gradient: an entropy bonus trains through it). Padding positions hold 0."""
         base = _unwrapped(self.model)
         real = batch.completion_mask.bool()
         hidden = self.hidden(batch)  # [M, C]
@@ -351,30 +351,43 @@ class _HeadLogprobs(torch.autograd.Function):
             lse = top + total.log()
             lse_all[s:s + CHUNK_POSITIONS] = lse
             logp[s:s + CHUNK_POSITIONS] = target_logit - lse
-        ctx.save_for_backward(hidden, weight, targets, lse_all)
+        ctx.save_for_backward(hidden, weight, targets, lse_all, entropy)
         ctx.inv_temp = inv_temp
-        if entropy is not None:
-            ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, targets, lse_all = ctx.saved_tensors
+        hidden, weight, targets, lse_all, entropy = ctx.saved_tensors
         M = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
         buf = torch.empty(min(M, CHUNK_POSITIONS), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        probs = torch.empty_like(buf) if grad_entropy is not None else None
+        if grad_logp is None:
+            grad_logp = torch.zeros(M, dtype=torch.float32, device=hidden.device)
         w = weight.float()
         for s in range(0, M, CHUNK_POSITIONS):
             h = hidden[s:s + CHUNK_POSITIONS].float()
             g = buf[:h.shape[0]]
+            gl = grad_logp[s:s + CHUNK_POSITIONS, None]
             torch.mm(h, w.t(), out=g)
             if ctx.inv_temp != 1.0:
                 g.mul_(ctx.inv_temp)
-            # d logp / d (h W^T) = (onehot(target) - softmax(h W^T / T)) / T, times the incoming gradient
-            g.sub_(lse_all[s:s + CHUNK_POSITIONS, None]).exp_().neg_()
-            g.scatter_add_(1, targets[s:s + CHUNK_POSITIONS, None], torch.ones(h.shape[0], 1, device=g.device))
-            g.mul_(grad_logp[s:s + CHUNK_POSITIONS, None] * ctx.inv_temp)
+            g.sub_(lse_all[s:s + CHUNK_POSITIONS, None])  # log softmax(z), z = h W^T / T
+            if probs is None:
+                # d logp / d (h W^T) = (onehot(target) - softmax(z)) / T, times the incoming gradient
+                g.exp_().neg_()
+                g.scatter_add_(1, targets[s:s + CHUNK_POSITIONS, None], torch.ones(h.shape[0], 1, device=g.device))
+                g.mul_(gl * ctx.inv_temp)
+            else:
+                # with the entropy's gradient too: dH/dz_j = -p_j (log p_j + H), so
+                # d/dz = gl (onehot - p) - gh p (log p + H) = gl onehot - p (gl + gh (log p + H))
+                p = torch.exp(g, out=probs[:h.shape[0]])
+                g.add_(entropy[s:s + CHUNK_POSITIONS, None]).mul_(grad_entropy[s:s + CHUNK_POSITIONS, None]).add_(gl)
+                g.mul_(p).neg_()
+                g.scatter_add_(1, targets[s:s + CHUNK_POSITIONS, None], gl)
+                g.mul_(ctx.inv_temp)
             if grad_hidden is not None:
                 grad_hidden[s:s + CHUNK_POSITIONS] = (g @ w).to(hidden.dtype)
             if grad_weight is not None:

@@ -330,6 +330,7 @@ class Trainer:
             # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
             # The weights above were computed on the whole batch, so the gradient is unchanged
             # (typically a third to a half of the groups, and of the train step, on arithmetic).
+            # Departure: an entropy bonus (entropy_coef) acts on the trained groups' tokens only.
             # When no group is informative the whole gradient is 0: no forward or backward at all,
             # but the optimizer still steps on zero gradients (Adam's moments keep moving the
             # weights, exactly as after a computed zero gradient).
@@ -374,9 +375,9 @@ class Trainer:
                 for p in self.params:
                     p.grad = torch.zeros_like(p)
             for j, (part, w, adv) in enumerate(parts):
-                logp, entropy = self.logprobs(part, with_entropy=it == 0)
+                logp, entropy = self.logprobs(part, with_entropy=it == 0 or cfg.entropy_coef > 0)
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
-                                            None if ref is None else ref[j], adv, w, cfg)
+                                            None if ref is None else ref[j], adv, w, cfg, entropy)
                 loss.backward()
                 flops += pass_flops(self.model, part, backward=True)
                 if it == cfg.mu - 1:
@@ -384,7 +385,7 @@ class Trainer:
                     stats["kl_sum"] += st["kl_sum"]
                     stats["loss"] += float(loss.detach())
                 if it == 0:
-                    stats["entropy_sum"] += float((entropy * (w > 0)).sum())
+                    stats["entropy_sum"] += float((entropy.detach() * (w > 0)).sum())
             world.sum_grads(self.params)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))

@@ -57,6 +57,15 @@ def test_clip_higher_changes_the_loss_only_where_the_ratio_exceeds_1_plus_epsilo
     assert (low - high).item() == pytest.approx(expected_gap, rel=1e-5)
 
 
+def test_entropy_bonus_subtracts_coef_times_weighted_entropy():
+    logp, old, adv = LOGP.double(), OLD.double(), ADV.double()  # the difference cancels digits in fp32
+    weights = token_weights(MASK.double(), "dapo", G, L_MAX)
+    entropy = torch.rand(logp.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    plain, _ = policy_loss(logp, old, None, adv, weights, GRPOConfig())
+    bonus, _ = policy_loss(logp, old, None, adv, weights, GRPOConfig(entropy_coef=0.05), entropy)
+    assert (plain - bonus).item() == pytest.approx(0.05 * (weights * entropy).sum().item(), rel=1e-9)
+
+
 def test_kl_term_adds_beta_times_k3():
     logp, old, adv = LOGP.double(), OLD.double(), ADV.double()  # k3 cancels digits in fp32
     ref = logp + 0.1
@@ -117,6 +126,7 @@ def test_truncated_rows_get_no_weight():
     ({"batch_size": 10, "group_size": 4}, "not divisible"),
     ({"scale_rewards": "max"}, "scale_rewards"),
     ({"rewards": {"speed": 1.0}}, "unknown reward"),
+    ({"entropy_coef": -0.01}, "entropy_coef"),
 ])
 def test_invalid_configs_are_rejected(kwargs, needle):
     with pytest.raises(UsageError, match=needle):

@@ -98,6 +98,17 @@ def test_head_logprobs_across_chunks_match_log_softmax(temperature):
     eh, ew = torch.autograd.grad((expected * g).sum(), (hidden, weight))
     torch.testing.assert_close(gh.double(), eh, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gw.double(), ew, atol=1e-4, rtol=1e-4)
+    # an entropy bonus trains through the entropy: its gradient, alone and beside the log-probs'
+    b = torch.randn(1, n, dtype=torch.float64)
+    for wl in (0.0, 1.0):
+        logp, entropy = head_logprobs(hidden, weight, targets, with_entropy=True, temperature=temperature)
+        gh, gw = torch.autograd.grad((logp * g * wl).sum() + (entropy * b).sum(), (hidden, weight))
+        full = (hidden @ weight.t() / temperature).log_softmax(-1)
+        expected = full.gather(-1, targets[..., None]).squeeze(-1)
+        eh, ew = torch.autograd.grad((expected * g * wl).sum() - ((full.exp() * full).sum(-1) * b).sum(),
+                                     (hidden, weight))
+        torch.testing.assert_close(gh.double(), eh, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gw.double(), ew, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("tied", [True, False])

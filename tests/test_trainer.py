@@ -554,8 +554,8 @@ def test_sft_checks_every_fraction_of_an_epoch():
 def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkeypatch, bar, epochs):
     """With cold_start_min_format the cold start decodes train prompts after its epochs and trains
     another while their format rate is below the bar (the tiny random model never writes the
-    format: it runs to cold_start_max_epochs, checked before each extra epoch); without it no check
-    runs."""
+    format: it runs to cold_start_max_epochs, checked before each extra epoch and at the cap);
+    without it no check runs."""
     from r1lite import sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
@@ -566,8 +566,45 @@ def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkey
     cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
     per_epoch = -(-len(COLD_START_ROWS) // cfg.cold_start_batch_size)
     assert cold["epochs"] == epochs and cold["sft_steps"] == epochs * per_epoch
-    assert [c["epochs"] for c in cold["checks"]] == ([2] if bar else [])  # none after the last allowed epoch
+    assert [c["epochs"] for c in cold["checks"]] == ([2, 3] if bar else [])
     assert all(c["format_rate"] == 0.0 for c in cold["checks"])
+    assert cold["kept_epochs"] == (2 if bar else None)  # no check better than the first: its weights go on
+
+
+def test_a_cold_start_at_its_cap_goes_on_from_its_best_checked_weights(tmp_path, monkeypatch):
+    """When no check reaches the bars by cold_start_max_epochs, the cap is checked too and RL starts
+    from the weights of the best check, not from wherever the last epoch left them."""
+    from r1lite import coldstart, sft
+
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
+    readings = iter([0.2, 0.45, 0.3])
+    seen = {}
+
+    def fingerprint(trainer):
+        return [p.detach().clone() for p in trainer.model.parameters()]
+
+    def fake_check(trainer):
+        seen.setdefault("checked", []).append(fingerprint(trainer))
+        return {"format_rate": 1.0, "accuracy": next(readings)}
+
+    run_eval = Trainer.run_eval
+
+    def recording_eval(self, key, *args, **kwargs):
+        if key == "eval_after_sft":
+            seen["after_sft"] = fingerprint(self)
+        return run_eval(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(coldstart, "check", fake_check)
+    monkeypatch.setattr(Trainer, "run_eval", recording_eval)
+    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
+                            cold_start_check_every=0.5, cold_start_max_epochs=2, cold_start_batch_size=2)
+    assert Trainer(cfg).train() == 0
+    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
+    assert [c["epochs"] for c in cold["checks"]] == [1.0, 1.5, 2.0]
+    assert cold["kept_epochs"] == 1.5 and cold["epochs"] == 2.0
+    best, last = seen["checked"][1], seen["checked"][2]
+    assert any(not torch.equal(a, b) for a, b in zip(best, last))
+    assert all(torch.equal(a, b) for a, b in zip(seen["after_sft"], best))
 
 
 def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_path, monkeypatch):
