@@ -19,6 +19,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
 
 @pytest.fixture
+def screenshot_dir(tmp_path) -> Path:
+    """Where page tests save their screenshots: the test's own folder, or ``docs/`` (the README's
+    pictures) when ``R1LITE_REFRESH_DOCS=1``; a plain test run leaves the checkout clean."""
+    return ROOT / "docs" if os.environ.get("R1LITE_REFRESH_DOCS") == "1" else tmp_path
+
+
+@pytest.fixture
 def data_dir() -> Path:
     """``../shared/data`` relative to the repository root. Missing: the test skips on a developer's
     machine, and fails where the ``CI`` environment variable is set (CI must have the data)."""

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -151,7 +150,7 @@ def three_runs(tmp_path_factory):
     return runs
 
 
-def test_comparison_page_of_three_runs_renders_in_chromium(three_runs, chromium_browser, tmp_path):
+def test_comparison_page_of_three_runs_renders_in_chromium(three_runs, chromium_browser, tmp_path, screenshot_dir):
     from r1lite.compare import CURVES, write_comparison
 
     out = tmp_path / "page" / "compare.html"
@@ -172,8 +171,7 @@ def test_comparison_page_of_three_runs_renders_in_chromium(three_runs, chromium_
     assert len(images) == len(shown)
     for src, complete, width in images:
         assert complete and width > 0, src
-    docs = Path(__file__).resolve().parents[1] / "docs"
-    view.screenshot(path=str(docs / "report_compare.png"), full_page=True)
+    view.screenshot(path=str(screenshot_dir / "report_compare.png"), full_page=True)
     view.close()
 
 

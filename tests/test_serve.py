@@ -417,7 +417,7 @@ def test_schemathesis_finds_no_server_error(thinking_run):
         server.close()
 
 
-def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, chromium_browser):
+def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, chromium_browser, screenshot_dir):
     server = Server(serve_args(thinking_run, api_key=None, max_thinking_tokens=12))
     try:
         page = chromium_browser.new_page(viewport={"width": 900, "height": 700})
@@ -437,7 +437,6 @@ def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, 
         page.wait_for_function("document.querySelectorAll('.assistant .answer.refused').length > 0", timeout=60000)
         assert "S9" in page.inner_text(".assistant .answer.refused")
         page.wait_for_function("!document.getElementById('send').disabled", timeout=60000)
-        (ROOT / "docs").mkdir(exist_ok=True)
-        page.screenshot(path=str(ROOT / "docs" / "serve_page.png"))
+        page.screenshot(path=str(screenshot_dir / "serve_page.png"))
     finally:
         server.close()
