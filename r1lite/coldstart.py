@@ -28,6 +28,10 @@ from r1lite.progress import progress
 if TYPE_CHECKING:
     from r1lite.trainer import Trainer
 
+# Checks a cold start past its accuracy ceiling spends bisecting its way back (each halves the
+# stretch of weights it searches).
+LANDING_CHECKS = 4
+
 
 def run(trainer: Trainer) -> None:
     """R1's cold start: SFT on verified traces, the model's own answers or (cold_start_data,
@@ -79,19 +83,63 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
 
     interval = sft.check_steps(per_epoch, cfg.cold_start_check_every)
     best: dict = {}  # the best-checked weights so far, for a cold start that reaches its cap below the bars
+    # With a ceiling: the weights of the last check below the bars (at first the SFT's start), where
+    # a check past the ceiling steps back toward.
+    anchor: dict = {}
+    landed: dict = {}  # where the bisection went on from
+    ceiling = cfg.cold_start_max_accuracy
+
+    def record(epochs: float, **where) -> tuple[bool, bool]:
+        """Check the weights as they are now; (a bar unmet, the accuracy above the ceiling)."""
+        checks.append({"epochs": round(epochs, 3), **where, **check(trainer)})
+        bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
+                                                                   ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
+        at = (f"{where['t']:.3g} of the way from the {where['between'][0]:g}- to the {where['between'][1]:g}-epoch "
+              "weights" if where else f"after {epochs:.3g} epochs")
+        trainer.console.print(f"cold-start check {at}: " + ", ".join(f"{name} {value:.1%} (bar {bar:.0%})"
+                                                                     for name, value, bar in bars) +
+                              (f", ceiling {ceiling:.0%}" if ceiling else ""))
+        return any(value < bar for _, value, bar in bars), bool(ceiling) and checks[-1]["accuracy"] > ceiling
 
     def checked(epochs: float) -> bool:
         """Check, keep the weights if they are the best checked so far; True if a bar is still unmet."""
-        checks.append({"epochs": round(epochs, 3), **check(trainer)})
-        bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
-                                                                   ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
-        trainer.console.print(f"cold-start check after {epochs:.3g} epochs: " +
-                              ", ".join(f"{name} {value:.1%} (bar {bar:.0%})" for name, value, bar in bars))
-        more = any(value < bar for _, value, bar in bars)
+        more, high = record(epochs)
         score = (checks[-1]["format_rate"] >= cfg.cold_start_min_format, checks[-1]["accuracy"])
         if more and (not best or score > best["score"]):
             best.update(score=score, epochs=checks[-1]["epochs"], weights=[p.detach().clone() for p in params])
+        if more and ceiling:
+            anchor.update(epochs=epochs, weights=[p.detach().clone() for p in params])
+        elif high:
+            land(epochs)
         return more
+
+    def land(epochs: float) -> None:
+        """The check met the bars above the ceiling: the weights go back along the straight line to
+        the anchor's, bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
+        the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
+        Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
+        can move the check by 15 points."""
+        start, end = anchor["weights"], [p.detach().clone() for p in params]
+        low, high = 0.0, 1.0
+        for _ in range(LANDING_CHECKS):
+            t = (low + high) / 2
+            set_weights(start, end, t)
+            more, above = record(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t,
+                                 between=[round(anchor["epochs"], 3), round(epochs, 3)])
+            if not (more or above):
+                break
+            low, high = (t, high) if more else (low, t)
+        else:
+            t = high
+            set_weights(start, end, t)
+        landed.update(t=t, between=[round(anchor["epochs"], 3), round(epochs, 3)])
+        trainer.console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
+                              f"to the {epochs:g}-epoch weights")
+
+    def set_weights(start: list[torch.Tensor], end: list[torch.Tensor], t: float) -> None:
+        with torch.no_grad():
+            for p, a, b in zip(params, start, end):
+                p.copy_(torch.lerp(a, b, t))
 
     def again(epochs: float) -> bool:
         """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
@@ -102,6 +150,8 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         return more
 
     params = [p for p in trainer.model.parameters() if p.requires_grad]
+    if ceiling:
+        anchor.update(epochs=0.0, weights=[p.detach().clone() for p in params])
 
     with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
                                               "steps") as update:
@@ -124,7 +174,8 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
     trainer.meter.add_flops("sft", sum(r["flops"] for r in history))
     trainer.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
                                      "epochs": round(len(history) / per_epoch, 3), "checks": checks,
-                                     "kept_epochs": kept, "final_loss": history[-1]["loss"] if history else None}
+                                     "kept_epochs": kept, "landed": landed or None,
+                                     "final_loss": history[-1]["loss"] if history else None}
     trainer.run_eval("eval_after_sft", cfg.format)
     trainer.save_checkpoint(cold_start_done=True)
     trainer.summary["cold_start_done"] = True

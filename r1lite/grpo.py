@@ -179,6 +179,10 @@ class GRPOConfig:
                                             "below this (0 = no format bar)")
     cold_start_min_accuracy: float = opt(0.0, "cold start: the same check's bar for greedy accuracy on those train "
                                               "prompts: train on while below it (0 = no accuracy bar)")
+    cold_start_max_accuracy: float = opt(0.0, "cold start: a ceiling for the same check's accuracy: a check that meets "
+                                              "the bars above it steps back toward the weights of the check before "
+                                              "(or the SFT's start), bisecting the straight line between them until a "
+                                              "check lands between the bar and the ceiling (0 = no ceiling)")
     cold_start_check_every: float = opt(1.0, "cold start: epochs between checks after cold_start_epochs (0.5 = every "
                                              "half epoch, rounded to whole SFT steps)")
     cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the check asks for more")
@@ -266,6 +270,14 @@ class GRPOConfig:
         for key in ("cold_start_min_format", "cold_start_min_accuracy"):
             if not 0 <= getattr(self, key) <= 1:
                 bad(f"{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no bar)")
+        if not 0 <= self.cold_start_max_accuracy <= 1:
+            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} is a rate: use a value in [0, 1] (0 = no ceiling)")
+        if self.cold_start_max_accuracy and not self.cold_start_min_accuracy:
+            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} is a ceiling above cold_start_min_accuracy's "
+                "bar; set cold_start_min_accuracy too")
+        if self.cold_start_max_accuracy and self.cold_start_max_accuracy <= self.cold_start_min_accuracy:
+            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} must be above cold_start_min_accuracy="
+                f"{self.cold_start_min_accuracy}: the check lands between the two")
         if self.checks_cold_start and self.cold_start_max_epochs < self.cold_start_epochs:
             bad(f"cold_start_max_epochs={self.cold_start_max_epochs} < cold_start_epochs={self.cold_start_epochs}; "
                 "set it >= cold_start_epochs")

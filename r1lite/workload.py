@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from r1lite import coldstart
 from r1lite.grpo import GRPOConfig
 
 
@@ -158,7 +159,9 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
         if cfg.checks_cold_start:
             lines.append(f"the cold start's check passes after {cfg.cold_start_epochs} epochs (each "
                          f"{cfg.cold_start_check_every:g} epochs more, up to {cfg.cold_start_max_epochs}, add "
-                         f"{cfg.cold_start_check_every / cfg.cold_start_epochs:.0%} of the SFT and a check)")
+                         f"{cfg.cold_start_check_every / cfg.cold_start_epochs:.0%} of the SFT and a check"
+                         + (f"; a check above the {cfg.cold_start_max_accuracy:.0%} ceiling adds up to "
+                            f"{coldstart.LANDING_CHECKS} more" if cfg.cold_start_max_accuracy else "") + ")")
     return lines
 
 

@@ -384,6 +384,9 @@ def test_resume_with_different_flags_is_refused(cli, tmp_path):
     ([], "cold_start_min_accuracy: 55\n", "cold_start_min_accuracy=55.0 is a rate"),
     ([], "cold_start_min_accuracy: 0.5\ncold_start_max_epochs: 1\n", "cold_start_max_epochs=1 < cold_start_epochs=2"),
     ([], "cold_start_check_every: 0\n", "cold_start_check_every=0.0 must be > 0"),
+    ([], "cold_start_min_accuracy: 0.5\ncold_start_max_accuracy: 60\n", "cold_start_max_accuracy=60.0 is a rate"),
+    ([], "cold_start_max_accuracy: 0.6\n", "set cold_start_min_accuracy too"),
+    ([], "cold_start_min_accuracy: 0.6\ncold_start_max_accuracy: 0.55\n", "must be above cold_start_min_accuracy=0.6"),
 ])
 def test_invalid_configs_fail_before_anything_is_written_or_loaded(cli, tmp_path, flags, yaml_text, needle):
     args = ["train", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run"), *flags]
@@ -624,6 +627,52 @@ def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_p
     assert [c["epochs"] for c in cold["checks"]] == [1.0, 1.5, 2.0]
     assert [c["accuracy"] for c in cold["checks"]] == [0.2, 0.4, 0.5]
     assert cold["epochs"] == 2.0 and cold["sft_steps"] == 8
+
+
+@pytest.mark.parametrize("readings, points, t", [
+    ([0.2, 0.8, 0.7, 0.4, 0.55], [0.5, 0.25, 0.375], 0.375),  # above, below, between: lands at the third
+    ([0.2, 0.8, 0.7, 0.7, 0.7, 0.7], [0.5, 0.25, 0.125, 0.0625], 0.0625),  # never between: the nearest above
+])
+def test_a_cold_start_past_its_ceiling_bisects_back_toward_the_check_before(tmp_path, monkeypatch, readings, points,
+                                                                            t):
+    """With cold_start_max_accuracy a check that meets the bar above the ceiling does not end the
+    cold start there: the weights step back along the straight line to those of the check before
+    (bisected: half way, then a quarter or three quarters...) until a check lands between bar and
+    ceiling, and RL starts from exactly those interpolated weights."""
+    from r1lite import coldstart, sft
+
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
+    values = iter(readings)
+    seen = {}
+
+    def fingerprint(trainer):
+        return [p.detach().clone() for p in trainer.model.parameters()]
+
+    def fake_check(trainer):
+        seen.setdefault("checked", []).append(fingerprint(trainer))
+        return {"format_rate": 1.0, "accuracy": next(values)}
+
+    run_eval = Trainer.run_eval
+
+    def recording_eval(self, key, *args, **kwargs):
+        if key == "eval_after_sft":
+            seen["after_sft"] = fingerprint(self)
+        return run_eval(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(coldstart, "check", fake_check)
+    monkeypatch.setattr(Trainer, "run_eval", recording_eval)
+    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
+                            cold_start_max_accuracy=0.6, cold_start_check_every=0.5, cold_start_max_epochs=4,
+                            cold_start_batch_size=2)
+    assert Trainer(cfg).train() == 0
+    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
+    assert [c["accuracy"] for c in cold["checks"]] == readings
+    assert [c.get("t") for c in cold["checks"]] == [None, None, *points]
+    assert cold["landed"] == {"t": t, "between": [1.0, 1.5]} and cold["epochs"] == 1.5
+    start, end = seen["checked"][0], seen["checked"][1]
+    assert any(not torch.equal(a, b) for a, b in zip(start, end))
+    for p, a, b in zip(seen["after_sft"], start, end):
+        torch.testing.assert_close(p, torch.lerp(a, b, t))
 
 
 def test_every_seed_is_scored_on_the_same_held_out_items(tmp_path):
