@@ -105,10 +105,12 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         """Check, keep the weights if they are the best checked so far; True if a bar is still unmet."""
         more, high = record(epochs)
         score = (checks[-1]["format_rate"] >= cfg.cold_start_min_format, checks[-1]["accuracy"])
-        if more and (not best or score > best["score"]):
-            best.update(score=score, epochs=checks[-1]["epochs"], weights=[p.detach().clone() for p in params])
+        better = more and (not best or score > best["score"])
+        now = snapshot() if better or (more and ceiling) else None  # one copy serves both
+        if better:
+            best.update(score=score, epochs=checks[-1]["epochs"], weights=now)
         if more and ceiling:
-            anchor.update(epochs=epochs, weights=[p.detach().clone() for p in params])
+            anchor.update(epochs=epochs, weights=now)
         elif high:
             land(epochs)
         return more
@@ -119,27 +121,30 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
         Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
         can move the check by 15 points."""
-        start, end = anchor["weights"], [p.detach().clone() for p in params]
+        start, end = anchor["weights"], snapshot()
+        between = [round(anchor["epochs"], 3), round(epochs, 3)]
         low, high = 0.0, 1.0
         for _ in range(LANDING_CHECKS):
             t = (low + high) / 2
-            set_weights(start, end, t)
-            more, above = record(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t,
-                                 between=[round(anchor["epochs"], 3), round(epochs, 3)])
+            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
+            more, above = record(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t, between=between)
             if not (more or above):
                 break
             low, high = (t, high) if more else (low, t)
         else:
             t = high
-            set_weights(start, end, t)
-        landed.update(t=t, between=[round(anchor["epochs"], 3), round(epochs, 3)])
+            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
+        landed.update(t=t, between=between)
         trainer.console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
                               f"to the {epochs:g}-epoch weights")
 
-    def set_weights(start: list[torch.Tensor], end: list[torch.Tensor], t: float) -> None:
+    def snapshot() -> list[torch.Tensor]:
+        return [p.detach().clone() for p in params]
+
+    def put(weights: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for p, a, b in zip(params, start, end):
-                p.copy_(torch.lerp(a, b, t))
+            for p, w in zip(params, weights):
+                p.copy_(w)
 
     def again(epochs: float) -> bool:
         """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
@@ -151,7 +156,7 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
 
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     if ceiling:
-        anchor.update(epochs=0.0, weights=[p.detach().clone() for p in params])
+        anchor.update(epochs=0.0, weights=snapshot())
 
     with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
                                               "steps") as update:
@@ -165,9 +170,7 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         if best and len(history) >= cfg.cold_start_max_epochs * per_epoch and checked(len(history) / per_epoch):
             # the cap came before the bars: the best-checked weights (the cap's own included) go on to RL
             kept = best["epochs"]
-            with torch.no_grad():
-                for p, saved in zip(params, best["weights"]):
-                    p.copy_(saved)
+            put(best["weights"])
             trainer.console.print(f"cold start: no check met the bars by the {cfg.cold_start_max_epochs}-epoch cap; "
                                   f"keeping the weights checked after {kept:g} epochs, the best")
         best.clear()

@@ -574,21 +574,22 @@ def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkey
     assert cold["kept_epochs"] == (2 if bar else None)  # no check better than the first: its weights go on
 
 
-def test_a_cold_start_at_its_cap_goes_on_from_its_best_checked_weights(tmp_path, monkeypatch):
-    """When no check reaches the bars by cold_start_max_epochs, the cap is checked too and RL starts
-    from the weights of the best check, not from wherever the last epoch left them."""
+def checks_read(monkeypatch, readings: list[float]) -> dict:
+    """A self-sampled cold start on COLD_START_ROWS whose checks read ``readings`` (format 100%);
+    the returned dict gets the weights at each check ("checked") and those evaluated after the SFT
+    ("after_sft")."""
     from r1lite import coldstart, sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    readings = iter([0.2, 0.45, 0.3])
-    seen = {}
+    values = iter(readings)
+    seen: dict = {}
 
     def fingerprint(trainer):
         return [p.detach().clone() for p in trainer.model.parameters()]
 
     def fake_check(trainer):
         seen.setdefault("checked", []).append(fingerprint(trainer))
-        return {"format_rate": 1.0, "accuracy": next(readings)}
+        return {"format_rate": 1.0, "accuracy": next(values)}
 
     run_eval = Trainer.run_eval
 
@@ -599,6 +600,13 @@ def test_a_cold_start_at_its_cap_goes_on_from_its_best_checked_weights(tmp_path,
 
     monkeypatch.setattr(coldstart, "check", fake_check)
     monkeypatch.setattr(Trainer, "run_eval", recording_eval)
+    return seen
+
+
+def test_a_cold_start_at_its_cap_goes_on_from_its_best_checked_weights(tmp_path, monkeypatch):
+    """When no check reaches the bars by cold_start_max_epochs, the cap is checked too and RL starts
+    from the weights of the best check, not from wherever the last epoch left them."""
+    seen = checks_read(monkeypatch, [0.2, 0.45, 0.3])
     cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
                             cold_start_check_every=0.5, cold_start_max_epochs=2, cold_start_batch_size=2)
     assert Trainer(cfg).train() == 0
@@ -639,28 +647,7 @@ def test_a_cold_start_past_its_ceiling_bisects_back_toward_the_check_before(tmp_
     cold start there: the weights step back along the straight line to those of the check before
     (bisected: half way, then a quarter or three quarters...) until a check lands between bar and
     ceiling, and RL starts from exactly those interpolated weights."""
-    from r1lite import coldstart, sft
-
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    values = iter(readings)
-    seen = {}
-
-    def fingerprint(trainer):
-        return [p.detach().clone() for p in trainer.model.parameters()]
-
-    def fake_check(trainer):
-        seen.setdefault("checked", []).append(fingerprint(trainer))
-        return {"format_rate": 1.0, "accuracy": next(values)}
-
-    run_eval = Trainer.run_eval
-
-    def recording_eval(self, key, *args, **kwargs):
-        if key == "eval_after_sft":
-            seen["after_sft"] = fingerprint(self)
-        return run_eval(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(coldstart, "check", fake_check)
-    monkeypatch.setattr(Trainer, "run_eval", recording_eval)
+    seen = checks_read(monkeypatch, readings)
     cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
                             cold_start_max_accuracy=0.6, cold_start_check_every=0.5, cold_start_max_epochs=4,
                             cold_start_batch_size=2)
