@@ -123,17 +123,21 @@ def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
         can move the check by 15 points."""
         start, end = anchor["weights"], snapshot()
         between = [round(anchor["epochs"], 3), round(epochs, 3)]
+
+        def go_to(t: float) -> None:
+            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
+
         low, high = 0.0, 1.0
         for _ in range(LANDING_CHECKS):
             t = (low + high) / 2
-            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
+            go_to(t)
             more, above = record(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t, between=between)
             if not (more or above):
                 break
             low, high = (t, high) if more else (low, t)
         else:
             t = high
-            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
+            go_to(t)
         landed.update(t=t, between=between)
         trainer.console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
                               f"to the {epochs:g}-epoch weights")

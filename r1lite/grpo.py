@@ -267,11 +267,10 @@ class GRPOConfig:
             bad("prefill_think needs format r1")
         if self.dist_timeout <= 0:
             bad(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
-        for key in ("cold_start_min_format", "cold_start_min_accuracy"):
+        for key, zero in (("cold_start_min_format", "bar"), ("cold_start_min_accuracy", "bar"),
+                          ("cold_start_max_accuracy", "ceiling")):
             if not 0 <= getattr(self, key) <= 1:
-                bad(f"{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no bar)")
-        if not 0 <= self.cold_start_max_accuracy <= 1:
-            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} is a rate: use a value in [0, 1] (0 = no ceiling)")
+                bad(f"{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no {zero})")
         if self.cold_start_max_accuracy and not self.cold_start_min_accuracy:
             bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} is a ceiling above cold_start_min_accuracy's "
                 "bar; set cold_start_min_accuracy too")

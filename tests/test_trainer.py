@@ -640,6 +640,7 @@ def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_p
 @pytest.mark.parametrize("readings, points, t", [
     ([0.2, 0.8, 0.7, 0.4, 0.55], [0.5, 0.25, 0.375], 0.375),  # above, below, between: lands at the third
     ([0.2, 0.8, 0.7, 0.7, 0.7, 0.7], [0.5, 0.25, 0.125, 0.0625], 0.0625),  # never between: the nearest above
+    ([0.2, 0.8, 0.7, 0.4, 0.45, 0.3], [0.5, 0.25, 0.375, 0.4375], 0.5),  # last below: back up to the nearest above
 ])
 def test_a_cold_start_past_its_ceiling_bisects_back_toward_the_check_before(tmp_path, monkeypatch, readings, points,
                                                                             t):
