@@ -43,7 +43,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, git_commit, machine  # noqa: E402
 
-from r1lite import distill, evaluate, sft, tasks  # noqa: E402
+from r1lite import cost, distill, evaluate, sft, tasks  # noqa: E402
+from r1lite.traces import read_pairs  # noqa: E402
 from r1lite.policy import Policy  # noqa: E402
 from r1lite.config import build, read_yaml  # noqa: E402
 from r1lite.files import write_json, write_jsonl  # noqa: E402
@@ -51,7 +52,7 @@ from r1lite.grpo import GRPOConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_PHASES = ("eval",)
-TEACHER_PHASES = distill.TEACHER_PHASES
+TEACHER_PHASES = cost.TEACHER_PHASES
 SMOKE = {"model": "tiny", "task_options": {"digits": 1}, "cold_start_items": 0, "cold_start_samples": 2,
          "max_steps": 2, "batch_size": 8, "group_size": 4, "micro_batch_size": 8, "rollout_batch_size": 8,
          "max_new_tokens": 32, "eval_batch_size": 16, "save_every": 0}
@@ -257,7 +258,7 @@ def main() -> None:
         from rich.console import Console
 
         card = distill.collect(dcfg, Console())
-    pairs = sft.read_pairs(str(traces))
+    pairs = read_pairs(str(traces))
     distill_flops, distill_seconds = card["compute"]["flops"], card["compute"]["seconds"]
     usd_per_hour = rows["a"]["usd"] / rows["a"]["wall_seconds"] * 3600  # the meter's price of one device-hour here
 

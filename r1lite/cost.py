@@ -354,3 +354,24 @@ def format_cost(report: dict) -> str:
         f"{short_number(report['kwh'])} kWh ({energy}), {usd(report['usd'])} at {usd(report['usd_per_hour_per_device'])}/h"
         f" — excludes {excludes}"
     )
+
+
+TEACHER_PHASES = ("teacher_sampling", "teacher_scoring")
+"""Cost-meter phases where a local teacher computes (distillation's sampling, on-policy scoring)."""
+
+
+def teacher_cost(cost: dict, cold_start: dict, on_policy_teacher: str) -> dict | None:
+    """The cost block's ``teacher`` entry, apart from the student's share: FLOPs a local teacher
+    computed on this device (sampling traces, scoring tokens), and an endpoint teacher's tokens and
+    price. None when the run had no teacher."""
+    by_phase = cost["flops"]["by_phase"]
+    flops = {p: by_phase[p] for p in TEACHER_PHASES if p in by_phase}
+    distilled = cold_start.get("teacher")
+    if not flops and distilled is None:
+        return None
+    return {"flops": sum(flops.values()), "flops_by_phase": flops, "student_flops": cost["flops"]["total"] - sum(flops.values()),
+            "seconds": sum(cost["seconds_by_phase"].get(p, 0.0) for p in TEACHER_PHASES),
+            "cold_start_teacher": distilled, "on_policy_teacher": on_policy_teacher or None,
+            "usd": distilled["usd"] if distilled else None,
+            "note": "a local teacher's FLOPs and time are in the run's totals too (same device); an endpoint teacher's "
+                    "price is usd, from its tokens at --teacher-usd-per-mtok"}

@@ -39,7 +39,7 @@ from pathlib import Path
 from r1lite import __version__, rewards, tasks
 from r1lite.config import opt
 from r1lite.contamination import NGRAM, references
-from r1lite.datacard import STAGES, card_markdown, card_notice, sibling
+from r1lite.traces import STAGES, card_markdown, sibling
 from r1lite.errors import UsageError
 from r1lite.files import append_jsonl, read_jsonl, write_json, write_text
 from r1lite.teachers import Answer, Ask, EndpointConfig, EndpointTeacher, Failure, LocalTeacher, TeacherSampling, now
@@ -449,76 +449,3 @@ def make_card(run: Run, selected: list, clean: list, dirty: Counter, held_out: s
         "failures": {"requests": len(lacking), "prompts": len(per_prompt), "per_prompt": per_prompt},
         "lacks": lacks,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# In a training run: the cold start from a teacher, and the teacher's share of the cost
-
-RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "n", "samples_per_prompt", "temperature",
-            "max_tokens", "seed", "out", "device", "dtype")
-"""DistillConfig fields a training run sets from its own config (distill_options may set the others)."""
-TEACHER_PHASES = ("teacher_sampling", "teacher_scoring")
-"""Cost-meter phases where a local teacher computes (distillation's sampling, on-policy scoring)."""
-
-
-def cold_start_config(cfg) -> DistillConfig:
-    """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.grpo.GRPOConfig`):
-    ``cold_start_items`` train prompts x ``cold_start_samples`` at ``cold_start_temperature``, each
-    within ``max_new_tokens`` (a longer trace could not be learnt), into ``<out>/distill.jsonl``."""
-    from r1lite.config import build
-
-    fixed = sorted(set(cfg.distill_options) & set(RUN_KEYS))
-    if fixed:
-        raise UsageError(f"distill_options: '{fixed[0]}' follows from the run's own keys (cold_start_*, task, format, "
-                         "max_new_tokens, seed, out); set those instead")
-    run_keys = {"teacher": cfg.cold_start_teacher, "task": cfg.task, "task_options": cfg.task_options,
-                "format": cfg.format, "split": "train", "n": cfg.cold_start_items,
-                "samples_per_prompt": cfg.cold_start_samples, "temperature": cfg.cold_start_temperature,
-                "max_tokens": cfg.max_new_tokens, "seed": cfg.seed + 1, "out": str(Path(cfg.out) / "distill.jsonl"),
-                "device": cfg.device, "dtype": cfg.dtype}
-    return build(DistillConfig, {**run_keys, **cfg.distill_options}, source="distill_options")
-
-
-def cold_start_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tuple[list[dict], dict]:
-    """(traces, what the summary records about them) for a run's cold start from ``cold_start_data``
-    or from ``cold_start_teacher`` (distilled now: resumed like ``r1lite distill``)."""
-    from r1lite import sft
-
-    if cfg.cold_start_data:
-        path = Path(cfg.cold_start_data)
-        info = {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    else:
-        with meter.phase("teacher_sampling"):
-            card = collect(distill_cfg, console)
-        if card["compute"] is not None:
-            meter.add_flops("teacher_sampling", card["compute"]["flops"])
-        if not card["counts"]["kept"]:
-            raise UsageError(f"cold start: {cfg.cold_start_teacher} gave no verified trace "
-                             f"(card: {sibling(Path(distill_cfg.out), '.card.md')}); raise cold_start_items or check the teacher")
-        path = Path(distill_cfg.out)
-        info = {"source": str(path), "teacher": {**card["teacher"], "tokens": card["tokens"], "usd": card["cost"]["usd"],
-                                                 "usd_per_mtok": card["cost"]["usd_per_mtok"],
-                                                 "flops": card["compute"]["flops"] if card["compute"] else None,
-                                                 "counts": card["counts"]}}
-    notice = card_notice(path)
-    if notice:
-        console.print(notice, highlight=False)
-    traces = [{"messages": m, "prefill": p, "completion": c} for m, p, c in sft.read_pairs(str(path))]
-    return traces, info
-
-
-def teacher_cost(cost: dict, cold_start: dict, on_policy_teacher: str) -> dict | None:
-    """The cost block's ``teacher`` entry, apart from the student's share: FLOPs a local teacher
-    computed on this device (sampling traces, scoring tokens), and an endpoint teacher's tokens and
-    price. None when the run had no teacher."""
-    by_phase = cost["flops"]["by_phase"]
-    flops = {p: by_phase[p] for p in TEACHER_PHASES if p in by_phase}
-    distilled = cold_start.get("teacher")
-    if not flops and distilled is None:
-        return None
-    return {"flops": sum(flops.values()), "flops_by_phase": flops, "student_flops": cost["flops"]["total"] - sum(flops.values()),
-            "seconds": sum(cost["seconds_by_phase"].get(p, 0.0) for p in TEACHER_PHASES),
-            "cold_start_teacher": distilled, "on_policy_teacher": on_policy_teacher or None,
-            "usd": distilled["usd"] if distilled else None,
-            "note": "a local teacher's FLOPs and time are in the run's totals too (same device); an endpoint teacher's "
-                    "price is usd, from its tokens at --teacher-usd-per-mtok"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,8 +24,9 @@ from r1lite.config import opt
 from r1lite.distributed import World
 from r1lite.errors import UsageError
 from r1lite.engine import Request, Sampling, derive_seed
-from r1lite.policy import Policy, adamw, dummy_batch, make_group_batch, pass_flops
+from r1lite.policy import Policy, adamw, apply_update, dummy_batch, make_group_batch, pass_flops
 from r1lite.prompts import encode_messages, item_prompts
+from r1lite.traces import card_notice, read_pairs
 
 
 @dataclass
@@ -53,27 +54,6 @@ class SFTConfig:
             raise UsageError(f"lr={self.lr} must be > 0")
 
 
-def read_pairs(path: str) -> list[tuple[list[dict], str, str]]:
-    """(messages, prefill, completion) per JSONL row: ``messages`` (chat) or ``prompt`` (one user
-    turn), optional ``prefill``, and ``completion``."""
-    from r1lite.files import read_jsonl
-
-    rows = []
-    for n, row in read_jsonl(path, required=("completion",)):
-        if "messages" in row:
-            messages = row["messages"]
-        elif "prompt" in row:
-            messages = [{"role": "user", "content": row["prompt"]}]
-        else:
-            raise UsageError(f"{path}:{n}: missing key 'prompt' (or chat 'messages'); every row needs one")
-        if not isinstance(row["completion"], str) or not row["completion"]:
-            raise UsageError(f"{path}:{n}: 'completion' must be a non-empty string")
-        rows.append((messages, row.get("prefill", ""), row["completion"]))
-    if not rows:
-        raise UsageError(f"{path}: no rows")
-    return rows
-
-
 def run(cfg: SFTConfig, console) -> int:
     """``r1lite sft``: fine-tune ``cfg.model`` on ``cfg.data`` and save ``<out>/final``."""
     from pathlib import Path
@@ -87,8 +67,6 @@ def run(cfg: SFTConfig, console) -> int:
         raise UsageError(f"{out}/final exists; choose another --out")
     runtime = resolve_runtime(cfg.device, cfg.dtype)
     rows = read_pairs(cfg.data)
-    from r1lite.distill import card_notice
-
     notice = card_notice(cfg.data)  # traces r1lite distill wrote: say whose they are, and on what terms
     if notice:
         console.print(notice, highlight=False)
@@ -118,76 +96,66 @@ def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) 
 
 
 def check_steps(per_epoch: int, check_every: float) -> int:
-    """SFT steps between two of :func:`train_sft`'s checks: ``check_every`` epochs, rounded to whole
-    steps, at least one."""
+    """SFT steps between two cold-start checks: ``check_every`` epochs, rounded to whole steps, at
+    least one."""
     return max(1, round(check_every * per_epoch))
 
 
-def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int, lr: float,
-              batch_size: int, micro_batch_size: int, seed: int, autocast, device, world: World | None = None,
-              on_step: Callable[[dict], None] | None = None, max_epochs: int | None = None,
-              again: Callable[[float], bool] | None = None, check_every: float = 1.0) -> list[dict]:
-    """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted).
+def sft_steps(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, lr: float, batch_size: int,
+              micro_batch_size: int, seed: int, autocast, device, world: World | None = None) -> Iterator[dict]:
+    """Minimise the mean negative log-likelihood of completion tokens (prompt tokens not counted),
+    one optimizer step per item drawn, the epochs' shuffled orders one after another, for as long
+    as the caller draws.
 
-    Returns one metrics dict per optimizer step: ``loss`` (token-mean NLL), ``tokens``, ``flops``
-    (forward and backward as computed, :func:`r1lite.policy.pass_flops`). ``on_step`` gets each
-    row, with ``history`` (the rows so far). The model stays in eval mode: no dropout, so the
-    loss is that of the model as it samples. ``world``: under torchrun each rank trains on its
-    contiguous share of every batch and the gradients are summed (the loss is each batch's token
-    mean on every rank); every rank has all ``pairs``. ``again(epochs_done)``, asked after the
-    ``epochs``-th epoch and then every ``check_every`` epochs (rounded to whole steps), trains on
-    (same optimizer, the epochs' shuffled orders one after another) while it returns True, up to
-    ``max_epochs``.
+    Each item is that step's metrics: ``epoch``, ``loss`` (token-mean NLL), ``tokens``, ``flops``
+    (forward and backward as computed, :func:`r1lite.policy.pass_flops`). The model stays in eval
+    mode: no dropout, so the loss is that of the model as it samples. ``world``: under torchrun
+    each rank trains on its contiguous share of every batch and the gradients are summed (the loss
+    is each batch's token mean on every rank); every rank has all ``pairs``.
     """
     world = world or World()
     model = policy.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, lr)
     rng = random.Random(seed)
+    for epoch in itertools.count():
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = [pairs[i] for i in order[start:start + batch_size]]
+            total_tokens = sum(len(c) for _, c in chunk)
+            mine = chunk[world.span(len(chunk))]
+            micros: list[list | None] = [mine[m:m + micro_batch_size] for m in range(0, len(mine), micro_batch_size)]
+            if world.fsdp:  # every pass is a collective: as many on each rank as on the one with the largest share
+                largest = -(-len(chunk) // world.size)
+                micros += [None] * (-(-largest // micro_batch_size) - len(micros))
+            loss_sum, flops = 0.0, 0.0
+            for micro in micros:
+                batch = (dummy_batch(tokenizer.pad_token_id) if micro is None else
+                         make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
+                                          tokenizer.pad_token_id)).to(device)
+                with autocast():
+                    logp, _ = policy(batch)
+                loss = -(logp * batch.completion_mask).sum() / total_tokens * (micro is not None)
+                loss.backward()
+                loss_sum += loss.item()
+                flops += pass_flops(model, batch, backward=True)
+            apply_update(params, optimizer, 1.0, world)
+            yield {"epoch": epoch, "loss": world.sum([loss_sum])[0], "tokens": total_tokens, "flops": flops}
+
+
+def train_sft(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]], *, epochs: int,
+              on_step: Callable[[dict], None] | None = None, **options) -> list[dict]:
+    """``epochs`` passes of :func:`sft_steps` (``options`` are its keywords): one metrics row per
+    optimizer step; ``on_step`` gets each row, with ``history`` (the rows so far)."""
     history: list[dict] = []
     if not pairs:
         return history
-
-    def batches():
-        """Each epoch's shuffled order, one epoch after another, as (epoch, chunk)."""
-        for epoch in itertools.count():
-            order = list(range(len(pairs)))
-            rng.shuffle(order)
-            for start in range(0, len(order), batch_size):
-                yield epoch, [pairs[i] for i in order[start:start + batch_size]]
-
-    per_epoch = -(-len(pairs) // batch_size)
-    first = epochs * per_epoch  # the planned steps
-    last = (max_epochs or epochs) * per_epoch if again is not None else first
-    interval = check_steps(per_epoch, check_every)
-    for step, (epoch, chunk) in enumerate(batches(), 1):
-        total_tokens = sum(len(c) for _, c in chunk)
-        mine = chunk[world.span(len(chunk))]
-        micros: list[list | None] = [mine[m:m + micro_batch_size] for m in range(0, len(mine), micro_batch_size)]
-        if world.fsdp:  # every pass is a collective: as many on each rank as on the one with the largest share
-            largest = -(-len(chunk) // world.size)
-            micros += [None] * (-(-largest // micro_batch_size) - len(micros))
-        loss_sum, flops = 0.0, 0.0
-        for micro in micros:
-            batch = (dummy_batch(tokenizer.pad_token_id) if micro is None else
-                     make_group_batch([p for p, _ in micro], list(range(len(micro))), [c for _, c in micro],
-                                      tokenizer.pad_token_id)).to(device)
-            with autocast():
-                logp, _ = policy(batch)
-            loss = -(logp * batch.completion_mask).sum() / total_tokens * (micro is not None)
-            loss.backward()
-            loss_sum += loss.item()
-            flops += pass_flops(model, batch, backward=True)
-        world.sum_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        row = {"epoch": epoch, "loss": world.sum([loss_sum])[0], "tokens": total_tokens, "flops": flops}
-        history.append(row)
+    steps = sft_steps(policy, tokenizer, pairs, **options)
+    for _ in range(epochs * -(-len(pairs) // options["batch_size"])):
+        history.append(next(steps))
         if on_step:
-            on_step({**row, "history": history})
-        if step >= first and (step >= last or ((step - first) % interval == 0 and not again(step / per_epoch))):
-            break
+            on_step({**history[-1], "history": history})
     return history
 
 

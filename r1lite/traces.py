@@ -1,4 +1,4 @@
-"""The dataset card beside a traces file: ``<stem>.card.md`` for people, ``<stem>.card.json`` for
+"""Traces files: reading prompt/completion pairs, and the dataset card beside a traces file: ``<stem>.card.md`` for people, ``<stem>.card.json`` for
 programs (``r1lite distill`` writes both), and the one line that names a dataset's teacher and
 terms wherever the traces are used (``r1lite sft``, a run's cold start).
 """
@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from r1lite.files import read_json
+from r1lite.errors import UsageError
+from r1lite.files import read_json, read_jsonl
 
 STAGES = ("length", "unclosed_thinking", "incorrect", "duplicate")
 """Why an answer was dropped, in the order the filters run."""
@@ -72,3 +73,22 @@ def card_notice(data: str | Path) -> str | None:
     return (f"traces from {t['model']} ({t['kind']}{' at ' + t['url'] if t['url'] else ''}); "
             f"teacher terms: {t['terms'] or 'not recorded'}; {card['counts']['kept']} kept of "
             f"{card['counts']['answered']} answers (card: {card_file})")
+
+
+def read_pairs(path: str) -> list[tuple[list[dict], str, str]]:
+    """(messages, prefill, completion) per JSONL row: ``messages`` (chat) or ``prompt`` (one user
+    turn), optional ``prefill``, and ``completion``."""
+    rows = []
+    for n, row in read_jsonl(path, required=("completion",)):
+        if "messages" in row:
+            messages = row["messages"]
+        elif "prompt" in row:
+            messages = [{"role": "user", "content": row["prompt"]}]
+        else:
+            raise UsageError(f"{path}:{n}: missing key 'prompt' (or chat 'messages'); every row needs one")
+        if not isinstance(row["completion"], str) or not row["completion"]:
+            raise UsageError(f"{path}:{n}: 'completion' must be a non-empty string")
+        rows.append((messages, row.get("prefill", ""), row["completion"]))
+    if not rows:
+        raise UsageError(f"{path}: no rows")
+    return rows
