@@ -1,4 +1,4 @@
-"""R1's cold start, one phase of a GRPO run (:class:`r1lite.trainer.Trainer`): sample the base with a
+"""R1's cold start, one phase of a GRPO run: sample the base with a
 plain prompt, keep the verified-correct answers, rewrite them in the R1 format, fine-tune on them,
 and (with ``cold_start_min_format`` or ``cold_start_min_accuracy``) keep training, checked every
 ``cold_start_check_every`` epochs, until the format is learned and the accuracy reached.
@@ -15,185 +15,255 @@ without seeing the test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from r1lite import distill, sft
+from r1lite import distill, sft, tasks
+from r1lite.config import build
+from r1lite.distill import DistillConfig
+from r1lite.distributed import World
 from r1lite.engine import GenerationStats
 from r1lite.errors import UsageError
 from r1lite.files import write_jsonl
+from r1lite.grpo import LANDING_CHECKS
+from r1lite.policy import Policy
 from r1lite.progress import progress
-
-if TYPE_CHECKING:
-    from r1lite.trainer import Trainer
-
-# Checks a cold start past its accuracy ceiling spends bisecting its way back (each halves the
-# stretch of weights it searches).
-LANDING_CHECKS = 4
+from r1lite.traces import card_notice, read_pairs, sibling
 
 
-def run(trainer: Trainer) -> None:
-    """R1's cold start: SFT on verified traces, the model's own answers or (cold_start_data,
-    cold_start_teacher) a teacher's. Done as one unit: its checkpoint is written before the
-    summary says it is done, so a stop in between redoes it on resume."""
-    cfg = trainer.cfg
-    if not (cfg.cold_start_items or cfg.cold_start_data) or trainer.summary.get("cold_start_done"):
-        return
-    if cfg.cold_start_data or cfg.cold_start_teacher:  # a teacher's traces instead of the model's own
-        traces, info = distill.cold_start_traces(cfg, trainer.distill_cfg, trainer.meter, trainer.console)
-    else:
-        traces, info = self_sampled(trainer)
-    fine_tune(trainer, traces, info)
-
-
-def self_sampled(trainer: Trainer) -> tuple[list[dict], dict]:
+def self_sampled(cfg, engine, tokenizer, task: tasks.Task, world: World, meter, console,
+                 run_dir: Path) -> tuple[list[dict], dict]:
     """The model's own verified answers to a plain prompt, rewritten in the R1 format (and written to
-    ``cold_start.jsonl``), with what the summary records about them."""
-    cfg = trainer.cfg
-    items = trainer.task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
-    mine = items[trainer.world.span(len(items))]
+    ``cold_start.jsonl``), with what the summary records about them. ``engine`` holds the weights
+    to sample."""
+    items = task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
+    mine = items[world.span(len(items))]
     stats = GenerationStats()
-    trainer.sync_engine()
-    with trainer.meter.phase("cold_start_sampling"), progress(trainer.console, "cold-start sampling",
-                                                              len(mine) * cfg.cold_start_samples, "seq") as update:
-        traces = sft.self_traces(trainer.engine, trainer.tokenizer, trainer.task, mine, phrasing=cfg.cold_start_format,
+    with meter.phase("cold_start_sampling"), progress(console, "cold-start sampling",
+                                                      len(mine) * cfg.cold_start_samples, "seq") as update:
+        traces = sft.self_traces(engine, tokenizer, task, mine, phrasing=cfg.cold_start_format,
                                  samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
                                  max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
                                  model_name=cfg.model, batch_size=cfg.eval_batch_size, stats=stats, on_progress=update)
-    trainer.meter.add_flops("cold_start_sampling", stats.flops)
-    traces = trainer.world.gather_lists(traces)
-    if trainer.world.main:
-        write_jsonl(trainer.run_dir / "cold_start.jsonl", traces)
-    trainer.console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
-                          f"x {cfg.cold_start_samples} samples → {trainer.run_dir / 'cold_start.jsonl'}")
+    meter.add_flops("cold_start_sampling", stats.flops)
+    traces = world.gather_lists(traces)
+    if world.main:
+        write_jsonl(run_dir / "cold_start.jsonl", traces)
+    console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
+                  f"x {cfg.cold_start_samples} samples → {run_dir / 'cold_start.jsonl'}")
     if not traces:
         raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
                          "cold_start_samples, or use a task the base model sometimes solves")
     return traces, {"items": len(items), "samples_per_item": cfg.cold_start_samples}
 
 
-def fine_tune(trainer: Trainer, traces: list[dict], info: dict) -> None:
-    """SFT on ``traces`` (with the format check), the evaluation after it, and the checkpoint that
-    marks the cold start done."""
-    cfg = trainer.cfg
-    pairs = [sft.encode_pair(trainer.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
+# The check and where it sends the weights next: pure functions of the check's readings.
+
+@dataclass(frozen=True)
+class Bars:
+    """The check's bars (0 = none) and the accuracy ceiling (0 = none)."""
+
+    min_format: float = 0.0
+    min_accuracy: float = 0.0
+    max_accuracy: float = 0.0
+
+
+def verdict(reading: dict, bars: Bars) -> str:
+    """``below`` (a bar unmet), ``above`` (the bars met, the accuracy past the ceiling) or ``within``.
+
+    >>> verdict({"format_rate": 1.0, "accuracy": 0.5}, Bars(0.9, 0.52, 0.58))
+    'below'
+    >>> verdict({"format_rate": 1.0, "accuracy": 0.6}, Bars(0.9, 0.52, 0.58))
+    'above'
+    >>> verdict({"format_rate": 1.0, "accuracy": 0.6}, Bars(0.9, 0.52))
+    'within'
+    """
+    if reading["format_rate"] < bars.min_format or reading["accuracy"] < bars.min_accuracy:
+        return "below"
+    return "above" if bars.max_accuracy and reading["accuracy"] > bars.max_accuracy else "within"
+
+
+def score(reading: dict, bars: Bars) -> tuple[bool, float]:
+    """How good a check below the bars is, for keeping the best: the format bar first, then accuracy."""
+    return reading["format_rate"] >= bars.min_format, reading["accuracy"]
+
+
+def next_stretch(low: float, high: float, t: float, found: str) -> tuple[float, float]:
+    """The stretch of the line between the anchor (t = 0) and the weights past the ceiling (t = 1)
+    still to search after the check at ``t`` read ``found``: below the bars → toward the later
+    weights, past the ceiling → toward the anchor.
+
+    >>> next_stretch(0.0, 1.0, 0.5, "below")
+    (0.5, 1.0)
+    >>> next_stretch(0.5, 1.0, 0.75, "above")
+    (0.5, 0.75)
+    """
+    return (t, high) if found == "below" else (low, t)
+
+
+@dataclass
+class ColdStart:
+    """What the cold-start SFT needs, and nothing of the run around it."""
+
+    policy: Policy
+    tokenizer: object
+    check: Callable[[], dict]
+    """Greedy ``format_rate`` and ``accuracy`` of the weights as they are, on train prompts."""
+    meter: object
+    console: object
+    runtime: object
+    world: World
+
+
+def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
+    """SFT on ``traces``: ``cold_start_epochs`` epochs, then (with a bar) on, checked every
+    ``cold_start_check_every`` epochs, until a check lands between the bars and the ceiling or the
+    ``cold_start_max_epochs`` cap comes. A check past the ceiling bisects back toward the weights
+    of the check before it (the anchor; at first the SFT's start); at the cap below the bars, the
+    best-checked weights go on. Returns what the summary records, and the FLOPs of the SFT steps."""
+    bars = Bars(cfg.cold_start_min_format, cfg.cold_start_min_accuracy, cfg.cold_start_max_accuracy)
+    pairs = [sft.encode_pair(phase.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
     per_epoch = -(-len(pairs) // cfg.cold_start_batch_size)
-    checks: list[dict] = []
-
+    first, cap = cfg.cold_start_epochs * per_epoch, cfg.cold_start_max_epochs * per_epoch
     interval = sft.check_steps(per_epoch, cfg.cold_start_check_every)
-    best: dict = {}  # the best-checked weights so far, for a cold start that reaches its cap below the bars
-    # With a ceiling: the weights of the last check below the bars (at first the SFT's start), where
-    # a check past the ceiling steps back toward.
-    anchor: dict = {}
-    landed: dict = {}  # where the bisection went on from
-    ceiling = cfg.cold_start_max_accuracy
+    params = [p for p in phase.policy.model.parameters() if p.requires_grad]
+    steps = sft.sft_steps(phase.policy, phase.tokenizer, pairs, lr=cfg.cold_start_lr,
+                          batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                          autocast=phase.runtime.autocast, device=phase.runtime.device, world=phase.world)
+    history: list[dict] = []
+    checks: list[dict] = []
+    best: dict = {}  # the best-checked weights below the bars, for a cap that comes first
+    anchor = {"epochs": 0.0, "weights": snapshot(params)} if bars.max_accuracy else {}
+    kept, landed = None, None
 
-    def record(epochs: float, **where) -> tuple[bool, bool]:
-        """Check the weights as they are now; (a bar unmet, the accuracy above the ceiling)."""
-        checks.append({"epochs": round(epochs, 3), **where, **check(trainer)})
-        bars = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", cfg.cold_start_min_format),
-                                                                   ("accuracy", "accuracy", cfg.cold_start_min_accuracy)) if bar]
+    def check(epochs: float, **where) -> str:
+        checks.append({"epochs": round(epochs, 3), **where, **phase.check()})
+        shown = [(name, checks[-1][key], bar) for name, key, bar in (("format", "format_rate", bars.min_format),
+                                                                    ("accuracy", "accuracy", bars.min_accuracy)) if bar]
         at = (f"{where['t']:.3g} of the way from the {where['between'][0]:g}- to the {where['between'][1]:g}-epoch "
               "weights" if where else f"after {epochs:.3g} epochs")
-        trainer.console.print(f"cold-start check {at}: " + ", ".join(f"{name} {value:.1%} (bar {bar:.0%})"
-                                                                     for name, value, bar in bars) +
-                              (f", ceiling {ceiling:.0%}" if ceiling else ""))
-        return any(value < bar for _, value, bar in bars), bool(ceiling) and checks[-1]["accuracy"] > ceiling
+        phase.console.print(f"cold-start check {at}: " + ", ".join(f"{name} {value:.1%} (bar {bar:.0%})"
+                                                                   for name, value, bar in shown) +
+                            (f", ceiling {bars.max_accuracy:.0%}" if bars.max_accuracy else ""))
+        return verdict(checks[-1], bars)
 
-    def checked(epochs: float) -> bool:
-        """Check, keep the weights if they are the best checked so far; True if a bar is still unmet."""
-        more, high = record(epochs)
-        score = (checks[-1]["format_rate"] >= cfg.cold_start_min_format, checks[-1]["accuracy"])
-        better = more and (not best or score > best["score"])
-        now = snapshot() if better or (more and ceiling) else None  # one copy serves both
-        if better:
-            best.update(score=score, epochs=checks[-1]["epochs"], weights=now)
-        if more and ceiling:
-            anchor.update(epochs=epochs, weights=now)
-        elif high:
-            land(epochs)
-        return more
+    with phase.meter.phase("sft"), progress(phase.console, "cold-start SFT", first, "steps") as update:
+        def train_to(step: int) -> None:
+            while len(history) < step:
+                history.append(next(steps))
+                update(len(history), f"loss {history[-1]['loss']:.3f}")
 
-    def land(epochs: float) -> None:
-        """The check met the bars above the ceiling: the weights go back along the straight line to
-        the anchor's, bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
-        the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
-        Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
-        can move the check by 15 points."""
-        start, end = anchor["weights"], snapshot()
-        between = [round(anchor["epochs"], 3), round(epochs, 3)]
-
-        def go_to(t: float) -> None:
-            put([torch.lerp(a, b, t) for a, b in zip(start, end)])
-
-        low, high = 0.0, 1.0
-        for _ in range(LANDING_CHECKS):
-            t = (low + high) / 2
-            go_to(t)
-            more, above = record(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t, between=between)
-            if not (more or above):
+        train_to(first)
+        checked = bars.min_format > 0 or bars.min_accuracy > 0
+        while checked and pairs:
+            epochs = len(history) / per_epoch
+            found = check(epochs)
+            if found == "below":
+                weights = snapshot(params) if bars.max_accuracy or not best or score(checks[-1], bars) > best["score"] else None
+                if not best or score(checks[-1], bars) > best["score"]:
+                    best = {"score": score(checks[-1], bars), "epochs": checks[-1]["epochs"], "weights": weights}
+                if bars.max_accuracy:
+                    anchor = {"epochs": epochs, "weights": weights}
+                if len(history) >= cap:  # the cap came before the bars: the best-checked weights go on
+                    kept = best["epochs"]
+                    put(params, best["weights"])
+                    phase.console.print(f"cold start: no check met the bars by the {cfg.cold_start_max_epochs}-epoch "
+                                        f"cap; keeping the weights checked after {kept:g} epochs, the best")
+                    break
+                update(len(history), "training on", total=min(cap, len(history) + interval))
+                train_to(min(cap, len(history) + interval))
+            elif found == "above":
+                landed = land(params, anchor, epochs, check, phase.console)
                 break
-            low, high = (t, high) if more else (low, t)
-        else:
-            t = high
-            go_to(t)
-        landed.update(t=t, between=between)
-        trainer.console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
-                              f"to the {epochs:g}-epoch weights")
-
-    def snapshot() -> list[torch.Tensor]:
-        return [p.detach().clone() for p in params]
-
-    def put(weights: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, w in zip(params, weights):
-                p.copy_(w)
-
-    def again(epochs: float) -> bool:
-        """Train on while the greedy format rate or accuracy on train prompts is below the recipe's bar."""
-        more = checked(epochs)
-        if more:
-            done = round(epochs * per_epoch)
-            update(done, "training on", total=done + interval)
-        return more
-
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    if ceiling:
-        anchor.update(epochs=0.0, weights=snapshot())
-
-    with trainer.meter.phase("sft"), progress(trainer.console, "cold-start SFT", cfg.cold_start_epochs * per_epoch,
-                                              "steps") as update:
-        history = sft.train_sft(trainer.policy, trainer.tokenizer, pairs, epochs=cfg.cold_start_epochs, lr=cfg.cold_start_lr,
-                                batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size,
-                                seed=cfg.seed, autocast=trainer.runtime.autocast, device=trainer.runtime.device,
-                                world=trainer.world, on_step=lambda r: update(len(r["history"]), f"loss {r['loss']:.3f}"),
-                                max_epochs=cfg.cold_start_max_epochs, again=again if cfg.checks_cold_start else None,
-                                check_every=cfg.cold_start_check_every)
-        kept = None
-        if best and len(history) >= cfg.cold_start_max_epochs * per_epoch and checked(len(history) / per_epoch):
-            # the cap came before the bars: the best-checked weights (the cap's own included) go on to RL
-            kept = best["epochs"]
-            put(best["weights"])
-            trainer.console.print(f"cold start: no check met the bars by the {cfg.cold_start_max_epochs}-epoch cap; "
-                                  f"keeping the weights checked after {kept:g} epochs, the best")
-        best.clear()
-    trainer.meter.add_flops("sft", sum(r["flops"] for r in history))
-    trainer.summary["cold_start"] = {**info, "traces": len(traces), "sft_steps": len(history),
-                                     "epochs": round(len(history) / per_epoch, 3), "checks": checks,
-                                     "kept_epochs": kept, "landed": landed or None,
-                                     "final_loss": history[-1]["loss"] if history else None}
-    trainer.run_eval("eval_after_sft", cfg.format)
-    trainer.save_checkpoint(cold_start_done=True)
-    trainer.summary["cold_start_done"] = True
-    trainer.save_summary()
-    trainer.check_stop()
+            else:
+                break
+    return ({"traces": len(traces), "sft_steps": len(history), "epochs": round(len(history) / per_epoch, 3),
+             "checks": checks, "kept_epochs": kept, "landed": landed,
+             "final_loss": history[-1]["loss"] if history else None}, sum(r["flops"] for r in history))
 
 
-def check(trainer: Trainer) -> dict:
-    """Greedy strict-format rate and accuracy, in the run's format, on train prompts the held-out
-    set never sees (each rank its share; metered with the SFT it steers)."""
-    cfg = trainer.cfg
-    items = trainer.task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
-    result = trainer.decode(items, cfg.format, "sft")
-    return {"format_rate": result["format_rate"], "accuracy": result["accuracy"]}
+def land(params: list[torch.Tensor], anchor: dict, epochs: float, check: Callable[..., str], console) -> dict:
+    """The check met the bars above the ceiling: the weights go back along the straight line to
+    the anchor's, bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
+    the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
+    Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
+    can move the check by 15 points."""
+    start, end = anchor["weights"], snapshot(params)
+    between = [round(anchor["epochs"], 3), round(epochs, 3)]
+    low, high = 0.0, 1.0
+    for _ in range(LANDING_CHECKS):
+        t = (low + high) / 2
+        put(params, [torch.lerp(a, b, t) for a, b in zip(start, end)])
+        found = check(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t, between=between)
+        if found == "within":
+            break
+        low, high = next_stretch(low, high, t, found)
+    else:
+        t = high
+        put(params, [torch.lerp(a, b, t) for a, b in zip(start, end)])
+    console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
+                  f"to the {epochs:g}-epoch weights")
+    return {"t": t, "between": between}
+
+
+def snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+def put(params: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, w in zip(params, weights):
+            p.copy_(w)
+
+
+# A cold start from a teacher's traces
+
+RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "n", "samples_per_prompt", "temperature",
+            "max_tokens", "seed", "out", "device", "dtype")
+"""DistillConfig fields a training run sets from its own config (distill_options may set the others)."""
+
+
+def distill_config(cfg) -> DistillConfig:
+    """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.grpo.GRPOConfig`):
+    ``cold_start_items`` train prompts x ``cold_start_samples`` at ``cold_start_temperature``, each
+    within ``max_new_tokens`` (a longer trace could not be learnt), into ``<out>/distill.jsonl``."""
+    fixed = sorted(set(cfg.distill_options) & set(RUN_KEYS))
+    if fixed:
+        raise UsageError(f"distill_options: '{fixed[0]}' follows from the run's own keys (cold_start_*, task, format, "
+                         "max_new_tokens, seed, out); set those instead")
+    run_keys = {"teacher": cfg.cold_start_teacher, "task": cfg.task, "task_options": cfg.task_options,
+                "format": cfg.format, "split": "train", "n": cfg.cold_start_items,
+                "samples_per_prompt": cfg.cold_start_samples, "temperature": cfg.cold_start_temperature,
+                "max_tokens": cfg.max_new_tokens, "seed": cfg.seed + 1, "out": str(Path(cfg.out) / "distill.jsonl"),
+                "device": cfg.device, "dtype": cfg.dtype}
+    return build(DistillConfig, {**run_keys, **cfg.distill_options}, source="distill_options")
+
+
+def teacher_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tuple[list[dict], dict]:
+    """(traces, what the summary records about them) for a run's cold start from ``cold_start_data``
+    or from ``cold_start_teacher`` (distilled now: resumed like ``r1lite distill``)."""
+    if cfg.cold_start_data:
+        path = Path(cfg.cold_start_data)
+        info = {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    else:
+        with meter.phase("teacher_sampling"):
+            card = distill.collect(distill_cfg, console)
+        if card["compute"] is not None:
+            meter.add_flops("teacher_sampling", card["compute"]["flops"])
+        if not card["counts"]["kept"]:
+            raise UsageError(f"cold start: {cfg.cold_start_teacher} gave no verified trace "
+                             f"(card: {sibling(Path(distill_cfg.out), '.card.md')}); raise cold_start_items or check the teacher")
+        path = Path(distill_cfg.out)
+        info = {"source": str(path), "teacher": {**card["teacher"], "tokens": card["tokens"], "usd": card["cost"]["usd"],
+                                                 "usd_per_mtok": card["cost"]["usd_per_mtok"],
+                                                 "flops": card["compute"]["flops"] if card["compute"] else None,
+                                                 "counts": card["counts"]}}
+    notice = card_notice(path)
+    if notice:
+        console.print(notice, highlight=False)
+    traces = [{"messages": m, "prefill": p, "completion": c} for m, p, c in read_pairs(str(path))]
+    return traces, info

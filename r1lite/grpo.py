@@ -96,6 +96,10 @@ def preset(explicit: dict) -> dict:
     return ALGORITHMS[name](explicit)
 
 
+LANDING_CHECKS = 4
+"""Checks a cold start past its accuracy ceiling spends bisecting its way back (each halves the
+stretch of weights it searches)."""
+
 LAUNCH_KEYS = ("fsdp", "dist_timeout")
 """GRPOConfig fields that say how a run is launched, not what it computes: a resumed run may change them."""
 

@@ -30,7 +30,7 @@ import torch
 from r1lite.errors import UsageError
 from r1lite.grpo import GRPOConfig, token_weights
 from r1lite.models import load_model
-from r1lite.policy import completion_hidden, make_group_batch, pass_flops
+from r1lite.policy import apply_update, completion_hidden, make_group_batch, pass_flops
 
 CHUNK_POSITIONS = 128
 """Positions whose [positions, vocabulary] logits are held at once (25 MB each for a 49k vocabulary)."""
@@ -131,11 +131,7 @@ def train_step(model, teacher: Teacher, optimizer, scheduler, params, groups: li
         # recomputes them); this loss keeps each chunk's logits for its backward instead.
         student_flops += pass_flops(model, part, backward=True) - 2 * vocab * head.shape[1] * M
         loss, kl_sum, entropy_sum = loss + part_loss, kl_sum + part_kl, entropy_sum + part_entropy
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = apply_update(params, optimizer, cfg.max_grad_norm, scheduler=scheduler)
     counted = max(1.0, float((weights > 0).sum()))
     metrics = {"loss": loss, "reverse_kl": kl_sum / counted, "clip_frac": None, "kl": None,
                "entropy": entropy_sum / counted, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, coldstart, cost, distill, distributed, evaluate, grpo, onpolicy, report, rollout, tasks
+from r1lite import checkpoint, coldstart, cost, distributed, evaluate, grpo, onpolicy, report, rollout, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.energy import open_counter
 from r1lite.engine import GenerationStats, make_engine
@@ -36,7 +36,7 @@ from r1lite.files import DiskFull, append_jsonl, atomic_dir, read_json, read_jso
 from r1lite.grpo import LAUNCH_KEYS, GRPOConfig
 from r1lite.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import Policy, adamw, dummy_batch, make_group_batch, pass_flops
+from r1lite.policy import Policy, adamw, apply_update, dummy_batch, make_group_batch, pass_flops
 from r1lite.progress import progress
 from r1lite.reference import Reference
 
@@ -108,7 +108,7 @@ class Trainer:
             self.check_world()
             self.summary = check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
-            self.distill_cfg = distill.cold_start_config(cfg) if cfg.cold_start_teacher else None
+            self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start_teacher else None
             if cfg.cold_start_items and not (cfg.cold_start_data or cfg.cold_start_teacher) and not self.task.numeric:
                 raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
                                  f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
@@ -280,7 +280,36 @@ class Trainer:
             self.save_summary()
 
     def cold_start(self) -> None:
-        coldstart.run(self)
+        """R1's cold start (:mod:`r1lite.coldstart`): SFT on verified traces, the model's own answers
+        or (cold_start_data, cold_start_teacher) a teacher's, then the evaluation after it. Done as
+        one unit: its checkpoint is written before the summary says it is done, so a stop in
+        between redoes it on resume."""
+        cfg = self.cfg
+        if not (cfg.cold_start_items or cfg.cold_start_data) or self.summary.get("cold_start_done"):
+            return
+        if cfg.cold_start_data or cfg.cold_start_teacher:  # a teacher's traces instead of the model's own
+            traces, info = coldstart.teacher_traces(cfg, self.distill_cfg, self.meter, self.console)
+        else:
+            self.sync_engine()
+            traces, info = coldstart.self_sampled(cfg, self.engine, self.tokenizer, self.task, self.world, self.meter,
+                                                  self.console, self.run_dir)
+        phase = coldstart.ColdStart(self.policy, self.tokenizer, self.cold_start_check, self.meter, self.console,
+                                    self.runtime, self.world)
+        record, flops = coldstart.fine_tune(cfg, phase, traces)
+        self.meter.add_flops("sft", flops)
+        self.summary["cold_start"] = {**info, **record}
+        self.run_eval("eval_after_sft", cfg.format)
+        self.save_checkpoint(cold_start_done=True)
+        self.summary["cold_start_done"] = True
+        self.save_summary()
+        self.check_stop()
+
+    def cold_start_check(self) -> dict:
+        """Greedy strict-format rate and accuracy, in the run's format, on train prompts the held-out
+        set never sees (each rank its share; metered with the SFT it steers)."""
+        items = self.task.split("train", self.cfg.cold_start_check_items, seed=self.cfg.seed + 2)
+        result = self.decode(items, self.cfg.format, "sft")
+        return {"format_rate": result["format_rate"], "accuracy": result["accuracy"]}
 
     def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
         """Every rank calls it (the job's cost and FSDP's shards are gathered); rank 0 writes."""
@@ -386,12 +415,7 @@ class Trainer:
                     stats["loss"] += float(loss.detach())
                 if it == 0:
                     stats["entropy_sum"] += float((entropy.detach() * (w > 0)).sum())
-            world.sum_grads(self.params)
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, max_norm)))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = apply_update(self.params, self.optimizer, cfg.max_grad_norm, world, self.scheduler)
         self.meter.add_flops("train", flops)
         loss, clipped, kl_sum, entropy_sum, counted, train_tokens, passes = world.sum(
             [stats["loss"], stats["clipped"], stats["kl_sum"], stats["entropy_sum"], counted, train_tokens, real])
@@ -521,7 +545,7 @@ class Trainer:
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
         self.summary["cost_per_point"] = cost.cost_per_point(self.summary)
-        self.summary["cost"]["teacher"] = distill.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
+        self.summary["cost"]["teacher"] = cost.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
         self.save_summary()
         if not self.world.main:
             return

@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r1lite import coldstart
-from r1lite.grpo import GRPOConfig
+
+from r1lite.grpo import LANDING_CHECKS, GRPOConfig
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
                          f"{cfg.cold_start_check_every:g} epochs more, up to {cfg.cold_start_max_epochs}, add "
                          f"{cfg.cold_start_check_every / cfg.cold_start_epochs:.0%} of the SFT and a check"
                          + (f"; a check above the {cfg.cold_start_max_accuracy:.0%} ceiling adds up to "
-                            f"{coldstart.LANDING_CHECKS} more" if cfg.cold_start_max_accuracy else "") + ")")
+                            f"{LANDING_CHECKS} more" if cfg.cold_start_max_accuracy else "") + ")")
     return lines
 
 
