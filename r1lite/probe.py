@@ -32,9 +32,10 @@ from pathlib import Path
 import torch
 
 from r1lite import grpo, report, rollout, sft
-from r1lite.estimate import DecodeFlops, Speed
+from r1lite.work import DecodeFlops, Speed
 from r1lite.files import append_jsonl
-from r1lite.flops import ModelShape, Weights
+from r1lite.flops import Weights
+from r1lite.models import ModelShape
 from r1lite.grpo import GRPOConfig
 from r1lite.prompts import item_prompts
 from r1lite.workload import Workload, mean
@@ -186,7 +187,7 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     than the temperature-1 samples of the rollout batch. Also the rewards of the ``greedy``
     answers, as the recipe scores a rollout (empty without held-out items or that key)."""
     from r1lite.engine import Request, Sampling
-    from r1lite.estimate import eval_phases
+    from r1lite.work import eval_phases
 
     wanted = {key: fmt for key, fmt, trained in eval_phases(cfg) if not trained}
     if not cfg.cold_start_items:
