@@ -34,8 +34,8 @@ from common import RESULTS, best_of, git_commit, machine
 
 from r1lite import tasks
 from r1lite.engine import Request, Sampling, make_engine
-from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.prompts import item_prompts, left_pad
+from r1lite.models import left_pad, load_model, resolve_runtime, stop_token_ids
+from r1lite.prompts import item_prompts
 
 
 def peak_flops(dtype: torch.dtype, device: torch.device, n: int = 2048) -> float:

@@ -1,4 +1,4 @@
-"""FLOP counting: a model's shape, and the formulas the meter and the estimate share.
+"""FLOP counting: the formulas the meter and the estimate share.
 
 Two kinds of formula:
 
@@ -27,64 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1lite.errors import UsageError
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a Llama-family decoder that FLOPs depend on."""
-
-    name: str
-    n_layers: int
-    hidden_size: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    vocab_size: int
-    tied_embeddings: bool
-    llama_layout: bool = True
-    """Whether r1lite's own training forward runs it (else the transformers forward: every prompt
-    repeated per completion, :func:`train_pass_flops`)."""
-
-    @property
-    def body_params(self) -> int:
-        """Weights of the layers' matrix products (q, k, v, o, gate, up, down), no embedding or head.
-
-        >>> SHAPES["SmolLM2-135M"].body_params
-        106168320
-        """
-        attention = self.hidden_size * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        return self.n_layers * (attention + 3 * self.hidden_size * self.intermediate_size)
-
-    @property
-    def total_params(self) -> int:
-        """All parameters but the norms' (a few thousand).
-
-        >>> round(SHAPES["Qwen2.5-7B"].total_params / 1e9, 2), round(SHAPES["SmolLM2-135M"].total_params / 1e6, 1)
-        (7.62, 134.5)
-        """
-        table = self.vocab_size * self.hidden_size
-        return self.body_params + table * (1 if self.tied_embeddings else 2)
-
-    @classmethod
-    def from_config(cls, cfg, name: str, llama_layout: bool = True) -> ModelShape:
-        """From a transformers config object (or anything with its attribute names)."""
-        heads = cfg.num_attention_heads
-        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads,
-                   getattr(cfg, "num_key_value_heads", None) or heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-                   cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
-                   llama_layout)
-
-    @classmethod
-    def attention_only(cls, cfg, name: str) -> ModelShape:
-        """For an architecture r1lite's forwards do not run (the transformers forward): only the
-        attention and head sizes, which the formulas read; the body's weights come from the model
-        itself (``body_params`` of this shape is not its own)."""
-        heads = cfg.num_attention_heads
-        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, 0, cfg.vocab_size,
-                   bool(getattr(cfg, "tie_word_embeddings", False)), llama_layout=False)
+from r1lite.models import ModelShape, llama_config
 
 
 @dataclass(frozen=True)
@@ -261,6 +204,5 @@ def config_shape(path: Path) -> ModelShape:
                            "intermediate_size", "vocab_size") if k not in cfg]
     if missing:
         raise UsageError(f"{file}: missing {', '.join(missing)}; the estimate needs a decoder's config.json")
-    from r1lite.models import llama_config
 
     return ModelShape.from_config(SimpleNamespace(**cfg), file.parent.name, llama_layout=llama_config(SimpleNamespace(**cfg)))

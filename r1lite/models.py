@@ -389,3 +389,97 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
     except OSError as e:
         return f"{url.hostname}: {e.strerror or e}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# A decoder's shape, and prompts as tensors
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-family decoder that FLOPs depend on."""
+
+    name: str
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tied_embeddings: bool
+    llama_layout: bool = True
+    """Whether r1lite's own training forward runs it (else the transformers forward: every prompt
+    repeated per completion, :func:`train_pass_flops`)."""
+
+    @property
+    def body_params(self) -> int:
+        """Weights of the layers' matrix products (q, k, v, o, gate, up, down), no embedding or head.
+
+        >>> from r1lite.flops import SHAPES
+        >>> SHAPES["SmolLM2-135M"].body_params
+        106168320
+        """
+        attention = self.hidden_size * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        return self.n_layers * (attention + 3 * self.hidden_size * self.intermediate_size)
+
+    @property
+    def total_params(self) -> int:
+        """All parameters but the norms' (a few thousand).
+
+        >>> from r1lite.flops import SHAPES
+        >>> round(SHAPES["Qwen2.5-7B"].total_params / 1e9, 2), round(SHAPES["SmolLM2-135M"].total_params / 1e6, 1)
+        (7.62, 134.5)
+        """
+        table = self.vocab_size * self.hidden_size
+        return self.body_params + table * (1 if self.tied_embeddings else 2)
+
+    @classmethod
+    def from_config(cls, cfg, name: str, llama_layout: bool = True) -> ModelShape:
+        """From a transformers config object (or anything with its attribute names)."""
+        heads = cfg.num_attention_heads
+        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads,
+                   getattr(cfg, "num_key_value_heads", None) or heads,
+                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+                   cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
+                   llama_layout)
+
+    @classmethod
+    def attention_only(cls, cfg, name: str) -> ModelShape:
+        """For an architecture r1lite's forwards do not run (the transformers forward): only the
+        attention and head sizes, which the formulas read; the body's weights come from the model
+        itself (``body_params`` of this shape is not its own)."""
+        heads = cfg.num_attention_heads
+        return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
+                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, 0, cfg.vocab_size,
+                   bool(getattr(cfg, "tie_word_embeddings", False)), llama_layout=False)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts as one left-padded ``[B, width]`` id tensor and its 0/1 attention mask, the layout
+    transformers ``generate`` expects.
+
+    >>> left_pad([[5, 6], [7]], 0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def shared_prefix(prompts: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving every prompt at least one own token.
+
+    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 5]]), shared_prefix([[1, 2], [1, 2]]), shared_prefix([[7]])
+    (2, 1, 0)
+    """
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for other in prompts[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return max(0, n)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from r1lite import tasks
 
 
@@ -52,34 +50,3 @@ def item_prompts(tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str,
         messages, prefill = tasks.build_messages(item, task, fmt, prefill_think=prefill_think)
         out.append(Prompt(encode_messages(tokenizer, messages, prefill), prefill, messages))
     return out
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts as one left-padded ``[B, width]`` id tensor and its 0/1 attention mask, the layout
-    transformers ``generate`` expects.
-
-    >>> left_pad([[5, 6], [7]], 0)
-    (tensor([[5, 6],
-            [0, 7]]), tensor([[1, 1],
-            [0, 1]]))
-    """
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
-
-
-def shared_prefix(prompts: list[list[int]]) -> int:
-    """Length of the token prefix all prompts share, leaving every prompt at least one own token.
-
-    >>> shared_prefix([[1, 2, 3, 4], [1, 2, 5]]), shared_prefix([[1, 2], [1, 2]]), shared_prefix([[7]])
-    (2, 1, 0)
-    """
-    n = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for other in prompts[1:]:
-        n = next((i for i in range(n) if other[i] != first[i]), n)
-    return max(0, n)

@@ -12,7 +12,8 @@ from r1lite.engine import engine as engine_module
 from r1lite.engine import Engine, GenerationStats, HFDecoder, LlamaDecoder, Request, Sampling, kernels, make_decoder, make_engine
 from r1lite.engine.sampling import sample_rows
 from r1lite.models import cpu_bf16_flags, load_model, resolve_runtime, stop_token_ids
-from r1lite.prompts import encode_messages, item_prompts, left_pad
+from r1lite.models import left_pad
+from r1lite.prompts import encode_messages, item_prompts
 from r1lite.rewards import END_TOKENS
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 78), (9, 91), (23, 45), (67, 11), (40, 2), (88, 99), (15, 16)]]

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from r1lite.engine import kernels
-from r1lite.flops import ModelShape, decode_flops
-from r1lite.models import body_weights, gqa_attention, llama_family
+from r1lite.flops import decode_flops
+from r1lite.models import ModelShape, body_weights, gqa_attention, llama_family
 
 
 class Projection:

@@ -35,7 +35,7 @@ import torch
 
 from r1lite.engine.sampling import Sampling, sample_rows, sequence_key
 from r1lite.errors import UsageError
-from r1lite.prompts import left_pad, shared_prefix
+from r1lite.models import left_pad, shared_prefix
 
 
 @dataclass
