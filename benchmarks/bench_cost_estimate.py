@@ -25,12 +25,11 @@ from pathlib import Path
 
 from common import RESULTS, machine
 
-from r1lite import grpo
 from r1lite.config import build, read_yaml
-from r1lite.estimate import estimate_recipe
-from r1lite.grpo import GRPOConfig
-from r1lite.hardware import CostConfig
-from r1lite.workload import Overrides, run_workload
+from r1lite.cost.estimate import estimate_recipe
+from r1lite.cost.workload import Overrides, run_workload
+from r1lite.meter.hardware import CostConfig
+from r1lite.train.config import GRPOConfig, preset
 
 
 def actual(run: Path) -> dict:
@@ -52,7 +51,7 @@ def estimate(recipe: Path) -> dict:
     """``r1lite cost --config RECIPE --json`` in-process."""
     from rich.console import Console
 
-    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=grpo.preset)
+    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=preset)
     return estimate_recipe(cfg, CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour),
                            Overrides(), probe=True, console=Console(stderr=True))
 
@@ -61,12 +60,12 @@ def replay(recipe: Path, run: Path) -> dict:
     """The estimator's FLOPs for the work a run actually did (its lengths, skipped groups, traces):
     how far the formulas are from the meter when the assumptions are right."""
     from r1lite import tasks
+    from r1lite.cost.work import run_prompts, run_work
     from r1lite.engine.decoders import make_decoder
-    from r1lite.estimate import run_prompts, run_work
     from r1lite.models import load_model, resolve_runtime
-    from r1lite.policy import model_shape, model_weights
+    from r1lite.train.policy import model_shape, model_weights
 
-    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=grpo.preset)
+    cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=preset)
     runtime = resolve_runtime(cfg.device, cfg.dtype)
     model, tokenizer = load_model(cfg.model, runtime)
     if cfg.lora:

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 
 def measure(path: str, new_tokens: int) -> dict:
     """In a fresh process: load time, prompt and decode tokens/s at one stream, peak RSS."""
-    from r1lite.backends import gguf_tokenizer
+    from r1lite.edge.backends import gguf_tokenizer
     from r1lite.engine.llamacpp import LlamaCppDecoder
 
     tokenizer = gguf_tokenizer(Path(path))
@@ -124,9 +124,14 @@ def main() -> None:
         raise SystemExit("bench_edge: commit your changes first; the results name the commit they ran on")
 
     from r1lite import tasks
-    from r1lite.backends import open_model
-    from r1lite.export import load_source, quantize, write_gguf
-    from r1lite.models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, embedded_checkpoint, resolve_path
+    from r1lite.edge.backends import open_model
+    from r1lite.edge.export import load_source, quantize, write_gguf
+    from r1lite.models import (
+        EMBEDDED_GGUF,
+        EMBEDDED_PACKAGE,
+        embedded_checkpoint,
+        resolve_path,
+    )
 
     src = load_source(args.model)
     hf_dir = embedded_checkpoint() if args.model == "default" else resolve_path(args.model)
@@ -134,7 +139,7 @@ def main() -> None:
     task = tasks.load_task(config["task"], config.get("task_options"))
     fmt, prefill = config.get("format", "r1"), "<think>" if config.get("prefill_think") else ""
     if not src.config:  # a plain model: the R1 prompt format is applied by r1lite on both sides
-        from r1lite.chat_format import prompt_format
+        from r1lite.edge.chat_format import prompt_format
 
         src.fmt = prompt_format(task, fmt, bool(prefill))
     items = task.split("test", max(args.prompts, args.eval_items), seed=0)

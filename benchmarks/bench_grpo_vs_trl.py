@@ -48,8 +48,8 @@ def peak_rss_mb() -> float:
 
 def run_r1lite(steps: int) -> dict:
     from r1lite.config import to_dict
-    from r1lite.grpo import GRPOConfig
-    from r1lite.trainer import Trainer
+    from r1lite.train.config import GRPOConfig
+    from r1lite.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = GRPOConfig(model="default", task=SETTINGS["task"], format=SETTINGS["format"], seed=SETTINGS["seed"],

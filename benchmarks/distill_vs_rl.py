@@ -43,16 +43,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, git_commit, machine  # noqa: E402
 
-from r1lite import cost, distill, evaluate, sft, tasks  # noqa: E402
-from r1lite.traces import read_pairs  # noqa: E402
-from r1lite.policy import Policy  # noqa: E402
+from r1lite import evaluate, tasks  # noqa: E402
 from r1lite.config import build, read_yaml  # noqa: E402
+from r1lite.distill import collect  # noqa: E402
+from r1lite.distill.traces import read_pairs, sibling  # noqa: E402
 from r1lite.files import write_json, write_jsonl  # noqa: E402
-from r1lite.grpo import GRPOConfig  # noqa: E402
+from r1lite.meter import meter  # noqa: E402
+from r1lite.train import sft  # noqa: E402
+from r1lite.train.config import GRPOConfig  # noqa: E402
+from r1lite.train.policy import Policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_PHASES = ("eval",)
-TEACHER_PHASES = cost.TEACHER_PHASES
+TEACHER_PHASES = meter.TEACHER_PHASES
 SMOKE = {"model": "tiny", "task_options": {"digits": 1}, "cold_start_items": 0, "cold_start_samples": 2,
          "max_steps": 2, "batch_size": 8, "group_size": 4, "micro_batch_size": 8, "rollout_batch_size": 8,
          "max_new_tokens": 32, "eval_batch_size": 16, "save_every": 0}
@@ -77,7 +80,7 @@ def grpo_step_flops(summary: dict) -> float:
 
 def train_run(recipe: dict, out: Path, **overrides) -> dict:
     """A training run in this process (no evaluations inside it; every row is evaluated alike afterwards)."""
-    from r1lite.trainer import Trainer
+    from r1lite.train.trainer import Trainer
 
     cfg = build(GRPOConfig, {**recipe, **overrides, "eval_items": 0, "eval_base_plain": False, "out": str(out)},
                 source="distill_vs_rl")
@@ -97,7 +100,7 @@ def measure(model_dir: str, task: tasks.Task, items: list, args) -> dict:
     _, voted = evaluate.evaluate(engine, tokenizer, task, items, "r1", samples=args.samples,
                                  max_new_tokens=args.max_new_tokens, seed=0)
     return {"pass@1": greedy["pass@1"], f"maj@{args.samples}": voted[f"maj@{args.samples}"],
-            f"pass@1_sampled": voted["pass@1"], "format_rate": greedy["format_rate"]}
+            "pass@1_sampled": voted["pass@1"], "format_rate": greedy["format_rate"]}
 
 
 def sft_plan(pairs: list, budget: float, epochs: int, batch_size: int, micro_batch_size: int, model, pad_id: int,
@@ -106,7 +109,7 @@ def sft_plan(pairs: list, budget: float, epochs: int, batch_size: int, micro_bat
     counts them (pass_flops per micro-batch): ``epochs`` passes over as many traces as that allows,
     and the last pass cut at the batch that lands nearest the budget (a whole extra pass overshot
     it by half). With too few traces, more passes over all of them."""
-    from r1lite.policy import make_group_batch, pass_flops
+    from r1lite.train.policy import make_group_batch, pass_flops
 
     def batch_flops(indices: list[int]) -> float:
         micros = [indices[m:m + micro_batch_size] for m in range(0, len(indices), micro_batch_size)]
@@ -252,12 +255,12 @@ def main() -> None:
         card = json.loads(Path(previous["traces"]["card"]).read_text())
     else:
         traces = args.work / "traces.jsonl"
-        dcfg = build(distill.DistillConfig, {"teacher": teacher, "task": recipe["task"], "task_options": recipe.get("task_options", {}),
+        dcfg = build(collect.DistillConfig, {"teacher": teacher, "task": recipe["task"], "task_options": recipe.get("task_options", {}),
                                              "n": args.distill_prompts, "samples_per_prompt": args.samples_per_prompt,
                                              "max_tokens": recipe["max_new_tokens"], "concurrency": 64, "out": str(traces)})
         from rich.console import Console
 
-        card = distill.collect(dcfg, Console())
+        card = collect.collect(dcfg, Console())
     pairs = read_pairs(str(traces))
     distill_flops, distill_seconds = card["compute"]["flops"], card["compute"]["seconds"]
     usd_per_hour = rows["a"]["usd"] / rows["a"]["wall_seconds"] * 3600  # the meter's price of one device-hour here
@@ -309,7 +312,7 @@ def main() -> None:
               "student": recipe["model"], "task": task.name, "held_out_items": len(held_out), "samples": args.samples,
               "budget_student_flops": budget, "grpo_step_flops": grpo_step,
               "traces": {"kept": card["counts"]["kept"], "answered": card["counts"]["answered"],
-                         "card": str(distill.sibling(traces, ".card.json"))},
+                         "card": str(sibling(traces, ".card.json"))},
               "rows": rows, "r1_ordering_holds": best_distilled >= rows[0]["pass@1"],
               "wall_seconds": time.perf_counter() - started + previous.get("wall_seconds", 0.0),
               "reused_from": previous.get("commit") and {"commit": previous["commit"], "rows": [r["row"] for r in previous["rows"] if r["row"] not in args.rows]}}

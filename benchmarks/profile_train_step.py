@@ -19,10 +19,10 @@ import time
 import torch
 from common import RESULTS, git_commit, machine
 
-from r1lite import grpo
-from r1lite.grpo import GRPOConfig
-from r1lite.policy import make_group_batch
-from r1lite.trainer import Trainer
+from r1lite.train import grpo
+from r1lite.train.config import GRPOConfig
+from r1lite.train.policy import make_group_batch
+from r1lite.train.trainer import Trainer
 
 
 def phases(trainer: Trainer, groups: list[dict]) -> dict:

@@ -99,7 +99,7 @@ def cmd_eval(args) -> int:
 
 def _train_parser(sub) -> None:
     from r1lite.config import add_arguments
-    from r1lite.grpo import GRPOConfig
+    from r1lite.train.config import GRPOConfig
 
     p = sub.add_parser("train", help="GRPO training from a YAML recipe and flags",
                        description="GRPO on rule-checked rewards. Recipe keys and flags are the same names; "
@@ -112,10 +112,10 @@ def _train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from r1lite import distributed, grpo
     from r1lite.config import build, read_yaml
-    from r1lite.grpo import GRPOConfig
-    from r1lite.trainer import Trainer
+    from r1lite.train import distributed
+    from r1lite.train.config import GRPOConfig, preset
+    from r1lite.train.trainer import Trainer
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "resume")}
     recipe = read_yaml(args.config) if args.config else {}
@@ -125,7 +125,7 @@ def cmd_train(args) -> int:
             raise UsageError(f"--resume {args.resume} but --out {out}: a resumed run writes where it started; "
                              f"pass --out {args.resume} or drop --out")
         flags["out"] = out
-    cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"), presets=grpo.preset)
+    cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"), presets=preset)
     try:
         return Trainer(cfg, resume=args.resume is not None).train()
     finally:
@@ -134,7 +134,7 @@ def cmd_train(args) -> int:
 
 def _sft_parser(sub) -> None:
     from r1lite.config import add_arguments
-    from r1lite.sft import SFTConfig
+    from r1lite.train.sft import SFTConfig
 
     p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion JSONL",
                        description="Fine-tune a model on JSONL rows with 'prompt' (or chat 'messages') and 'completion' "
@@ -146,8 +146,8 @@ def _sft_parser(sub) -> None:
 def cmd_sft(args) -> int:
     from rich.console import Console
 
-    from r1lite import sft
     from r1lite.config import build, read_yaml
+    from r1lite.train import sft
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     cfg = build(sft.SFTConfig, read_yaml(args.config) if args.config else {}, flags, source=str(args.config or "config"))
@@ -156,7 +156,7 @@ def cmd_sft(args) -> int:
 
 def _distill_parser(sub) -> None:
     from r1lite.config import add_arguments
-    from r1lite.distill import DistillConfig
+    from r1lite.distill.collect import DistillConfig
 
     p = sub.add_parser("distill", help="verified reasoning traces from a teacher, with provenance, for sft",
                        description="Ask a teacher (an OpenAI-compatible URL, a local model or a GGUF) for answers to a "
@@ -168,16 +168,16 @@ def _distill_parser(sub) -> None:
 def cmd_distill(args) -> int:
     from rich.console import Console
 
-    from r1lite import distill
     from r1lite.config import build
+    from r1lite.distill import collect
 
     flags = {k: v for k, v in vars(args).items() if k != "command"}
-    return distill.run(build(distill.DistillConfig, {}, flags, source="flags"), Console())
+    return collect.run(build(collect.DistillConfig, {}, flags, source="flags"), Console())
 
 
 def _export_parser(sub) -> None:
     from r1lite.config import add_arguments
-    from r1lite.export import ExportConfig
+    from r1lite.edge.export import ExportConfig
 
     p = sub.add_parser("export", help="a model as a Hugging Face directory or a GGUF file",
                        description="Export a model (a run directory, default, an HF directory) as safetensors with a model "
@@ -188,15 +188,15 @@ def _export_parser(sub) -> None:
 def cmd_export(args) -> int:
     from rich.console import Console
 
-    from r1lite import export
     from r1lite.config import build
+    from r1lite.edge import export
 
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     return export.run(build(export.ExportConfig, {}, flags, source="flags"), Console())
 
 
 def _chat_parser(sub) -> None:
-    from r1lite import chat
+    from r1lite.edge import chat
 
     chat.add_parser(sub)
 
@@ -204,7 +204,7 @@ def _chat_parser(sub) -> None:
 def cmd_chat(args) -> int:
     from rich.console import Console
 
-    from r1lite import chat
+    from r1lite.edge import chat
 
     return chat.run(args, Console())
 
@@ -230,7 +230,7 @@ COST_FLAGS = ("command", "config", "reference", "devices", "pue", "probe", "comp
 
 def _cost_parser(sub) -> None:
     from r1lite.config import add_arguments
-    from r1lite.grpo import GRPOConfig
+    from r1lite.train.config import GRPOConfig
 
     p = sub.add_parser("cost", help="estimate a run's cost before it starts, or recompute a published one",
                        description="Estimate a GRPO recipe's time by phase, FLOPs, device-hours, energy and money, "
@@ -258,12 +258,12 @@ def cmd_cost(args) -> int:
 
     from rich.console import Console
 
-    from r1lite import grpo, published
     from r1lite.config import build, read_yaml
-    from r1lite.estimate import estimate_recipe, phase_table
-    from r1lite.grpo import GRPOConfig
-    from r1lite.hardware import CostConfig
-    from r1lite.workload import Overrides
+    from r1lite.cost.estimate import estimate_recipe, phase_table
+    from r1lite.cost.workload import Overrides
+    from r1lite.meter import published
+    from r1lite.meter.hardware import CostConfig
+    from r1lite.train.config import GRPOConfig, preset
 
     console = Console(stderr=args.json)
     if args.reference:
@@ -274,7 +274,7 @@ def cmd_cost(args) -> int:
         return 0
     flags = {k: v for k, v in vars(args).items() if k not in COST_FLAGS}
     cfg = build(GRPOConfig, read_yaml(args.config) if args.config else {}, flags, source=str(args.config or "config"),
-                presets=grpo.preset)
+                presets=preset)
     overrides = Overrides(args.completion_tokens, args.skipped_groups, args.mfu, args.like)
     pricing = CostConfig(hardware=cfg.hardware, devices=args.devices, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour,
                          pue=args.pue)
@@ -334,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r1lite import distributed
+    from r1lite.train import distributed
 
     args = parser().parse_args(argv)
     try:

@@ -16,10 +16,25 @@ from pathlib import Path
 import yaml
 from matplotlib.figure import Figure
 
-from r1lite.cost import cost_per_point, human_flops, human_seconds, per_point, short_number, usd
 from r1lite.errors import UsageError
 from r1lite.files import write_bytes
-from r1lite.report import CSS, EVAL_BLOCKS, html_table, moving_average, read_metrics, read_summary, series
+from r1lite.meter.meter import (
+    cost_per_point,
+    human_flops,
+    human_seconds,
+    per_point,
+    short_number,
+    usd,
+)
+from r1lite.report import (
+    CSS,
+    EVAL_BLOCKS,
+    html_table,
+    moving_average,
+    read_metrics,
+    read_summary,
+    series,
+)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from r1lite import tasks
-from r1lite.files import read_jsonl, write_json, write_jsonl
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.files import read_jsonl, write_json, write_jsonl
 from r1lite.prompts import item_prompts
 
 

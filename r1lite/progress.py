@@ -19,7 +19,14 @@ def progress(console, label: str, total: int, unit: str = "", done: int = 0,
     epoch). ``done`` starts where a resumed phase left off;
     ``log_every``: seconds between lines in a log (0 = a line per update)."""
     if console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                    TextColumn("{task.speed:>6.1f}/s" if unit else ""), TimeElapsedColumn(), TextColumn("ETA"),

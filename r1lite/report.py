@@ -6,7 +6,7 @@ Reads what a run leaves behind, every part optional:
 - ``metrics.jsonl``: one JSON object per training step; any key may be missing or null in a row, and
   a plot whose keys have no data is skipped;
 - ``summary.json``: evaluation blocks (``eval_base_plain``, ``eval_before``, ``eval_after_sft``,
-  ``eval_after``), the ``cost`` block of :mod:`r1lite.cost` and ``world_size`` (processes).
+  ``eval_after``), the ``cost`` block of :mod:`r1lite.meter.meter` and ``world_size`` (processes).
 
 Writes ``plots/*.png`` and ``report.html`` (images referenced relatively, CSS inline), each file
 atomically. :func:`before_after_table` gives the rows that both the report and the CLI's final table
@@ -26,13 +26,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from r1lite.cost import (
-    cost_per_point, format_cost, human_flops, human_seconds, per_point, price, short_number, upgrade_block, usd,
-)
 from r1lite.errors import UsageError
 from r1lite.files import read_json, read_jsonl, write_bytes
-from r1lite.hardware import HARDWARE
-from r1lite.published import DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS
+from r1lite.meter.hardware import HARDWARE
+from r1lite.meter.meter import (
+    cost_per_point,
+    format_cost,
+    human_flops,
+    human_seconds,
+    per_point,
+    price,
+    short_number,
+    upgrade_block,
+    usd,
+)
+from r1lite.meter.published import DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS
 
 # ---------------------------------------------------------------------------------------------
 # The before/after table
@@ -109,7 +117,7 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def read_summary(path: Path) -> dict:
-    """``summary.json``, its cost block in this version's shape (:func:`r1lite.cost.upgrade_block`)."""
+    """``summary.json``, its cost block in this version's shape (:func:`r1lite.meter.meter.upgrade_block`)."""
     if not path.exists():
         return {}
     summary = read_json(path, "rerun the evaluation to rewrite it")
@@ -312,7 +320,7 @@ def teacher_section(teacher: dict | None) -> str:
 
 def cost_section(cost: dict, stages: list[dict]) -> str:
     """The cost block: the one-line summary, the figures, the phases, the cost per accuracy point of
-    each stage (:func:`r1lite.cost.cost_per_point`), what is left out, the price table."""
+    each stage (:func:`r1lite.meter.meter.cost_per_point`), what is left out, the price table."""
     kind = "Estimated before the run" if cost["estimated"] else "Measured"
     figures = [
         ("hardware", f"{cost['hardware']} ×{cost['devices']}"),

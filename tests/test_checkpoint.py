@@ -2,7 +2,7 @@
 
 import torch
 
-from r1lite import checkpoint
+from r1lite.train import checkpoint
 
 
 def tiny_state():

@@ -1,9 +1,9 @@
 """The command line as a user meets it: one-line errors, scoring files, gym tasks end to end."""
 
-from pathlib import Path
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,8 +150,8 @@ def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
 
 
 def test_cost_json_writes_the_summary_cost_block_fields(cli):
-    from r1lite.cost import CostMeter
-    from r1lite.hardware import HARDWARE
+    from r1lite.meter.hardware import HARDWARE
+    from r1lite.meter.meter import CostMeter
 
     r = cli("cost", "--model", "Qwen3-8B", "--hardware", "h100", "--devices", "8", "--max-steps", "100",
             "--eval-items", "50", "--json")

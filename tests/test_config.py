@@ -6,7 +6,7 @@ import pytest
 
 from r1lite.config import add_arguments, build, dump_yaml, read_yaml
 from r1lite.errors import UsageError
-from r1lite.grpo import GRPOConfig
+from r1lite.train.config import GRPOConfig
 
 
 def parse(*argv):

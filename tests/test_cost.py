@@ -3,12 +3,30 @@ import math
 
 import pytest
 
-from r1lite.cost import CostMeter, cost_per_point, format_cost, price, upgrade_block
-from r1lite.energy import RaplCounter, open_counter
 from r1lite.errors import UsageError
-from r1lite.flops import SHAPES, forward_flops, lora_weights, matmul_params, table_shape, train_flops
-from r1lite.hardware import HARDWARE, CostConfig, find_hardware, hardware_kind
-from r1lite.published import DEEPSEEK_R1_GPU_HOURS, DEEPSEEK_V3_GPU_HOURS, REFERENCES, reference_lines
+from r1lite.meter.energy import RaplCounter, open_counter
+from r1lite.meter.flops import (
+    SHAPES,
+    forward_flops,
+    lora_weights,
+    matmul_params,
+    table_shape,
+    train_flops,
+)
+from r1lite.meter.hardware import HARDWARE, CostConfig, find_hardware, hardware_kind
+from r1lite.meter.meter import (
+    CostMeter,
+    cost_per_point,
+    format_cost,
+    price,
+    upgrade_block,
+)
+from r1lite.meter.published import (
+    DEEPSEEK_R1_GPU_HOURS,
+    DEEPSEEK_V3_GPU_HOURS,
+    REFERENCES,
+    reference_lines,
+)
 
 
 class FakeClock:
@@ -315,7 +333,7 @@ def test_shape_and_weights_match_a_loaded_model():
     from peft import LoraConfig, get_peft_model
 
     from r1lite.models import load_model, resolve_runtime
-    from r1lite.policy import model_shape, model_weights
+    from r1lite.train.policy import model_shape, model_weights
 
     model, _ = load_model("tiny", resolve_runtime("cpu", "fp32"))
     shape = model_shape(model)

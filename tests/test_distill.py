@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from r1lite import distill, rewards, sft, tasks
-from r1lite.policy import Policy
-from r1lite.contamination import Contamination
+from r1lite import rewards, tasks
+from r1lite.distill import collect
+from r1lite.distill.contamination import Contamination
+from r1lite.train import sft
+from r1lite.train.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -121,7 +123,7 @@ def answer_of(question: str) -> int:
 
 
 def snapshot(out: Path) -> dict:
-    files = [out, distill.sibling(out, ".dropped.jsonl"), distill.sibling(out, ".card.json"), distill.sibling(out, ".card.md")]
+    files = [out, collect.sibling(out, ".dropped.jsonl"), collect.sibling(out, ".card.json"), collect.sibling(out, ".card.md")]
     return {f.name: f.read_bytes() if f.exists() else None for f in files}
 
 
@@ -137,7 +139,7 @@ def snapshot(out: Path) -> dict:
     ("<think>3 + 4 is", {}, None),
 ])
 def test_the_thinking_is_read_from_each_field_endpoints_use(content, fields, expected):
-    assert distill.split_reasoning(content, fields) == expected
+    assert collect.split_reasoning(content, fields) == expected
 
 
 def test_decontamination_drops_8_gram_overlaps_and_compares_short_questions_whole():
@@ -162,7 +164,7 @@ def variant_answer(variant: str, question: str) -> dict:
         "reasoning": chat(str(c), reasoning=f"Adding: {c}."),
         "content": chat(f"<think>Adding gives {c}.</think>\n<answer>{c}</answer>"),
         "none": chat(f"<answer>{c}</answer>"),
-        "unclosed_thinking": chat(f"<think>Let me add these two numbers and then"),
+        "unclosed_thinking": chat("<think>Let me add these two numbers and then"),
         "length": chat(f"<think>Adding gives {c}.</think><answer>{c}</answer>", finish="length"),
         "incorrect": chat(f"<think>Adding gives {c + 1}.</think>\n<answer>{c + 1}</answer>"),
     }[variant]
@@ -186,7 +188,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
         asked = server.asked()
         assert sorted(set(asked)) == sorted(set(variant) - set(held_back)) and len(asked) == 2 * 14  # decontaminated: never asked
 
-        card = json.loads(distill.sibling(out, ".card.json").read_text())
+        card = json.loads(collect.sibling(out, ".card.json").read_text())
         clean = [q for q in variant if q not in held_back]
         expect = {v: 2 * sum(variant[q] == v for q in clean) for v in VARIANTS}
         kept_variants = ("reasoning_content", "reasoning", "content", "none")
@@ -201,7 +203,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
         assert card["tokens"] == {"prompt": 280, "completion": 560, "reasoning": 140, "kept_completion": 20 * kept}
         assert card["cost"]["usd"] == pytest.approx(280 / 1e6 * 1 + 560 / 1e6 * 2)
         assert card["teacher"] == {"model": "fake-teacher", "kind": "openai-compatible", "url": server.url, "terms": "test terms v1"}
-        assert "test terms v1" in distill.sibling(out, ".card.md").read_text()
+        assert "test terms v1" in collect.sibling(out, ".card.md").read_text()
 
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert len(rows) == kept
@@ -209,19 +211,19 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
             p = row["provenance"]
             item = next(i for i in items if i.id == p["prompt_id"])
             assert row["messages"] == tasks.build_messages(item, tasks.load_task("arithmetic", {"digits": 1}), "r1")[0]
-            assert p["prompt_sha256"] == distill.prompt_sha256(row["messages"])
+            assert p["prompt_sha256"] == collect.prompt_sha256(row["messages"])
             assert rewards.r1_answer(row["completion"]) == str(answer_of(item.question))
             assert (p["task"], p["task_options"], p["split"], p["format"]) == ("arithmetic", {"digits": 1}, "train", "r1")
             assert p["teacher"] == {"model": "fake-teacher", "kind": "openai-compatible", "url": server.url}
             assert {k: p["sampling"][k] for k in ("temperature", "top_p", "max_tokens", "seed")} == \
                 {"temperature": 0.6, "top_p": 0.95, "max_tokens": 2048, "seed": 0}
-            assert p["sampling"]["request_seed"] == distill.request_seed(0, item, p["sample"])
+            assert p["sampling"]["request_seed"] == collect.request_seed(0, item, p["sample"])
             assert p["sampling"]["reported"] == {"model": "fake-teacher", "id": "cmpl-1", "system_fingerprint": "fp-test"}
             assert p["reasoning_field"] == variant[item.question] and p["finish_reason"] == "stop"
             assert p["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30, "reasoning_tokens": 5}
             assert p["verifier"]["accuracy"] == 1.0 and p["timestamp"] and p["attempts"] == 1
         assert len(sft.read_pairs(str(out))) == kept  # `r1lite sft --data` takes the file as it is
-        dropped = [json.loads(line) for line in distill.sibling(out, ".dropped.jsonl").read_text().splitlines()]
+        dropped = [json.loads(line) for line in collect.sibling(out, ".dropped.jsonl").read_text().splitlines()]
         assert sorted({d["stage"] for d in dropped}) == ["duplicate", "incorrect", "length", "unclosed_thinking"]
 
         # The same command again asks nothing (a cut-off last line, as a kill leaves it, is trimmed first).
@@ -274,7 +276,7 @@ def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_en
         assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # exponential backoff
         assert attempts[questions[2]][1] - attempts[questions[2]][0] >= 1.0  # Retry-After: 1 honoured
 
-        card = json.loads(distill.sibling(out, ".card.json").read_text())
+        card = json.loads(collect.sibling(out, ".card.json").read_text())
         failures = card["failures"]["per_prompt"]
         by_question = {items[i].id: questions[i] for i in range(8)}
         assert {by_question[pid]: (f["kind"], f["attempts"]) for pid, f in failures.items()} == {
@@ -456,7 +458,7 @@ def lines(path: Path) -> int:
 def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and_asks_nothing_twice(teacher, llama_server, tmp_path):
     proxy = CountingProxy(llama_server, delay=0.3)
     out = tmp_path / "traces.jsonl"
-    dropped = distill.sibling(out, ".dropped.jsonl")
+    dropped = collect.sibling(out, ".dropped.jsonl")
     contaminated = teacher["items"][5].question
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": contaminated}) + "\n")
     args = ["distill", "--teacher", proxy.url, *teacher["task"], "--n", str(N_PROMPTS), "--samples-per-prompt", "2", "--max-tokens", "40",
@@ -473,7 +475,7 @@ def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and
         collector.wait(timeout=30)
         before = {p: p.read_bytes() for p in (out, dropped) if p.exists()}
         answered_before = {(r["provenance"]["prompt_id"], r["provenance"]["sample"])
-                           for p in before for r in distill.read_rows(p)}
+                           for p in before for r in collect.read_rows(p)}
         assert 6 <= len(answered_before) < 22, "the kill came after the run had finished"
         asked_before = len(proxy.calls)
 
@@ -482,21 +484,21 @@ def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and
         for path, data in before.items():  # no row lost: what was on disk is still there, in order
             whole = data[:data.rfind(b"\n") + 1]
             assert path.read_bytes().startswith(whole)
-        seed_of = {(item.id, s): distill.request_seed(0, item, s) for item in teacher["items"] for s in (0, 1)}
+        seed_of = {(item.id, s): collect.request_seed(0, item, s) for item in teacher["items"] for s in (0, 1)}
         asked_again = set(proxy.calls[asked_before:])
         assert not asked_again & {(next(i.question for i in teacher["items"] if i.id == pid), seed_of[pid, s])
                                   for pid, s in answered_before}  # nothing answered before the kill was asked again
         assert contaminated not in {q for q, _ in proxy.calls}
 
-        rows = distill.read_rows(out) + distill.read_rows(dropped)
+        rows = collect.read_rows(out) + collect.read_rows(dropped)
         keys = [(r["provenance"]["prompt_id"], r["provenance"]["sample"]) for r in rows]
         assert len(keys) == len(set(keys)) == 2 * (N_PROMPTS - 1)  # every request answered exactly once
-        card = json.loads(distill.sibling(out, ".card.json").read_text())
+        card = json.loads(collect.sibling(out, ".card.json").read_text())
         c = card["counts"]
         assert c["prompts_contaminated"] == 1 and c["failed"] == 0 and c["answered"] == 22
         assert c["kept"] >= 5 and c["incorrect"] >= 1 and c["duplicate"] >= 1
         assert c["kept"] + c["duplicate"] + c["incorrect"] + c["length"] + c["unclosed_thinking"] == 22
-        for row in distill.read_rows(out):
+        for row in collect.read_rows(out):
             p = row["provenance"]
             assert rewards.r1_answer(row["completion"]) == "yes" and p["verifier"]["accuracy"] == 1.0
             assert p["teacher"]["kind"] == "openai-compatible" and p["teacher"]["url"] == proxy.url
@@ -515,8 +517,8 @@ def test_local_teachers_through_the_engine_pytorch_and_gguf(teacher, tmp_path, c
         code = main(["distill", "--teacher", str(spec), *teacher["task"], "--n", str(n), "--samples-per-prompt", str(k),
                      "--max-tokens", "40", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
         assert code == 0, capsys.readouterr().err[-3000:]
-        runs[name] = distill.read_rows(out) + distill.read_rows(distill.sibling(out, ".dropped.jsonl"))
-        card = json.loads(distill.sibling(out, ".card.json").read_text())
+        runs[name] = collect.read_rows(out) + collect.read_rows(collect.sibling(out, ".dropped.jsonl"))
+        card = json.loads(collect.sibling(out, ".card.json").read_text())
         assert card["counts"]["answered"] == n * k and card["counts"]["kept"] >= 1 and card["compute"]["flops"] > 0
         assert {r["provenance"]["teacher"]["kind"] for r in runs[name]} == {"local:" + name.split()[0]}
 

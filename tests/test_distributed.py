@@ -55,7 +55,7 @@ def _rank_main(rank: int, jobs: list[dict], out: str, start) -> None:
     writes the previous job's report)."""
     torch.set_num_threads(1)
     from r1lite import cli
-    from r1lite.trainer import Trainer
+    from r1lite.train.trainer import Trainer
 
     for i, job in enumerate(jobs):
         argv = job["argv"][rank]

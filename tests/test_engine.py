@@ -7,13 +7,27 @@ import warnings
 import pytest
 import torch
 
-from r1lite import tasks
+from r1lite.engine import (
+    Engine,
+    GenerationStats,
+    HFDecoder,
+    LlamaDecoder,
+    Request,
+    Sampling,
+    kernels,
+    make_decoder,
+    make_engine,
+)
 from r1lite.engine import engine as engine_module
-from r1lite.engine import Engine, GenerationStats, HFDecoder, LlamaDecoder, Request, Sampling, kernels, make_decoder, make_engine
 from r1lite.engine.sampling import sample_rows
-from r1lite.models import cpu_bf16_flags, load_model, resolve_runtime, stop_token_ids
-from r1lite.models import left_pad
-from r1lite.prompts import encode_messages, item_prompts
+from r1lite.models import (
+    cpu_bf16_flags,
+    left_pad,
+    load_model,
+    resolve_runtime,
+    stop_token_ids,
+)
+from r1lite.prompts import encode_messages
 from r1lite.rewards import END_TOKENS
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 78), (9, 91), (23, 45), (67, 11), (40, 2), (88, 99), (15, 16)]]
@@ -377,7 +391,7 @@ def test_flop_counts_use_the_attention_width_not_the_hidden_size(tiny, monkeypat
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from r1lite.policy import completion_logprobs, make_group_batch, pass_flops
+    from r1lite.train.policy import completion_logprobs, make_group_batch, pass_flops
 
     monkeypatch.setattr(kernels, "load", lambda: None)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)

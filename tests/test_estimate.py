@@ -4,16 +4,31 @@ import json
 
 import pytest
 
-from r1lite.cost import CostMeter
-from r1lite.estimate import (
-    PhaseWork, RunPrompts, Speed, checkpoints, datasheet_speed, estimate, estimate_recipe, generation_work,
-    phase_seconds, run_work, sft_work, train_work,
+from r1lite.cost.estimate import estimate, estimate_recipe
+from r1lite.cost.work import (
+    PhaseWork,
+    RunPrompts,
+    Speed,
+    checkpoints,
+    datasheet_speed,
+    generation_work,
+    phase_seconds,
+    run_work,
+    sft_work,
+    train_work,
+)
+from r1lite.cost.workload import (
+    Overrides,
+    Workload,
+    apply_overrides,
+    skipped_at,
+    step_points,
 )
 from r1lite.errors import UsageError
-from r1lite.flops import SHAPES, full_weights
-from r1lite.grpo import GRPOConfig
-from r1lite.hardware import HARDWARE, CostConfig
-from r1lite.workload import Overrides, Workload, apply_overrides, skipped_at, step_points
+from r1lite.meter.flops import SHAPES, full_weights
+from r1lite.meter.hardware import HARDWARE, CostConfig
+from r1lite.meter.meter import CostMeter
+from r1lite.train.config import GRPOConfig
 
 
 def tokens_computed(rows: int, T: int, start: int) -> float:
@@ -94,8 +109,8 @@ def test_a_training_phases_first_step_costs_once():
 
 def test_sft_work_matches_what_sft_meters(tmp_path):
     from r1lite.models import load_model, resolve_runtime
-    from r1lite.policy import Policy, model_shape, model_weights
-    from r1lite.sft import train_sft
+    from r1lite.train.policy import Policy, model_shape, model_weights
+    from r1lite.train.sft import train_sft
 
     runtime = resolve_runtime("cpu", "fp32")
     model, tokenizer = load_model("tiny", runtime)
@@ -142,7 +157,7 @@ def fake_run(folder, rows: list[dict], summary: dict):
 def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
     from rich.console import Console
 
-    from r1lite.workload import run_workload
+    from r1lite.cost.workload import run_workload
 
     cfg = GRPOConfig(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
                      out=str(tmp_path / "x"))
@@ -183,7 +198,7 @@ def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, 
     the tiny random model rarely stops early, so the probe's lengths are the run's."""
     from rich.console import Console
 
-    from r1lite.trainer import Trainer
+    from r1lite.train.trainer import Trainer
 
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
@@ -227,7 +242,7 @@ def test_a_model_not_here_is_estimated_from_its_shape(tmp_path):
 def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
     from rich.console import Console
 
-    from r1lite.probe import run_probe
+    from r1lite.cost.probe import run_probe
 
     cfg = tiny_config(tmp_path, "arithmetic", beta=0.0, format="r1")  # a random model never scores: all alike
     probe = run_probe(cfg, Console(quiet=True))
@@ -245,9 +260,9 @@ def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
 def test_trace_stats_keep_each_items_shortest_verified_answer():
     from types import SimpleNamespace
 
+    from r1lite.cost.probe import probe_config, trace_stats
     from r1lite.models import load_tokenizer
-    from r1lite.probe import probe_config, trace_stats
-    from r1lite.sft import r1_trace
+    from r1lite.train.sft import r1_trace
 
     tokenizer = load_tokenizer("tiny")
 
@@ -269,10 +284,10 @@ def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tm
     """trace_stats reads the groups rollout.score_group makes (a structure change once crashed
     `r1lite cost` on every cold-start recipe), and its expected traces per item follow the binomial."""
     from r1lite import tasks
+    from r1lite.cost.probe import trace_stats
     from r1lite.engine.engine import Completion
     from r1lite.models import load_tokenizer
-    from r1lite.probe import trace_stats
-    from r1lite.rollout import score_group
+    from r1lite.train.rollout import score_group
 
     tokenizer = load_tokenizer("tiny")
     cfg = tiny_config(tmp_path, "arithmetic", cold_start_items=4, cold_start_samples=4, cold_start_per_item=1,
@@ -287,7 +302,7 @@ def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tm
     assert per_item == pytest.approx(1 - 0.75 ** 4)  # p = 1/4: at least one of 4 samples right
     from rich.console import Console
 
-    from r1lite.probe import run_probe
+    from r1lite.cost.probe import run_probe
 
     probe = run_probe(cfg, Console(quiet=True))  # the tiny random model: no verified answer, upper bounds
     assert probe.workload.traces_per_item == 1.0

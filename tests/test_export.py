@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lite import sft, tasks
-from r1lite.chat_format import jinja_template, ollama_template, prompt_format
+from r1lite import tasks
+from r1lite.edge.chat_format import jinja_template, ollama_template, prompt_format
 from r1lite.engine import Request, Sampling
-from r1lite.models import load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import Policy
+from r1lite.models import load_model, resolve_runtime
 from r1lite.prompts import encode_messages, item_prompts
 from r1lite.rewards import r1_answer
+from r1lite.train import sft
+from r1lite.train.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = resolve_runtime("cpu", "fp32")
@@ -67,7 +68,7 @@ def exported(sft_run, llama_cpp, tmp_path_factory):
 
 
 def test_gguf_round_trip_gives_pytorch_greedy_tokens_and_a_parsable_answer(sft_run, exported):
-    from r1lite.backends import open_model
+    from r1lite.edge.backends import open_model
 
     torch_side = open_model(str(sft_run), "cpu", "fp32")
     gguf_side = open_model(str(exported["f16"][0]))
@@ -126,7 +127,7 @@ def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp,
     quantized by llama.cpp's quantizer (Q8_0)."""
     from gguf import GGUFReader
 
-    from r1lite.export import quantize
+    from r1lite.edge.export import quantize
 
     converter = ROOT / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
     if not converter.exists():
@@ -301,7 +302,7 @@ def test_chat_answers_once_on_both_backends_and_the_budget_closes_the_thinking(t
 def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
     """Forced tokens count: the thinking, the close included, is at most the budget; a budget
     shorter than the closing sentence gets only the close."""
-    from r1lite.backends import open_model
+    from r1lite.edge.backends import open_model
     from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
 
     backend = open_model("tiny", "cpu", "fp32")

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.grpo import GRPOConfig, group_advantages, informative_groups, policy_loss, token_weights
+
+# A fixed batch: 2 groups of G=2 completions, up to 3 tokens each.
+from r1lite.train.config import GRPOConfig
+from r1lite.train.grpo import (
+    group_advantages,
+    informative_groups,
+    policy_loss,
+    token_weights,
+)
 
 # A fixed batch: 2 groups of G=2 completions, up to 3 tokens each.
 MASK = torch.tensor([[1., 1., 1.], [1., 1., 0.], [1., 0., 0.], [1., 1., 1.]])

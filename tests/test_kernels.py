@@ -182,7 +182,12 @@ def test_attention_matches_torch(H, KV, D, N, T, shared):
 def test_decode_step_in_one_call_matches_transformers(arch):
     """Prefill (the projections one by one) then decode steps (the whole step in one call) give the
     logits of transformers' forward over the whole sequence, padding included."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     from r1lite.engine import LlamaDecoder
 

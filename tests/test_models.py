@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.models import (TURN_END, check_special_tokens, embedded_checkpoint, load_model, load_tokenizer,
-                           resolve_runtime, stop_token_ids)
+from r1lite.models import (
+    TURN_END,
+    check_special_tokens,
+    embedded_checkpoint,
+    load_model,
+    load_tokenizer,
+    resolve_runtime,
+    stop_token_ids,
+)
 
 
 def test_runtime_says_why():

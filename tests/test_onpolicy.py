@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lite import sft, tasks
-from r1lite.policy import Policy
+from r1lite import tasks
 from r1lite.errors import UsageError
-from r1lite.grpo import GRPOConfig
 from r1lite.models import load_model, resolve_runtime
+from r1lite.train import sft
+from r1lite.train.config import GRPOConfig
+from r1lite.train.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_on_policy_distillation_lowers_the_reverse_kl_to_the_teacher(models, tmp
 def test_the_distillation_gradient_is_the_gradient_of_the_reverse_kl():
     """distill_loss back-propagates chunk by chunk into the hidden states and the head: the same
     gradients as autograd through the whole reverse KL at once."""
-    from r1lite import onpolicy
+    from r1lite.train import onpolicy
 
     torch.manual_seed(0)
     hidden, head = torch.randn(300, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
@@ -83,7 +84,7 @@ def test_on_policy_settings_that_cannot_work_are_refused(keys, needle):
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path):
-    from r1lite.onpolicy import Teacher
+    from r1lite.train.onpolicy import Teacher
 
     _, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"))
     tokenizer.add_tokens(["<extra-token>"])

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from r1lite.models import load_model, resolve_runtime
-from r1lite.policy import CHUNK_POSITIONS, head_logprobs, make_group_batch, completion_logprobs
+from r1lite.train.policy import (
+    CHUNK_POSITIONS,
+    completion_logprobs,
+    head_logprobs,
+    make_group_batch,
+)
 
 FP32 = resolve_runtime("cpu", "fp32")
 
@@ -142,7 +147,7 @@ def test_pass_flops_match_torch_flop_counter(backward, prompts):
     """The FLOPs the trainer meters for a train forward (and backward) are what PyTorch counts."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from r1lite.policy import pass_flops
+    from r1lite.train.policy import pass_flops
 
     model, tokenizer = load_model("tiny", FP32)
     batch = make_group_batch(prompts, [0, 0, 1, 1], [[7, 8, 6, 1], [5], [9, 9, 3], [4, 4, 4, 4, 4]], pad_id=0)

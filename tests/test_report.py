@@ -3,10 +3,17 @@ import math
 
 import pytest
 
-from r1lite.cost import CostMeter
 from r1lite.errors import UsageError
-from r1lite.hardware import HARDWARE
-from r1lite.report import TABLE_HEADER, before_after_table, headline, moving_average, read_metrics, write_report
+from r1lite.meter.hardware import HARDWARE
+from r1lite.meter.meter import CostMeter
+from r1lite.report import (
+    TABLE_HEADER,
+    before_after_table,
+    headline,
+    moving_average,
+    read_metrics,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,14 +128,13 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
 @pytest.fixture(scope="module")
 def three_runs(tmp_path_factory):
     """Three tiny GRPO runs on a task whose rewards vary, differing in seed and learning rate."""
-    import os
     import sys
     import textwrap
 
     from rich.console import Console
 
-    from r1lite.grpo import GRPOConfig
-    from r1lite.trainer import Trainer
+    from r1lite.train.config import GRPOConfig
+    from r1lite.train.trainer import Trainer
 
     root = tmp_path_factory.mktemp("compare")
     (root / "coin_verifier.py").write_text(textwrap.dedent('''

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from r1lite.engine import kernels
-from r1lite.engine.sampling import Sampling, derive_seed, sample_categorical, sample_next, sample_rows, sequence_key, uniform
+from r1lite.engine.sampling import (
+    Sampling,
+    derive_seed,
+    sample_categorical,
+    sample_next,
+    sample_rows,
+    sequence_key,
+    uniform,
+)
 
 
 def uniforms(n, seed=0):

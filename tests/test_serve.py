@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -319,8 +318,8 @@ def test_a_stream_that_turns_unsafe_stops_with_content_filter(thinking_run, tmp_
 
 def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run):
     """A small local endpoint answers as Llama Guard does; garbage from it fails closed."""
-    from fastapi import FastAPI
     import uvicorn
+    from fastapi import FastAPI
 
     verdicts = {"Is the sky blue?": "safe", "Tell me a secret plan.": "unsafe\nS1", "Anything else?": "I think it's fine"}
     judge = FastAPI()

@@ -2,9 +2,10 @@
 
 import json
 
-from r1lite import sft, tasks
-from r1lite.rewards import r1_answer, r1_format
+from r1lite import tasks
 from r1lite.engine import Completion
+from r1lite.rewards import r1_answer, r1_format
+from r1lite.train import sft
 
 
 def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypatch):

@@ -1,14 +1,20 @@
 """Tasks: deterministic, disjoint splits; loaders and their error messages; prompts and scoring."""
 
 import json
-import sys
 import textwrap
 
 import pytest
 
 from r1lite.errors import UsageError
-from r1lite.tasks import FORMATS, build_messages, extract_answer, held_out_bucket, load_task, make_item, score
-
+from r1lite.tasks import (
+    FORMATS,
+    build_messages,
+    extract_answer,
+    held_out_bucket,
+    load_task,
+    make_item,
+    score,
+)
 
 
 def r1(answer) -> str:

@@ -1,21 +1,21 @@
 """GRPO runs on the tiny model: they train, checkpoint, resume exactly, and refuse bad configs."""
 
-from pathlib import Path
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-from r1lite import grpo
-from r1lite.grpo import GRPOConfig
-from r1lite.policy import Policy, make_group_batch
-from r1lite.trainer import WALL_CLOCK_KEYS, Trainer
+from r1lite.train import grpo
+from r1lite.train.config import GRPOConfig, preset
+from r1lite.train.policy import Policy, make_group_batch
+from r1lite.train.trainer import WALL_CLOCK_KEYS, Trainer
 
 SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
          "--max-new-tokens", "12", "--eval-items", "4", "--lr", "1e-3", "--seed", "3"]
@@ -152,7 +152,7 @@ def cold_start_config(tmp_path, **kw):
 def test_the_kl_reference_is_the_model_rl_starts_from(tmp_path, monkeypatch, lora):
     """After a cold start the reference is the cold-started model, not the untouched base: the KL
     of the first RL step is 0. A resumed run gets the same reference back from the run directory."""
-    from r1lite import sft
+    from r1lite.train import sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
     trainer = Trainer(cold_start_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1))
@@ -185,7 +185,7 @@ def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_pat
 def test_a_stop_while_the_cold_start_checkpoint_is_written_redoes_the_cold_start(tmp_path, monkeypatch):
     """The summary must not say the cold start is done before its checkpoint exists: a resumed
     run would train the base model while its report showed the cold start's evaluation."""
-    from r1lite import checkpoint, sft
+    from r1lite.train import checkpoint, sft
 
     calls = []
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: calls.append(1) or [dict(r) for r in COLD_START_ROWS])
@@ -211,7 +211,7 @@ def test_a_signal_during_the_cold_start_saves_it_and_stops(tmp_path, monkeypatch
     writes its checkpoint, and exits 130 with the resume hint."""
     import os
 
-    from r1lite import sft
+    from r1lite.train import sft
 
     def traces_then_signal(*a, **k):
         os.kill(os.getpid(), signal.SIGINT)
@@ -227,7 +227,7 @@ def test_a_signal_during_the_cold_start_saves_it_and_stops(tmp_path, monkeypatch
 def test_training_log_probs_use_the_sampling_temperature(varied_task, tmp_path, monkeypatch):
     """Rollouts sample from softmax(logits / T); the gradient, ratio, KL and entropy must be taken
     under the same distribution."""
-    from r1lite.policy import completion_logprobs
+    from r1lite.train.policy import completion_logprobs
 
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
@@ -256,7 +256,7 @@ def test_the_generic_training_path_runs_without_dropout(tmp_path, monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from r1lite.models import load_tokenizer
-    from r1lite.policy import completion_logprobs
+    from r1lite.train.policy import completion_logprobs
 
     tokenizer = load_tokenizer("tiny")
     torch.manual_seed(0)
@@ -425,8 +425,8 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes(varied_task, tmp_p
     the file, the full disk and the --resume that continues it; after that the run finishes."""
     import errno
 
-    from r1lite import checkpoint
     from r1lite.cli import main
+    from r1lite.train import checkpoint
 
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
@@ -454,15 +454,15 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes(varied_task, tmp_p
 def test_algorithm_presets_set_the_published_fields_and_explicit_keys_win():
     from r1lite.config import build
 
-    dapo = build(GRPOConfig, {"algorithm": "dapo", "max_new_tokens": 100}, presets=grpo.preset)
+    dapo = build(GRPOConfig, {"algorithm": "dapo", "max_new_tokens": 100}, presets=preset)
     assert (dapo.loss_type, dapo.epsilon_high, dapo.dynamic_sampling, dapo.overlong_buffer, dapo.beta) == ("dapo", 0.28, True, 20, 0.0)
-    dr = build(GRPOConfig, {"algorithm": "dr_grpo"}, presets=grpo.preset)
+    dr = build(GRPOConfig, {"algorithm": "dr_grpo"}, presets=preset)
     assert (dr.loss_type, dr.scale_rewards) == ("dr_grpo", "none")
-    r1 = build(GRPOConfig, {"algorithm": "r1"}, {"lr": 1e-5}, presets=grpo.preset)
+    r1 = build(GRPOConfig, {"algorithm": "r1"}, {"lr": 1e-5}, presets=preset)
     assert (r1.lr, r1.beta, r1.group_size, r1.prompts_per_step, r1.temperature, r1.ref_reset_every) == (1e-5, 0.001, 16, 32, 1.0, 400)
-    r1_g8 = build(GRPOConfig, {"algorithm": "r1", "group_size": 8}, presets=grpo.preset)
+    r1_g8 = build(GRPOConfig, {"algorithm": "r1", "group_size": 8}, presets=preset)
     assert (r1_g8.group_size, r1_g8.prompts_per_step) == (8, 32)
-    none = build(GRPOConfig, {"loss_type": "dapo"}, presets=grpo.preset)
+    none = build(GRPOConfig, {"loss_type": "dapo"}, presets=preset)
     assert (none.epsilon_high, none.dynamic_sampling, none.overlong_buffer) == (0.2, False, 0)  # today's fields
 
 
@@ -494,8 +494,8 @@ def test_a_seeded_tiny_run_reproduces_its_pinned_first_steps(varied_task, tmp_pa
 
 
 def test_seeded_sft_reproduces_its_pinned_losses():
-    from r1lite import sft
     from r1lite.models import load_model, resolve_runtime
+    from r1lite.train import sft
 
     model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
@@ -507,8 +507,8 @@ def test_seeded_sft_reproduces_its_pinned_losses():
 def test_sft_trains_more_epochs_while_asked_up_to_the_cap():
     """``again`` is asked after the planned epochs and after each extra one; the optimizer carries on
     (the first planned epochs are those of a plain 2-epoch run), and ``max_epochs`` caps it."""
-    from r1lite import sft
     from r1lite.models import load_model, resolve_runtime
+    from r1lite.train import sft
 
     def run(again, max_epochs):
         model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
@@ -532,8 +532,8 @@ def test_sft_checks_every_fraction_of_an_epoch():
     """With ``check_every`` 0.5 ``again`` is asked after the planned epochs and every half epoch
     after them (rounded to whole steps), the steps run on through the next epoch's order, and the
     cap still holds; the first steps are those of a plain run."""
-    from r1lite import sft
     from r1lite.models import load_model, resolve_runtime
+    from r1lite.train import sft
 
     def run(again, epochs, max_epochs):
         model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
@@ -559,7 +559,7 @@ def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkey
     another while their format rate is below the bar (the tiny random model never writes the
     format: it runs to cold_start_max_epochs, checked before each extra epoch and at the cap);
     without it no check runs."""
-    from r1lite import sft
+    from r1lite.train import sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
     cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_min_format=bar, cold_start_max_epochs=3,
@@ -578,7 +578,7 @@ def checks_read(monkeypatch, readings: list[float]) -> dict:
     """A self-sampled cold start on COLD_START_ROWS whose checks read ``readings`` (format 100%);
     the returned dict gets the weights at each check ("checked") and those evaluated after the SFT
     ("after_sft")."""
-    from r1lite import coldstart, sft
+    from r1lite.train import coldstart, sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
     values = iter(readings)
@@ -623,7 +623,7 @@ def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_p
     cold_start_check_every epochs after them asks for more while the accuracy on its train prompts
     is below the bar, and the cold start stops at the first check that reaches it; every check is
     in the summary."""
-    from r1lite import coldstart, sft
+    from r1lite.train import coldstart, sft
 
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
     readings = iter([{"format_rate": 1.0, "accuracy": a} for a in (0.2, 0.4, 0.5, 0.7)])

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lite.engine import kernels
-from r1lite.flops import decode_flops
+from r1lite.meter.flops import decode_flops
 from r1lite.models import ModelShape, body_weights, gqa_attention, llama_family
 
 
@@ -241,7 +241,7 @@ class LlamaDecoder:
     def flops(self, rows: int, T: int, start: int) -> float:
         """FLOPs of ``forward`` on ``rows`` x ``T`` tokens at column ``start``, as computed: every
         layer's products (padded columns included), the head on each row's last token, attention
-        (:func:`r1lite.flops.decode_flops`)."""
+        (:func:`r1lite.meter.flops.decode_flops`)."""
         return decode_flops(self.shape, self.body_params, rows, T, start,
                             body_columns=self.layers[0]["wqkv"].columns(rows * T),
                             head_columns=self.head.columns(rows, transposed=True), causal_only=self._step is not None)

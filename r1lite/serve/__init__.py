@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 def build(args):
     """The app for parsed ``serve`` flags (tests build it in-process)."""
-    from r1lite.backends import open_model
+    from r1lite.edge.backends import open_model
     from r1lite.serve.app import ServeConfig, create_app
     from r1lite.serve.guard import DEFAULT_POLICY, Guard, Judge, Policy
 

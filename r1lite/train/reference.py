@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from r1lite.distributed import full_state, local_like
 from r1lite.errors import UsageError
 from r1lite.files import atomic_write
-from r1lite.policy import Policy
+from r1lite.train.distributed import full_state, local_like
+from r1lite.train.policy import Policy
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:

@@ -4,7 +4,7 @@ run unchanged, with a model card that says where it came from.
 GGUF in two steps (gpt-fast's split): write an F16 file with the ``gguf`` package — the tensors
 under llama.cpp's names (q/k rows permuted for its rotary layout on Llama), the tokenizer with
 llama.cpp's pre-tokenizer name and the end-of-turn token as eos, a chat template that applies the
-run's prompt format (:mod:`r1lite.chat_format`), and the model card's facts as metadata — then,
+run's prompt format (:mod:`r1lite.edge.chat_format`), and the model card's facts as metadata — then,
 for Q8_0, Q4_0 and Q4_K_M, quantize it with llama.cpp's own quantizer. The file is written under a
 temporary name and renamed at the end; beside it goes ``<stem>.Modelfile`` for Ollama.
 """
@@ -24,11 +24,16 @@ import torch
 import yaml
 
 from r1lite import __version__, tasks
-from r1lite.chat_format import PromptFormat, jinja_template, modelfile, prompt_format
 from r1lite.config import opt
+from r1lite.edge.chat_format import (
+    PromptFormat,
+    jinja_template,
+    modelfile,
+    prompt_format,
+)
 from r1lite.errors import UsageError
 from r1lite.files import atomic_dir, atomic_write, write_text
-from r1lite.models import EMBEDDED_NAME, TURN_END, load_model, resolve_path, resolve_runtime
+from r1lite.models import TURN_END, load_model, resolve_path, resolve_runtime
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 QUANTS = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}

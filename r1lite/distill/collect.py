@@ -2,7 +2,7 @@
 
 R1's small models were SFT on ~800K samples from the big model, kept only where they were right
 (rejection sampling). Here: ``--n`` prompts of a task's ``--split``, ``--samples-per-prompt``
-answers each from a teacher (:mod:`r1lite.teachers`), and for each answer, in this order:
+answers each from a teacher (:mod:`r1lite.distill.teachers`), and for each answer, in this order:
 
 1. the prompt's question is decontaminated before anything is asked: a question sharing a word
    8-gram with the task's held-out split or a ``--decontaminate`` file is not asked (counted);
@@ -38,12 +38,20 @@ from pathlib import Path
 
 from r1lite import __version__, rewards, tasks
 from r1lite.config import opt
-from r1lite.contamination import NGRAM, references
-from r1lite.traces import STAGES, card_markdown, sibling
+from r1lite.distill.contamination import NGRAM, references
+from r1lite.distill.teachers import (
+    Answer,
+    Ask,
+    EndpointConfig,
+    EndpointTeacher,
+    Failure,
+    LocalTeacher,
+    TeacherSampling,
+    now,
+)
+from r1lite.distill.traces import STAGES, card_markdown, sibling
 from r1lite.errors import UsageError
 from r1lite.files import append_jsonl, read_jsonl, write_json, write_text
-from r1lite.teachers import Answer, Ask, EndpointConfig, EndpointTeacher, Failure, LocalTeacher, TeacherSampling, now
-
 
 
 @dataclass

@@ -25,9 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from r1lite.distributed import full_state, local_like
 from r1lite.errors import UsageError
 from r1lite.files import atomic_dir, write_text
+from r1lite.train.distributed import full_state, local_like
 
 
 def trainable_state(model, keep: bool = True) -> dict[str, torch.Tensor | None]:

@@ -4,7 +4,7 @@ and lets the model answer)."""
 
 from __future__ import annotations
 
-from r1lite.backends import Backend, open_model
+from r1lite.edge.backends import Backend, open_model
 from r1lite.engine import Request, Sampling
 from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
 from r1lite.errors import UsageError

@@ -4,7 +4,7 @@ A run is priced from one row of :data:`HARDWARE` (``--hardware``, or ``auto``: t
 uses), with ``--watts`` and ``--usd-per-hour`` overriding the row. Names are case-insensitive
 (``h100`` is ``H100``); a wrong one is an error that lists the known ones.
 
-Speeds serve the datasheet estimate (:mod:`r1lite.estimate`): ``peak_flops`` is the datasheet's
+Speeds serve the datasheet estimate (:mod:`r1lite.cost.estimate`): ``peak_flops`` is the datasheet's
 dense bf16 figure, and the throughputs an estimate assumes are a stated fraction of it (the
 utilisation, ``train_flops_per_s / peak_flops``). A measured run's cost uses wall time alone, so a
 wrong throughput only moves an estimate.

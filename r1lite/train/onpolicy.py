@@ -9,7 +9,7 @@ the reverse KL between the two there::
 
     l_t = KL(π_θ(· | q, o_<t) || π_T(· | q, o_<t)) = Σ_v π_θ(v | ·) (log π_θ(v | ·) − log π_T(v | ·))
 
-aggregated over positions by the run's ``loss_type`` weights (:func:`r1lite.grpo.token_weights`;
+aggregated over positions by the run's ``loss_type`` weights (:func:`r1lite.train.grpo.token_weights`;
 ``dapo``'s token mean by default). ``reverse_kl`` in the metrics is the mean l_t over the counted
 positions. Reverse KL is mode-seeking: the student is pushed off what the teacher finds unlikely
 rather than made to cover everything the teacher might say.
@@ -28,9 +28,15 @@ from __future__ import annotations
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.grpo import GRPOConfig, token_weights
 from r1lite.models import load_model
-from r1lite.policy import apply_update, completion_hidden, make_group_batch, pass_flops
+from r1lite.train.config import GRPOConfig
+from r1lite.train.grpo import token_weights
+from r1lite.train.policy import (
+    apply_update,
+    completion_hidden,
+    make_group_batch,
+    pass_flops,
+)
 
 CHUNK_POSITIONS = 128
 """Positions whose [positions, vocabulary] logits are held at once (25 MB each for a 49k vocabulary)."""

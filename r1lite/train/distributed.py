@@ -28,11 +28,11 @@ rather than overlapped with the backward pass as DDP does, because ranks run dif
 micro-batches (dynamic sampling and skipped groups leave them unequal) and DDP needs equal ones.
 
 FSDP2 (``--fsdp``, :meth:`World.shard`) shards weights, gradients and optimizer states: one unit
-per decoder layer (:class:`r1lite.policy.LayerPass`) and the rest (embeddings, final norm, head) in
-the root unit, the :class:`r1lite.policy.Policy`. Its gradients are reduced in the backward pass,
+per decoder layer (:class:`r1lite.train.policy.LayerPass`) and the rest (embeddings, final norm, head) in
+the root unit, the :class:`r1lite.train.policy.Policy`. Its gradients are reduced in the backward pass,
 summed like the rest. Each training pass gathers weights, so FSDP needs every rank to run the same
 number of passes; a rank with fewer makes up the difference with weight-0 passes
-(:func:`r1lite.policy.dummy_batch`). The rollout engine gets the full weights gathered once per
+(:func:`r1lite.train.policy.dummy_batch`). The rollout engine gets the full weights gathered once per
 step (:meth:`World.full_weights`); checkpoints hold full tensors, gathered from every rank and
 written by rank 0 (:func:`full_tensor`), so a run saved at one world size resumes at another.
 """

@@ -21,12 +21,19 @@ import torch
 
 from r1lite import rewards, tasks
 from r1lite.config import opt
-from r1lite.distributed import World
-from r1lite.errors import UsageError
+from r1lite.distill.traces import card_notice, read_pairs
 from r1lite.engine import Request, Sampling, derive_seed
-from r1lite.policy import Policy, adamw, apply_update, dummy_batch, make_group_batch, pass_flops
+from r1lite.errors import UsageError
 from r1lite.prompts import encode_messages, item_prompts
-from r1lite.traces import card_notice, read_pairs
+from r1lite.train.distributed import World
+from r1lite.train.policy import (
+    Policy,
+    adamw,
+    apply_update,
+    dummy_batch,
+    make_group_batch,
+    pass_flops,
+)
 
 
 @dataclass
@@ -108,7 +115,7 @@ def sft_steps(policy: Policy, tokenizer, pairs: list[tuple[list[int], list[int]]
     as the caller draws.
 
     Each item is that step's metrics: ``epoch``, ``loss`` (token-mean NLL), ``tokens``, ``flops``
-    (forward and backward as computed, :func:`r1lite.policy.pass_flops`). The model stays in eval
+    (forward and backward as computed, :func:`r1lite.train.policy.pass_flops`). The model stays in eval
     mode: no dropout, so the loss is that of the model as it samples. ``world``: under torchrun
     each rank trains on its contiguous share of every batch and the gradients are summed (the loss
     is each batch's token mean on every rank); every rank has all ``pairs``.

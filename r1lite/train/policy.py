@@ -16,7 +16,7 @@ each chunk's logits), so a 49k-token vocabulary costs memory for one chunk, not 
 Log-probs are those of the distribution the rollouts sampled from: logits divided by the sampling
 temperature (as TRL and verl do). Training reaches the model only through :class:`Policy`, one
 module whose forward is this computation, and each decoder layer through a :class:`LayerPass`
-module, so FSDP2 can shard the model layer by layer (:mod:`r1lite.distributed`).
+module, so FSDP2 can shard the model layer by layer (:mod:`r1lite.train.distributed`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from r1lite.distributed import full_tensor
-from r1lite.flops import Weights, train_pass_flops
-from r1lite.models import ModelShape, body_weights, gqa_attention, left_pad, llama_family, shared_prefix
+from r1lite.meter.flops import Weights, train_pass_flops
+from r1lite.models import (
+    ModelShape,
+    body_weights,
+    gqa_attention,
+    left_pad,
+    llama_family,
+    shared_prefix,
+)
+from r1lite.train.distributed import full_tensor
 
 CHUNK_POSITIONS = 128
 """Positions per chunk of the fused vocabulary projection + log-softmax: 128 x 49k fp32 logits are
@@ -150,7 +157,7 @@ def _unwrapped(model):
 
 def pass_flops(model, batch: GroupBatch, backward: bool) -> float:
     """FLOPs of :func:`completion_logprobs` on ``batch`` as it computes them, and of its backward
-    (:func:`r1lite.flops.train_pass_flops`, which the estimate uses too)."""
+    (:func:`r1lite.meter.flops.train_pass_flops`, which the estimate uses too)."""
     base = _unwrapped(model)
     P, Lp = batch.prompt_ids.shape
     N, Lc = batch.completion_ids.shape

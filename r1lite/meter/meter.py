@@ -1,13 +1,13 @@
 """The cost meter: FLOPs, device-hours, energy and money for every run, and the cost block it reports.
 
 :class:`CostMeter` runs alongside a run: code adds FLOPs by phase (counted as computed,
-:mod:`r1lite.flops`) and times phases with ``with meter.phase("rollout"):``. :func:`cost_report`
-builds the JSON-ready cost block that ``summary.json`` keeps; :mod:`r1lite.estimate` returns the
+:mod:`r1lite.meter.flops`) and times phases with ``with meter.phase("rollout"):``. :func:`cost_report`
+builds the JSON-ready cost block that ``summary.json`` keeps; :mod:`r1lite.cost.estimate` returns the
 same block before a run starts (``"estimated": true``).
 
 Money is device-hours × rental price, charging every wall-clock second of the run, in a phase or
 not: a rented device costs the same while it waits on Python. Energy is measured where the machine
-exposes a counter (:mod:`r1lite.energy`: RAPL for CPUs, NVML for NVIDIA GPUs), else busy power ×
+exposes a counter (:mod:`r1lite.meter.energy`: RAPL for CPUs, NVML for NVIDIA GPUs), else busy power ×
 time; ``energy_source`` says which. What is *not* counted is listed in every block under
 ``leaves_out``. :func:`cost_per_point` divides each stage's cost by the held-out accuracy it gained.
 """
@@ -20,9 +20,9 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
-from r1lite.energy import Counter
 from r1lite.errors import UsageError
-from r1lite.hardware import Hardware
+from r1lite.meter.energy import Counter
+from r1lite.meter.hardware import Hardware
 
 LEAVES_OUT = [
     "failed runs, ablations and hyperparameter searches", "data preparation and teacher API calls",
@@ -35,7 +35,7 @@ LEAVES_OUT = [
 def price(device_hours: float, hardware: Hardware, usd_per_hour: float | None = None) -> float:
     """Dollars for ``device_hours`` at the table's rental price, or at ``usd_per_hour`` when given.
 
-    >>> from r1lite.hardware import HARDWARE
+    >>> from r1lite.meter.hardware import HARDWARE
     >>> price(2_788_000, HARDWARE["H800"]), price(10, HARDWARE["H100"], usd_per_hour=0)
     (5576000.0, 0.0)
     """
@@ -114,7 +114,7 @@ class CostMeter:
     ``torchrun`` every rank meters its own device (time, FLOPs, and energy where its counter
     reads); :func:`combine` sums them into the job's (rank 0's report and checkpoints hold that).
     ``clock`` is injectable so tests need not sleep; ``energy`` is an open counter
-    (:func:`r1lite.energy.open_counter`), or None with ``no_energy_reason`` saying why.
+    (:func:`r1lite.meter.energy.open_counter`), or None with ``no_energy_reason`` saying why.
     """
 
     def __init__(self, hardware: Hardware, devices: int = 1, pue: float = 1.0,
@@ -338,7 +338,7 @@ def per_point(row: dict) -> str:
 def format_cost(report: dict) -> str:
     """The one-line cost summary printed at the end of a run (or of ``r1lite cost``).
 
-    >>> from r1lite.hardware import HARDWARE
+    >>> from r1lite.meter.hardware import HARDWARE
     >>> clock = iter([0.0, 180.0]).__next__
     >>> meter = CostMeter(HARDWARE["cpu"], clock=clock)
     >>> meter.add_flops("train", 1.2e15)

@@ -7,12 +7,12 @@ Run directory::
     metrics.jsonl      one row per GRPO step
     summary.json       evaluations, cost, status (written as each phase ends)
     cold_start.jsonl   the cold-start traces with provenance (when a cold start ran)
-    checkpoints/       the latest checkpoint (see r1lite.checkpoint)
+    checkpoints/       the latest checkpoint (see r1lite.train.checkpoint)
     final/             the trained model as a Hugging Face directory (safetensors)
     report.html        plots and tables (plots/*.png)
 
 Under torchrun every rank runs this same trainer on its share of the work and rank 0 alone writes
-the run directory (:mod:`r1lite.distributed`). A resumed run reads it on every rank, so ``--out``
+the run directory (:mod:`r1lite.train.distributed`). A resumed run reads it on every rank, so ``--out``
 must be on a filesystem every node sees; it may resume with another number of processes.
 """
 
@@ -27,18 +27,36 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import checkpoint, coldstart, cost, distributed, evaluate, grpo, onpolicy, report, rollout, tasks
+from r1lite import evaluate, report, tasks
 from r1lite.config import dump_yaml, to_dict
-from r1lite.energy import open_counter
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
-from r1lite.files import DiskFull, append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
-from r1lite.grpo import LAUNCH_KEYS, GRPOConfig
-from r1lite.hardware import CostConfig
+from r1lite.files import (
+    DiskFull,
+    append_jsonl,
+    atomic_dir,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from r1lite.meter import meter
+from r1lite.meter.energy import open_counter
+from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
-from r1lite.policy import Policy, adamw, apply_update, dummy_batch, make_group_batch, pass_flops
 from r1lite.progress import progress
-from r1lite.reference import Reference
+from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout
+from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
+from r1lite.train.policy import (
+    Policy,
+    adamw,
+    apply_update,
+    dummy_batch,
+    make_group_batch,
+    pass_flops,
+)
+from r1lite.train.reference import Reference
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
 
@@ -145,7 +163,7 @@ class Trainer:
             hardware = CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(
                 device_kind(self.runtime))
             counter, no_counter = open_counter(self.runtime.device.type, self.runtime.device.index or 0)
-            self.meter = cost.CostMeter(hardware, energy=counter, no_energy_reason=no_counter)
+            self.meter = meter.CostMeter(hardware, energy=counter, no_energy_reason=no_counter)
             self.model, self.tokenizer = self.build_model()
             self.policy = Policy(self.model, cfg.temperature)
             if cfg.fsdp:
@@ -280,7 +298,7 @@ class Trainer:
             self.save_summary()
 
     def cold_start(self) -> None:
-        """R1's cold start (:mod:`r1lite.coldstart`): SFT on verified traces, the model's own answers
+        """R1's cold start (:mod:`r1lite.train.coldstart`): SFT on verified traces, the model's own answers
         or (cold_start_data, cold_start_teacher) a teacher's, then the evaluation after it. Done as
         one unit: its checkpoint is written before the summary says it is done, so a stop in
         between redoes it on resume."""
@@ -314,7 +332,7 @@ class Trainer:
     def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
         """Every rank calls it (the job's cost and FSDP's shards are gathered); rank 0 writes."""
         state = {"data_position": self.data_position, "world_size": self.world.size,
-                 "cost": cost.combine(self.world.gather(self.meter.state_dict())),
+                 "cost": meter.combine(self.world.gather(self.meter.state_dict())),
                  "cold_start_done": bool(self.summary.get("cold_start_done") if cold_start_done is None else cold_start_done),
                  "reference_step": None if self.reference is None else self.reference.step}
         checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, write=self.world.main)
@@ -324,7 +342,7 @@ class Trainer:
     # -- GRPO -------------------------------------------------------------------------------------
 
     def rollout(self) -> tuple[list[dict], dict]:
-        """One step's groups (:func:`r1lite.rollout.sample_groups`): this rank's kept ones, and in
+        """One step's groups (:func:`r1lite.train.rollout.sample_groups`): this rank's kept ones, and in
         ``info`` what every rank saw."""
         self.sync_engine()
         stats = GenerationStats()
@@ -425,7 +443,7 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": int(train_tokens)}
 
     def distill_step(self, groups: list[dict]) -> dict:
-        """On-policy distillation's update (objective on_policy_distill): :func:`r1lite.onpolicy.train_step`."""
+        """On-policy distillation's update (objective on_policy_distill): :func:`r1lite.train.onpolicy.train_step`."""
         train, flops, teacher_flops = onpolicy.train_step(self.model, self.teacher, self.optimizer, self.scheduler,
                                                           self.params, groups, self.cfg, self.runtime.autocast,
                                                           self.tokenizer.pad_token_id, self.runtime.device)
@@ -544,8 +562,8 @@ class Trainer:
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
-        self.summary["cost_per_point"] = cost.cost_per_point(self.summary)
-        self.summary["cost"]["teacher"] = cost.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
+        self.summary["cost_per_point"] = meter.cost_per_point(self.summary)
+        self.summary["cost"]["teacher"] = meter.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
         self.save_summary()
         if not self.world.main:
             return
@@ -566,8 +584,8 @@ class Trainer:
         line = report.headline(self.summary)
         if line:
             self.console.print(line)
-        self.console.print(cost.format_cost(self.summary["cost"]))
+        self.console.print(meter.format_cost(self.summary["cost"]))
         for row in self.summary["cost_per_point"]:
-            self.console.print(f"{row['stage']}: {row['points']:+.1f} points for {cost.usd(row['usd'])} "
-                               f"({cost.per_point(row)} per point)")
+            self.console.print(f"{row['stage']}: {row['points']:+.1f} points for {meter.usd(row['usd'])} "
+                               f"({meter.per_point(row)} per point)")
         self.console.print(f"report: {report_path}")

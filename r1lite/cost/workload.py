@@ -1,7 +1,7 @@
 """What a run's sequences are assumed to look like, before it runs: completion lengths, how many
 groups score alike (and are left out of the train step), the traces a cold start keeps.
 
-A :class:`Workload` comes from the probe (:mod:`r1lite.probe`: the untrained model on this
+A :class:`Workload` comes from the probe (:mod:`r1lite.cost.probe`: the untrained model on this
 machine), from an earlier run of the recipe (``--like``: :func:`run_workload`), or from upper
 bounds (:func:`unprobed_workload`), with flags in place of any figure (:class:`Overrides`). A run
 without a cold start (R1-Zero) is assumed to move from the untrained model's samples toward its
@@ -20,8 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from r1lite.grpo import LANDING_CHECKS, GRPOConfig
+from r1lite.train.config import LANDING_CHECKS, GRPOConfig
 
 
 @dataclass(frozen=True)

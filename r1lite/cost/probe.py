@@ -1,6 +1,6 @@
 """The probe behind ``r1lite cost``'s measured estimate: a minute at most of the recipe's own code.
 
-The probe builds the run's :class:`~r1lite.trainer.Trainer` in a temporary directory and times,
+The probe builds the run's :class:`~r1lite.train.trainer.Trainer` in a temporary directory and times,
 on this machine, in the recipe's precision:
 
 1. setup: loading the model, the optimizer and the engine (``Trainer.setup``);
@@ -31,14 +31,15 @@ from pathlib import Path
 
 import torch
 
-from r1lite import grpo, report, rollout, sft
-from r1lite.work import DecodeFlops, Speed
+from r1lite import report
+from r1lite.cost.work import DecodeFlops, Speed
+from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
-from r1lite.flops import Weights
+from r1lite.meter.flops import Weights
 from r1lite.models import ModelShape
-from r1lite.grpo import GRPOConfig
 from r1lite.prompts import item_prompts
-from r1lite.workload import Workload, mean
+from r1lite.train import grpo, rollout, sft
+from r1lite.train.config import GRPOConfig
 
 PROBE_SECONDS = 60.0
 """What the probe aims to stay under; a recipe too big for this machine says so in its notes."""
@@ -94,8 +95,8 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
     """Measure the recipe on this machine (see the module docstring)."""
     from rich.console import Console
 
-    from r1lite.policy import model_shape, model_weights
-    from r1lite.trainer import Trainer
+    from r1lite.train.policy import model_shape, model_weights
+    from r1lite.train.trainer import Trainer
 
     if cfg.model == "default":  # its one-time cache build is not a run's setup: out of the timing
         from r1lite.models import embedded_checkpoint
@@ -182,12 +183,12 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     """Completion lengths of the untrained model decoded greedily (as the run evaluates) on up to
     ``EVAL_SAMPLE`` of the run's held-out items, for each evaluation of the untrained model (keyed
     by its summary key) and, for a run without a cold start, in the recipe's format (key
-    ``greedy``: where its rollouts are assumed to end, see :class:`~r1lite.workload.Workload`;
+    ``greedy``: where its rollouts are assumed to end, see :class:`~r1lite.cost.workload.Workload`;
     the rollout batch's prompts when the run holds no items out). Greedy answers are far shorter
     than the temperature-1 samples of the rollout batch. Also the rewards of the ``greedy``
     answers, as the recipe scores a rollout (empty without held-out items or that key)."""
+    from r1lite.cost.work import eval_phases
     from r1lite.engine import Request, Sampling
-    from r1lite.work import eval_phases
 
     wanted = {key: fmt for key, fmt, trained in eval_phases(cfg) if not trained}
     if not cfg.cold_start_items:

@@ -1,7 +1,7 @@
 """What a GRPO run computes, phase by phase: the tokens, FLOPs and batches of its evaluations,
 its cold start and its steps, counted with the meter's own formulas on the run's real prompts, and
-the seconds that work takes at a given :class:`Speed`. ``r1lite cost`` (:mod:`r1lite.estimate`)
-and the probe (:mod:`r1lite.probe`) both build on it.
+the seconds that work takes at a given :class:`Speed`. ``r1lite cost`` (:mod:`r1lite.cost.estimate`)
+and the probe (:mod:`r1lite.cost.probe`) both build on it.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from r1lite import tasks
-from r1lite.flops import Weights, decode_flops, train_pass_flops
+from r1lite.cost.workload import Workload, lengths_like, step_points
+from r1lite.meter.flops import Weights, decode_flops, train_pass_flops
+from r1lite.meter.hardware import Hardware
 from r1lite.models import ModelShape, shared_prefix
-from r1lite.grpo import GRPOConfig
-from r1lite.hardware import Hardware
 from r1lite.prompts import item_prompts
-from r1lite.workload import Workload, lengths_like, step_points
+from r1lite.train.config import GRPOConfig
 
 DecodeFlops = Callable[[int, int, int], float]
 """FLOPs of one decoder forward on ``rows`` x ``T`` tokens at column ``start``."""
@@ -111,7 +111,7 @@ def train_work(shape: ModelShape, weights: Weights, prompts: list[list[int]], le
 
 def _chunk_shape(prompts: list[list[int]]) -> tuple[int, int, int]:
     """(prompts, width after the shared prefix, shared prefix) of a train pass over ``prompts``, as
-    :func:`r1lite.policy.make_group_batch` lays them out."""
+    :func:`r1lite.train.policy.make_group_batch` lays them out."""
     shared = shared_prefix(prompts) if len(prompts) > 1 else 0
     return len(prompts), max(len(p) for p in prompts) - shared, shared
 

@@ -6,8 +6,8 @@ Two kinds of formula:
   weights plus attention, backward ≈ 2× forward — for published arithmetic and quick checks;
 - the as-computed ones (:func:`decode_flops`, :func:`train_pass_flops`): what r1lite's decode
   step and training forward actually compute, padding included. The decoders
-  (:mod:`r1lite.engine.decoders`) and :func:`r1lite.policy.pass_flops` meter a run with them, and
-  :mod:`r1lite.estimate` predicts a run with the very same functions, so an estimate and the
+  (:mod:`r1lite.engine.decoders`) and :func:`r1lite.train.policy.pass_flops` meter a run with them, and
+  :mod:`r1lite.cost.estimate` predicts a run with the very same functions, so an estimate and the
   meter cannot drift apart.
 
 ``N`` in the textbook formulas is the number of *matmul parameters* (:func:`matmul_params`): all
@@ -93,7 +93,7 @@ def decode_flops(shape: ModelShape, body_params: int, rows: int, T: int, start: 
 
 def train_pass_flops(shape: ModelShape, weights: Weights, P: int, Lp: int, N: int, Lc: int, M: int,
                      backward: bool, Lx: int = 0) -> float:
-    """FLOPs of r1lite's training forward (:func:`r1lite.policy.completion_logprobs`) on a shared
+    """FLOPs of r1lite's training forward (:func:`r1lite.train.policy.completion_logprobs`) on a shared
     prefix of ``Lx`` tokens, ``P`` prompts of width ``Lp`` after it and ``N`` completions of width
     ``Lc`` holding ``M`` real tokens, and of its backward.
 

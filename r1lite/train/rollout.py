@@ -3,7 +3,7 @@ rewards, keep the groups DAPO's dynamic sampling keeps (refilling with new promp
 metrics row.
 
 Under torchrun each rank samples its contiguous share of every round's prompts
-(:meth:`r1lite.distributed.World.span`) with the seed of the prompt's index in the whole round,
+(:meth:`r1lite.train.distributed.World.span`) with the seed of the prompt's index in the whole round,
 then the groups' rewards and lengths are gathered: every rank knows what the whole batch kept, so
 the refill rounds, and the metrics, are those of one process.
 """
@@ -14,11 +14,12 @@ from collections.abc import Callable
 
 import torch
 
-from r1lite import grpo, rewards, tasks
-from r1lite.distributed import World
+from r1lite import rewards, tasks
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
-from r1lite.grpo import GRPOConfig
 from r1lite.prompts import item_prompts
+from r1lite.train import grpo
+from r1lite.train.config import GRPOConfig
+from r1lite.train.distributed import World
 
 
 def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: World, step: int,

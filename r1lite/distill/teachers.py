@@ -326,7 +326,7 @@ class LocalTeacher:
     """A model ``--model`` takes, through the engine (PyTorch, or llama.cpp for a GGUF)."""
 
     def __init__(self, spec: str, sampling: TeacherSampling, concurrency: int, device: str, dtype: str):
-        from r1lite.backends import open_model
+        from r1lite.edge.backends import open_model
 
         self.spec, self.sampling = spec, sampling
         self.backend = open_model(spec, device, dtype, max_rows=concurrency)

@@ -3,7 +3,7 @@ on llama.cpp (:mod:`r1lite.engine.llamacpp`) — the same interface either way, 
 ``serve``, evaluation and distillation with a local teacher.
 
 A run directory brings its prompt format (the instruction around a question, a ``<think>``
-prefill: :func:`r1lite.chat_format.prompt_format`); a GGUF exported by r1lite has that format in
+prefill: :func:`r1lite.edge.chat_format.prompt_format`); a GGUF exported by r1lite has that format in
 its own chat template already.
 """
 
@@ -15,11 +15,16 @@ from pathlib import Path
 import yaml
 
 from r1lite import tasks
-from r1lite.chat_format import PromptFormat, prompt_format
+from r1lite.edge.chat_format import PromptFormat, prompt_format
 from r1lite.engine import Engine, make_engine
 from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
 from r1lite.errors import UsageError
-from r1lite.models import check_special_tokens, load_model, resolve_runtime, stop_token_ids
+from r1lite.models import (
+    check_special_tokens,
+    load_model,
+    resolve_runtime,
+    stop_token_ids,
+)
 from r1lite.prompts import encode_messages
 
 

@@ -22,17 +22,18 @@ from pathlib import Path
 
 import torch
 
-from r1lite import distill, sft, tasks
+from r1lite import tasks
 from r1lite.config import build
-from r1lite.distill import DistillConfig
-from r1lite.distributed import World
+from r1lite.distill.collect import DistillConfig, collect
+from r1lite.distill.traces import card_notice, read_pairs, sibling
 from r1lite.engine import GenerationStats
 from r1lite.errors import UsageError
 from r1lite.files import write_jsonl
-from r1lite.grpo import LANDING_CHECKS
-from r1lite.policy import Policy
 from r1lite.progress import progress
-from r1lite.traces import card_notice, read_pairs, sibling
+from r1lite.train import sft
+from r1lite.train.config import LANDING_CHECKS
+from r1lite.train.distributed import World
+from r1lite.train.policy import Policy
 
 
 def self_sampled(cfg, engine, tokenizer, task: tasks.Task, world: World, meter, console,
@@ -228,7 +229,7 @@ RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "n", "samples_
 
 
 def distill_config(cfg) -> DistillConfig:
-    """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.grpo.GRPOConfig`):
+    """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.train.config.GRPOConfig`):
     ``cold_start_items`` train prompts x ``cold_start_samples`` at ``cold_start_temperature``, each
     within ``max_new_tokens`` (a longer trace could not be learnt), into ``<out>/distill.jsonl``."""
     fixed = sorted(set(cfg.distill_options) & set(RUN_KEYS))
@@ -251,7 +252,7 @@ def teacher_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tu
         info = {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     else:
         with meter.phase("teacher_sampling"):
-            card = distill.collect(distill_cfg, console)
+            card = collect(distill_cfg, console)
         if card["compute"] is not None:
             meter.add_flops("teacher_sampling", card["compute"]["flops"])
         if not card["counts"]["kept"]:

@@ -1,6 +1,6 @@
 """A run's cost before it starts: the work a GRPO recipe does, phase by phase, and two ways to time it.
 
-The work is counted with the meter's own formulas (:mod:`r1lite.flops`, and the decoder's own
+The work is counted with the meter's own formulas (:mod:`r1lite.meter.flops`, and the decoder's own
 ``flops`` when the model is loaded here), on the run's real prompts (its eval items, cold-start
 items and a sample of its train items, tokenized), following what the trainer does:
 
@@ -14,8 +14,8 @@ items and a sample of its train items, tokenized), following what the trainer do
   held), in micro-batches of whole groups, ``mu`` updates.
 
 What a run's sequences will look like cannot be known before it runs: a
-:class:`~r1lite.workload.Workload` holds the assumptions (completion lengths, the fraction of
-groups skipped, the traces a cold start keeps), measured by the probe (:mod:`r1lite.probe`), read
+:class:`~r1lite.cost.workload.Workload` holds the assumptions (completion lengths, the fraction of
+groups skipped, the traces a cold start keeps), measured by the probe (:mod:`r1lite.cost.probe`), read
 from an earlier run or given as flags, and every estimate lists them.
 
 The time comes from either of two :class:`Speed` figures: measured (the probe's throughput on this
@@ -30,19 +30,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1lite import tasks
-from r1lite.cost import cost_report, human_seconds
-from r1lite.models import ModelShape
-from r1lite.grpo import GRPOConfig
-from r1lite.hardware import Hardware
-from r1lite.work import (
-    PhaseWork, Speed, checkpoints, datasheet_speed, phase_seconds, plain_decode_flops, run_prompts, run_work,
+from r1lite.cost.work import (
+    PhaseWork,
+    Speed,
+    checkpoints,
+    datasheet_speed,
+    phase_seconds,
+    plain_decode_flops,
+    run_prompts,
+    run_work,
 )
-from r1lite.workload import Overrides, apply_overrides, like_or, unprobed_workload, workload_notes
+from r1lite.cost.workload import (
+    Overrides,
+    apply_overrides,
+    like_or,
+    unprobed_workload,
+    workload_notes,
+)
+from r1lite.meter.hardware import Hardware
+from r1lite.meter.meter import cost_report, human_seconds
+from r1lite.models import ModelShape
+from r1lite.train.config import GRPOConfig
 
 
 def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware: Hardware, devices: int,
              pue: float, n_layers: int, assumptions: list[str]) -> dict:
-    """The cost block (:func:`r1lite.cost.cost_report`, ``"estimated": true``) of a run at ``speed``."""
+    """The cost block (:func:`r1lite.meter.meter.cost_report`, ``"estimated": true``) of a run at ``speed``."""
     seconds = {name: phase_seconds(w, speed, n_layers, devices) for name, w in work.items()}
     outside = speed.setup_seconds + checkpoints(cfg) * speed.checkpoint_seconds + speed.report_seconds
     outside += speed.checkpoint_seconds  # the final model, saved like a checkpoint
@@ -65,7 +78,7 @@ def phase_table(blocks: dict[str, dict]):
     """A rich table of the estimates side by side: time and FLOPs by phase, then the totals."""
     from rich.table import Table
 
-    from r1lite.cost import human_flops, short_number, usd
+    from r1lite.meter.meter import human_flops, short_number, usd
 
     table = Table(title="estimate before the run")
     table.add_column("")
@@ -89,7 +102,7 @@ def phase_table(blocks: dict[str, dict]):
 def known_shape(spec: str) -> ModelShape | None:
     """The shape of a model that is not to be loaded here: a built-in table row, or a local
     ``config.json`` (a file, or a directory with no weights beside it); None for a loadable model."""
-    from r1lite.flops import config_shape, table_shape
+    from r1lite.meter.flops import config_shape, table_shape
 
     path = Path(spec).expanduser()
     if path.is_file() or (path.is_dir() and (path / "config.json").exists()
@@ -101,8 +114,13 @@ def known_shape(spec: str) -> ModelShape | None:
 def loadable_shape(spec: str) -> ModelShape:
     """The shape of a model this machine can load, read from its config alone."""
     from r1lite.errors import UsageError
-    from r1lite.flops import SHAPES, config_shape
-    from r1lite.models import embedded_checkpoint, load_tokenizer, resolve_path, tiny_config
+    from r1lite.meter.flops import SHAPES, config_shape
+    from r1lite.models import (
+        embedded_checkpoint,
+        load_tokenizer,
+        resolve_path,
+        tiny_config,
+    )
 
     if spec == "tiny":
         tokenizer = load_tokenizer("tiny")
@@ -117,8 +135,8 @@ def loadable_shape(spec: str) -> ModelShape:
 def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool, console) -> dict[str, dict]:
     """``r1lite cost``: the measured estimate (when the probe ran on the hardware priced) and the
     datasheet one, each a cost block, keyed by method."""
-    from r1lite.flops import full_weights, lora_weights
-    from r1lite.hardware import CostConfig
+    from r1lite.meter.flops import full_weights, lora_weights
+    from r1lite.meter.hardware import CostConfig
     from r1lite.models import device_kind, load_tokenizer, resolve_runtime
 
     runtime = resolve_runtime(cfg.device, cfg.dtype)
@@ -128,7 +146,7 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
     notes: list[str] = []
     measured = None
     if shape is None and probe:
-        from r1lite.probe import run_probe
+        from r1lite.cost.probe import run_probe
 
         measured = run_probe(cfg, console)
         shape, weights, flops = measured.shape, measured.weights, measured.decode_flops

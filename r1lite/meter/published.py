@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1lite.cost import human_flops, short_number, usd
 from r1lite.errors import UsageError
-from r1lite.hardware import HARDWARE
+from r1lite.meter.hardware import HARDWARE
+from r1lite.meter.meter import human_flops, short_number, usd
 
 DEEPSEEK_V3_GPU_HOURS = {"pre-training": 2_664_000, "context extension": 119_000, "post-training": 5_000}
 """H800 GPU-hours of DeepSeek-V3's final training run, quoted from the DeepSeek-V3 Technical Report

@@ -1,0 +1,158 @@
+"""GRPO: group-relative advantages and the clipped policy loss, with the variants practitioners use.
+
+For a prompt q the policy samples a group of G completions o_1..o_G with rewards r_1..r_G.
+
+Advantage (every token of o_i gets the same one)::
+
+    A_i = (r_i - mean(r_1..r_G)) / (s + 1e-4)
+
+with ``s`` = the group's std (``scale_rewards="group"``, GRPO), the whole batch's std
+(``"batch"``), or 1 (``"none"``, Dr. GRPO). std is the unbiased one, as in TRL.
+
+Per-token objective, with ratio ρ_t = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_<t)::
+
+    l_t = -min(ρ_t A, clip(ρ_t, 1 - ε, 1 + ε_high) A) + β · KL_t
+    KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1           (the k3 estimator, always ≥ 0)
+
+``ε_high > ε`` is DAPO's clip-higher. π_old is the policy that sampled the batch: with ``mu=1`` it
+equals π_θ, so ρ_t = 1 in value and only its gradient matters (no extra forward pass is made).
+With ``beta=0`` no reference model is held.
+
+Aggregation over the N = (groups · G) completions of a batch, |o_i| = counted tokens of o_i:
+
+- ``grpo``:    L = 1/N Σ_i 1/|o_i| Σ_t l_i,t            (per-sequence mean, then mean; DeepSeekMath)
+- ``dapo``:    L = Σ_i Σ_t l_i,t / Σ_i |o_i|             (token-level mean; DAPO)
+- ``dr_grpo``: L = Σ_groups Σ_{i∈g} Σ_t l_i,t / (G · L_max) (Dr. GRPO), L_max = the configured max
+  new tokens. Departure: the Dr. GRPO paper and TRL divide by N · L_max (a mean over groups);
+  r1lite normalises each group by G · L_max and sums over groups, so a batch with more prompts
+  carries proportionally more gradient.
+
+Each aggregation is a fixed weight per token (:func:`token_weights`), so splitting a batch into
+micro-batches for memory gives exactly the same loss and gradient.
+
+Other departures from the GRPO paper: completions that hit the token budget can be left out of the
+loss (``mask_truncated``, DAPO's overlong filtering); DAPO's soft overlong punishment is a reward
+term; dynamic sampling drops groups whose rewards are all equal (their advantages are all zero) and
+samples new prompts to refill the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from r1lite.errors import UsageError
+from r1lite.train.config import LOSS_TYPES, GRPOConfig
+
+# ---------------------------------------------------------------------------------------------
+# Pure tensor functions (tested against hand computations)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """Mean-centred rewards within each group, optionally divided by a std. rewards [N] → [N].
+
+    >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 4, "none")
+    tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
+    >>> group_advantages(torch.tensor([1., 1., 0., 0.]), 2, "group")
+    tensor([0., 0., 0., 0.])
+    """
+    grouped = rewards.view(-1, group_size)  # [groups, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        centred = centred / (rewards.std() + 1e-4)
+    return centred.reshape(-1)
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Boolean [groups]: groups whose rewards are not all equal (DAPO dynamic sampling keeps these).
+
+    >>> informative_groups(torch.tensor([1., 1., 0., 1., 0., 0.]), 2)
+    tensor([False,  True, False])
+    """
+    grouped = rewards.view(-1, group_size)
+    return (grouped.max(dim=1).values - grouped.min(dim=1).values) > 0
+
+
+def loss_count(mask: torch.Tensor, loss_type: str) -> float:
+    """What the aggregation divides by, counted on ``mask`` [N, C]: completions with a counted
+    token (grpo), counted tokens (dapo), nothing (dr_grpo: 0). Summed over the ranks of a
+    distributed run, it is the whole batch's.
+
+    >>> loss_count(torch.tensor([[1., 1.], [0., 0.]]), "grpo"), loss_count(torch.tensor([[1., 1.], [1., 0.]]), "dapo")
+    (1.0, 3.0)
+    """
+    if loss_type == "grpo":
+        return float((mask.sum(dim=1) > 0).sum())
+    if loss_type == "dapo":
+        return float(mask.sum())
+    return 0.0
+
+
+def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: int,
+                  count: float | None = None) -> torch.Tensor:
+    """The weight of each token's loss so that ``L = Σ weights · l`` for the chosen aggregation.
+
+    mask [N, C] (1 = counted token) → weights [N, C]. Rows with no counted token get weight 0.
+    ``count``: :func:`loss_count` of the whole batch when ``mask`` is one rank's share of it
+    (None: this mask's own).
+
+    >>> m = torch.tensor([[1., 1., 0.], [1., 0., 0.]])
+    >>> token_weights(m, "grpo", 2, 3)
+    tensor([[0.2500, 0.2500, 0.0000],
+            [0.5000, 0.0000, 0.0000]])
+    >>> token_weights(m, "dapo", 2, 3)
+    tensor([[0.3333, 0.3333, 0.0000],
+            [0.3333, 0.0000, 0.0000]])
+    >>> token_weights(m, "dr_grpo", 2, 3)
+    tensor([[0.1667, 0.1667, 0.0000],
+            [0.1667, 0.0000, 0.0000]])
+    """
+    total = max(1.0, loss_count(mask, loss_type) if count is None else count)
+    if loss_type == "grpo":
+        return mask / mask.sum(dim=1, keepdim=True).clamp(min=1) / total
+    if loss_type == "dapo":
+        return mask / total
+    if loss_type == "dr_grpo":
+        return mask / (group_size * max_len)
+    raise UsageError(f"loss_type '{loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      epsilon: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A)`` and a mask of clipped tokens.
+
+    logp, old_logp [N, C]; advantages [N] → (loss [N, C], clipped [N, C] bool).
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high) * adv
+    was_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
+    return -torch.minimum(unclipped, clipped), was_clipped
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ || π_ref) by the k3 estimator: exp(ref - logp) - (ref - logp) - 1 ≥ 0.
+
+    >>> k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0]))
+    tensor([0.])
+    """
+    diff = ref_logp - logp
+    return torch.exp(diff) - diff - 1
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                advantages: torch.Tensor, weights: torch.Tensor, cfg: GRPOConfig,
+                entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL - entropy_coef · H)``, and
+    its statistics. ``entropy`` [N, C] (with its gradient) is needed when ``entropy_coef`` > 0."""
+    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high)
+    if cfg.entropy_coef:
+        per_token = per_token - cfg.entropy_coef * entropy
+    stats = {"clipped": (was_clipped.float() * (weights > 0)).sum().item(), "kl_sum": 0.0}
+    if ref_logp is not None:
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + cfg.beta * kl
+        stats["kl_sum"] = (kl.detach() * (weights > 0)).sum().item()
+    return (per_token * weights).sum(), stats
