@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
@@ -20,11 +21,60 @@ import yaml
 from r1lite.errors import UsageError
 
 
-def opt(default: Any, help: str, **kwargs) -> Any:
-    """A config field with its help text (shown by ``--help`` and kept beside the code)."""
+def opt(default: Any, help: str, *, key: str | None = None, old: tuple[str, ...] = (), **kwargs) -> Any:
+    """A config field with its help text (shown by ``--help`` and kept beside the code).
+
+    ``key``: the field's flat name (recipe key, flag) where it is not the slice's prefix + the
+    field's name; ``old``: earlier flat names, still read for now with a one-line note."""
+    metadata = {"help": help, "key": key, "old": tuple(old)}
     if isinstance(default, (dict, list)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def part(cls, prefix: str = "") -> Any:
+    """A slice of a config: a dataclass whose fields are flat keys ``prefix + name`` of the whole
+    (``part(ColdStart, "cold_start_")`` reads recipe key ``cold_start_lr`` into ``cold_start.lr``)."""
+    return dataclasses.field(default_factory=cls, metadata={"prefix": prefix})
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One flat key of a config: where its value lives (``path``), its type and its field."""
+
+    name: str
+    path: tuple[str, ...]
+    type: Any
+    field: dataclasses.Field
+    old: tuple[str, ...] = ()
+    """Earlier flat names (a slice's prefix applies to them as to the name, unless the field sets its own key)."""
+
+
+def keys(cls, prefix: str = "", path: tuple[str, ...] = ()) -> dict[str, Key]:
+    """Every flat key of ``cls``, slices flattened, in declaration order (a ``{name: Key}``)."""
+    out: dict[str, Key] = {}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    hints = _hints(cls)
+    for f in fields:
+        if "prefix" in f.metadata:  # a slice: its class is the field's default factory
+            out.update(keys(f.default_factory, prefix + f.metadata["prefix"], path + (f.name,)))
+            continue
+        name = f.metadata.get("key") or prefix + f.name
+        if name in out:
+            raise TypeError(f"{cls.__name__}: two fields have the flat key '{name}'")
+        old = tuple(o if f.metadata.get("key") else prefix + o for o in f.metadata.get("old", ()))
+        out[name] = Key(name, path + (f.name,), hints[f.name], f, old)
+    return out
+
+
+def renamed(cls) -> dict[str, str]:
+    """Earlier flat names of ``cls``'s keys → the names now."""
+    return {old: k.name for k in keys(cls).values() for old in k.old}
+
+
+def note_renamed(old: str, new: str, where: str) -> None:
+    """The one line an old spelling prints (it still works for this release)."""
+    print(f"note: {where} '{old}' is now '{new}'; the old name works for this release only", file=sys.stderr)
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -63,26 +113,55 @@ def _check(value: Any, tp, where: str) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One flag per field. Defaults are suppressed, so only flags the user typed override a recipe."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
+    """One flag per flat key (slices flattened). Defaults are suppressed, so only flags the user
+    typed override a recipe. An earlier spelling of a flag still works, hidden from ``--help``,
+    with a one-line note (:func:`note_renamed`)."""
+    for key in keys(cls).values():
+        if key.name in skip:
             continue
-        base, _ = _base(_hints(cls)[f.name])
+        f = key.field
+        base, _ = _base(key.type)
         origin = typing.get_origin(base) or base
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + key.name.replace("_", "-")
+        olds = ["--" + o.replace("_", "-") for o in key.old]
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{help_text} (default: {default!r})"
-        if origin is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        elif origin is dict:
-            parser.add_argument(flag, dest=f.name, action="append", metavar="KEY=VALUE",
-                                default=argparse.SUPPRESS, help=help_text + "; repeat the flag for more keys")
-        elif origin is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=origin, default=argparse.SUPPRESS, help=help_text)
+        for names, shown in ([flag], help_text), *(([o], argparse.SUPPRESS) for o in olds):
+            action = _Renamed if shown is argparse.SUPPRESS else None
+            if origin is bool:
+                parser.add_argument(*names, dest=key.name, action=_bool_action(action), default=argparse.SUPPRESS,
+                                    help=shown)
+            elif origin is dict:
+                parser.add_argument(*names, dest=key.name, action=action or "append", metavar="KEY=VALUE",
+                                    default=argparse.SUPPRESS,
+                                    help=shown if action else shown + "; repeat the flag for more keys")
+            elif origin is list:
+                parser.add_argument(*names, dest=key.name, action=action, nargs="+", default=argparse.SUPPRESS, help=shown)
+            else:
+                parser.add_argument(*names, dest=key.name, action=action, type=origin, default=argparse.SUPPRESS,
+                                    help=shown)
+
+
+class _Renamed(argparse.Action):
+    """An earlier spelling of a flag: stores like the flag now (appending for mappings), with the note."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        note_renamed(option_string, "--" + self.dest.replace("_", "-"), "flag")
+        if self.metavar == "KEY=VALUE":
+            values = [*(getattr(namespace, self.dest, None) or []), values]
+        setattr(namespace, self.dest, values)
+
+
+def _bool_action(renamed_action):
+    if renamed_action is None:
+        return argparse.BooleanOptionalAction
+
+    class RenamedBool(argparse.BooleanOptionalAction):
+        def __call__(self, parser, namespace, values, option_string=None):
+            note_renamed(option_string, "--" + self.dest.replace("_", "-"), "flag")
+            super().__call__(parser, namespace, values, option_string)
+    return RenamedBool
 
 
 def parse_key_values(pairs: list[str], flag: str) -> dict[str, Any]:
@@ -113,30 +192,58 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
 
 def build(cls, recipe: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, source: str = "config",
           presets=None):
-    """Construct ``cls`` from recipe keys, then flags; unknown keys and wrong types are errors.
+    """Construct ``cls`` from flat recipe keys, then flags; unknown keys and wrong types are errors.
 
-    ``presets(explicit) -> dict`` gives defaults that depend on the keys given (GRPO's
-    ``algorithm``); keys given explicitly, in the recipe or as flags, win over them.
+    Slices (:func:`part`) are filled from their flat keys. ``presets(explicit) -> dict`` gives
+    defaults that depend on the keys given (GRPO's ``algorithm``); keys given explicitly, in the
+    recipe or as flags, win over them. An earlier name of a key still works, with a note.
     """
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    known = keys(cls)
+    old_names = renamed(cls)
     values: dict[str, Any] = {}
     for key, value in (recipe or {}).items():
-        if key not in names:
-            raise UsageError(f"{source}: unknown key '{key}'; valid keys: {', '.join(sorted(names))}")
-        values[key] = _check(value, hints[key], f"{source}: key '{key}'")
+        if key in old_names:
+            note_renamed(key, old_names[key], f"{source}: key")
+            key = old_names[key]
+        if key not in known:
+            raise UsageError(f"{source}: unknown key '{key}'; valid keys: {', '.join(sorted(known))}")
+        values[key] = _check(value, known[key].type, f"{source}: key '{key}'")
     for key, value in (flags or {}).items():
-        base, _ = _base(hints[key])
+        base, _ = _base(known[key].type)
         if (typing.get_origin(base) or base) is dict and isinstance(value, list):
             value = {**values.get(key, {}), **parse_key_values(value, "--" + key.replace("_", "-"))}
-        values[key] = _check(value, hints[key], f"--{key.replace('_', '-')}")
+        values[key] = _check(value, known[key].type, f"--{key.replace('_', '-')}")
     if presets is not None:
         values = {**presets(values), **values}
-    return cls(**values)
+    return _construct(cls, {known[k].path: v for k, v in values.items()})
+
+
+def _construct(cls, values: dict[tuple[str, ...], Any]):
+    """``cls`` from values by path, each slice built first (its ``__post_init__`` runs before the whole's)."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if "prefix" in f.metadata:
+            inner = {path[1:]: v for path, v in values.items() if path[0] == f.name}
+            kwargs[f.name] = _construct(f.default_factory, inner)
+        elif (f.name,) in values:
+            kwargs[f.name] = values[(f.name,)]
+    return cls(**kwargs)
 
 
 def to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as flat keys, the form of a recipe and of a run directory's ``config.yaml``."""
+    out = {}
+    for key in keys(type(config)).values():
+        value = config
+        for name in key.path:
+            value = getattr(value, name)
+        out[key.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def with_values(config, **changes):
+    """A copy of ``config`` with some flat keys changed, checked again as a new config is."""
+    return build(type(config), {**to_dict(config), **changes}, source="with_values")
 
 
 def dump_yaml(config) -> str:
