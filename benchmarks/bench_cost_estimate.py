@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 from pathlib import Path
 
-from common import RESULTS, machine
+from common import RESULTS, add_allow_dirty, commit_fields, machine
 
 from r1lite.config import build, read_yaml
 from r1lite.cost.estimate import estimate_recipe
@@ -135,10 +134,9 @@ def main() -> None:
                         "directories (give a case as NAME RECIPE only); the runs' code must be what is estimated")
     p.add_argument("--note", action="append", default=[], help="a line for the result's notes (how the runs were made)")
     p.add_argument("--out", type=Path, help="result file (default: results/cost_estimate-<cpu kind>.json)")
+    add_allow_dirty(p)
     args = p.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    result = {"benchmark": "cost_estimate", "commit": commit, "machine": machine(), "cases": {}}
+    result = {"benchmark": "cost_estimate", **commit_fields("bench_cost_estimate", args.allow_dirty), "machine": machine(), "cases": {}}
     runs_from = json.loads(args.runs_from.read_text()) if args.runs_from else {"cases": {}}
     earlier = runs_from["cases"]
     for name, recipe, *runs in args.case:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, git_commit, machine
+from common import RESULTS, add_allow_dirty, commit_fields, machine
 
 QUANTS = ("f16", "q8_0", "q4_0", "q4_k_m")
 HERE = Path(__file__).resolve().parent
@@ -115,13 +115,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per speed run")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path)
+    add_allow_dirty(p)
     args = p.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.new_tokens)))
         return
-    commit = git_commit()
-    if commit.endswith("+dirty"):
-        raise SystemExit("bench_edge: commit your changes first; the results name the commit they ran on")
+    commit = commit_fields("bench_edge", args.allow_dirty)
 
     from r1lite import tasks
     from r1lite.edge.backends import open_model
@@ -198,7 +197,7 @@ def main() -> None:
         r = rows[name]
         print(f"{name:28s} load {r['load_seconds']:.2f} s  prompt {r['prompt_tokens_per_s']:7.1f} tok/s  decode "
               f"{r['decode_tokens_per_s']:6.1f} tok/s (limit {r['decode_limit_tokens_per_s']:.0f})  RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    result = {"benchmark": "edge", "commit": commit, "machine": machine(), "model": args.model, "task": task.name,
+    result = {"benchmark": "edge", **commit, "machine": machine(), "model": args.model, "task": task.name,
               "format": fmt, "prefill": prefill, "torch_fp32_accuracy": torch_accuracy, "prompts": args.prompts,
               "eval_items": args.eval_items, "repeats": args.repeats, "new_tokens": args.new_tokens,
               "copy_bandwidth_bytes_per_s": bw, "files": rows}

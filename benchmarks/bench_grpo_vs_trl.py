@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, git_commit, machine
+from common import RESULTS, add_allow_dirty, commit_fields, machine
 
 SETTINGS = {"prompts_per_step": 2, "group_size": 8, "max_new_tokens": 64, "lr": 1e-6, "beta": 0.0, "mu": 1,
             "loss_type": "dapo", "scale_rewards": "group", "temperature": 1.0, "task": "arithmetic", "format": "plain:2",
@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="steps per side (>= 6); the median of steps 3..N counts")
     p.add_argument("--side", choices=("r1lite", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="default: benchmarks/results/grpo_vs_trl-<cpu kind>.json")
+    add_allow_dirty(p)
     args = p.parse_args()
     if args.steps < 6:
         raise SystemExit("--steps must be at least 6 (steps 1-2 are warm-up)")
@@ -157,7 +158,7 @@ def main() -> None:
         print(f"  {side}: steps {[round(x, 1) for x in s['step_seconds']]} s, peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
     median = {side: statistics.median(s["step_seconds"][2:]) for side, s in sides.items()}
     result = {
-        "benchmark": "grpo_vs_trl", "commit": git_commit(), "machine": machine(), "settings": SETTINGS,
+        "benchmark": "grpo_vs_trl", **commit_fields("bench_grpo_vs_trl", args.allow_dirty), "machine": machine(), "settings": SETTINGS,
         "steps": args.steps, "median_step_seconds": median,
         "peak_rss_mb": {side: s["peak_rss_mb"] for side, s in sides.items()},
         "speedup": median["trl"] / median["r1lite"],

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, best_of, git_commit, machine
+from common import RESULTS, add_allow_dirty, best_of, commit_fields, machine
 
 from r1lite import tasks
 from r1lite.engine import Request, Sampling, make_engine
@@ -114,7 +114,9 @@ def main() -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--model", default="default", help="default, or a directory (e.g. a random model of the same shape)")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/rollout-<cpu kind>.json (or -<gpu>.json)")
+    add_allow_dirty(p)
     args = p.parse_args()
+    commit = commit_fields("bench_rollout", args.allow_dirty)
 
     from r1lite.models import cpu_bf16_flags, cpu_kind
 
@@ -125,7 +127,7 @@ def main() -> None:
     items = task.split("test", max(args.batches), seed=0)
     all_prompts = [p.ids for p in item_prompts(tokenizer, task, items, "r1")]
     fast_bf16 = base.device.type == "cuda" or bool(cpu_bf16_flags())
-    result = {"benchmark": "rollout", "commit": git_commit(), "model": args.model, "new_tokens": args.new_tokens,
+    result = {"benchmark": "rollout", **commit, "model": args.model, "new_tokens": args.new_tokens,
               "machine": machine(), "rows": []}
     for name in args.dtypes:
         dtype = torch.bfloat16 if name == "bf16" else torch.float32

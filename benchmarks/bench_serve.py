@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, git_commit, machine  # noqa: E402
+from common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
 
 from r1lite.files import write_json  # noqa: E402
 
@@ -144,10 +144,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--backends", default="r1lite,r1lite-gguf,llama_cpp.server")
     ap.add_argument("--out", type=Path, default=None)
+    add_allow_dirty(ap)
     args = ap.parse_args()
-    commit = git_commit()
-    if commit.endswith("+dirty"):
-        raise SystemExit("bench_serve: commit your changes first; the results name the commit they ran on")
+    commit = commit_fields("bench_serve", args.allow_dirty)
     levels = [int(x) for x in args.levels.split(",")]
     per_client = [int(x) for x in args.per_client.split(",")]
     if len(per_client) != len(levels):
@@ -195,7 +194,7 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}x")
     out = args.out or RESULTS / f"serve-{info['cpu_kind']}.json"
-    write_json(out, {"benchmark": "serve", "commit": commit, "machine": info, "model": args.model,
+    write_json(out, {"benchmark": "serve", **commit, "machine": info, "model": args.model,
                      "max_tokens": args.max_tokens, "threads": args.threads, "rows": rows, "ratios": ratios})
     print(f"wrote {out}")
 

@@ -13,15 +13,30 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 
 
-def git_commit() -> str:
-    """The commit the benchmark ran on, with ``+dirty`` when the tree has uncommitted changes outside
-    ``benchmarks/results``."""
+def git_commit() -> tuple[str, bool]:
+    """(HEAD's bare 40-hex commit, whether the tree has uncommitted changes outside ``benchmarks/results``)."""
     root = Path(__file__).parent
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root).stdout.strip()
     # results/ holds the benchmarks' own output: a result written by an earlier script does not make the code dirty
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
                            capture_output=True, text=True, cwd=root.parent).stdout.strip()
-    return sha + ("+dirty" if dirty else "")
+    return sha, bool(dirty)
+
+
+def add_allow_dirty(parser) -> None:
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="measure an uncommitted tree: the result says dirty: true beside the bare commit (never "
+                             "commit such a result; a committed result names code anyone can check out)")
+
+
+def commit_fields(script: str, allow_dirty: bool) -> dict:
+    """The ``commit`` a result names (bare HEAD), and ``dirty: true`` when ``--allow-dirty`` let an
+    uncommitted tree run; without it a dirty tree is refused before anything is measured."""
+    sha, dirty = git_commit()
+    if dirty and not allow_dirty:
+        raise SystemExit(f"{script}: the tree has uncommitted changes; commit them first (the result names the commit "
+                         "it ran on), or pass --allow-dirty for a result never to be committed")
+    return {"commit": sha, "dirty": True} if dirty else {"commit": sha}
 
 
 def machine() -> dict:

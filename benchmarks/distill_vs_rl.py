@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, git_commit, machine  # noqa: E402
+from common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
 
 from r1lite import evaluate, tasks  # noqa: E402
 from r1lite.config import build, read_yaml  # noqa: E402
@@ -211,14 +211,13 @@ def main() -> None:
     ap.add_argument("--reuse", type=Path, help="an earlier result of this benchmark (same teacher, task, items) whose "
                                                 "other rows, budget and traces are kept; each row records its commit")
     ap.add_argument("--smoke", action="store_true", help="every row at a tiny size on the tiny model (checks the script)")
+    add_allow_dirty(ap)
     args = ap.parse_args()
     if set(args.rows) - set("abcd") or not args.rows:
         raise SystemExit(f"distill_vs_rl: --rows {args.rows!r}: give letters from abcd")
     if set(args.rows) != set("abcd") and not args.reuse:
         raise SystemExit("distill_vs_rl: --rows without all of abcd needs --reuse RESULT.json for the rest")
-    commit = git_commit()
-    if commit.endswith("+dirty") and not args.smoke:
-        raise SystemExit("distill_vs_rl: commit your changes first; the result records the bare commit it ran on")
+    commit = commit_fields("distill_vs_rl", args.allow_dirty or args.smoke)
     recipe = read_yaml(args.recipe)
     if args.smoke:
         recipe.update(SMOKE)
@@ -301,13 +300,13 @@ def main() -> None:
                      "steps": d["steps"], "wall_seconds": d["cost"]["wall_seconds"], "usd": d["cost"]["usd"],
                      **measure(str(args.work / "d"), task, held_out, args)}
 
-    rows = [{"commit": commit.removesuffix("+dirty"), **rows[k]} for k in "abcd"]  # a reused row keeps its own commit
+    rows = [{"commit": commit["commit"], **rows[k]} for k in "abcd"]  # a reused row keeps its own commit
     for row in rows:
         row["budget_ratio"] = row["student_flops"] / budget
         row["within_budget"] = abs(row["budget_ratio"] - 1) <= 0.10
     teacher_scores = previous["teacher"] if previous else {"model": teacher, **measure(teacher, task, held_out, args)}
     best_distilled = max(r["pass@1"] for r in rows[1:])
-    result = {"benchmark": "distill_vs_rl", "commit": commit.removesuffix("+dirty"), "dirty": commit.endswith("+dirty"),
+    result = {"benchmark": "distill_vs_rl", **commit,
               "machine": machine(), "smoke": args.smoke, "teacher": teacher_scores,
               "student": recipe["model"], "task": task.name, "held_out_items": len(held_out), "samples": args.samples,
               "budget_student_flops": budget, "grpo_step_flops": grpo_step,

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, git_commit, machine  # noqa: E402
+from common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
 
 from r1lite.files import read_jsonl, write_text  # noqa: E402
 from r1lite.serve.guard import DEFAULT_POLICY, Policy  # noqa: E402
@@ -59,7 +59,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY, help="the guard policy YAML (default: the built-in one)")
     ap.add_argument("--out", type=Path, default=RESULTS / "guard_eval.json")
+    add_allow_dirty(ap)
     args = ap.parse_args()
+    commit = commit_fields("guard_eval", args.allow_dirty)
     policy = Policy(args.policy)
     splits = {name: [row for _, row in read_jsonl(path)] for name, path in SPLITS.items()}
     results = {name: score(policy, rows) for name, rows in splits.items()}
@@ -75,7 +77,7 @@ def main() -> None:
     for fp in results["heldout"]["false_positive_prompts"]:
         print(f"  held-out false positive ({fp['blocked_as']}): {fp['prompt']}")
     print("anchor: Llama Guard 3-8B, F1 0.884 at 4.4% false positives on XSTest (model card)")
-    record = {"benchmark": "guard_eval", "commit": git_commit(), "machine": machine(),
+    record = {"benchmark": "guard_eval", **commit, "machine": machine(),
               "policy": str(args.policy.relative_to(Path(__file__).parents[1]) if args.policy.is_relative_to(Path(__file__).parents[1]) else args.policy),
               "policy_sha256": hashlib.sha256(args.policy.read_bytes()).hexdigest(),
               "note": "heldout was written before the policy was tuned; dev is the tuning split", "results": results}

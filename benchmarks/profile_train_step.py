@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import torch
-from common import RESULTS, git_commit, machine
+from common import RESULTS, add_allow_dirty, commit_fields, machine
 
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig
@@ -50,7 +50,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", help="default: benchmarks/results/train_step_profile-<cpu kind>.json")
+    add_allow_dirty(p)
     args = p.parse_args()
+    commit = commit_fields("profile_train_step", args.allow_dirty)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = GRPOConfig(model="default", task="arithmetic", format="plain:2", batch_size=16, group_size=8,
                          micro_batch_size=16, max_new_tokens=64, beta=0.0, mu=1, lr=1e-6, eval_items=0,
@@ -70,7 +72,7 @@ def main() -> None:
         print(table)
         top = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
         ops = [{"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top]
-    result = {"benchmark": "train_step_profile", "commit": git_commit(), "machine": machine(),
+    result = {"benchmark": "train_step_profile", **commit, "machine": machine(),
               "runtime": trainer.runtime.describe(), "tokens": runs[0]["tokens"], "median_seconds": median,
               "top_ops": ops}
     out = RESULTS / f"train_step_profile-{result['machine']['cpu_kind']}.json" if args.out is None else args.out
