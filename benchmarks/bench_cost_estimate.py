@@ -2,7 +2,7 @@
 recipe, next to the metered wall time, money and FLOPs of runs of it (their median and spread).
 
     python benchmarks/bench_cost_estimate.py \\
-        --case demo recipes/demo.yaml /tmp/final/bf16-s0 /tmp/final/bf16-s1 /tmp/final/bf16-s2 \\
+        --case demo recipes/demo.yaml runs/demo-s0 runs/demo-s1 runs/demo-s2 \\
         --case lora recipes/lora.yaml runs/lora-s0 runs/lora-s1
 
 Run it on an idle machine, on the machine the runs ran on: the probe times this machine; or give

@@ -27,7 +27,7 @@ tiny size on the tiny random model (a check that the script works, not a result)
     python benchmarks/distill_vs_rl.py --teacher runs/demo        # benchmarks/results/distill_vs_rl.json
     python benchmarks/distill_vs_rl.py --rows b --reuse benchmarks/results/distill_vs_rl.json --work DIR
                                                # row (b) again; the other rows, budget and traces kept
-    python benchmarks/distill_vs_rl.py --smoke --out /tmp/smoke.json
+    python benchmarks/distill_vs_rl.py --smoke --out runs/smoke.json
 """
 
 from __future__ import annotations
