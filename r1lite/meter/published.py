@@ -56,7 +56,7 @@ class FlopCheck:
 
 
 @dataclass(frozen=True)
-class Reference:
+class PublishedCost:
     """One published cost: its inputs by stage, its source, the checks and what it leaves out."""
 
     name: str
@@ -84,7 +84,7 @@ _EXCLUDED = (
 )
 
 REFERENCES = {r.name: r for r in [
-    Reference(
+    PublishedCost(
         "deepseek-v3", "DeepSeek-V3, final training run", DEEPSEEK_V3_GPU_HOURS,
         "DeepSeek-V3 Technical Report (arXiv:2412.19437), Table 1; $2 per H800 GPU-hour as the report assumes",
         FlopCheck(active_params=37e9, tokens=14.8e12, gpus=2048, gpu_hours=DEEPSEEK_V3_GPU_HOURS["pre-training"],
@@ -93,7 +93,7 @@ REFERENCES = {r.name: r for r in [
                             "peak is twice that: against it the utilisation is half"),
         _EXCLUDED,
     ),
-    Reference(
+    PublishedCost(
         "deepseek-r1", "DeepSeek-R1, training on top of DeepSeek-V3-Base", DEEPSEEK_R1_GPU_HOURS,
         "DeepSeek-R1 paper v2 (Guo et al., Nature 2025), supplementary Table 7; $2 per H800 GPU-hour",
         None,
@@ -103,14 +103,14 @@ REFERENCES = {r.name: r for r in [
 """The references ``--reference`` knows."""
 
 
-def find_reference(name: str) -> Reference:
+def find_reference(name: str) -> PublishedCost:
     """The reference named ``name`` (any case); an unknown name lists the known ones."""
     if name.lower() not in REFERENCES:
         raise UsageError(f"--reference {name}: unknown; use one of {', '.join(REFERENCES)}")
     return REFERENCES[name.lower()]
 
 
-def reference_lines(ref: Reference) -> list[str]:
+def reference_lines(ref: PublishedCost) -> list[str]:
     """The arithmetic as lines of text, inputs first.
 
     >>> print("\\n".join(reference_lines(REFERENCES["deepseek-r1"])[:6]))
@@ -159,7 +159,7 @@ def compact_usd(amount: float) -> str:
     return f"${amount / 1e6:.3f}M" if amount >= 1e6 else f"${amount / 1000:,.0f}K"
 
 
-def reference_json(ref: Reference) -> dict:
+def reference_json(ref: PublishedCost) -> dict:
     """The same arithmetic as a JSON-ready dict."""
     check = ref.flop_check
     return {
