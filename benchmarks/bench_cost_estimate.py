@@ -51,8 +51,8 @@ def estimate(recipe: Path) -> dict:
     from rich.console import Console
 
     cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=preset)
-    return estimate_recipe(cfg, CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour),
-                           Overrides(), probe=True, console=Console(stderr=True))
+    pricing = CostConfig(hardware=cfg.cost.hardware, watts=cfg.cost.watts, usd_per_hour=cfg.cost.usd_per_hour)
+    return estimate_recipe(cfg, pricing, Overrides(), probe=True, console=Console(stderr=True))
 
 
 def replay(recipe: Path, run: Path) -> dict:
@@ -65,13 +65,13 @@ def replay(recipe: Path, run: Path) -> dict:
     from r1lite.train.policy import model_shape, model_weights
 
     cfg = build(GRPOConfig, read_yaml(recipe), {}, source=str(recipe), presets=preset)
-    runtime = resolve_runtime(cfg.device, cfg.dtype)
+    runtime = resolve_runtime(cfg.launch.device, cfg.launch.dtype)
     model, tokenizer = load_model(cfg.model, runtime)
-    if cfg.lora:
+    if cfg.optim.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 target_modules=list(cfg.lora_targets))).get_base_model()
+        model = get_peft_model(model, LoraConfig(r=cfg.optim.lora_r, lora_alpha=cfg.optim.lora_alpha,
+                                                 target_modules=list(cfg.optim.lora_targets))).get_base_model()
     workload = run_workload(run, cfg)  # the run's own lengths and skipped groups: what `r1lite cost --like` reads
     work = run_work(cfg, model_shape(model), model_weights(model),
                     run_prompts(cfg, tokenizer, tasks.load_task(cfg.task, cfg.task_options)), workload,

@@ -47,18 +47,19 @@ def peak_rss_mb() -> float:
 
 
 def run_r1lite(steps: int) -> dict:
-    from r1lite.config import to_dict
+    from r1lite.config import build, to_dict
     from r1lite.train.config import GRPOConfig
     from r1lite.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(model="default", task=SETTINGS["task"], format=SETTINGS["format"], seed=SETTINGS["seed"],
-                         max_steps=steps, batch_size=SETTINGS["prompts_per_step"] * SETTINGS["group_size"],
-                         group_size=SETTINGS["group_size"], micro_batch_size=16, mu=SETTINGS["mu"],
-                         max_new_tokens=SETTINGS["max_new_tokens"], temperature=SETTINGS["temperature"],
-                         loss_type=SETTINGS["loss_type"], scale_rewards=SETTINGS["scale_rewards"], beta=SETTINGS["beta"],
-                         lr=SETTINGS["lr"], rewards={"accuracy": 1.0, "format": 0.1}, eval_items=0, save_every=0,
-                         out=f"{tmp}/run")
+        cfg = build(GRPOConfig, dict(
+            model="default", task=SETTINGS["task"], format=SETTINGS["format"], seed=SETTINGS["seed"],
+            max_steps=steps, batch_size=SETTINGS["prompts_per_step"] * SETTINGS["group_size"],
+            group_size=SETTINGS["group_size"], micro_batch_size=16, mu=SETTINGS["mu"],
+            max_new_tokens=SETTINGS["max_new_tokens"], temperature=SETTINGS["temperature"],
+            loss_type=SETTINGS["loss_type"], scale_rewards=SETTINGS["scale_rewards"], beta=SETTINGS["beta"],
+            lr=SETTINGS["lr"], rewards={"accuracy": 1.0, "format": 0.1}, eval_items=0, save_every=0,
+            out=f"{tmp}/run"))
         trainer = Trainer(cfg)
         trainer.train()
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +67,7 @@ def run_r1lite(steps: int) -> dict:
                 "step_seconds": [r["step_seconds"] for r in rows],
                 "rollout_seconds": [r["rollout_seconds"] for r in rows],
                 "train_seconds": [r["train_seconds"] for r in rows],
-                "tokens_generated": [round(r["completion_len_mean"] * cfg.batch_size) for r in rows],
+                "tokens_generated": [round(r["completion_len_mean"] * cfg.optim.batch_size) for r in rows],
                 "train_tokens": [r.get("train_tokens", 0) for r in rows],
                 "peak_rss_mb": peak_rss_mb()}
 

@@ -19,6 +19,7 @@ import time
 import torch
 from common import RESULTS, add_allow_dirty, commit_fields, machine
 
+from r1lite.config import build
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig
 from r1lite.train.policy import make_group_batch
@@ -29,17 +30,18 @@ def phases(trainer: Trainer, groups: list[dict]) -> dict:
     """Seconds of forward, backward and optimizer for one train step on ``groups`` (one chunk)."""
     cfg = trainer.cfg
     completions = [c for g in groups for c in g["completions"]]
-    batch = make_group_batch([g["prompt"] for g in groups], [i // cfg.group_size for i in range(len(completions))],
+    G = cfg.optim.group_size
+    batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
                              [c.token_ids for c in completions], trainer.tokenizer.pad_token_id)
-    advantages = grpo.group_advantages(torch.cat([g["reward"] for g in groups]), cfg.group_size, cfg.scale_rewards)
-    weights = grpo.token_weights(batch.completion_mask, cfg.loss_type, cfg.group_size, cfg.max_new_tokens)
+    advantages = grpo.group_advantages(torch.cat([g["reward"] for g in groups]), G, cfg.loss.scale_rewards)
+    weights = grpo.token_weights(batch.completion_mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens)
     t0 = time.perf_counter()
     logp, _ = trainer.logprobs(batch.rows(slice(None)))
-    loss, _ = grpo.policy_loss(logp, logp.detach(), None, advantages, weights, cfg)
+    loss, _ = grpo.policy_loss(logp, logp.detach(), None, advantages, weights, cfg.loss)
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_(trainer.params, cfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(trainer.params, cfg.optim.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
@@ -54,9 +56,9 @@ def main() -> None:
     args = p.parse_args()
     commit = commit_fields("profile_train_step", args.allow_dirty)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(model="default", task="arithmetic", format="plain:2", batch_size=16, group_size=8,
-                         micro_batch_size=16, max_new_tokens=64, beta=0.0, mu=1, lr=1e-6, eval_items=0,
-                         save_every=0, max_steps=1, out=f"{tmp}/run")
+        cfg = build(GRPOConfig, dict(model="default", task="arithmetic", format="plain:2", batch_size=16, group_size=8,
+                                     micro_batch_size=16, max_new_tokens=64, beta=0.0, mu=1, lr=1e-6, eval_items=0,
+                                     save_every=0, max_steps=1, out=f"{tmp}/run"))
         trainer = Trainer(cfg)
         trainer.setup()
         groups, _ = trainer.rollout()

@@ -145,6 +145,24 @@ def test_a_run_checks_the_format_on_train_prompts_until_the_cap(tmp_path, monkey
     assert cold["kept_epochs"] == (2 if bar else None)  # no check better than the first: its weights go on
 
 
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_kl_reference_is_the_model_rl_starts_from(tmp_path, monkeypatch, lora):
+    """After a cold start the reference is the cold-started model, not the untouched base: the KL
+    of the first RL step is 0. A resumed run gets the same reference back from the run directory."""
+    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in ROWS])
+    trainer = Trainer(run_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1))
+    assert trainer.train() == 0  # the whole run: base eval, cold start, RL, finish
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]["sft_steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # on the untouched base it was ~0.01
+    saved = trainer.reference.weights()
+    (tmp_path / "run" / "summary.json").write_text("{}")  # resume the finished run's last checkpoint
+    again = Trainer(run_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1), resume=True)
+    again.setup()
+    assert again.reference.step == 0
+    assert all(torch.equal(saved[n], t) for n, t in again.reference.weights().items())
+
+
 def test_a_stop_while_the_cold_start_checkpoint_is_written_redoes_the_cold_start(tmp_path, monkeypatch):
     """The summary must not say the cold start is done before its checkpoint exists: a resumed
     run would train the base model while its report showed the cold start's evaluation."""

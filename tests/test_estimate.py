@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from r1lite.config import build, with_values
 from r1lite.cost.estimate import estimate, estimate_recipe
 from r1lite.cost.work import (
     PhaseWork,
@@ -31,6 +32,11 @@ from r1lite.meter.meter import CostMeter
 from r1lite.train.config import GRPOConfig
 
 
+def grpo_config(**keys) -> GRPOConfig:
+    """A GRPOConfig from flat keys, as a recipe gives them."""
+    return build(GRPOConfig, keys)
+
+
 def tokens_computed(rows: int, T: int, start: int) -> float:
     """A FLOP counter that counts token positions, so the batching model is easy to follow."""
     return float(rows * T)
@@ -55,17 +61,17 @@ def small_prompts(n: int = 8, width: int = 20) -> RunPrompts:
 def test_run_work_skips_groups_holds_a_reference_and_refills():
     shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
     flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
-    cfg = GRPOConfig(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    cfg = grpo_config(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
     half = Workload([20], [20], 0.5, 0.0)
     none = Workload([20], [20], 0.0, 0.0)
     train = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)["train"].dense_flops  # noqa: E731
     assert train(cfg, half) == pytest.approx(train(cfg, none) / 2)
-    kl = GRPOConfig(**{**cfg.__dict__, "beta": 0.04})
-    twice = GRPOConfig(**{**cfg.__dict__, "mu": 2})  # two updates and one forward for the old log-probs
+    kl = with_values(cfg, beta=0.04)
+    twice = with_values(cfg, mu=2)  # two updates and one forward for the old log-probs
     forward = train(twice, none) - 2 * train(cfg, none)
     assert 0 < forward < train(cfg, none) / 2
     assert train(kl, half) == pytest.approx(train(cfg, none) + forward)  # every group, plus the reference's forward
-    dapo = GRPOConfig(**{**cfg.__dict__, "dynamic_sampling": True, "max_refill_rounds": 1})
+    dapo = with_values(cfg, dynamic_sampling=True, max_refill_rounds=1)
     work = run_work(dapo, shape, weights, small_prompts(), half, flops)
     plain = run_work(cfg, shape, weights, small_prompts(), half, flops)
     assert work["rollout"].flops == pytest.approx(plain["rollout"].flops * 1.5)  # a second round for half the groups
@@ -86,16 +92,16 @@ def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
     alike = [s for _, _, s in step_points(w, 8, 64, 8)]
     assert alike == sorted(alike) and alike[0] < 0.05 and alike[-1] > 0.5
     assert skipped_at(Workload([40], [40], 0.3, 0.0, final_lengths=[10], **sampled), 0.0, 8) == 0.3  # the probe's floor
-    cfg = GRPOConfig(max_steps=8, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    cfg = grpo_config(max_steps=8, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
     run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
     constant = Workload([40], [40], 0.0, 0.0, final_lengths=[10])
     assert run(cfg, w)["rollout"].flops == pytest.approx(run(cfg, constant)["rollout"].flops)
     expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8,
-                                      cfg.micro_batch_size, 0, 1).dense_flops
+                                      cfg.optim.micro_batch_size, 0, 1).dense_flops
                    for lengths, steps, alike in step_points(w, 8, 64, 8))  # each step's kept groups of its lengths
     assert run(cfg, w)["train"].dense_flops == pytest.approx(expected)
     assert run(cfg, w)["train"].dense_flops < 0.9 * run(cfg, constant)["train"].dense_flops
-    dapo = GRPOConfig(**{**cfg.__dict__, "dynamic_sampling": True, "max_refill_rounds": 1})
+    dapo = with_values(cfg, dynamic_sampling=True, max_refill_rounds=1)
     assert run(dapo, w)["rollout"].flops > 1.1 * run(cfg, w)["rollout"].flops  # alike groups are refilled
     fixed = apply_overrides(w, Overrides(skipped_groups=0.2))
     assert [s for _, _, s in step_points(fixed, 8, 64, 8)] == [0.2] * 8  # --skipped-groups: the whole run
@@ -123,12 +129,12 @@ def test_sft_work_matches_what_sft_meters(tmp_path):
 
 
 def test_checkpoint_count_and_datasheet_timing():
-    assert checkpoints(GRPOConfig(max_steps=10, save_every=0)) == 1
-    assert checkpoints(GRPOConfig(max_steps=10, save_every=4, cold_start_items=8)) == 4  # cold start, 4, 8, 10
+    assert checkpoints(grpo_config(max_steps=10, save_every=0)) == 1
+    assert checkpoints(grpo_config(max_steps=10, save_every=4, cold_start_items=8)) == 4  # cold start, 4, 8, 10
     work = {"train": PhaseWork(dense_flops=HARDWARE["H100"].train_flops_per_s * 100, updates=5),
             "rollout": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=1),
             "eval": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=8)}
-    cfg = GRPOConfig(max_steps=5, save_every=0)
+    cfg = grpo_config(max_steps=5, save_every=0)
     block = estimate(cfg, work, datasheet_speed(HARDWARE["H100"]), HARDWARE["H100"], 4, 1.0, 30, ["an assumption"])
     assert block["seconds_by_phase"]["train"] == pytest.approx(25)  # 4 devices
     assert block["seconds_by_phase"]["rollout"] == pytest.approx(1000 * 30 * 0.5e-3)  # one batch: its floor, not shared
@@ -159,8 +165,8 @@ def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
 
     from r1lite.cost.workload import run_workload
 
-    cfg = GRPOConfig(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
-                     out=str(tmp_path / "x"))
+    cfg = grpo_config(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
+                      out=str(tmp_path / "x"))
     rows = [{"step": 1, "completion_len_mean": 20.0, "loss_tokens": 160, "groups_kept": 2, "groups_sampled": 2},
             {"step": 2, "completion_len_mean": 10.0, "loss_tokens": 40, "groups_kept": 2, "groups_sampled": 2}]
     fake_run(tmp_path / "a", rows, {"eval_base_plain": {"completion_tokens_mean": 30.5},
@@ -190,7 +196,7 @@ def tiny_config(tmp_path, task: str, **kw) -> GRPOConfig:
     base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4,
                 rollout_batch_size=8, max_new_tokens=12, eval_items=6, max_steps=3, beta=0.04, lr=1e-3,
                 save_every=0, device="cpu", dtype="fp32", out=str(tmp_path / "run"))
-    return GRPOConfig(**{**base, **kw})
+    return build(GRPOConfig, {**base, **kw})
 
 
 def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, monkeypatch):
@@ -221,20 +227,20 @@ def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, 
 def test_a_model_not_here_is_estimated_from_its_shape(tmp_path):
     from rich.console import Console
 
-    cfg = GRPOConfig(model="Qwen/Qwen2.5-7B-Instruct", max_steps=10, eval_items=20, out=str(tmp_path / "x"))
+    cfg = grpo_config(model="Qwen/Qwen2.5-7B-Instruct", max_steps=10, eval_items=20, out=str(tmp_path / "x"))
     blocks = estimate_recipe(cfg, CostConfig(hardware="h100", devices=8), Overrides(), probe=True,
                              console=Console(quiet=True))
     assert set(blocks) == {"datasheet"} and blocks["datasheet"]["hardware"] == "H100"
     notes = " ".join(blocks["datasheet"]["assumptions"])
     assert "Qwen2.5-7B" in notes and "upper bounds" in notes
-    small = estimate_recipe(GRPOConfig(**{**cfg.__dict__, "model": "Qwen3-0.6B"}), CostConfig(hardware="h100", devices=8),
+    small = estimate_recipe(with_values(cfg, model="Qwen3-0.6B"), CostConfig(hardware="h100", devices=8),
                             Overrides(), probe=True, console=Console(quiet=True))
     assert small["datasheet"]["flops"]["total"] < blocks["datasheet"]["flops"]["total"] / 5
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "qwen3", "hidden_act": "silu", "num_hidden_layers": 28, "hidden_size": 1024,
                                   "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
                                   "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}))
-    local = estimate_recipe(GRPOConfig(**{**cfg.__dict__, "model": str(config)}), CostConfig(hardware="h100", devices=8),
+    local = estimate_recipe(with_values(cfg, model=str(config)), CostConfig(hardware="h100", devices=8),
                             Overrides(), probe=True, console=Console(quiet=True))
     assert local["datasheet"]["flops"]["total"] == pytest.approx(small["datasheet"]["flops"]["total"])
 
@@ -250,9 +256,9 @@ def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
     assert probe.speed.train_flops_per_s > 0 and probe.speed.generate_flops_per_s > 0
     assert probe.speed.first_step_seconds >= 0
     w = probe.workload  # no cold start: the greedy answers' rewards, scored as rollouts are
-    assert len(w.final_rewards) == cfg.eval_items and set(w.final_rewards) == {0.0}
-    assert len(w.sampled_rewards) == cfg.batch_size
-    assert len(probe.workload.base_lengths) == cfg.batch_size
+    assert len(w.final_rewards) == cfg.eval.items and set(w.final_rewards) == {0.0}
+    assert len(w.sampled_rewards) == cfg.optim.batch_size
+    assert len(probe.workload.base_lengths) == cfg.optim.batch_size
     assert probe.seconds < 60
 
 
@@ -272,12 +278,13 @@ def test_trace_stats_keep_each_items_shortest_verified_answer():
     groups = [group(["3 + 4 = 7.", "It is 7.", "7", "8"], [1.0, 1.0, 1.0, 0.0]),  # keeps "7", the shortest
               group(["5", "6", "9", "1"], [0.0] * 4),  # nothing verified: no trace
               group(["2 + 2 = 4", "4"], [1.0, 1.0], finish="length")]  # cut off: not a trace
-    cfg = GRPOConfig(cold_start_items=16, cold_start_samples=2, cold_start_per_item=1)
+    cfg = grpo_config(cold_start_items=16, cold_start_samples=2, cold_start_per_item=1)
     lengths, per_item = trace_stats(groups, tokenizer, cfg)
     assert lengths == [len(tokenizer.encode(r1_trace("7"), add_special_tokens=False)) + 1]
     assert per_item == pytest.approx((1 - 0.25 ** 2) / 3)  # P(at least one of 2 samples right) = 1 - (1 - 3/4)^2
-    probed = probe_config(GRPOConfig(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
-    assert (probed.format, probed.prefill_think, probed.temperature, probed.cold_start_items) == ("plain", False, 0.7, 0)
+    probed = probe_config(grpo_config(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
+    assert (probed.format, probed.prefill_think, probed.sampling.temperature,
+            probed.cold_start.items) == ("plain", False, 0.7, 0)
 
 
 def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tmp_path):

@@ -8,7 +8,8 @@ import torch
 from r1lite.errors import UsageError
 
 # A fixed batch: 2 groups of G=2 completions, up to 3 tokens each.
-from r1lite.train.config import GRPOConfig
+from r1lite.config import build
+from r1lite.train.config import GRPOConfig, LossConfig
 from r1lite.train.grpo import (
     group_advantages,
     informative_groups,
@@ -50,7 +51,7 @@ def hand_loss(loss_type, eps_low=0.2, eps_high=0.2):
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
 @pytest.mark.parametrize("eps_high", [0.2, 0.28])
 def test_loss_matches_hand_computation(loss_type, eps_high):
-    cfg = GRPOConfig(loss_type=loss_type, epsilon=0.2, epsilon_high=eps_high)
+    cfg = LossConfig(loss_type=loss_type, epsilon=0.2, epsilon_high=eps_high)
     weights = token_weights(MASK, loss_type, G, L_MAX)
     loss, _ = policy_loss(LOGP, OLD, None, ADV, weights, cfg)
     assert loss.item() == pytest.approx(hand_loss(loss_type, 0.2, eps_high), rel=1e-6)
@@ -58,8 +59,8 @@ def test_loss_matches_hand_computation(loss_type, eps_high):
 
 def test_clip_higher_changes_the_loss_only_where_the_ratio_exceeds_1_plus_epsilon():
     # token (0, 2): ratio = exp(-0.3) < 1 with A > 0 → unclipped; token (0, 0): ratio = exp(0.2) = 1.22 > 1.2, A > 0
-    low = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), GRPOConfig(epsilon_high=0.2))[0]
-    high = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), GRPOConfig(epsilon_high=0.28))[0]
+    low = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), LossConfig(epsilon_high=0.2))[0]
+    high = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "dapo", G, L_MAX), LossConfig(epsilon_high=0.28))[0]
     ratio = math.exp(0.2)
     expected_gap = (-(1.2) - -(ratio)) * 1.0 / MASK.sum().item()  # only token (0,0) differs: min(r, 1.2) vs min(r, 1.28)
     assert (low - high).item() == pytest.approx(expected_gap, rel=1e-5)
@@ -69,15 +70,15 @@ def test_entropy_bonus_subtracts_coef_times_weighted_entropy():
     logp, old, adv = LOGP.double(), OLD.double(), ADV.double()  # the difference cancels digits in fp32
     weights = token_weights(MASK.double(), "dapo", G, L_MAX)
     entropy = torch.rand(logp.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    plain, _ = policy_loss(logp, old, None, adv, weights, GRPOConfig())
-    bonus, _ = policy_loss(logp, old, None, adv, weights, GRPOConfig(entropy_coef=0.05), entropy)
+    plain, _ = policy_loss(logp, old, None, adv, weights, LossConfig())
+    bonus, _ = policy_loss(logp, old, None, adv, weights, LossConfig(entropy_coef=0.05), entropy)
     assert (plain - bonus).item() == pytest.approx(0.05 * (weights * entropy).sum().item(), rel=1e-9)
 
 
 def test_kl_term_adds_beta_times_k3():
     logp, old, adv = LOGP.double(), OLD.double(), ADV.double()  # k3 cancels digits in fp32
     ref = logp + 0.1
-    cfg = GRPOConfig(beta=0.04)
+    cfg = LossConfig(beta=0.04)
     w = token_weights(MASK.double(), "dapo", G, L_MAX)
     with_kl, stats = policy_loss(logp, old, ref, adv, w, cfg)
     without, _ = policy_loss(logp, old, None, adv, w, cfg)
@@ -87,7 +88,7 @@ def test_kl_term_adds_beta_times_k3():
 
 
 def test_micro_batches_sum_to_the_full_loss():
-    cfg = GRPOConfig(loss_type="grpo")
+    cfg = LossConfig(loss_type="grpo")
     w = token_weights(MASK, "grpo", G, L_MAX)
     full = policy_loss(LOGP, OLD, None, ADV, w, cfg)[0]
     parts = sum(policy_loss(LOGP[s], OLD[s], None, ADV[s], w[s], cfg)[0] for s in (slice(0, 1), slice(1, 4)))
@@ -97,7 +98,7 @@ def test_micro_batches_sum_to_the_full_loss():
 def test_mu_1_gradient_is_advantage_weighted_logprob_gradient():
     logp = LOGP.clone().requires_grad_(True)
     w = token_weights(MASK, "dapo", G, L_MAX)
-    loss, _ = policy_loss(logp, logp.detach(), None, ADV, w, GRPOConfig())
+    loss, _ = policy_loss(logp, logp.detach(), None, ADV, w, LossConfig())
     loss.backward()
     assert torch.allclose(logp.grad, -ADV[:, None] * w)
 
@@ -138,4 +139,4 @@ def test_truncated_rows_get_no_weight():
 ])
 def test_invalid_configs_are_rejected(kwargs, needle):
     with pytest.raises(UsageError, match=needle):
-        GRPOConfig(**kwargs)
+        build(GRPOConfig, kwargs)

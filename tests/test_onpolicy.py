@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from r1lite import tasks
+from r1lite.config import build
 from r1lite.errors import UsageError
 from r1lite.models import load_model, resolve_runtime
 from r1lite.train import sft
@@ -80,7 +81,7 @@ def test_the_distillation_gradient_is_the_gradient_of_the_reverse_kl():
 ])
 def test_on_policy_settings_that_cannot_work_are_refused(keys, needle):
     with pytest.raises(UsageError, match=needle):
-        GRPOConfig(**keys)
+        build(GRPOConfig, keys)
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path):

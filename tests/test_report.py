@@ -133,6 +133,7 @@ def three_runs(tmp_path_factory):
 
     from rich.console import Console
 
+    from r1lite.config import build
     from r1lite.train.config import GRPOConfig
     from r1lite.train.trainer import Trainer
 
@@ -147,9 +148,9 @@ def three_runs(tmp_path_factory):
     sys.path.insert(0, str(root))
     runs = []
     for name, seed, lr in (("lr1e-3-s0", 0, 1e-3), ("lr1e-3-s1", 1, 1e-3), ("lr3e-3-s0", 0, 3e-3)):
-        cfg = GRPOConfig(model="tiny", task=f"jsonl:{root / 'coin.jsonl'}", format="plain", batch_size=8, group_size=4,
-                         micro_batch_size=8, max_new_tokens=10, eval_items=6, max_steps=4, lr=lr, seed=seed,
-                         save_every=0, device="cpu", dtype="fp32", out=str(root / name))
+        cfg = build(GRPOConfig, dict(model="tiny", task=f"jsonl:{root / 'coin.jsonl'}", format="plain", batch_size=8,
+                                     group_size=4, micro_batch_size=8, max_new_tokens=10, eval_items=6, max_steps=4,
+                                     lr=lr, seed=seed, save_every=0, device="cpu", dtype="fp32", out=str(root / name)))
         assert Trainer(cfg, console=Console(quiet=True)).train() == 0
         runs.append(root / name)
     sys.path.remove(str(root))

@@ -1,11 +1,21 @@
 """SFT and the cold start from the model's own verified answers."""
 
+import contextlib
 import json
+
+import pytest
+import torch
 
 from r1lite import tasks
 from r1lite.engine import Completion
+from r1lite.models import load_model, resolve_runtime
 from r1lite.rewards import r1_answer, r1_format
 from r1lite.train import sft
+from r1lite.train.policy import Policy
+
+ROWS = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"}], "prefill": "",
+         "completion": f"<think>{i} + {i} = {2 * i}</think><answer>{2 * i}</answer>"} for i in range(8)]
+PINNED_SFT = [10.836705, 10.618560, 10.444869, 10.316196]  # token-mean NLL of the 4 optimizer steps
 
 
 def test_cold_start_keeps_only_verified_answers_rewritten_in_r1_format(monkeypatch):
@@ -59,3 +69,11 @@ def test_sft_data_errors_name_the_line(cli, tmp_path):
     data.write_text('{"prompt": "a", "completion": "b"}\n{"completion": "c"}\n')
     r = cli("sft", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and f"{data}:2" in r.stderr and "'prompt'" in r.stderr
+
+
+def test_seeded_sft_reproduces_its_pinned_losses():
+    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+    pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
+    history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
+                            autocast=contextlib.nullcontext, device=torch.device("cpu"))
+    assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)

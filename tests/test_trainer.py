@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+from r1lite.config import build
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig, preset
-from r1lite.train.policy import Policy, make_group_batch
+from r1lite.train.policy import make_group_batch
 from r1lite.train.trainer import WALL_CLOCK_KEYS, Trainer
 
 SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
@@ -24,7 +25,7 @@ SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-s
 def small_config(task, tmp_path, **kw) -> GRPOConfig:
     base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, max_new_tokens=12,
                 eval_items=0, lr=1e-3, out=str(tmp_path / "run"), max_steps=2)
-    return GRPOConfig(**{**base, **kw})
+    return build(GRPOConfig, {**base, **kw})
 
 
 def test_train_runs_end_to_end_with_built_in_defaults(cli, tmp_path):
@@ -51,7 +52,7 @@ def _rollout_until(trainer, wanted, what: str) -> list[dict]:
     """Draw rollouts (half the test task's rows always score 1) until ``wanted(informative groups)``."""
     for _ in range(12):
         groups, _ = trainer.rollout()
-        if wanted(grpo.informative_groups(torch.cat([g["reward"] for g in groups]), trainer.cfg.group_size)):
+        if wanted(grpo.informative_groups(torch.cat([g["reward"] for g in groups]), trainer.cfg.optim.group_size)):
             return groups
     pytest.fail(f"need a batch with {what}")
 
@@ -140,36 +141,6 @@ def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
             assert not any(p.requires_grad for p in with_kl.reference.frozen.parameters())
 
 
-COLD_START_ROWS = [{"item_id": str(i), "messages": [{"role": "user", "content": f"What is {i} + {i}?"}], "prefill": "",
-                    "completion": f"<think>{i} + {i} = {2 * i}</think><answer>{2 * i}</answer>"} for i in range(8)]
-
-
-def cold_start_config(tmp_path, **kw):
-    return small_config("arithmetic", tmp_path, **{"cold_start_items": 8, "cold_start_lr": 5e-3, "cold_start_epochs": 2, **kw})
-
-
-@pytest.mark.parametrize("lora", [False, True])
-def test_the_kl_reference_is_the_model_rl_starts_from(tmp_path, monkeypatch, lora):
-    """After a cold start the reference is the cold-started model, not the untouched base: the KL
-    of the first RL step is 0. A resumed run gets the same reference back from the run directory."""
-    from r1lite.train import sft
-
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    trainer = Trainer(cold_start_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1))
-    trained = []
-    real_train_sft = sft.train_sft
-    monkeypatch.setattr(sft, "train_sft", lambda model, *a, **k: trained.append(1) or real_train_sft(model, *a, **k))
-    assert trainer.train() == 0 and trained  # the whole run: base eval, cold start, RL, finish
-    rows = read_rows(tmp_path / "run" / "metrics.jsonl")
-    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # on the untouched base it was ~0.01
-    saved = trainer.reference.weights()
-    (tmp_path / "run" / "summary.json").write_text("{}")  # resume the finished run's last checkpoint
-    again = Trainer(cold_start_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1), resume=True)
-    again.setup()
-    assert again.reference.step == 0
-    assert all(torch.equal(saved[n], t) for n, t in again.reference.weights().items())
-
-
 def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_path, monkeypatch):
     task, env = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
@@ -180,48 +151,6 @@ def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_pat
     assert trainer.reference.step == 2 and rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert rows[2]["kl"] < rows[1]["kl"] or rows[1]["kl"] == 0  # the reference moved up to the policy of step 2
     assert [f.name for f in (tmp_path / "run" / "reference").iterdir()] == ["step-000002.safetensors"]
-
-
-def test_a_stop_while_the_cold_start_checkpoint_is_written_redoes_the_cold_start(tmp_path, monkeypatch):
-    """The summary must not say the cold start is done before its checkpoint exists: a resumed
-    run would train the base model while its report showed the cold start's evaluation."""
-    from r1lite.train import checkpoint, sft
-
-    calls = []
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: calls.append(1) or [dict(r) for r in COLD_START_ROWS])
-    real_save = checkpoint.save
-
-    def killed_while_saving(*a, **k):
-        raise KeyboardInterrupt  # the process dies in the middle of the save
-
-    monkeypatch.setattr(checkpoint, "save", killed_while_saving)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cold_start_config(tmp_path, max_steps=1)).train()
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text()) if (tmp_path / "run" / "summary.json").exists() else {}
-    assert not summary.get("cold_start_done")
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    trainer = Trainer(cold_start_config(tmp_path, max_steps=1), resume=True)
-    assert trainer.train() == 0 and len(calls) == 2  # the cold start ran again
-    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
-    assert state["cold_start_done"] and json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start_done"]
-
-
-def test_a_signal_during_the_cold_start_saves_it_and_stops(tmp_path, monkeypatch):
-    """Signal handlers are in place from the start: a SIGINT during the cold start finishes it,
-    writes its checkpoint, and exits 130 with the resume hint."""
-    import os
-
-    from r1lite.train import sft
-
-    def traces_then_signal(*a, **k):
-        os.kill(os.getpid(), signal.SIGINT)
-        return [dict(r) for r in COLD_START_ROWS]
-
-    monkeypatch.setattr(sft, "self_traces", traces_then_signal)
-    assert Trainer(cold_start_config(tmp_path, max_steps=3)).train() == 130
-    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
-    assert state["step"] == 0 and state["cold_start_done"]
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_training_log_probs_use_the_sampling_temperature(varied_task, tmp_path, monkeypatch):
@@ -408,9 +337,9 @@ def test_a_cut_off_last_metrics_line_is_dropped_on_resume(varied_task, tmp_path,
     cfg = small_config(task, tmp_path, max_steps=4, save_every=1)
     first = Trainer(cfg)
     first.setup()
-    cfg.max_steps = 2  # stop the loop after two steps, as a kill would
+    cfg.optim.max_steps = 2  # stop the loop after two steps, as a kill would
     first.grpo_loop()
-    cfg.max_steps = 4
+    cfg.optim.max_steps = 4
     metrics = tmp_path / "run" / "metrics.jsonl"
     with metrics.open("a") as f:
         f.write('{"step": 3, "reward_me')
@@ -452,25 +381,24 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes(varied_task, tmp_p
 
 
 def test_algorithm_presets_set_the_published_fields_and_explicit_keys_win():
-    from r1lite.config import build
-
     dapo = build(GRPOConfig, {"algorithm": "dapo", "max_new_tokens": 100}, presets=preset)
-    assert (dapo.loss_type, dapo.epsilon_high, dapo.dynamic_sampling, dapo.overlong_buffer, dapo.beta) == ("dapo", 0.28, True, 20, 0.0)
+    loss = dapo.loss
+    assert (loss.loss_type, loss.epsilon_high, loss.dynamic_sampling, loss.overlong_buffer, loss.beta) == ("dapo", 0.28, True, 20, 0.0)
     dr = build(GRPOConfig, {"algorithm": "dr_grpo"}, presets=preset)
-    assert (dr.loss_type, dr.scale_rewards) == ("dr_grpo", "none")
+    assert (dr.loss.loss_type, dr.loss.scale_rewards) == ("dr_grpo", "none")
     r1 = build(GRPOConfig, {"algorithm": "r1"}, {"lr": 1e-5}, presets=preset)
-    assert (r1.lr, r1.beta, r1.group_size, r1.prompts_per_step, r1.temperature, r1.ref_reset_every) == (1e-5, 0.001, 16, 32, 1.0, 400)
+    assert (r1.optim.lr, r1.loss.beta, r1.optim.group_size, r1.optim.prompts_per_step, r1.sampling.temperature,
+            r1.loss.ref_reset_every) == (1e-5, 0.001, 16, 32, 1.0, 400)
     r1_g8 = build(GRPOConfig, {"algorithm": "r1", "group_size": 8}, presets=preset)
-    assert (r1_g8.group_size, r1_g8.prompts_per_step) == (8, 32)
+    assert (r1_g8.optim.group_size, r1_g8.optim.prompts_per_step) == (8, 32)
     none = build(GRPOConfig, {"loss_type": "dapo"}, presets=preset)
-    assert (none.epsilon_high, none.dynamic_sampling, none.overlong_buffer) == (0.2, False, 0)  # today's fields
+    assert (none.loss.epsilon_high, none.loss.dynamic_sampling, none.loss.overlong_buffer) == (0.2, False, 0)  # today's fields
 
 
 # reward mean, completion length mean, loss, gradient norm, entropy of steps 1-4 (step 3: every group
 # had equal rewards, so no pass ran); measured on an AVX-512 BF16 EPYC, the same on AVX2
 PINNED_GRPO = [[1.0375, 12.0, 6.519e-09, 0.3939134, 10.790106], [1.0375, 12.0, 6.519e-09, 0.4067211, 10.790100],
                [1.1, 12.0, 0.0, 0.0, None], [0.7875, 12.0, 9.313e-09, 0.5440509, 10.790148]]
-PINNED_SFT = [10.836705, 10.618560, 10.444869, 10.316196]  # token-mean NLL of the 4 optimizer steps
 
 
 def test_a_seeded_tiny_run_reproduces_its_pinned_first_steps(varied_task, tmp_path, monkeypatch):
@@ -491,176 +419,6 @@ def test_a_seeded_tiny_run_reproduces_its_pinned_first_steps(varied_task, tmp_pa
     for step, (ours, pinned) in enumerate(zip(got, PINNED_GRPO, strict=True), 1):
         for a, b in zip(ours, pinned):  # None: no pass ran (entropy unmeasured)
             assert (a is None and b is None) or a == pytest.approx(b, rel=1e-4, abs=1e-6), f"step {step}: {ours} vs pinned {pinned}"
-
-
-def test_seeded_sft_reproduces_its_pinned_losses():
-    from r1lite.models import load_model, resolve_runtime
-    from r1lite.train import sft
-
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
-    pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
-    history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
-                            autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
-    assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)
-
-
-def test_sft_trains_more_epochs_while_asked_up_to_the_cap():
-    """``again`` is asked after the planned epochs and after each extra one; the optimizer carries on
-    (the first planned epochs are those of a plain 2-epoch run), and ``max_epochs`` caps it."""
-    from r1lite.models import load_model, resolve_runtime
-    from r1lite.train import sft
-
-    def run(again, max_epochs):
-        model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
-        pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
-        asked = []
-        history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2,
-                                seed=0, autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"),
-                                max_epochs=max_epochs, again=lambda done: asked.append(done) or again(done))
-        return sorted({r["epoch"] for r in history}), asked, [r["loss"] for r in history]
-
-    epochs, asked, losses = run(lambda done: done < 3, max_epochs=5)
-    assert epochs == [0, 1, 2] and asked == [2, 3]
-    assert losses[:len(PINNED_SFT)] == pytest.approx(PINNED_SFT, rel=1e-4)
-    epochs, asked, _ = run(lambda done: True, max_epochs=4)
-    assert epochs == [0, 1, 2, 3] and asked == [2, 3]
-    epochs, asked, _ = run(lambda done: False, max_epochs=4)
-    assert epochs == [0, 1] and asked == [2]
-
-
-def test_sft_checks_every_fraction_of_an_epoch():
-    """With ``check_every`` 0.5 ``again`` is asked after the planned epochs and every half epoch
-    after them (rounded to whole steps), the steps run on through the next epoch's order, and the
-    cap still holds; the first steps are those of a plain run."""
-    from r1lite.models import load_model, resolve_runtime
-    from r1lite.train import sft
-
-    def run(again, epochs, max_epochs):
-        model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
-        pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in COLD_START_ROWS]
-        asked = []
-        history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=epochs, lr=1e-3, batch_size=2,
-                                micro_batch_size=2, seed=0, autocast=__import__("contextlib").nullcontext,
-                                device=torch.device("cpu"), max_epochs=max_epochs, check_every=0.5,
-                                again=lambda done: asked.append(done) or again(done))
-        return len(history), [r["epoch"] for r in history], asked
-
-    steps, epochs, asked = run(lambda done: done < 2, epochs=1, max_epochs=4)  # 4 steps an epoch
-    assert asked == [1.0, 1.5, 2.0] and steps == 8 and epochs == [0] * 4 + [1] * 4
-    steps, _, asked = run(lambda done: done < 1.5, epochs=1, max_epochs=4)
-    assert asked == [1.0, 1.5] and steps == 6
-    steps, _, asked = run(lambda done: True, epochs=1, max_epochs=2)
-    assert asked == [1.0, 1.5] and steps == 8  # not asked at the cap
-
-
-@pytest.mark.parametrize("bar, epochs", [(1.0, 3), (0.0, 2)])
-def test_the_cold_start_trains_on_until_the_format_check_passes(tmp_path, monkeypatch, bar, epochs):
-    """With cold_start_min_format the cold start decodes train prompts after its epochs and trains
-    another while their format rate is below the bar (the tiny random model never writes the
-    format: it runs to cold_start_max_epochs, checked before each extra epoch and at the cap);
-    without it no check runs."""
-    from r1lite.train import sft
-
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_min_format=bar, cold_start_max_epochs=3,
-                            cold_start_check_items=4)
-    trainer = Trainer(cfg)
-    assert trainer.train() == 0
-    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
-    per_epoch = -(-len(COLD_START_ROWS) // cfg.cold_start_batch_size)
-    assert cold["epochs"] == epochs and cold["sft_steps"] == epochs * per_epoch
-    assert [c["epochs"] for c in cold["checks"]] == ([2, 3] if bar else [])
-    assert all(c["format_rate"] == 0.0 for c in cold["checks"])
-    assert cold["kept_epochs"] == (2 if bar else None)  # no check better than the first: its weights go on
-
-
-def checks_read(monkeypatch, readings: list[float]) -> dict:
-    """A self-sampled cold start on COLD_START_ROWS whose checks read ``readings`` (format 100%);
-    the returned dict gets the weights at each check ("checked") and those evaluated after the SFT
-    ("after_sft")."""
-    from r1lite.train import coldstart, sft
-
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    values = iter(readings)
-    seen: dict = {}
-
-    def fingerprint(trainer):
-        return [p.detach().clone() for p in trainer.model.parameters()]
-
-    def fake_check(trainer):
-        seen.setdefault("checked", []).append(fingerprint(trainer))
-        return {"format_rate": 1.0, "accuracy": next(values)}
-
-    run_eval = Trainer.run_eval
-
-    def recording_eval(self, key, *args, **kwargs):
-        if key == "eval_after_sft":
-            seen["after_sft"] = fingerprint(self)
-        return run_eval(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(coldstart, "check", fake_check)
-    monkeypatch.setattr(Trainer, "run_eval", recording_eval)
-    return seen
-
-
-def test_a_cold_start_at_its_cap_goes_on_from_its_best_checked_weights(tmp_path, monkeypatch):
-    """When no check reaches the bars by cold_start_max_epochs, the cap is checked too and RL starts
-    from the weights of the best check, not from wherever the last epoch left them."""
-    seen = checks_read(monkeypatch, [0.2, 0.45, 0.3])
-    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
-                            cold_start_check_every=0.5, cold_start_max_epochs=2, cold_start_batch_size=2)
-    assert Trainer(cfg).train() == 0
-    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
-    assert [c["epochs"] for c in cold["checks"]] == [1.0, 1.5, 2.0]
-    assert cold["kept_epochs"] == 1.5 and cold["epochs"] == 2.0
-    best, last = seen["checked"][1], seen["checked"][2]
-    assert any(not torch.equal(a, b) for a, b in zip(best, last))
-    assert all(torch.equal(a, b) for a, b in zip(seen["after_sft"], best))
-
-
-def test_the_cold_start_trains_on_until_the_check_reaches_its_accuracy_bar(tmp_path, monkeypatch):
-    """With cold_start_min_accuracy the check after the planned epochs and every
-    cold_start_check_every epochs after them asks for more while the accuracy on its train prompts
-    is below the bar, and the cold start stops at the first check that reaches it; every check is
-    in the summary."""
-    from r1lite.train import coldstart, sft
-
-    monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in COLD_START_ROWS])
-    readings = iter([{"format_rate": 1.0, "accuracy": a} for a in (0.2, 0.4, 0.5, 0.7)])
-    monkeypatch.setattr(coldstart, "check", lambda trainer: next(readings))
-    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
-                            cold_start_check_every=0.5, cold_start_max_epochs=4, cold_start_batch_size=2)
-    assert Trainer(cfg).train() == 0
-    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
-    assert [c["epochs"] for c in cold["checks"]] == [1.0, 1.5, 2.0]
-    assert [c["accuracy"] for c in cold["checks"]] == [0.2, 0.4, 0.5]
-    assert cold["epochs"] == 2.0 and cold["sft_steps"] == 8
-
-
-@pytest.mark.parametrize("readings, points, t", [
-    ([0.2, 0.8, 0.7, 0.4, 0.55], [0.5, 0.25, 0.375], 0.375),  # above, below, between: lands at the third
-    ([0.2, 0.8, 0.7, 0.7, 0.7, 0.7], [0.5, 0.25, 0.125, 0.0625], 0.0625),  # never between: the nearest above
-    ([0.2, 0.8, 0.7, 0.4, 0.45, 0.3], [0.5, 0.25, 0.375, 0.4375], 0.5),  # last below: back up to the nearest above
-])
-def test_a_cold_start_past_its_ceiling_bisects_back_toward_the_check_before(tmp_path, monkeypatch, readings, points,
-                                                                            t):
-    """With cold_start_max_accuracy a check that meets the bar above the ceiling does not end the
-    cold start there: the weights step back along the straight line to those of the check before
-    (bisected: half way, then a quarter or three quarters...) until a check lands between bar and
-    ceiling, and RL starts from exactly those interpolated weights."""
-    seen = checks_read(monkeypatch, readings)
-    cfg = cold_start_config(tmp_path, format="r1", max_steps=1, cold_start_epochs=1, cold_start_min_accuracy=0.5,
-                            cold_start_max_accuracy=0.6, cold_start_check_every=0.5, cold_start_max_epochs=4,
-                            cold_start_batch_size=2)
-    assert Trainer(cfg).train() == 0
-    cold = json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]
-    assert [c["accuracy"] for c in cold["checks"]] == readings
-    assert [c.get("t") for c in cold["checks"]] == [None, None, *points]
-    assert cold["landed"] == {"t": t, "between": [1.0, 1.5]} and cold["epochs"] == 1.5
-    start, end = seen["checked"][0], seen["checked"][1]
-    assert any(not torch.equal(a, b) for a, b in zip(start, end))
-    for p, a, b in zip(seen["after_sft"], start, end):
-        torch.testing.assert_close(p, torch.lerp(a, b, t))
 
 
 def test_every_seed_is_scored_on_the_same_held_out_items(tmp_path):

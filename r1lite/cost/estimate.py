@@ -139,7 +139,7 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
     from r1lite.meter.hardware import CostConfig
     from r1lite.models import device_kind, load_tokenizer, resolve_runtime
 
-    runtime = resolve_runtime(cfg.device, cfg.dtype)
+    runtime = resolve_runtime(cfg.launch.device, cfg.launch.dtype)
     chosen = pricing.resolve(device_kind(runtime))
     here = CostConfig().resolve(device_kind(runtime)).name
     shape = known_shape(cfg.model)
@@ -158,7 +158,8 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
     else:
         loaded = shape is None
         shape = shape or loadable_shape(cfg.model)
-        weights = lora_weights(shape, cfg.lora_r, list(cfg.lora_targets)) if cfg.lora else full_weights(shape)
+        optim = cfg.optim
+        weights = lora_weights(shape, optim.lora_r, list(optim.lora_targets)) if optim.lora else full_weights(shape)
         flops = plain_decode_flops(shape, weights)
         tokenizer = load_tokenizer(cfg.model if loaded else "default")
         task = tasks.load_task(cfg.task, cfg.task_options)

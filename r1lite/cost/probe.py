@@ -22,7 +22,6 @@ group with equal rewards would be left out), so it always computes a gradient.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from r1lite import report
+from r1lite.config import with_values
 from r1lite.cost.work import DecodeFlops, Speed
 from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
@@ -67,10 +67,10 @@ def probe_config(cfg: GRPOConfig, out: str) -> GRPOConfig:
     """The recipe as the probe runs it: into ``out``, one rollout round, and for a cold-start recipe
     the cold start's phrasing and temperature (see the module docstring)."""
     changes: dict = {"out": out, "dynamic_sampling": False}
-    if cfg.cold_start_items:
-        changes.update(format=cfg.cold_start_format, prefill_think=False, temperature=cfg.cold_start_temperature,
+    if cfg.cold_start.items:
+        changes.update(format=cfg.cold_start.format, prefill_think=False, temperature=cfg.cold_start.temperature,
                        cold_start_items=0)
-    return dataclasses.replace(cfg, **changes)
+    return with_values(cfg, **changes)
 
 
 def trace_stats(groups: list[dict], tokenizer, cfg: GRPOConfig) -> tuple[list[int], float]:
@@ -84,9 +84,9 @@ def trace_stats(groups: list[dict], tokenizer, cfg: GRPOConfig) -> tuple[list[in
     for g in groups:
         correct = [c for c, acc in zip(g["completions"], g["seen"]["accuracy"]) if c.finish == "stop" and acc == 1.0]
         traces = sorted(len(tokenizer.encode(sft.r1_trace(c.text), add_special_tokens=False)) + 1 for c in correct)
-        lengths += traces[:cfg.cold_start_per_item]  # the cold start keeps the shortest
-        p, n = len(correct) / len(g["completions"]), cfg.cold_start_samples
-        kept.append(sum(min(cfg.cold_start_per_item, k) * math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+        lengths += traces[:cfg.cold_start.per_item]  # the cold start keeps the shortest
+        p, n = len(correct) / len(g["completions"]), cfg.cold_start.samples
+        kept.append(sum(min(cfg.cold_start.per_item, k) * math.comb(n, k) * p ** k * (1 - p) ** (n - k)
                         for k in range(n + 1)))
     return lengths, mean(kept)
 
@@ -109,24 +109,25 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         console.print(f"probe: loading {cfg.model} ({trainer.runtime.describe()})")
         trainer.setup()
         setup = time.perf_counter() - start
-        console.print(f"probe: one rollout batch ({pcfg.prompts_per_step} prompts x {pcfg.group_size}, "
-                      f"{pcfg.format} prompt, temperature {pcfg.temperature:g})")
+        G = pcfg.optim.group_size
+        console.print(f"probe: one rollout batch ({pcfg.optim.prompts_per_step} prompts x {G}, "
+                      f"{pcfg.format} prompt, temperature {pcfg.sampling.temperature:g})")
         t0 = time.perf_counter()
         with trainer.meter.phase("rollout"):
             groups, info = trainer.rollout()
         rollout_seconds = time.perf_counter() - t0
         lengths = [len(c.token_ids) for g in groups for c in g["completions"]]
         rewards = torch.cat([g["reward"] for g in groups])
-        skipped = 1.0 - float(grpo.informative_groups(rewards, pcfg.group_size).float().mean())
+        skipped = 1.0 - float(grpo.informative_groups(rewards, G).float().mean())
         eval_lengths, greedy_rewards = greedy_eval_lengths(trainer, cfg, groups, console)
-        traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start_items else (lengths, 0.0)
-        if cfg.cold_start_items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
-            per_item = float(cfg.cold_start_per_item)
+        traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start.items else (lengths, 0.0)
+        if cfg.cold_start.items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
+            per_item = float(cfg.cold_start.per_item)
 
-        chunk = groups[:max(1, pcfg.micro_batch_size // pcfg.group_size)]
+        chunk = groups[:max(1, pcfg.optim.micro_batch_size // G)]
         for g in chunk:  # alternating rewards: every group trains (the timing needs its gradient)
-            g["reward"] = torch.arange(pcfg.group_size, dtype=torch.float32) % 2
-        console.print(f"probe: two train steps ({len(chunk) * pcfg.group_size} completions): the first, and a later one")
+            g["reward"] = torch.arange(G, dtype=torch.float32) % 2
+        console.print(f"probe: two train steps ({len(chunk) * G} completions): the first, and a later one")
         t0 = time.perf_counter()
         trainer.train_step(chunk)  # first calls at these shapes, the optimizer's state: once a phase
         first_seconds = time.perf_counter() - t0
@@ -145,12 +146,12 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
             trainer.scheduler.get_last_lr()[0]))
         report.write_report(Path(tmp))
         report_seconds = time.perf_counter() - t0
-        base = trainer.model.get_base_model() if cfg.lora else trainer.model
+        base = trainer.model.get_base_model() if cfg.optim.lora else trainer.model
         flops = trainer.meter.flops_by_phase
         decoder = trainer.engine.decoder
         seconds = time.perf_counter() - start
         generate_rate = flops["rollout"] / rollout_seconds
-        train_rate = flops["train"] / max(1e-9, train_seconds - pcfg.mu * optimizer_seconds)
+        train_rate = flops["train"] / max(1e-9, train_seconds - pcfg.optim.mu * optimizer_seconds)
         first_step = max(0.0, first_seconds - train_seconds)
         from r1lite.models import cpu_kind
 
@@ -167,7 +168,8 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
                       first_step_seconds=first_step, setup_seconds=setup, checkpoint_seconds=checkpoint_seconds,
                       report_seconds=report_seconds, notes=tuple(speed_notes))
         final = eval_lengths.pop("greedy", [])
-        workload = Workload(lengths, traces or [cfg.max_new_tokens], skipped, per_item, eval_lengths=eval_lengths,
+        workload = Workload(lengths, traces or [cfg.sampling.max_new_tokens], skipped, per_item,
+                            eval_lengths=eval_lengths,
                             final_lengths=final, sampled_rewards=rewards.tolist() if greedy_rewards else [],
                             final_rewards=greedy_rewards,
                             notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
@@ -191,7 +193,7 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     from r1lite.engine import Request, Sampling
 
     wanted = {key: fmt for key, fmt, trained in eval_phases(cfg) if not trained}
-    if not cfg.cold_start_items:
+    if not cfg.cold_start.items:
         wanted["greedy"] = cfg.format
     items = trainer.eval_items[:EVAL_SAMPLE]
     trainer.sync_engine()
@@ -201,8 +203,8 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
                    if items else [])
         ids = [p.ids for p in prompts] or [g["prompt"] for g in groups]  # no held-out items: the recipe's format only
         console.print(f"probe: greedy answers of the untrained model to {len(ids)} prompts ({fmt})")
-        greedy = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=0.0)  # as evaluations decode
-        outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.eval_batch_size)
+        greedy = Sampling(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0)  # as evaluations decode
+        outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.sampling.eval_batch_size)
         by_format[fmt] = [len(c[0].token_ids) for c in outputs]
         if prompts and fmt == wanted.get("greedy"):
             rewards = [float(rollout.score_group(cfg, trainer.task, item, p.ids, p.prefill, c)["reward"][0])
@@ -226,15 +228,16 @@ def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: 
     """Where the workload's figures come from."""
     n = len(lengths)
     lines = [f"probe rollout batch: {n} completions of the untrained model ({pcfg.format} prompt, temperature "
-             f"{pcfg.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups scored alike"]
+             f"{pcfg.sampling.temperature:g}): mean {mean(lengths):.1f} tokens, {100 * skipped:.0f}% of its groups "
+             "scored alike"]
     if eval_lengths:
         items = len(next(iter(eval_lengths.values())))
         lines.append(f"evaluations of the untrained model, from its greedy answers to {items} held-out items: "
                      + ", ".join(f"{key} {mean(v):.1f} tokens" for key, v in eval_lengths.items()))
-    if cfg.cold_start_items:
+    if cfg.cold_start.items:
         lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
                      f"(each item's shortest verified answer), mean {mean(traces):.1f} tokens" if traces else
                      f"the probe found no verified {pcfg.format} answer: traces assumed as long as max_new_tokens "
-                     f"({cfg.max_new_tokens}), an upper bound")
+                     f"({cfg.sampling.max_new_tokens}), an upper bound")
         lines.append("groups after the cold start assumed to score alike as often as the base's plain answers do")
     return lines

@@ -147,16 +147,16 @@ class RunPrompts:
 def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
     """The prompts a run with ``cfg`` will use, from its own items and seeds."""
     evals = {}
-    if cfg.eval_items:
-        items = task.split("test", cfg.eval_items, seed=cfg.eval_seed)
-        for fmt in {cfg.format, *(cfg.base_phrasings if cfg.eval_base_plain else [])}:
+    if cfg.eval.items:
+        items = task.split("test", cfg.eval.items, seed=cfg.eval.seed)
+        for fmt in {cfg.format, *(cfg.eval.base_phrasings if cfg.eval.base_plain else [])}:
             evals[fmt] = [p.ids for p in item_prompts(tokenizer, task, items, fmt, cfg.prefill_think and fmt == "r1")]
-    cold = task.split("train", cfg.cold_start_items, seed=cfg.seed + 1) if cfg.cold_start_items else []
-    train = task.split("train", 2 * cfg.prompts_per_step, seed=cfg.seed)
-    check = (task.split("train", cfg.cold_start_check_items, seed=cfg.seed + 2)
-             if cfg.cold_start_items and cfg.checks_cold_start else [])
+    cold = task.split("train", cfg.cold_start.items, seed=cfg.seed + 1) if cfg.cold_start.items else []
+    train = task.split("train", 2 * cfg.optim.prompts_per_step, seed=cfg.seed)
+    check = (task.split("train", cfg.cold_start.check_items, seed=cfg.seed + 2)
+             if cfg.cold_start.items and cfg.cold_start.checks else [])
     return RunPrompts(
-        evals, [p.ids for p in item_prompts(tokenizer, task, cold, cfg.cold_start_format)],
+        evals, [p.ids for p in item_prompts(tokenizer, task, cold, cfg.cold_start.format)],
         [p.ids for p in item_prompts(tokenizer, task, cold, "r1")],
         [p.ids for p in item_prompts(tokenizer, task, train, cfg.format, cfg.prefill_think)],
         [p.ids for p in item_prompts(tokenizer, task, check, cfg.format, cfg.prefill_think and cfg.format == "r1")])
@@ -164,12 +164,12 @@ def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
 
 def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
     """(summary key, format, after training?) for each evaluation the run does, in order."""
-    if not cfg.eval_items:
+    if not cfg.eval.items:
         return []
     evals = [("eval_before", cfg.format, False)]
-    if cfg.eval_base_plain:
-        evals += [(tasks.base_eval_key(fmt), fmt, False) for fmt in cfg.base_phrasings]
-    if cfg.cold_start_items:
+    if cfg.eval.base_plain:
+        evals += [(tasks.base_eval_key(fmt), fmt, False) for fmt in cfg.eval.base_phrasings]
+    if cfg.cold_start.items:
         evals.append(("eval_after_sft", cfg.format, True))
     return evals + [("eval_after", cfg.format, True)]
 
@@ -177,11 +177,13 @@ def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
 def checkpoints(cfg: GRPOConfig) -> int:
     """Checkpoints the trainer writes: after the cold start, every ``save_every`` steps and at the end.
 
-    >>> checkpoints(GRPOConfig(max_steps=36, save_every=8, cold_start_items=256))
+    >>> from r1lite.config import build
+    >>> checkpoints(build(GRPOConfig, {"max_steps": 36, "save_every": 8, "cold_start_items": 256}))
     6
     """
-    saves = {s for s in range(1, cfg.max_steps + 1) if cfg.save_every and s % cfg.save_every == 0} | {cfg.max_steps}
-    return len(saves) + bool(cfg.cold_start_items)
+    steps = cfg.optim.max_steps
+    saves = {s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0} | {steps}
+    return len(saves) + bool(cfg.cold_start.items)
 
 
 def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunPrompts, workload: Workload,
@@ -192,26 +194,27 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
     phases = {name: PhaseWork() for name in ("eval", "cold_start_sampling", "sft", "rollout", "train")}
     for key, fmt, trained in eval_phases(cfg):
         lengths = w.eval_lengths.get(key) or ((w.final_lengths or w.trained_lengths) if trained else w.base_lengths)
-        phases["eval"].add(generation_work(prompts.eval[fmt], 1, lengths, cfg.eval_batch_size, flops))
-    if cfg.cold_start_items:
-        phases["cold_start_sampling"].add(generation_work(prompts.cold_start, cfg.cold_start_samples, w.base_lengths,
-                                                          cfg.eval_batch_size, flops))
+        phases["eval"].add(generation_work(prompts.eval[fmt], 1, lengths, cfg.sampling.eval_batch_size, flops))
+    if cfg.cold_start.items:
+        phases["cold_start_sampling"].add(generation_work(prompts.cold_start, cfg.cold_start.samples, w.base_lengths,
+                                                          cfg.sampling.eval_batch_size, flops))
         phases["sft"].add(sft_work(shape, weights, prompts.traces, w.trained_lengths,
-                                   cfg.cold_start_items * w.traces_per_item, cfg.cold_start_batch_size,
-                                   cfg.cold_start_epochs))
+                                   cfg.cold_start.items * w.traces_per_item, cfg.cold_start.batch_size,
+                                   cfg.cold_start.epochs))
         if prompts.check:  # one check, after the planned epochs (it passes: no further training assumed)
-            phases["sft"].add(generation_work(prompts.check, 1, w.trained_lengths, cfg.eval_batch_size, flops))
-    P, G = cfg.prompts_per_step, cfg.group_size
-    rounds = cfg.max_refill_rounds + 1 if cfg.dynamic_sampling else 1
-    forwards = int(cfg.mu > 1) + int(cfg.beta > 0)
-    for lengths, steps, skipped in step_points(w, cfg.max_steps, cfg.max_new_tokens, G):
+            phases["sft"].add(generation_work(prompts.check, 1, w.trained_lengths, cfg.sampling.eval_batch_size, flops))
+    P, G = cfg.optim.prompts_per_step, cfg.optim.group_size
+    rounds = cfg.loss.max_refill_rounds + 1 if cfg.loss.dynamic_sampling else 1
+    forwards = int(cfg.optim.mu > 1) + int(cfg.loss.beta > 0)
+    for lengths, steps, skipped in step_points(w, cfg.optim.max_steps, cfg.sampling.max_new_tokens, G):
         sampled = sum(skipped ** r for r in range(rounds))  # expected rounds' worth of P prompts
-        if cfg.dynamic_sampling:
+        if cfg.loss.dynamic_sampling:
             kept = P * (1 - skipped ** rounds) if skipped < 1 else 0.0
         else:
-            kept = P * (1 - skipped) if cfg.beta == 0 else float(P)
-        rollout = generation_work(prompts.train[:P], G, lengths, cfg.rollout_batch_size, flops)
-        step = train_work(shape, weights, prompts.train, lengths, kept, G, cfg.micro_batch_size, forwards, cfg.mu)
+            kept = P * (1 - skipped) if cfg.loss.beta == 0 else float(P)
+        rollout = generation_work(prompts.train[:P], G, lengths, cfg.sampling.rollout_batch_size, flops)
+        step = train_work(shape, weights, prompts.train, lengths, kept, G, cfg.optim.micro_batch_size, forwards,
+                          cfg.optim.mu)
         phases["rollout"].add(rollout, steps * sampled)
         phases["train"].add(step, steps)
     return {name: work for name, work in phases.items() if work.flops > 0 or work.updates}

@@ -138,41 +138,41 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
                      "think longer grows instead: pass --completion-tokens)")
     else:
         lines.append(f"completion length: untrained model {mean(w.base_lengths):.1f} tokens"
-                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start_items else "")
+                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start.items else "")
                      + " (mean), for the whole run (R1-Zero runs often grow longer)")
-    if cfg.beta > 0:
+    if cfg.loss.beta > 0:
         lines.append("every group trains (a KL reference gives each one a gradient)")
     else:
-        refill = " (DAPO dynamic sampling refills them)" if cfg.dynamic_sampling else ""
+        refill = " (DAPO dynamic sampling refills them)" if cfg.loss.dynamic_sampling else ""
         if w.final_rewards and w.final_lengths:
-            last = step_points(w, cfg.max_steps, cfg.max_new_tokens, cfg.group_size)[-1][2]
+            last = step_points(w, cfg.optim.max_steps, cfg.sampling.max_new_tokens, cfg.optim.group_size)[-1][2]
             lines.append(f"skipped groups (rewards all equal): from {100 * w.skipped_groups:.0f}% to {100 * last:.0f}% "
                          f"by the last step, {100 * mean_skipped(w, cfg):.0f}% on average{refill}: each rollout assumed "
                          "to be the greedy answer as often as the lengths have moved toward it, else a sample like "
                          "the untrained model's, with the rewards of both measured by the probe")
         else:
             lines.append(f"skipped groups (rewards all equal): {100 * w.skipped_groups:.0f}%{refill}")
-    if cfg.cold_start_items:
+    if cfg.cold_start.items:
         lines.append(f"cold start keeps {w.traces_per_item:.2f} traces per item: "
-                     f"{cfg.cold_start_items * w.traces_per_item:.0f} traces")
-        if cfg.checks_cold_start:
-            lines.append(f"the cold start's check passes after {cfg.cold_start_epochs} epochs (each "
-                         f"{cfg.cold_start_check_every:g} epochs more, up to {cfg.cold_start_max_epochs}, add "
-                         f"{cfg.cold_start_check_every / cfg.cold_start_epochs:.0%} of the SFT and a check"
-                         + (f"; a check above the {cfg.cold_start_max_accuracy:.0%} ceiling adds up to "
-                            f"{LANDING_CHECKS} more" if cfg.cold_start_max_accuracy else "") + ")")
+                     f"{cfg.cold_start.items * w.traces_per_item:.0f} traces")
+        if cfg.cold_start.checks:
+            lines.append(f"the cold start's check passes after {cfg.cold_start.epochs} epochs (each "
+                         f"{cfg.cold_start.check_every:g} epochs more, up to {cfg.cold_start.max_epochs}, add "
+                         f"{cfg.cold_start.check_every / cfg.cold_start.epochs:.0%} of the SFT and a check"
+                         + (f"; a check above the {cfg.cold_start.max_accuracy:.0%} ceiling adds up to "
+                            f"{LANDING_CHECKS} more" if cfg.cold_start.max_accuracy else "") + ")")
     return lines
 
 
 def mean_rollout_length(w: Workload, cfg: GRPOConfig) -> float:
     """The rollouts' mean completion length over the run."""
-    points = step_points(w, cfg.max_steps, cfg.max_new_tokens, cfg.group_size)
+    points = step_points(w, cfg.optim.max_steps, cfg.sampling.max_new_tokens, cfg.optim.group_size)
     return sum(mean(lengths) * steps for lengths, steps, _ in points) / max(1e-9, sum(steps for _, steps, _ in points))
 
 
 def mean_skipped(w: Workload, cfg: GRPOConfig) -> float:
     """The fraction of groups scoring alike, averaged over the run's steps."""
-    points = step_points(w, cfg.max_steps, cfg.max_new_tokens, cfg.group_size)
+    points = step_points(w, cfg.optim.max_steps, cfg.sampling.max_new_tokens, cfg.optim.group_size)
     return sum(skipped * steps for _, steps, skipped in points) / max(1e-9, sum(steps for _, steps, _ in points))
 
 
@@ -209,9 +209,10 @@ class Overrides:
 def unprobed_workload(cfg: GRPOConfig) -> Workload:
     """Upper bounds where nothing was measured: completions as long as the budget, no group skipped,
     the most traces a cold start may keep."""
-    return Workload([cfg.max_new_tokens], [cfg.max_new_tokens], 0.0, float(cfg.cold_start_per_item), notes=[
-        f"no probe: completions as long as max_new_tokens ({cfg.max_new_tokens}), no group skipped, "
-        f"{cfg.cold_start_per_item} trace(s) per cold-start item: upper bounds (--completion-tokens, --skipped-groups)"])
+    budget = cfg.sampling.max_new_tokens
+    return Workload([budget], [budget], 0.0, float(cfg.cold_start.per_item), notes=[
+        f"no probe: completions as long as max_new_tokens ({budget}), no group skipped, "
+        f"{cfg.cold_start.per_item} trace(s) per cold-start item: upper bounds (--completion-tokens, --skipped-groups)"])
 
 
 def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
@@ -234,11 +235,12 @@ def run_workload(run: Path, cfg: GRPOConfig) -> Workload:
     if any(r.get("groups_sampled", 0) > r.get("groups_kept", 0) for r in rows):  # dynamic sampling dropped them
         skipped = 1 - sum(r["groups_kept"] for r in rows) / sum(r["groups_sampled"] for r in rows)
     else:  # left out of the train step: completion tokens trained on over tokens sampled
-        skipped = 1 - statistics.mean(r["loss_tokens"] / (cfg.batch_size * r["completion_len_mean"]) for r in rows)
+        batch = cfg.optim.batch_size
+        skipped = 1 - statistics.mean(r["loss_tokens"] / (batch * r["completion_len_mean"]) for r in rows)
     evals = [summary[k] for k in ("eval_base_plain", "eval_before") if isinstance(summary.get(k), dict)]
     base = evals[0]["completion_tokens_mean"] if evals else rollout
     cold = summary.get("cold_start") or {}
-    traces = cold.get("traces", 0) / cold["items"] if cold.get("items") else float(cfg.cold_start_per_item)
+    traces = cold.get("traces", 0) / cold["items"] if cold.get("items") else float(cfg.cold_start.per_item)
     return Workload(lengths_with_mean(base), lengths_with_mean(rollout), skipped, traces, notes=[
         f"like {run} ({len(rows)} GRPO steps): base completions {base:.1f} tokens, rollouts {rollout:.1f}, "
         f"{100 * skipped:.0f}% of sampled groups scored alike, {traces:.3f} cold-start traces per item"])

@@ -41,25 +41,26 @@ def self_sampled(cfg, engine, tokenizer, task: tasks.Task, world: World, meter, 
     """The model's own verified answers to a plain prompt, rewritten in the R1 format (and written to
     ``cold_start.jsonl``), with what the summary records about them. ``engine`` holds the weights
     to sample."""
-    items = task.split("train", cfg.cold_start_items, seed=cfg.seed + 1)
+    items = task.split("train", cfg.cold_start.items, seed=cfg.seed + 1)
     mine = items[world.span(len(items))]
     stats = GenerationStats()
     with meter.phase("cold_start_sampling"), progress(console, "cold-start sampling",
-                                                      len(mine) * cfg.cold_start_samples, "seq") as update:
-        traces = sft.self_traces(engine, tokenizer, task, mine, phrasing=cfg.cold_start_format,
-                                 samples=cfg.cold_start_samples, temperature=cfg.cold_start_temperature,
-                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, per_item=cfg.cold_start_per_item,
-                                 model_name=cfg.model, batch_size=cfg.eval_batch_size, stats=stats, on_progress=update)
+                                                      len(mine) * cfg.cold_start.samples, "seq") as update:
+        traces = sft.self_traces(engine, tokenizer, task, mine, phrasing=cfg.cold_start.format,
+                                 samples=cfg.cold_start.samples, temperature=cfg.cold_start.temperature,
+                                 max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
+                                 per_item=cfg.cold_start.per_item, model_name=cfg.model,
+                                 batch_size=cfg.sampling.eval_batch_size, stats=stats, on_progress=update)
     meter.add_flops("cold_start_sampling", stats.flops)
     traces = world.gather_lists(traces)
     if world.main:
         write_jsonl(run_dir / "cold_start.jsonl", traces)
     console.print(f"cold start: kept {len(traces)} verified traces from {len(items)} items "
-                  f"x {cfg.cold_start_samples} samples → {run_dir / 'cold_start.jsonl'}")
+                  f"x {cfg.cold_start.samples} samples → {run_dir / 'cold_start.jsonl'}")
     if not traces:
         raise UsageError("cold start: no verified-correct sample to learn from; raise cold_start_items or "
                          "cold_start_samples, or use a task the base model sometimes solves")
-    return traces, {"items": len(items), "samples_per_item": cfg.cold_start_samples}
+    return traces, {"items": len(items), "samples_per_item": cfg.cold_start.samples}
 
 
 # The check and where it sends the weights next: pure functions of the check's readings.
@@ -126,15 +127,15 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
     ``cold_start_max_epochs`` cap comes. A check past the ceiling bisects back toward the weights
     of the check before it (the anchor; at first the SFT's start); at the cap below the bars, the
     best-checked weights go on. Returns what the summary records, and the FLOPs of the SFT steps."""
-    bars = Bars(cfg.cold_start_min_format, cfg.cold_start_min_accuracy, cfg.cold_start_max_accuracy)
+    bars = Bars(cfg.cold_start.min_format, cfg.cold_start.min_accuracy, cfg.cold_start.max_accuracy)
     pairs = [sft.encode_pair(phase.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
-    per_epoch = -(-len(pairs) // cfg.cold_start_batch_size)
-    first, cap = cfg.cold_start_epochs * per_epoch, cfg.cold_start_max_epochs * per_epoch
-    interval = sft.check_steps(per_epoch, cfg.cold_start_check_every)
+    per_epoch = -(-len(pairs) // cfg.cold_start.batch_size)
+    first, cap = cfg.cold_start.epochs * per_epoch, cfg.cold_start.max_epochs * per_epoch
+    interval = sft.check_steps(per_epoch, cfg.cold_start.check_every)
     params = [p for p in phase.policy.model.parameters() if p.requires_grad]
-    steps = sft.sft_steps(phase.policy, phase.tokenizer, pairs, lr=cfg.cold_start_lr,
-                          batch_size=cfg.cold_start_batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                          autocast=phase.runtime.autocast, device=phase.runtime.device, world=phase.world)
+    steps = sft.sft_steps(phase.policy, phase.tokenizer, pairs, lr=cfg.cold_start.lr,
+                          batch_size=cfg.cold_start.batch_size, micro_batch_size=cfg.optim.micro_batch_size,
+                          seed=cfg.seed, autocast=phase.runtime.autocast, device=phase.runtime.device, world=phase.world)
     history: list[dict] = []
     checks: list[dict] = []
     best: dict = {}  # the best-checked weights below the bars, for a cap that comes first
@@ -172,7 +173,7 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
                 if len(history) >= cap:  # the cap came before the bars: the best-checked weights go on
                     kept = best["epochs"]
                     put(params, best["weights"])
-                    phase.console.print(f"cold start: no check met the bars by the {cfg.cold_start_max_epochs}-epoch "
+                    phase.console.print(f"cold start: no check met the bars by the {cfg.cold_start.max_epochs}-epoch "
                                         f"cap; keeping the weights checked after {kept:g} epochs, the best")
                     break
                 update(len(history), "training on", total=min(cap, len(history) + interval))
@@ -223,8 +224,8 @@ def put(params: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
 
 # A cold start from a teacher's traces
 
-RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "n", "samples_per_prompt", "temperature",
-            "max_tokens", "seed", "out", "device", "dtype")
+RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "limit", "samples_per_prompt", "temperature",
+            "max_new_tokens", "seed", "out", "device", "dtype")
 """DistillConfig fields a training run sets from its own config (distill_options may set the others)."""
 
 
@@ -232,23 +233,23 @@ def distill_config(cfg) -> DistillConfig:
     """The distillation a run's ``cold_start_teacher`` runs (``cfg`` a :class:`r1lite.train.config.GRPOConfig`):
     ``cold_start_items`` train prompts x ``cold_start_samples`` at ``cold_start_temperature``, each
     within ``max_new_tokens`` (a longer trace could not be learnt), into ``<out>/distill.jsonl``."""
-    fixed = sorted(set(cfg.distill_options) & set(RUN_KEYS))
+    fixed = sorted(set(cfg.cold_start.distill_options) & set(RUN_KEYS))
     if fixed:
         raise UsageError(f"distill_options: '{fixed[0]}' follows from the run's own keys (cold_start_*, task, format, "
                          "max_new_tokens, seed, out); set those instead")
-    run_keys = {"teacher": cfg.cold_start_teacher, "task": cfg.task, "task_options": cfg.task_options,
-                "format": cfg.format, "split": "train", "n": cfg.cold_start_items,
-                "samples_per_prompt": cfg.cold_start_samples, "temperature": cfg.cold_start_temperature,
-                "max_tokens": cfg.max_new_tokens, "seed": cfg.seed + 1, "out": str(Path(cfg.out) / "distill.jsonl"),
-                "device": cfg.device, "dtype": cfg.dtype}
-    return build(DistillConfig, {**run_keys, **cfg.distill_options}, source="distill_options")
+    run_keys = {"teacher": cfg.cold_start.teacher, "task": cfg.task, "task_options": cfg.task_options,
+                "format": cfg.format, "split": "train", "limit": cfg.cold_start.items,
+                "samples_per_prompt": cfg.cold_start.samples, "temperature": cfg.cold_start.temperature,
+                "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed + 1,
+                "out": str(Path(cfg.out) / "distill.jsonl"), "device": cfg.launch.device, "dtype": cfg.launch.dtype}
+    return build(DistillConfig, {**run_keys, **cfg.cold_start.distill_options}, source="distill_options")
 
 
 def teacher_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tuple[list[dict], dict]:
     """(traces, what the summary records about them) for a run's cold start from ``cold_start_data``
     or from ``cold_start_teacher`` (distilled now: resumed like ``r1lite distill``)."""
-    if cfg.cold_start_data:
-        path = Path(cfg.cold_start_data)
+    if cfg.cold_start.data:
+        path = Path(cfg.cold_start.data)
         info = {"source": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     else:
         with meter.phase("teacher_sampling"):
@@ -256,7 +257,7 @@ def teacher_traces(cfg, distill_cfg: DistillConfig | None, meter, console) -> tu
         if card["compute"] is not None:
             meter.add_flops("teacher_sampling", card["compute"]["flops"])
         if not card["counts"]["kept"]:
-            raise UsageError(f"cold start: {cfg.cold_start_teacher} gave no verified trace "
+            raise UsageError(f"cold start: {cfg.cold_start.teacher} gave no verified trace "
                              f"(card: {sibling(Path(distill_cfg.out), '.card.md')}); raise cold_start_items or check the teacher")
         path = Path(distill_cfg.out)
         info = {"source": str(path), "teacher": {**card["teacher"], "tokens": card["tokens"], "usd": card["cost"]["usd"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from r1lite.config import opt
+from r1lite.config import opt, part
 from r1lite.errors import UsageError
 from r1lite.meter.hardware import check_price, find_hardware
 from r1lite.tasks import FORMATS
@@ -34,7 +34,7 @@ def _preset_dr_grpo(explicit: dict) -> dict:
 def _preset_dapo(explicit: dict) -> dict:
     """DAPO (Yu et al. 2025): token-level loss, clip-higher 0.28, dynamic sampling, soft overlong
     punishment over the last 20% of the budget (their 4,096 of 20,480 tokens), no KL."""
-    max_new = explicit.get("max_new_tokens", GRPOConfig.max_new_tokens)
+    max_new = explicit.get("max_new_tokens", SamplingConfig.max_new_tokens)
     return dict(loss_type="dapo", scale_rewards="group", epsilon=0.2, epsilon_high=0.28, beta=0.0,
                 dynamic_sampling=True, mask_truncated=False, overlong_buffer=max_new // 5)
 
@@ -65,30 +65,55 @@ LANDING_CHECKS = 4
 stretch of weights it searches)."""
 
 LAUNCH_KEYS = ("fsdp", "dist_timeout")
-"""GRPOConfig fields that say how a run is launched, not what it computes: a resumed run may change them."""
+"""Flat keys that say how a run is launched, not what it computes: a resumed run may change them."""
 
 
 @dataclass
-class GRPOConfig:
-    """Everything a GRPO run needs. YAML recipe keys and command-line flags are these fields."""
+class OptimConfig:
+    """How the weights are updated: the steps and their batches, the optimizer and its schedule, LoRA."""
 
-    # what to train
-    model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), tiny, a local HF directory or a hub id")
-    task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
-    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-")
-    format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")
-    prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
-    out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
-    seed: int = opt(0, "seed for data order, sampling and initialisation")
-    algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo or r1; sets every field of "
-                                 "the published variant (README); keys given explicitly still win")
-    # schedule
     max_steps: int = opt(40, "GRPO steps; one step = one batch of rollouts and mu optimizer updates")
     batch_size: int = opt(32, "completions per step (prompts per step x group_size)")
     group_size: int = opt(8, "G: completions sampled per prompt")
     micro_batch_size: int = opt(16, "completions per forward/backward (memory only; the loss is unchanged)")
     mu: int = opt(1, "policy updates per batch (>1 stores old log-probs and clips against them)")
-    # sampling
+    lr: float = opt(3e-6, "peak learning rate (AdamW)")
+    lr_schedule: str = opt("constant", "constant, linear or cosine decay after warmup")
+    warmup_steps: int = opt(0, "optimizer steps of linear warmup")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 = no clipping)")
+    lora: bool = opt(False, "train LoRA adapters (peft) instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
+    lora_targets: list = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                             "modules that get LoRA adapters")
+
+    def __post_init__(self):
+        if self.lr_schedule not in SCHEDULES:
+            raise UsageError(f"lr_schedule '{self.lr_schedule}' is unknown; use one of {', '.join(SCHEDULES)}")
+        if self.group_size < 2:
+            raise UsageError(f"group_size={self.group_size}: group-relative advantages need at least 2 completions "
+                             "per prompt (with 1, every advantage is 0 and the std is undefined); set group_size >= 2")
+        if self.batch_size % self.group_size:
+            raise UsageError(f"batch_size={self.batch_size} is not divisible by group_size={self.group_size}; "
+                             f"use a multiple such as {self.group_size * max(1, self.batch_size // self.group_size)}")
+        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "lora_r"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.lr <= 0:
+            raise UsageError(f"lr={self.lr} must be > 0")
+        if self.warmup_steps < 0:
+            raise UsageError(f"warmup_steps={self.warmup_steps} must be >= 0")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.group_size
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are decoded: the rollouts' sampling, and how many rows decode together."""
+
     max_new_tokens: int = opt(64, "token budget per completion (L_max for dr_grpo and overlong shaping)")
     temperature: float = opt(1.0, "sampling temperature for rollouts (0 = greedy)")
     top_p: float = opt(1.0, "nucleus sampling for rollouts (1 = off)")
@@ -96,7 +121,20 @@ class GRPOConfig:
     stop: list = opt([], "extra stop strings for rollouts (kept in the completion)")
     rollout_batch_size: int = opt(64, "most rows decoded together in one rollout generation batch")
     eval_batch_size: int = opt(256, "most rows decoded together in evaluations and cold-start sampling (larger batches decode more tokens/s)")
-    # loss
+
+    def __post_init__(self):
+        for key in ("max_new_tokens", "rollout_batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.temperature <= 0:
+            raise UsageError(f"temperature={self.temperature}: GRPO needs sampled rollouts (greedy gives every group "
+                             "equal rewards, so no advantage); use a temperature > 0 such as 1.0")
+
+
+@dataclass
+class LossConfig:
+    """What the update optimises: the rewards, which groups and tokens count, the loss and its KL term."""
+
     loss_type: str = opt("dapo", "loss aggregation: grpo (per-sequence mean), dr_grpo (sum / (G*L_max)), dapo (token mean)")
     scale_rewards: str = opt("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)")
     epsilon: float = opt(0.2, "lower clip range: ratio >= 1 - epsilon")
@@ -115,171 +153,208 @@ class GRPOConfig:
     teacher: str = opt("", "on_policy_distill: the teacher, a local model with the student's tokenizer "
                            "(default, a run directory, a Hugging Face directory)")
     overlong_buffer: int = opt(0, "DAPO soft overlong punishment over the last N tokens of the budget (0 = off)")
-    # optimisation
-    lr: float = opt(3e-6, "peak learning rate (AdamW)")
-    lr_schedule: str = opt("constant", "constant, linear or cosine decay after warmup")
-    warmup_steps: int = opt(0, "optimizer steps of linear warmup")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    max_grad_norm: float = opt(1.0, "clip the gradient norm (0 = no clipping)")
-    lora: bool = opt(False, "train LoRA adapters (peft) instead of all weights")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (scale = alpha / r)")
-    lora_targets: list = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                             "modules that get LoRA adapters")
-    # runs
-    save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
-    eval_items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
-    eval_seed: int = opt(0, "seed that draws the held-out items, whatever `seed` is: every run of a recipe is "
-                            "scored on the same items, so runs compare")
-    eval_base_plain: bool = opt(False, "also evaluate the untouched base with plain prompts (base_phrasings), keep the best")
-    base_phrasings: list = opt(["plain", "plain:1", "plain:2"], "the plain phrasings eval_base_plain tries")
-    cold_start_items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
-    cold_start_samples: int = opt(4, "cold start: samples per item, plain prompt, temperature cold_start_temperature")
-    cold_start_format: str = opt("plain", "cold start: the plain phrasing the base is sampled with (plain, plain:1, plain:2)")
-    cold_start_temperature: float = opt(0.7, "cold start: sampling temperature")
-    cold_start_epochs: int = opt(2, "cold start: SFT epochs over the kept traces")
-    cold_start_lr: float = opt(2e-5, "cold start: SFT learning rate")
-    cold_start_batch_size: int = opt(8, "cold start: traces per SFT optimizer step")
-    cold_start_per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
-    cold_start_min_format: float = opt(0.0, "cold start: after cold_start_epochs, train on (up to "
-                                            "cold_start_max_epochs, checked every cold_start_check_every epochs) while "
-                                            "the greedy strict-format rate on cold_start_check_items train prompts is "
-                                            "below this (0 = no format bar)")
-    cold_start_min_accuracy: float = opt(0.0, "cold start: the same check's bar for greedy accuracy on those train "
-                                              "prompts: train on while below it (0 = no accuracy bar)")
-    cold_start_max_accuracy: float = opt(0.0, "cold start: a ceiling for the same check's accuracy: a check that meets "
-                                              "the bars above it steps back toward the weights of the check before "
-                                              "(or the SFT's start), bisecting the straight line between them until a "
-                                              "check lands between the bar and the ceiling (0 = no ceiling)")
-    cold_start_check_every: float = opt(1.0, "cold start: epochs between checks after cold_start_epochs (0.5 = every "
-                                             "half epoch, rounded to whole SFT steps)")
-    cold_start_max_epochs: int = opt(4, "cold start: most SFT epochs when the check asks for more")
-    cold_start_check_items: int = opt(64, "cold start: train prompts (not held-out) the check decodes")
-    cold_start_data: str = opt("", "cold start on these traces (r1lite distill's JSONL, or any prompt/completion JSONL) "
-                                   "instead of the base's own answers")
-    cold_start_teacher: str = opt("", "cold start on traces distilled from this teacher (a URL, a local model, FILE.gguf) "
-                                      "instead of the base's own answers: cold_start_items prompts x cold_start_samples "
-                                      "at cold_start_temperature, into <out>/distill.jsonl")
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise UsageError(f"loss_type '{self.loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise UsageError(f"scale_rewards '{self.scale_rewards}' is unknown; use one of {', '.join(SCALE_REWARDS)}")
+        if self.epsilon_high < self.epsilon:
+            raise UsageError(f"epsilon_high={self.epsilon_high} < epsilon={self.epsilon}: clip-higher widens the upper "
+                             "range; set epsilon_high >= epsilon")
+        if not 0 < self.epsilon < 1:
+            raise UsageError(f"epsilon={self.epsilon} must be in (0, 1)")
+        if self.beta < 0:
+            raise UsageError(f"beta={self.beta} must be >= 0 (0 = no KL term)")
+        if self.entropy_coef < 0:
+            raise UsageError(f"entropy_coef={self.entropy_coef} must be >= 0 (0 = no entropy bonus)")
+        unknown = set(self.rewards) - set(REWARDS)
+        if unknown or not self.rewards:
+            raise UsageError(f"rewards: unknown reward {', '.join(sorted(unknown)) or '(none given)'}; "
+                             f"use some of {', '.join(REWARDS)}")
+        if self.ref_reset_every and self.beta == 0:
+            raise UsageError(f"ref_reset_every={self.ref_reset_every} resets a KL reference, but beta=0 keeps none; "
+                             "set beta > 0")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective '{self.objective}' is unknown; use one of {', '.join(OBJECTIVES)}")
+        if (self.objective == "on_policy_distill") != bool(self.teacher):
+            raise UsageError("objective on_policy_distill needs teacher: MODEL (and teacher is only for it); "
+                             "set both or neither")
+        if self.ref_reset_every < 0:
+            raise UsageError(f"ref_reset_every={self.ref_reset_every} must be >= 0")
+
+
+@dataclass
+class ColdStartConfig:
+    """R1's cold start: SFT on verified traces (the base's own, or a teacher's) before RL, and its check."""
+
+    items: int = opt(0, "cold-start SFT on the base's own verified answers: train items to sample (0 = off)")
+    samples: int = opt(4, "cold start: samples per item, plain prompt, temperature cold_start_temperature")
+    format: str = opt("plain", "cold start: the plain phrasing the base is sampled with (plain, plain:1, plain:2)")
+    temperature: float = opt(0.7, "cold start: sampling temperature")
+    epochs: int = opt(2, "cold start: SFT epochs over the kept traces")
+    lr: float = opt(2e-5, "cold start: SFT learning rate")
+    batch_size: int = opt(8, "cold start: traces per SFT optimizer step")
+    per_item: int = opt(1, "cold start: most kept traces per item (the shortest distinct verified ones)")
+    min_format: float = opt(0.0, "cold start: after cold_start_epochs, train on (up to cold_start_max_epochs, checked "
+                                 "every cold_start_check_every epochs) while the greedy strict-format rate on "
+                                 "cold_start_check_items train prompts is below this (0 = no format bar)")
+    min_accuracy: float = opt(0.0, "cold start: the same check's bar for greedy accuracy on those train prompts: "
+                                   "train on while below it (0 = no accuracy bar)")
+    max_accuracy: float = opt(0.0, "cold start: a ceiling for the same check's accuracy: a check that meets the bars "
+                                   "above it steps back toward the weights of the check before (or the SFT's start), "
+                                   "bisecting the straight line between them until a check lands between the bar and "
+                                   "the ceiling (0 = no ceiling)")
+    check_every: float = opt(1.0, "cold start: epochs between checks after cold_start_epochs (0.5 = every half epoch, "
+                                  "rounded to whole SFT steps)")
+    max_epochs: int = opt(4, "cold start: most SFT epochs when the check asks for more")
+    check_items: int = opt(64, "cold start: train prompts (not held-out) the check decodes")
+    data: str = opt("", "cold start on these traces (r1lite distill's JSONL, or any prompt/completion JSONL) "
+                        "instead of the base's own answers")
+    teacher: str = opt("", "cold start on traces distilled from this teacher (a URL, a local model, FILE.gguf) "
+                           "instead of the base's own answers: cold_start_items prompts x cold_start_samples "
+                           "at cold_start_temperature, into <out>/distill.jsonl")
     distill_options: dict = opt({}, "cold_start_teacher: other r1lite distill settings, e.g. teacher_model, api_key_env, "
-                                    "teacher_usd_per_mtok, teacher_terms, top_p, concurrency")
+                                    "teacher_usd_per_mtok, teacher_terms, top_p, concurrency", key="distill_options")
+
+    def __post_init__(self):
+        for key in ("batch_size", "samples", "epochs", "per_item"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"cold_start_{key}={getattr(self, key)} must be >= 1")
+        if self.format not in FORMATS[1:]:
+            raise UsageError(f"cold_start_format '{self.format}': use one of {', '.join(FORMATS[1:])}")
+        for key, zero in (("min_format", "bar"), ("min_accuracy", "bar"), ("max_accuracy", "ceiling")):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UsageError(f"cold_start_{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no {zero})")
+        if self.max_accuracy and not self.min_accuracy:
+            raise UsageError(f"cold_start_max_accuracy={self.max_accuracy} is a ceiling above cold_start_min_accuracy's "
+                             "bar; set cold_start_min_accuracy too")
+        if self.max_accuracy and self.max_accuracy <= self.min_accuracy:
+            raise UsageError(f"cold_start_max_accuracy={self.max_accuracy} must be above cold_start_min_accuracy="
+                             f"{self.min_accuracy}: the check lands between the two")
+        if self.checks and self.max_epochs < self.epochs:
+            raise UsageError(f"cold_start_max_epochs={self.max_epochs} < cold_start_epochs={self.epochs}; "
+                             "set it >= cold_start_epochs")
+        if self.checks and self.check_items < 1:
+            raise UsageError(f"cold_start_check_items={self.check_items} must be >= 1 when cold_start_min_format or "
+                             "cold_start_min_accuracy is set")
+        if self.check_every <= 0:
+            raise UsageError(f"cold_start_check_every={self.check_every} must be > 0 (epochs between checks)")
+        if self.data and self.teacher:
+            raise UsageError("cold_start_data and cold_start_teacher both replace the self-sampled cold start; set one")
+        if self.data and not os.path.isfile(self.data):
+            raise UsageError(f"cold_start_data {self.data}: no such file; distill one with r1lite distill --out FILE.jsonl")
+        if self.teacher and not self.items:
+            raise UsageError("cold_start_teacher asks the teacher about cold_start_items prompts; set cold_start_items >= 1")
+        if self.distill_options and not self.teacher:
+            raise UsageError("distill_options configure cold_start_teacher; set cold_start_teacher or drop them")
+        if self.items < 0:
+            raise UsageError(f"cold_start_items={self.items} must be >= 0")
+
+    @property
+    def checks(self) -> bool:
+        """Whether the cold start decodes train prompts to decide when its SFT has done enough."""
+        return bool(self.min_format or self.min_accuracy)
+
+
+@dataclass
+class EvalConfig:
+    """The held-out evaluations before and after training."""
+
+    items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
+    seed: int = opt(0, "seed that draws the held-out items, whatever `seed` is: every run of a recipe is "
+                       "scored on the same items, so runs compare")
+    base_plain: bool = opt(False, "also evaluate the untouched base with plain prompts (base_phrasings), keep the best")
+    base_phrasings: list = opt(["plain", "plain:1", "plain:2"], "the plain phrasings eval_base_plain tries",
+                               key="base_phrasings")
+
+    def __post_init__(self):
+        if not self.base_phrasings or set(self.base_phrasings) - set(FORMATS[1:]):
+            raise UsageError(f"base_phrasings {self.base_phrasings}: use some of {', '.join(FORMATS[1:])}")
+        if self.items < 0:
+            raise UsageError(f"eval_items={self.items} must be >= 0")
+
+
+@dataclass
+class MeterConfig:
+    """How the cost meter prices the run's device time and energy."""
+
+    hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
+    usd_per_hour: float | None = opt(None, "cost meter: price of one device-hour in USD (unset = the table's)")
+    watts: float | None = opt(None, "cost meter: average draw of one busy device in watts (unset = the table's)")
+
+    def __post_init__(self):
+        if self.hardware != "auto":
+            find_hardware(self.hardware)
+        check_price(self.usd_per_hour, self.watts)
+
+
+@dataclass
+class LaunchConfig:
+    """Where and in what precision the run computes, and how its processes work together (torchrun)."""
+
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
     rollout_dtype: str = opt("auto", "precision of the rollout and evaluation weights: auto (= dtype), fp32 or bf16 "
                                      "(bf16 with dtype fp32 emulates a bf16 machine's rollouts on an fp32 one)")
-    hardware: str = opt("auto", "cost meter: a row of the hardware table (cpu, H100, ...) or auto = this device")
-    usd_per_hour: float | None = opt(None, "cost meter: price of one device-hour in USD (unset = the table's)")
-    watts: float | None = opt(None, "cost meter: average draw of one busy device in watts (unset = the table's)")
-    # many processes (torchrun; a resumed run may change these)
+    # many processes (torchrun; a resumed run may change these: LAUNCH_KEYS)
     fsdp: bool = opt(False, "under torchrun, shard weights, gradients and optimizer states over the ranks with "
                             "FSDP2, layer by layer (Llama-family models; for models that do not fit one device)")
     dist_timeout: float = opt(300.0, "under torchrun, seconds any collective waits for the other ranks before the "
                                      "run stops with an error")
 
     def __post_init__(self):
-        def bad(msg: str):
-            raise UsageError(msg)
-
-        if self.loss_type not in LOSS_TYPES:
-            bad(f"loss_type '{self.loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
-        if self.scale_rewards not in SCALE_REWARDS:
-            bad(f"scale_rewards '{self.scale_rewards}' is unknown; use one of {', '.join(SCALE_REWARDS)}")
-        if self.lr_schedule not in SCHEDULES:
-            bad(f"lr_schedule '{self.lr_schedule}' is unknown; use one of {', '.join(SCHEDULES)}")
-        if self.group_size < 2:
-            bad(f"group_size={self.group_size}: group-relative advantages need at least 2 completions per prompt "
-                "(with 1, every advantage is 0 and the std is undefined); set group_size >= 2")
-        if self.batch_size % self.group_size:
-            bad(f"batch_size={self.batch_size} is not divisible by group_size={self.group_size}; "
-                f"use a multiple such as {self.group_size * max(1, self.batch_size // self.group_size)}")
-        if self.epsilon_high < self.epsilon:
-            bad(f"epsilon_high={self.epsilon_high} < epsilon={self.epsilon}: clip-higher widens the upper range; "
-                "set epsilon_high >= epsilon")
-        if not 0 < self.epsilon < 1:
-            bad(f"epsilon={self.epsilon} must be in (0, 1)")
-        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "max_new_tokens", "rollout_batch_size", "eval_batch_size", "lora_r",
-                    "cold_start_batch_size", "cold_start_samples", "cold_start_epochs", "cold_start_per_item"):
-            if getattr(self, key) < 1:
-                bad(f"{key}={getattr(self, key)} must be >= 1")
-        if self.rollout_batch_size < self.group_size:
-            bad(f"rollout_batch_size={self.rollout_batch_size} must be >= group_size={self.group_size}")
-        if self.beta < 0:
-            bad(f"beta={self.beta} must be >= 0 (0 = no KL term)")
-        if self.entropy_coef < 0:
-            bad(f"entropy_coef={self.entropy_coef} must be >= 0 (0 = no entropy bonus)")
-        if self.lr <= 0:
-            bad(f"lr={self.lr} must be > 0")
-        if self.overlong_buffer < 0 or self.overlong_buffer >= self.max_new_tokens:
-            bad(f"overlong_buffer={self.overlong_buffer} must be in [0, max_new_tokens={self.max_new_tokens})")
-        unknown = set(self.rewards) - set(REWARDS)
-        if unknown or not self.rewards:
-            bad(f"rewards: unknown reward {', '.join(sorted(unknown)) or '(none given)'}; use some of {', '.join(REWARDS)}")
-        if self.format not in FORMATS:
-            bad(f"format '{self.format}' is unknown; use one of {', '.join(FORMATS)}")
-        if self.cold_start_format not in FORMATS[1:]:
-            bad(f"cold_start_format '{self.cold_start_format}': use one of {', '.join(FORMATS[1:])}")
-        if not self.base_phrasings or set(self.base_phrasings) - set(FORMATS[1:]):
-            bad(f"base_phrasings {self.base_phrasings}: use some of {', '.join(FORMATS[1:])}")
-        if self.temperature <= 0:
-            bad(f"temperature={self.temperature}: GRPO needs sampled rollouts (greedy gives every group equal rewards, "
-                "so no advantage); use a temperature > 0 such as 1.0")
-        if self.algorithm not in ALGORITHMS:
-            bad(f"algorithm '{self.algorithm}' is unknown; use one of {', '.join(ALGORITHMS)}")
         for key in ("dtype", "rollout_dtype"):
             if getattr(self, key) not in ("auto", "bf16", "bfloat16", "fp32", "float32"):
-                bad(f"{key} '{getattr(self, key)}': use auto, bf16 or fp32")
+                raise UsageError(f"{key} '{getattr(self, key)}': use auto, bf16 or fp32")
         if self.device != "auto" and self.device != "cpu" and not self.device.split(":")[0] == "cuda":
-            bad(f"device '{self.device}': use auto, cpu or cuda[:N]")
-        if self.ref_reset_every and self.beta == 0:
-            bad(f"ref_reset_every={self.ref_reset_every} resets a KL reference, but beta=0 keeps none; set beta > 0")
-        if self.prefill_think and self.format != "r1":
-            bad("prefill_think needs format r1")
+            raise UsageError(f"device '{self.device}': use auto, cpu or cuda[:N]")
         if self.dist_timeout <= 0:
-            bad(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
-        for key, zero in (("cold_start_min_format", "bar"), ("cold_start_min_accuracy", "bar"),
-                          ("cold_start_max_accuracy", "ceiling")):
-            if not 0 <= getattr(self, key) <= 1:
-                bad(f"{key}={getattr(self, key)} is a rate: use a value in [0, 1] (0 = no {zero})")
-        if self.cold_start_max_accuracy and not self.cold_start_min_accuracy:
-            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} is a ceiling above cold_start_min_accuracy's "
-                "bar; set cold_start_min_accuracy too")
-        if self.cold_start_max_accuracy and self.cold_start_max_accuracy <= self.cold_start_min_accuracy:
-            bad(f"cold_start_max_accuracy={self.cold_start_max_accuracy} must be above cold_start_min_accuracy="
-                f"{self.cold_start_min_accuracy}: the check lands between the two")
-        if self.checks_cold_start and self.cold_start_max_epochs < self.cold_start_epochs:
-            bad(f"cold_start_max_epochs={self.cold_start_max_epochs} < cold_start_epochs={self.cold_start_epochs}; "
-                "set it >= cold_start_epochs")
-        if self.checks_cold_start and self.cold_start_check_items < 1:
-            bad(f"cold_start_check_items={self.cold_start_check_items} must be >= 1 when cold_start_min_format or "
-                "cold_start_min_accuracy is set")
-        if self.cold_start_check_every <= 0:
-            bad(f"cold_start_check_every={self.cold_start_check_every} must be > 0 (epochs between checks)")
-        if self.objective not in OBJECTIVES:
-            bad(f"objective '{self.objective}' is unknown; use one of {', '.join(OBJECTIVES)}")
-        if (self.objective == "on_policy_distill") != bool(self.teacher):
-            bad("objective on_policy_distill needs teacher: MODEL (and teacher is only for it); set both or neither")
-        if self.objective == "on_policy_distill" and (self.beta or self.mu != 1 or self.dynamic_sampling):
-            bad("objective on_policy_distill makes one update per batch with no KL reference and no dynamic sampling; "
-                "set beta 0, mu 1, dynamic_sampling false")
-        if self.cold_start_data and self.cold_start_teacher:
-            bad("cold_start_data and cold_start_teacher both replace the self-sampled cold start; set one")
-        if self.cold_start_data and not os.path.isfile(self.cold_start_data):
-            bad(f"cold_start_data {self.cold_start_data}: no such file; distill one with r1lite distill --out FILE.jsonl")
-        if self.cold_start_teacher and not self.cold_start_items:
-            bad("cold_start_teacher asks the teacher about cold_start_items prompts; set cold_start_items >= 1")
-        if self.distill_options and not self.cold_start_teacher:
-            bad("distill_options configure cold_start_teacher; set cold_start_teacher or drop them")
-        for key in ("save_every", "eval_items", "cold_start_items", "warmup_steps", "ref_reset_every"):
-            if getattr(self, key) < 0:
-                bad(f"{key}={getattr(self, key)} must be >= 0")
-        if self.hardware != "auto":
-            find_hardware(self.hardware)
-        check_price(self.usd_per_hour, self.watts)
+            raise UsageError(f"dist_timeout={self.dist_timeout} must be > 0 (seconds)")
 
-    @property
-    def prompts_per_step(self) -> int:
-        return self.batch_size // self.group_size
 
-    @property
-    def checks_cold_start(self) -> bool:
-        """Whether a cold start decodes train prompts to decide when its SFT has done enough."""
-        return bool(self.cold_start_min_format or self.cold_start_min_accuracy)
+@dataclass
+class GRPOConfig:
+    """Everything a GRPO run needs: what to train, then one slice per concern. YAML recipe keys,
+    command-line flags and a run's ``config.yaml`` are the flat keys (:func:`r1lite.config.keys`):
+    ``lr``, ``temperature``, ``cold_start_lr`` (``cfg.optim.lr``, ``cfg.sampling.temperature``,
+    ``cfg.cold_start.lr``)."""
+
+    # what to train
+    model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), tiny, a local HF directory or a hub id")
+    task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
+    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-")
+    format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")
+    prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
+    out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
+    save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
+    seed: int = opt(0, "seed for data order, sampling and initialisation")
+    algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo or r1; sets every field of "
+                                 "the published variant (README); keys given explicitly still win")
+    optim: OptimConfig = part(OptimConfig)
+    sampling: SamplingConfig = part(SamplingConfig)
+    loss: LossConfig = part(LossConfig)
+    cold_start: ColdStartConfig = part(ColdStartConfig, "cold_start_")
+    eval: EvalConfig = part(EvalConfig, "eval_")
+    cost: MeterConfig = part(MeterConfig)
+    launch: LaunchConfig = part(LaunchConfig)
+
+    def __post_init__(self):
+        """The checks that need this level's keys or more than one slice (each slice checks its own first)."""
+        if self.format not in FORMATS:
+            raise UsageError(f"format '{self.format}' is unknown; use one of {', '.join(FORMATS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise UsageError(f"algorithm '{self.algorithm}' is unknown; use one of {', '.join(ALGORITHMS)}")
+        if self.prefill_think and self.format != "r1":
+            raise UsageError("prefill_think needs format r1")
+        if self.save_every < 0:
+            raise UsageError(f"save_every={self.save_every} must be >= 0")
+        if self.sampling.rollout_batch_size < self.optim.group_size:
+            raise UsageError(f"rollout_batch_size={self.sampling.rollout_batch_size} must be >= "
+                             f"group_size={self.optim.group_size}")
+        loss, max_new = self.loss, self.sampling.max_new_tokens
+        if loss.overlong_buffer < 0 or loss.overlong_buffer >= max_new:
+            raise UsageError(f"overlong_buffer={loss.overlong_buffer} must be in [0, max_new_tokens={max_new})")
+        if loss.objective == "on_policy_distill" and (loss.beta or self.optim.mu != 1 or loss.dynamic_sampling):
+            raise UsageError("objective on_policy_distill makes one update per batch with no KL reference and no "
+                             "dynamic sampling; set beta 0, mu 1, dynamic_sampling false")

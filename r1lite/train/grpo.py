@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.train.config import LOSS_TYPES, GRPOConfig
+from r1lite.train.config import LOSS_TYPES, LossConfig
 
 # ---------------------------------------------------------------------------------------------
 # Pure tensor functions (tested against hand computations)
@@ -143,7 +143,7 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                advantages: torch.Tensor, weights: torch.Tensor, cfg: GRPOConfig,
+                advantages: torch.Tensor, weights: torch.Tensor, cfg: LossConfig,
                 entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL - entropy_coef · H)``, and
     its statistics. ``entropy`` [N, C] (with its gradient) is needed when ``entropy_coef`` > 0."""

@@ -108,17 +108,17 @@ def train_step(model, teacher: Teacher, optimizer, scheduler, params, groups: li
 
     Micro-batches of whole groups as in GRPO's step; the weights come from the whole batch, so the
     gradient does not depend on the micro-batch size."""
-    G = cfg.group_size
+    G = cfg.optim.group_size
     completions = [c for g in groups for c in g["completions"]]
     batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
                              [c.token_ids for c in completions], pad_id).to(device)
     mask = batch.completion_mask.clone()  # [N, C]
-    if cfg.mask_truncated:
+    if cfg.loss.mask_truncated:
         mask[torch.tensor([c.finish == "length" for c in completions])] = 0
-    weights = token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens)  # [N, C]
+    weights = token_weights(mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens)  # [N, C]
     n = len(completions)
-    per_chunk = max(1, cfg.micro_batch_size // G) * G
-    head = (model.get_base_model() if cfg.lora else model).lm_head.weight  # [V, C]
+    per_chunk = max(1, cfg.optim.micro_batch_size // G) * G
+    head = (model.get_base_model() if cfg.optim.lora else model).lm_head.weight  # [V, C]
     student_flops = teacher_flops = 0.0
     loss = kl_sum = entropy_sum = 0.0
     for c in [slice(i, min(n, i + per_chunk)) for i in range(0, n, per_chunk)]:
@@ -129,7 +129,7 @@ def train_step(model, teacher: Teacher, optimizer, scheduler, params, groups: li
             hidden = completion_hidden(model, part)  # [M, C]
             leaf = hidden.detach().requires_grad_()
             part_loss, part_kl, part_entropy = distill_loss(leaf, head, teacher_hidden, teacher.head,
-                                                            weights[c, :real.shape[1]][real], cfg.temperature)
+                                                            weights[c, :real.shape[1]][real], cfg.sampling.temperature)
         hidden.backward(leaf.grad)  # through the layers once, after every chunk's head
         M, vocab = int(real.sum()), head.shape[0]
         teacher_flops += pass_flops(teacher.model, part, backward=False)
@@ -137,7 +137,7 @@ def train_step(model, teacher: Teacher, optimizer, scheduler, params, groups: li
         # recomputes them); this loss keeps each chunk's logits for its backward instead.
         student_flops += pass_flops(model, part, backward=True) - 2 * vocab * head.shape[1] * M
         loss, kl_sum, entropy_sum = loss + part_loss, kl_sum + part_kl, entropy_sum + part_entropy
-    grad_norm = apply_update(params, optimizer, cfg.max_grad_norm, scheduler=scheduler)
+    grad_norm = apply_update(params, optimizer, cfg.optim.max_grad_norm, scheduler=scheduler)
     counted = max(1.0, float((weights > 0).sum()))
     metrics = {"loss": loss, "reverse_kl": kl_sum / counted, "clip_frac": None, "kl": None,
                "entropy": entropy_sum / counted, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],

@@ -30,26 +30,28 @@ def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: W
     on the batch they were decoded in, nor on the rank. ``next_items(n)``: the next n training
     items (the same on every rank). Returns this rank's kept groups and ``info``: every rank's
     groups as ``seen`` (rewards and lengths), ``groups_sampled``, ``groups_kept``, ``rollout_tokens``."""
-    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        top_k=cfg.top_k, stop=tuple(cfg.stop))
+    s = cfg.sampling
+    sampling = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                        stop=tuple(s.stop))
     groups: list[dict] = []  # this rank's kept groups
     seen: list[dict] = []  # every rank's groups, kept or not
     kept = rounds = 0
-    while kept < cfg.prompts_per_step:
-        items = next_items(cfg.prompts_per_step - kept)
+    P, G = cfg.optim.prompts_per_step, cfg.optim.group_size
+    while kept < P:
+        items = next_items(P - kept)
         share = world.span(len(items))
         prompts = item_prompts(tokenizer, task, items[share], cfg.format, cfg.prefill_think)
-        requests = [Request(p.ids, sampling, n=cfg.group_size, seed=derive_seed(cfg.seed, step, rounds, i))
+        requests = [Request(p.ids, sampling, n=G, seed=derive_seed(cfg.seed, step, rounds, i))
                     for i, p in zip(range(share.start, share.stop), prompts)]
         outputs = engine.generate(requests, stats=stats)
         mine = [score_group(cfg, task, item, p.ids, p.prefill, c) for item, p, c in zip(items[share], prompts, outputs)]
-        keep = [not cfg.dynamic_sampling or bool(grpo.informative_groups(g["reward"], cfg.group_size)[0]) for g in mine]
+        keep = [not cfg.loss.dynamic_sampling or bool(grpo.informative_groups(g["reward"], G)[0]) for g in mine]
         groups += [g for g, k in zip(mine, keep) if k]
         round_seen = world.gather_lists([(g["seen"], k) for g, k in zip(mine, keep)])
         seen += [g for g, _ in round_seen]
         kept += sum(k for _, k in round_seen)
         rounds += 1
-        if not cfg.dynamic_sampling or rounds > cfg.max_refill_rounds:
+        if not cfg.loss.dynamic_sampling or rounds > cfg.loss.max_refill_rounds:
             break
     new_tokens = world.sum([stats.new_tokens])[0]
     return groups, {"seen": seen, "groups_sampled": len(seen), "groups_kept": kept, "rollout_tokens": int(new_tokens)}
@@ -62,15 +64,15 @@ def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: lis
     scored = [tasks.score(c.text, item, task, cfg.format, prefill) for c in completions]
     accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
     parts: dict[str, list[float]] = {}
-    for name in cfg.rewards:
+    for name in cfg.loss.rewards:
         if name == "format_partial":
             parts[name] = [rewards.format_partial(prefill + c.text) for c in completions]
         else:
             parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
-    weights = dict(cfg.rewards)
-    if cfg.overlong_buffer:
-        parts["overlong"] = [rewards.overlong_penalty(len(c.token_ids), cfg.max_new_tokens, cfg.overlong_buffer)
-                             for c in completions]
+    weights = dict(cfg.loss.rewards)
+    if cfg.loss.overlong_buffer:
+        parts["overlong"] = [rewards.overlong_penalty(len(c.token_ids), cfg.sampling.max_new_tokens,
+                                                      cfg.loss.overlong_buffer) for c in completions]
         weights["overlong"] = 1.0
     total = sum(weights[name] * torch.tensor(vals, dtype=torch.float32) for name, vals in parts.items())
     seen = {"reward": total, "parts": parts, "accuracy": accuracy, "format": [s["format"] for s in scored],

@@ -47,7 +47,7 @@ from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout
-from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
+from r1lite.train.config import LAUNCH_KEYS, GRPOConfig, LaunchConfig, OptimConfig
 from r1lite.train.policy import (
     Policy,
     adamw,
@@ -86,7 +86,7 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
     return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}
 
 
-def lr_lambda(cfg: GRPOConfig):
+def lr_lambda(cfg: OptimConfig):
     total = cfg.max_steps * cfg.mu
 
     def factor(update: int) -> float:
@@ -101,7 +101,7 @@ def lr_lambda(cfg: GRPOConfig):
     return factor
 
 
-def rollout_dtype(cfg: GRPOConfig, runtime) -> torch.dtype:
+def rollout_dtype(cfg: LaunchConfig, runtime) -> torch.dtype:
     """The precision of the rollout and evaluation weights."""
     if cfg.rollout_dtype == "auto":
         return runtime.dtype
@@ -118,29 +118,31 @@ class Trainer:
         self.stop_signal: str | None = None
         # Everything a config can get wrong is checked here, before anything is written or loaded.
         launch = distributed.launch_from_env()
-        self.runtime = resolve_runtime(cfg.device, cfg.dtype, launch.local_rank if launch.size > 1 else None)
-        self.world = distributed.start(launch, self.runtime, cfg.dist_timeout)
+        self.runtime = resolve_runtime(cfg.launch.device, cfg.launch.dtype,
+                                       launch.local_rank if launch.size > 1 else None)
+        self.world = distributed.start(launch, self.runtime, cfg.launch.dist_timeout)
         self.console = console or Console(quiet=not self.world.main)
         with self.world.together():  # every rank checks; an error on one stops all
             self.world.agree(to_dict(cfg))
             self.check_world()
             self.summary = check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
-            self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start_teacher else None
-            if cfg.cold_start_items and not (cfg.cold_start_data or cfg.cold_start_teacher) and not self.task.numeric:
-                raise UsageError(f"cold_start_items={cfg.cold_start_items}: the cold start rewrites plain answers into "
+            self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start.teacher else None
+            if cfg.cold_start.items and not (cfg.cold_start.data or cfg.cold_start.teacher) and not self.task.numeric:
+                raise UsageError(f"cold_start_items={cfg.cold_start.items}: the cold start rewrites plain answers into "
                                  f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
 
     def check_world(self) -> None:
         cfg, size = self.cfg, self.world.size
-        if cfg.prompts_per_step % size:
-            raise UsageError(f"{size} processes do not divide the {cfg.prompts_per_step} prompts of a step "
-                             f"(batch_size {cfg.batch_size} / group_size {cfg.group_size}): launch a number of processes "
-                             f"that divides {cfg.prompts_per_step}, or set batch_size to a multiple of {cfg.group_size * size}")
-        if size > 1 and (cfg.cold_start_teacher or cfg.objective != "grpo"):
+        optim = cfg.optim
+        if optim.prompts_per_step % size:
+            raise UsageError(f"{size} processes do not divide the {optim.prompts_per_step} prompts of a step "
+                             f"(batch_size {optim.batch_size} / group_size {optim.group_size}): launch a number of processes "
+                             f"that divides {optim.prompts_per_step}, or set batch_size to a multiple of {optim.group_size * size}")
+        if size > 1 and (cfg.cold_start.teacher or cfg.loss.objective != "grpo"):
             raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
                              "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
-        if cfg.fsdp and size == 1:
+        if cfg.launch.fsdp and size == 1:
             raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
                              "launch it with torchrun --nproc-per-node N, or drop --fsdp")
 
@@ -156,29 +158,30 @@ class Trainer:
                 write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.fsdp else "") if self.world.size > 1 else ""
+        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.launch.fsdp else "") if self.world.size > 1 else ""
         self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()}{ranks})")
         self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
         with self.world.together():
-            hardware = CostConfig(hardware=cfg.hardware, watts=cfg.watts, usd_per_hour=cfg.usd_per_hour).resolve(
-                device_kind(self.runtime))
+            hardware = CostConfig(hardware=cfg.cost.hardware, watts=cfg.cost.watts,
+                                  usd_per_hour=cfg.cost.usd_per_hour).resolve(device_kind(self.runtime))
             counter, no_counter = open_counter(self.runtime.device.type, self.runtime.device.index or 0)
             self.meter = meter.CostMeter(hardware, energy=counter, no_energy_reason=no_counter)
             self.model, self.tokenizer = self.build_model()
-            self.policy = Policy(self.model, cfg.temperature)
-            if cfg.fsdp:
+            self.policy = Policy(self.model, cfg.sampling.temperature)
+            if cfg.launch.fsdp:
                 self.world.shard(self.policy)
-            self.teacher = onpolicy.Teacher(cfg.teacher, self.runtime, self.tokenizer) if cfg.teacher else None
-        self.reference = Reference(self.policy, cfg.lora or cfg.fsdp, cfg.temperature) if cfg.beta > 0 else None
+            self.teacher = onpolicy.Teacher(cfg.loss.teacher, self.runtime, self.tokenizer) if cfg.loss.teacher else None
+        self.reference = (Reference(self.policy, cfg.optim.lora or cfg.launch.fsdp, cfg.sampling.temperature)
+                          if cfg.loss.beta > 0 else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding: FSDP replaces them
-        self.optimizer = adamw(self.params, cfg.lr, cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.optimizer = adamw(self.params, cfg.optim.lr, cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
         with self.world.full_weights(self.policy):
-            self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg, self.runtime),
-                                      stop_token_ids(self.tokenizer, self.model), cfg.rollout_batch_size,
+            self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg.launch, self.runtime),
+                                      stop_token_ids(self.tokenizer, self.model), cfg.sampling.rollout_batch_size,
                                       own_weights=self.world.fsdp)
         self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
-        self.eval_items = self.task.split("test", cfg.eval_items, seed=cfg.eval_seed) if cfg.eval_items else []
+        self.eval_items = self.task.split("test", cfg.eval.items, seed=cfg.eval.seed) if cfg.eval.items else []
         self.step, self.data_position = 0, 0
         state = {}
         with self.world.together():
@@ -205,11 +208,12 @@ class Trainer:
         """The model to train (with LoRA adapters when configured) and its tokenizer."""
         cfg = self.cfg
         model, tokenizer = load_model(cfg.model, self.runtime, seed=cfg.seed)
-        if cfg.lora:
+        if cfg.optim.lora:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                     target_modules=list(cfg.lora_targets)))
+            optim = cfg.optim
+            model = get_peft_model(model, LoraConfig(r=optim.lora_r, lora_alpha=optim.lora_alpha, lora_dropout=0.0,
+                                                     target_modules=list(optim.lora_targets)))
         # Eval mode throughout, training included: no dropout, so the log-probs trained on are those
         # of the policy that sampled (the generic, non-Llama path would otherwise drop activations).
         return model.eval(), tokenizer
@@ -217,8 +221,8 @@ class Trainer:
     def _train_pool_size(self) -> int | None:
         if self.task.rows is not None:  # a finite source: all of its train split
             return None
-        refills = self.cfg.max_refill_rounds + 1 if self.cfg.dynamic_sampling else 1
-        return self.cfg.max_steps * self.cfg.prompts_per_step * refills
+        refills = self.cfg.loss.max_refill_rounds + 1 if self.cfg.loss.dynamic_sampling else 1
+        return self.cfg.optim.max_steps * self.cfg.optim.prompts_per_step * refills
 
     def _truncate_metrics(self) -> None:
         """Rows written after the last checkpoint are dropped; the resumed run writes them again. A
@@ -271,8 +275,8 @@ class Trainer:
         metered under ``phase``; the whole job's summary."""
         self.sync_engine()
         shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
-                                  max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed,
-                                  batch_size=self.cfg.eval_batch_size,
+                                  max_new_tokens=self.cfg.sampling.max_new_tokens, seed=self.cfg.seed,
+                                  batch_size=self.cfg.sampling.eval_batch_size,
                                   prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress)
         self.meter.add_flops(phase, shard[1]["flops"])
         return evaluate.combine(self.world.gather(shard))[1]
@@ -288,9 +292,9 @@ class Trainer:
         if self.step > 0 or self.summary.get("cold_start_done"):
             return
         self.run_eval("eval_before", cfg.format)
-        if cfg.eval_base_plain and "eval_base_plain" not in self.summary and self.eval_items:
+        if cfg.eval.base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
-            for phrasing in cfg.base_phrasings:
+            for phrasing in cfg.eval.base_phrasings:
                 results[phrasing] = self.run_eval(tasks.base_eval_key(phrasing), phrasing)
             best = max(results, key=lambda p: results[p]["pass@1"])
             self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
@@ -303,9 +307,9 @@ class Trainer:
         one unit: its checkpoint is written before the summary says it is done, so a stop in
         between redoes it on resume."""
         cfg = self.cfg
-        if not (cfg.cold_start_items or cfg.cold_start_data) or self.summary.get("cold_start_done"):
+        if not (cfg.cold_start.items or cfg.cold_start.data) or self.summary.get("cold_start_done"):
             return
-        if cfg.cold_start_data or cfg.cold_start_teacher:  # a teacher's traces instead of the model's own
+        if cfg.cold_start.data or cfg.cold_start.teacher:  # a teacher's traces instead of the model's own
             traces, info = coldstart.teacher_traces(cfg, self.distill_cfg, self.meter, self.console)
         else:
             self.sync_engine()
@@ -325,7 +329,7 @@ class Trainer:
     def cold_start_check(self) -> dict:
         """Greedy strict-format rate and accuracy, in the run's format, on train prompts the held-out
         set never sees (each rank its share; metered with the SFT it steers)."""
-        items = self.task.split("train", self.cfg.cold_start_check_items, seed=self.cfg.seed + 2)
+        items = self.task.split("train", self.cfg.cold_start.check_items, seed=self.cfg.seed + 2)
         result = self.decode(items, self.cfg.format, "sft")
         return {"format_rate": result["format_rate"], "accuracy": result["accuracy"]}
 
@@ -356,22 +360,23 @@ class Trainer:
         groups each, and the tokens whose loss they count. The advantages and the loss normaliser
         are the whole batch's: rewards gathered and counts summed over the ranks."""
         cfg, world, device = self.cfg, self.world, self.runtime.device
-        G = cfg.group_size
+        G = cfg.optim.group_size
         local = torch.cat([g["reward"] for g in groups]) if groups else torch.zeros(0)  # [n]
         shares = world.gather(local)
         start = sum(len(r) for r in shares[:world.rank])
-        advantages = grpo.group_advantages(torch.cat(shares), G, cfg.scale_rewards)[start:start + len(local)].to(device)
+        advantages = grpo.group_advantages(torch.cat(shares), G, cfg.loss.scale_rewards)
+        advantages = advantages[start:start + len(local)].to(device)
         if groups:
             completions = [c for g in groups for c in g["completions"]]
             batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
                                      [c.token_ids for c in completions], self.tokenizer.pad_token_id).to(device)
             mask = batch.completion_mask.clone()
-            if cfg.mask_truncated:
+            if cfg.loss.mask_truncated:
                 mask[torch.tensor([c.finish == "length" for c in completions])] = 0
-        count = world.sum([grpo.loss_count(mask, cfg.loss_type) if groups else 0.0])[0]
+        count = world.sum([grpo.loss_count(mask, cfg.loss.loss_type) if groups else 0.0])[0]
         if not groups:
             return [], 0.0
-        weights = grpo.token_weights(mask, cfg.loss_type, G, cfg.max_new_tokens, count)
+        weights = grpo.token_weights(mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens, count)
         if self.reference is None:
             # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
             # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
@@ -388,7 +393,7 @@ class Trainer:
                 rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(device)
                 batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
         n = len(advantages)
-        per_chunk = max(1, cfg.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
+        per_chunk = max(1, cfg.optim.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
         parts = []
         for i in range(0, n, per_chunk):
             part = batch.rows(slice(i, min(n, i + per_chunk)))  # trimmed to the widths it needs
@@ -407,7 +412,7 @@ class Trainer:
         old = ref = None
         flops = 0.0
         with torch.no_grad():
-            if cfg.mu > 1:
+            if cfg.optim.mu > 1:
                 old = [self.logprobs(part)[0] for part, _, _ in parts]
                 flops += sum(pass_flops(self.model, part, backward=False) for part, _, _ in parts)
             if self.reference is not None:
@@ -417,28 +422,28 @@ class Trainer:
                 flops += sum(pass_flops(self.model, part, backward=False) for part, _, _ in parts)
         stats = {"loss": 0.0, "clipped": 0.0, "kl_sum": 0.0, "entropy_sum": 0.0}
         grad_norm = 0.0
-        for it in range(cfg.mu):
+        for it in range(cfg.optim.mu):
             if not parts:
                 for p in self.params:
                     p.grad = torch.zeros_like(p)
             for j, (part, w, adv) in enumerate(parts):
-                logp, entropy = self.logprobs(part, with_entropy=it == 0 or cfg.entropy_coef > 0)
+                logp, entropy = self.logprobs(part, with_entropy=it == 0 or cfg.loss.entropy_coef > 0)
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
-                                            None if ref is None else ref[j], adv, w, cfg, entropy)
+                                            None if ref is None else ref[j], adv, w, cfg.loss, entropy)
                 loss.backward()
                 flops += pass_flops(self.model, part, backward=True)
-                if it == cfg.mu - 1:
+                if it == cfg.optim.mu - 1:
                     stats["clipped"] += st["clipped"]
                     stats["kl_sum"] += st["kl_sum"]
                     stats["loss"] += float(loss.detach())
                 if it == 0:
                     stats["entropy_sum"] += float((entropy.detach() * (w > 0)).sum())
-            grad_norm = apply_update(self.params, self.optimizer, cfg.max_grad_norm, world, self.scheduler)
+            grad_norm = apply_update(self.params, self.optimizer, cfg.optim.max_grad_norm, world, self.scheduler)
         self.meter.add_flops("train", flops)
         loss, clipped, kl_sum, entropy_sum, counted, train_tokens, passes = world.sum(
             [stats["loss"], stats["clipped"], stats["kl_sum"], stats["entropy_sum"], counted, train_tokens, real])
         return {"loss": loss, "clip_frac": clipped / max(1.0, counted),
-                "kl": kl_sum / max(1.0, counted) if cfg.beta > 0 else None,
+                "kl": kl_sum / max(1.0, counted) if cfg.loss.beta > 0 else None,
                 "entropy": entropy_sum / max(1.0, counted) if passes else None, "grad_norm": grad_norm,
                 "lr": self.scheduler.get_last_lr()[0], "loss_tokens": int(counted), "train_tokens": int(train_tokens)}
 
@@ -512,11 +517,11 @@ class Trainer:
 
     def grpo_loop(self) -> None:
         cfg = self.cfg
-        if self.step >= cfg.max_steps:
+        if self.step >= cfg.optim.max_steps:
             return
         self.start_reference()
-        with progress(self.console, "GRPO", cfg.max_steps, "steps", done=self.step, log_every=0) as update:
-            while self.step < cfg.max_steps:
+        with progress(self.console, "GRPO", cfg.optim.max_steps, "steps", done=self.step, log_every=0) as update:
+            while self.step < cfg.optim.max_steps:
                 t0 = time.perf_counter()
                 with self.meter.phase("rollout"):
                     groups, info = self.rollout()
@@ -534,11 +539,12 @@ class Trainer:
                 update(self.step, f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
                                   f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
                 stop = self.stop_requested()
-                if self.reference is not None and cfg.ref_reset_every and self.step % cfg.ref_reset_every == 0:
+                reset = cfg.loss.ref_reset_every
+                if self.reference is not None and reset and self.step % reset == 0:
                     self.reference.take(self.step)  # saved before the checkpoint that names it
                     self.reference.save(self.run_dir, write=self.world.main)
                     self.save_checkpoint()
-                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps or stop:
+                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.optim.max_steps or stop:
                     self.save_checkpoint()
                 if stop:
                     raise Interrupted(stop)
@@ -555,7 +561,7 @@ class Trainer:
                 trained = self.build_model()[0]
                 trained.load_state_dict(state)
         if self.world.main:
-            model = trained.merge_and_unload() if cfg.lora else trained
+            model = trained.merge_and_unload() if cfg.optim.lora else trained
             with atomic_dir(final) as tmp:
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
@@ -563,7 +569,8 @@ class Trainer:
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
         self.summary["cost_per_point"] = meter.cost_per_point(self.summary)
-        self.summary["cost"]["teacher"] = meter.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}), cfg.teacher)
+        self.summary["cost"]["teacher"] = meter.teacher_cost(self.summary["cost"], self.summary.get("cold_start", {}),
+                                                             cfg.loss.teacher)
         self.save_summary()
         if not self.world.main:
             return
