@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from r1lite.config import to_dict
 from r1lite.errors import UsageError
-from r1lite.files import atomic_dir, write_text
+from r1lite.files import atomic_dir, read_json, write_text
+from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
 from r1lite.train.distributed import full_state, local_like
 
 
@@ -106,3 +109,24 @@ def local_optimizer_state(state: dict[str, Any], optimizer) -> dict[str, Any]:
     local = {i: {k: local_like(v, params[i]) if isinstance(v, torch.Tensor) and v.shape == params[i].shape else v
                  for k, v in per_param.items()} for i, per_param in state["state"].items()}
     return {**state, "state": local}
+
+
+def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
+    """The run directory's summary so far; refuse to mix runs."""
+    config_path = run_dir / "config.yaml"
+    if not resume:
+        if config_path.exists():
+            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                             "(same flags), or choose another --out")
+        return {}
+    if not config_path.exists():
+        raise UsageError(f"--resume {run_dir}: no config.yaml there; not an r1lite run directory")
+    saved = yaml.safe_load(config_path.read_text())
+    now = to_dict(cfg)
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in LAUNCH_KEYS]
+    if diffs:
+        k = diffs[0]
+        raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
+                         "resume with the same flags and recipe as the original run")
+    summary_file = run_dir / "summary.json"
+    return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}

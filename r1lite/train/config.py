@@ -323,7 +323,7 @@ class GRPOConfig:
     # what to train
     model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), tiny, a local HF directory or a hub id")
     task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
-    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-")
+    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")
     prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
     out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")

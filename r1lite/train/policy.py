@@ -21,6 +21,7 @@ module, so FSDP2 can shard the model layer by layer (:mod:`r1lite.train.distribu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ from r1lite.models import (
     llama_family,
     shared_prefix,
 )
+from r1lite.train.config import OptimConfig
 from r1lite.train.distributed import full_tensor
 
 CHUNK_POSITIONS = 128
@@ -437,3 +439,20 @@ def apply_update(params: list[torch.nn.Parameter], optimizer, max_grad_norm: flo
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def lr_schedule(cfg: OptimConfig):
+    """The learning rate's factor at each optimizer update: linear warmup, then constant, linear or
+    cosine decay to the last of ``max_steps x mu`` updates (for ``LambdaLR``)."""
+    total = cfg.max_steps * cfg.mu
+
+    def factor(update: int) -> float:
+        if update < cfg.warmup_steps:
+            return (update + 1) / cfg.warmup_steps
+        progress = (update - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor

@@ -18,28 +18,19 @@ must be on a filesystem every node sees; it may resume with another number of pr
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from r1lite import evaluate, report, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
 from r1lite.files import (
-    DiskFull,
-    append_jsonl,
-    atomic_dir,
-    read_json,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-    write_text,
+    DiskFull, append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl, write_text,
 )
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
@@ -47,15 +38,8 @@ from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout
-from r1lite.train.config import LAUNCH_KEYS, GRPOConfig, LaunchConfig, OptimConfig
-from r1lite.train.policy import (
-    Policy,
-    adamw,
-    apply_update,
-    dummy_batch,
-    make_group_batch,
-    pass_flops,
-)
+from r1lite.train.config import GRPOConfig, LaunchConfig
+from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, make_group_batch, pass_flops
 from r1lite.train.reference import Reference
 
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
@@ -63,42 +47,6 @@ WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_p
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; the trainer saved a checkpoint and stops."""
-
-
-def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
-    """The run directory's summary so far; refuse to mix runs."""
-    config_path = run_dir / "config.yaml"
-    if not resume:
-        if config_path.exists():
-            raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                             "(same flags), or choose another --out")
-        return {}
-    if not config_path.exists():
-        raise UsageError(f"--resume {run_dir}: no config.yaml there; not an r1lite run directory")
-    saved = yaml.safe_load(config_path.read_text())
-    now = to_dict(cfg)
-    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in LAUNCH_KEYS]
-    if diffs:
-        k = diffs[0]
-        raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
-                         "resume with the same flags and recipe as the original run")
-    summary_file = run_dir / "summary.json"
-    return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}
-
-
-def lr_lambda(cfg: OptimConfig):
-    total = cfg.max_steps * cfg.mu
-
-    def factor(update: int) -> float:
-        if update < cfg.warmup_steps:
-            return (update + 1) / cfg.warmup_steps
-        progress = (update - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-        if cfg.lr_schedule == "linear":
-            return max(0.0, 1 - progress)
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-    return factor
 
 
 def rollout_dtype(cfg: LaunchConfig, runtime) -> torch.dtype:
@@ -125,7 +73,7 @@ class Trainer:
         with self.world.together():  # every rank checks; an error on one stops all
             self.world.agree(to_dict(cfg))
             self.check_world()
-            self.summary = check_resume(cfg, self.run_dir, resume)
+            self.summary = checkpoint.check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
             self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start.teacher else None
             if cfg.cold_start.items and not (cfg.cold_start.data or cfg.cold_start.teacher) and not self.task.numeric:
@@ -158,9 +106,7 @@ class Trainer:
                 write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.launch.fsdp else "") if self.world.size > 1 else ""
-        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}  ({self.runtime.describe()}{ranks})")
-        self.console.print(dump_yaml(cfg).rstrip(), style="dim", highlight=False)
+        self.print_header()
         with self.world.together():
             hardware = CostConfig(hardware=cfg.cost.hardware, watts=cfg.cost.watts,
                                   usd_per_hour=cfg.cost.usd_per_hour).resolve(device_kind(self.runtime))
@@ -175,7 +121,7 @@ class Trainer:
                           if cfg.loss.beta > 0 else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after sharding: FSDP replaces them
         self.optimizer = adamw(self.params, cfg.optim.lr, cfg.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(cfg.optim))
         with self.world.full_weights(self.policy):
             self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg.launch, self.runtime),
                                       stop_token_ids(self.tokenizer, self.model), cfg.sampling.rollout_batch_size,
@@ -203,6 +149,21 @@ class Trainer:
                 self.summary.pop(key, None)
             self.save_summary()
         self._truncate_metrics()
+
+    def print_header(self) -> None:
+        """What runs, on what, and where it goes: a few lines (the whole config is in config.yaml)."""
+        cfg, optim = self.cfg, self.cfg.optim
+        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.launch.fsdp else "") if self.world.size > 1 else ""
+        options = " " + " ".join(f"{k}={v}" for k, v in cfg.task_options.items()) if cfg.task_options else ""
+        cold = cfg.cold_start
+        first = (f"cold start on {cold.items} items' own answers, then " if cold.items and not (cold.data or cold.teacher)
+                 else "cold start on a teacher's traces, then " if cold.data or cold.teacher else "")
+        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}{' (resumed)' if self.resume else ''}\n"
+                           f"  model {cfg.model}, task {cfg.task}{options}, format {cfg.format}\n"
+                           f"  {self.runtime.describe()}{ranks}\n"
+                           f"  {first}{optim.max_steps} {'GRPO' if cfg.loss.objective == 'grpo' else 'on-policy distillation'} steps of {optim.prompts_per_step} prompts x "
+                           f"{optim.group_size}, held-out eval on {cfg.eval.items} items\n"
+                           f"  the whole config: {self.run_dir / 'config.yaml'}", highlight=False)
 
     def build_model(self):
         """The model to train (with LoRA adapters when configured) and its tokenizer."""
