@@ -255,8 +255,8 @@ def main() -> None:
     else:
         traces = args.work / "traces.jsonl"
         dcfg = build(collect.DistillConfig, {"teacher": teacher, "task": recipe["task"], "task_options": recipe.get("task_options", {}),
-                                             "n": args.distill_prompts, "samples_per_prompt": args.samples_per_prompt,
-                                             "max_tokens": recipe["max_new_tokens"], "concurrency": 64, "out": str(traces)})
+                                             "limit": args.distill_prompts, "samples_per_prompt": args.samples_per_prompt,
+                                             "max_new_tokens": recipe["max_new_tokens"], "concurrency": 64, "out": str(traces)})
         from rich.console import Console
 
         card = collect.collect(dcfg, Console())

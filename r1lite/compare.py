@@ -1,4 +1,5 @@
-"""Several runs on one page: ``r1lite report RUN_DIR RUN_DIR … --out PAGE.html``.
+"""``r1lite report``: one run's report re-rendered, or several runs on one page
+(``r1lite report RUN_DIR RUN_DIR … --out PAGE.html``).
 
 The page overlays each run's curves on shared axes (reward, rollout accuracy, format rate,
 completion length, KL, step time, cumulative GRPO cost), tabulates the final held-out metrics and
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 from matplotlib.figure import Figure
 
+from r1lite.config import opt
 from r1lite.errors import UsageError
 from r1lite.files import write_bytes
 from r1lite.meter.meter import (
@@ -34,6 +36,7 @@ from r1lite.report import (
     read_metrics,
     read_summary,
     series,
+    write_report,
 )
 
 
@@ -232,3 +235,28 @@ def write_comparison(paths: list[Path], out: Path) -> Path:
             plots.append((curve, f"{plots_dir.name}/{curve.file}"))
     write_bytes(out, render_comparison(runs, plots).encode())
     return out
+
+
+@dataclass
+class ReportConfig:
+    """``r1lite report``: the run directories (positional on the command line) and the page."""
+
+    runs: list = opt([], "run directories (r1lite train --out)")
+    out: str = opt("", "the page to write (\"\" = RUN_DIR/report.html for one run, compare.html for several)")
+
+    def __post_init__(self):
+        if not self.runs:
+            raise UsageError("report needs a RUN_DIR (r1lite train --out), or several to compare")
+        for run in self.runs:
+            check_run_dir(Path(run))
+
+
+def run(cfg: ReportConfig) -> int:
+    """``r1lite report``: one run directory's plots and report.html, or one page comparing several."""
+    runs = [Path(r) for r in cfg.runs]
+    if len(runs) == 1 and not cfg.out:
+        path = write_report(runs[0])
+    else:
+        path = write_comparison(runs, Path(cfg.out or "compare.html"))
+    print(f"report: {path}")
+    return 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from r1lite import tasks
+from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.errors import UsageError
 from r1lite.files import read_jsonl, write_json, write_jsonl
 from r1lite.prompts import item_prompts
 
@@ -184,7 +187,6 @@ def score_file(task: tasks.Task, fmt: str, completions: Path, out: Path) -> dict
     rows, outputs = [], []
     for n, row in read_jsonl(completions, required=("answer", "completion")):
         if not isinstance(row["completion"], str):
-            from r1lite.errors import UsageError
             raise UsageError(f"{completions}:{n}: 'completion' must be a string")
         question = str(row.get("prompt", ""))
         item = tasks.Item(id=str(row.get("id", question or f"line-{n}")), question=question, answer=row["answer"], meta={})
@@ -214,3 +216,88 @@ def summary_table(summary: dict, title: str):
             value = f"{value:.3f}" if key.startswith(("pass@", "maj@", "format_rate", "accuracy", "truncated")) else f"{value:.1f}"
         table.add_row(key, str(value))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+SPLITS = ("test", "train", "all")
+
+
+@dataclass
+class EvalOptions:
+    """``r1lite eval``: flags are these fields. Generate and score (``model``), or score a JSONL of
+    completions produced elsewhere (``completions``)."""
+
+    model: str = opt("", "default, tiny, a local HF directory, a run directory, or a hub id (\"\" with --completions)")
+    task: str = opt("", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
+    task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
+    format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")
+    prefill_think: bool = opt(False, "open the assistant turn with <think>")
+    split: str = opt("test", "which items: test (held out), train or all")
+    limit: int = opt(100, "items to evaluate (-1 = the whole split)")
+    samples: int = opt(1, "samples per item; 1 = greedy")
+    max_new_tokens: int = opt(256, "token budget per completion")
+    temperature: float | None = opt(None, "sampling temperature (unset = 0 for 1 sample, 0.6 for more)")
+    top_p: float | None = opt(None, "nucleus sampling (unset = 1 for 1 sample, 0.95 for more)")
+    seed: int = opt(0, "seed for item choice and sampling")
+    eval_batch_size: int = opt(64, "most sequences decoded together", old=("batch_size",))
+    device: str = opt("auto", "auto, cpu or cuda[:N]")
+    dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
+    completions: str = opt("", "score this JSONL (rows with answer and completion) instead of generating (\"\" = generate)")
+    out: str = opt("", "JSONL of scored rows; the summary goes to <out>.summary.json (\"\" = print the summary only)")
+
+    def __post_init__(self):
+        if not self.task:
+            raise UsageError("eval needs --task (arithmetic, countdown, gsm8k:PATH, jsonl:PATH, gym:NAME, ...)")
+        if self.format not in tasks.FORMATS:
+            raise UsageError(f"--format {self.format}: use one of {', '.join(tasks.FORMATS)}")
+        if self.split not in SPLITS:
+            raise UsageError(f"--split {self.split}: use one of {', '.join(SPLITS)}")
+        if self.completions:
+            if self.model:
+                raise UsageError("--completions scores existing completions; drop --model (or drop --completions to generate)")
+            if not self.out:
+                raise UsageError("--completions needs --out FILE for the scored rows")
+            return
+        if not self.model:
+            raise UsageError("eval needs --model M to generate, or --completions FILE to score existing completions")
+        if self.samples < 1:
+            raise UsageError(f"--samples {self.samples}: must be >= 1")
+        if self.limit == 0 or self.limit < -1:
+            raise UsageError(f"--limit {self.limit}: give a positive number of items, or -1 for the whole split")
+
+
+def run(opts: EvalOptions, console) -> int:
+    """``r1lite eval``: score ``opts.completions``, or generate with ``opts.model`` and score."""
+    task = tasks.load_task(opts.task, opts.task_options)
+    if opts.completions:
+        out = Path(opts.out)
+        summary = score_file(task, opts.format, Path(opts.completions), out)
+        console.print(summary_table(summary, f"{task.name} · {opts.format} · scored {opts.completions}"))
+        console.print(f"rows: {out}\nsummary: {summary_path(out)}")
+        return 0
+    from r1lite.engine import make_engine
+    from r1lite.models import load_model, resolve_runtime, stop_token_ids
+    from r1lite.progress import progress
+
+    runtime = resolve_runtime(opts.device, opts.dtype)
+    items = task.split(opts.split, None if opts.limit == -1 else opts.limit, seed=opts.seed)
+    console.print(f"r1lite eval: {len(items)} {opts.split} items of {task.name}, {opts.samples} sample(s) each, "
+                  f"format {opts.format}, on {runtime.describe()}")
+    model, tokenizer = load_model(opts.model, runtime)
+    engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), opts.eval_batch_size)
+    with progress(console, "eval", len(items) * opts.samples, "seq") as update:
+        rows, summary = evaluate(
+            engine, tokenizer, task, items, opts.format, samples=opts.samples, max_new_tokens=opts.max_new_tokens,
+            temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed, prefill_think=opts.prefill_think,
+            on_progress=update)
+    summary = {"model": opts.model, "split": opts.split, **summary}
+    console.print(summary_table(summary, f"{opts.model} · {task.name} · {opts.format}"))
+    if opts.out:
+        out = Path(opts.out)
+        write_jsonl(out, rows)
+        write_json(summary_path(out), summary)
+        console.print(f"rows: {out}\nsummary: {summary_path(out)}")
+    return 0

@@ -172,3 +172,144 @@ def test_cost_measures_a_tiny_recipe_and_prints_both_estimates(cli):
     for needle in ("measured (cpu", "datasheet (cpu", "rollout", "train", "eval", "wall time", "device-hours",
                    "kWh", "money", "assumptions", "probe rollout batch", "CPU kind", "skipped groups", "leaves out"):
         assert needle in out, needle
+
+
+# ---------------------------------------------------------------------------------------------
+# One way to build a command: its flags are the fields of its dataclass(es)
+
+
+def configs():
+    """Each sub-command → the dataclasses whose flat keys are its flags."""
+    from r1lite import cli
+    from r1lite.compare import ReportConfig
+    from r1lite.distill.collect import DistillConfig
+    from r1lite.edge.chat import ChatConfig
+    from r1lite.edge.export import ExportConfig
+    from r1lite.evaluate import EvalOptions
+    from r1lite.serve import ServeOptions
+    from r1lite.train.config import GRPOConfig
+    from r1lite.train.sft import SFTConfig
+
+    return {"train": (cli.TrainOptions, GRPOConfig), "sft": (SFTConfig,), "eval": (EvalOptions,),
+            "distill": (DistillConfig,), "export": (ExportConfig,), "chat": (ChatConfig,), "serve": (ServeOptions,),
+            "cost": (cli.CostOptions, GRPOConfig), "report": (ReportConfig,)}
+
+
+RECIPES = {"train", "sft", "cost"}
+"""Commands that read a YAML recipe (--config)."""
+POSITIONAL = {"report": {"runs"}}
+
+
+def subparsers():
+    import argparse
+
+    from r1lite import cli
+
+    return next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def flat_keys(command: str) -> dict:
+    from r1lite.config import keys
+
+    out = {}
+    for cls in configs()[command]:
+        mine = keys(cls)
+        assert not set(mine) & set(out), f"{command}: {cls.__name__} repeats a key of another config"
+        out.update(mine)
+    return out
+
+
+def spellings(key) -> set[str]:
+    """The option strings a flat key may have: its flag and its old spellings (and their --no- forms)."""
+    names = [n.replace("_", "-") for n in (key.name, *key.old)]
+    return {"--" + n for n in names} | ({"--no-" + n for n in names} if key.type is bool else set())
+
+
+def test_every_command_s_flags_are_exactly_its_config_fields():
+    """No hand-written flag: every option of every sub-command is a flat key of its config(s)
+    (by its name or an old spelling), every key is an option (or a positional), plus --config
+    where a recipe is read."""
+    parsers = subparsers()
+    assert set(parsers) == set(configs())
+    for command, parser in parsers.items():
+        expected = flat_keys(command)
+        positional = {a.dest for a in parser._actions if not a.option_strings}
+        assert positional == POSITIONAL.get(command, set()) and positional <= set(expected), command
+        options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+        given = set()
+        for action in options:
+            if action.dest == "config" and command in RECIPES:
+                assert action.option_strings == ["--config"], command
+            else:
+                assert action.dest in expected, f"{command}: {action.option_strings} is not a config field"
+                assert set(action.option_strings) <= spellings(expected[action.dest]), (command, action.option_strings)
+            given.add(action.dest)
+        assert given == set(expected) - positional | ({"config"} if command in RECIPES else set()), command
+        assert parser.allow_abbrev is False, command
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "chat", "serve", "distill"])
+def test_max_new_tokens_is_a_completion_s_budget_everywhere(command):
+    from r1lite import cli
+
+    assert vars(cli.parser().parse_args([command, "--max-new-tokens", "7"]))["max_new_tokens"] == 7
+
+
+@pytest.mark.parametrize("argv, old, new, field, value", [
+    (["export", "--format", "hf", "--model", "tiny", "--out", "{tmp}/hf"], "--format", "--to", "to", "hf"),
+    (["serve", "--default-max-tokens", "64", "--model", "tiny"], "--default-max-tokens", "--max-new-tokens",
+     "max_new_tokens", 64),
+    (["eval", "--task-opt", "digits=3", "--model", "tiny", "--task", "arithmetic"], "--task-opt", "--task-options",
+     "task_options", {"digits": 3}),
+    (["eval", "--batch-size", "8", "--model", "tiny", "--task", "arithmetic"], "--batch-size", "--eval-batch-size",
+     "eval_batch_size", 8),
+    (["distill", "--n", "5", "--teacher", "tiny", "--task", "arithmetic", "--out", "{tmp}/t.jsonl"], "--n", "--limit",
+     "limit", 5),
+    (["distill", "--max-tokens", "40", "--teacher", "tiny", "--task", "arithmetic", "--out", "{tmp}/t.jsonl"],
+     "--max-tokens", "--max-new-tokens", "max_new_tokens", 40),
+])
+def test_an_old_spelling_prints_one_note_and_sets_the_new_field(argv, old, new, field, value, tmp_path, capsys):
+    from r1lite import cli
+
+    args = cli.parser().parse_args([a.format(tmp=tmp_path) for a in argv])
+    (cls,) = configs()[args.command]
+    cfg = cli.from_flags(cls, args)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"note: flag '{old}' is now '{new}'; the old name works for this release only"]
+    assert getattr(cfg, field) == value
+
+
+@pytest.mark.parametrize("command", ["train", "sft", "eval", "distill", "export", "chat", "serve", "cost", "report"])
+def test_help_exits_0_and_shows_every_flag_and_no_old_spelling(command, capsys):
+    import re
+
+    from r1lite import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.parser().parse_args([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for key in flat_keys(command).values():
+        if key.name not in POSITIONAL.get(command, set()):
+            assert "--" + key.name.replace("_", "-") in text, (command, key.name)
+        for old in key.old:
+            assert not re.search(rf"(?<![\w-])--{re.escape(old.replace('_', '-'))}(?![\w-])", text), (command, old)
+
+
+def test_a_flag_works_by_its_name_not_by_a_prefix_of_it():
+    from r1lite import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.parser().parse_args(["eval", "--max-new", "8"])
+    assert e.value.code == 2
+
+
+def test_a_cold_start_from_a_teacher_sets_distill_s_keys_by_their_names(capsys):
+    """The run's own keys reach DistillConfig under its field names (no old-name note)."""
+    from r1lite.config import build
+    from r1lite.train.coldstart import distill_config
+    from r1lite.train.config import GRPOConfig
+
+    cfg = distill_config(build(GRPOConfig, {"model": "tiny", "cold_start_teacher": "tiny", "cold_start_items": 6,
+                                            "max_new_tokens": 48}))
+    assert (cfg.limit, cfg.max_new_tokens) == (6, 48) and capsys.readouterr().err == ""

@@ -180,7 +180,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
     (tmp_path / "bench.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in held_back))
     server = FakeTeacher(lambda q, attempt: (200, (), variant_answer(variant[q], q), 0))
     out = tmp_path / "traces.jsonl"
-    args = ("distill", "--teacher", server.url, *TASK, "--n", "16", "--samples-per-prompt", "2", "--out", out,
+    args = ("distill", "--teacher", server.url, *TASK, "--limit", "16", "--samples-per-prompt", "2", "--out", out,
             "--decontaminate", tmp_path / "bench.jsonl", "--teacher-usd-per-mtok", "1,2", "--teacher-terms", "test terms v1")
     try:
         r = cli(*args)
@@ -264,7 +264,7 @@ def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_en
     questions = [i.question for i in items]
     server = FakeTeacher(fault_script(questions))
     out = tmp_path / "traces.jsonl"
-    args = ("distill", "--teacher", server.url, *TASK, "--n", "8", "--seed", "3", "--out", out, "--concurrency", "4",
+    args = ("distill", "--teacher", server.url, *TASK, "--limit", "8", "--seed", "3", "--out", out, "--concurrency", "4",
             "--timeout", "0.5", "--max-retries", "2", "--backoff", "0.2")
     try:
         r = cli(*args)
@@ -305,7 +305,7 @@ def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finished")
     server = FakeTeacher(lambda q, attempt: (200, (), variant_answer("content", q), 0), key="right-key")
     out = folder / "traces.jsonl"
-    r = cli("distill", "--teacher", server.url, *TASK, "--n", "4", "--out", out, "--api-key-env", "TEACHER_KEY",
+    r = cli("distill", "--teacher", server.url, *TASK, "--limit", "4", "--out", out, "--api-key-env", "TEACHER_KEY",
             env={"TEACHER_KEY": "right-key"})
     assert r.returncode == 0, r.stderr[-3000:]
     yield server, out
@@ -339,7 +339,7 @@ def test_bad_input_is_one_line_exit_2_and_the_traces_file_is_untouched(finished,
     monkeypatch.setenv("TEACHER_KEY", "wrong-key")
     monkeypatch.setenv("RIGHT", "right-key")
     before, calls = snapshot(out), len(server.calls)
-    code = main(["distill", *map(str, args), "--n", "4", "--out", str(out)])  # in-process: the main the console script runs
+    code = main(["distill", *map(str, args), "--limit", "4", "--out", str(out)])  # in-process: the main the console script runs
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert snapshot(out) == before and len(server.calls) == calls
@@ -380,7 +380,7 @@ def teacher(tmp_path_factory):
     model.save_pretrained(folder / "hf")
     tokenizer.save_pretrained(folder / "hf")
     gguf = folder / "teacher.f16.gguf"
-    r = cli("export", "--model", folder / "hf", "--format", "gguf", "--quant", "f16", "--out", gguf, timeout=600)
+    r = cli("export", "--model", folder / "hf", "--to", "gguf", "--quant", "f16", "--out", gguf, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return {"hf": folder / "hf", "gguf": gguf, "items": items, "task": ("--task", f"jsonl:{data}")}
 
@@ -461,7 +461,7 @@ def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and
     dropped = collect.sibling(out, ".dropped.jsonl")
     contaminated = teacher["items"][5].question
     (tmp_path / "bench.jsonl").write_text(json.dumps({"question": contaminated}) + "\n")
-    args = ["distill", "--teacher", proxy.url, *teacher["task"], "--n", str(N_PROMPTS), "--samples-per-prompt", "2", "--max-tokens", "40",
+    args = ["distill", "--teacher", proxy.url, *teacher["task"], "--limit", str(N_PROMPTS), "--samples-per-prompt", "2", "--max-new-tokens", "40",
             "--concurrency", "2", "--out", str(out), "--decontaminate", str(tmp_path / "bench.jsonl")]
     try:
         collector = subprocess.Popen([sys.executable, "-m", "r1lite", *args], cwd=ROOT, env=ENV,
@@ -514,8 +514,8 @@ def test_local_teachers_through_the_engine_pytorch_and_gguf(teacher, tmp_path, c
     runs = {}
     for name, spec, n, k in (("torch", teacher["hf"], 6, 2), ("torch again", teacher["hf"], 6, 2), ("llama.cpp", teacher["gguf"], 3, 1)):
         out = tmp_path / f"{name.replace(' ', '_')}.jsonl"
-        code = main(["distill", "--teacher", str(spec), *teacher["task"], "--n", str(n), "--samples-per-prompt", str(k),
-                     "--max-tokens", "40", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
+        code = main(["distill", "--teacher", str(spec), *teacher["task"], "--limit", str(n), "--samples-per-prompt", str(k),
+                     "--max-new-tokens", "40", "--out", str(out), "--device", "cpu", "--dtype", "fp32"])
         assert code == 0, capsys.readouterr().err[-3000:]
         runs[name] = collect.read_rows(out) + collect.read_rows(collect.sibling(out, ".dropped.jsonl"))
         card = json.loads(collect.sibling(out, ".card.json").read_text())

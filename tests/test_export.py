@@ -61,7 +61,7 @@ def exported(sft_run, llama_cpp, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf")
     files = {}
     for quant in ("f16", "q8_0", "q4_0", "q4_k_m"):
-        r = run_cli("export", "--model", str(sft_run), "--format", "gguf", "--quant", quant, "--out", str(out / f"model.{quant}.gguf"))
+        r = run_cli("export", "--model", str(sft_run), "--to", "gguf", "--quant", quant, "--out", str(out / f"model.{quant}.gguf"))
         assert r.returncode == 0, r.stderr[-2000:]
         files[quant] = (out / f"model.{quant}.gguf", r.stdout)
     return files
@@ -232,7 +232,7 @@ def test_hf_export_is_a_complete_directory_with_a_model_card(sft_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "hf"
-    r = run_cli("export", "--model", str(sft_run), "--format", "hf", "--out", str(out))
+    r = run_cli("export", "--model", str(sft_run), "--to", "hf", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= names
@@ -338,7 +338,7 @@ def test_a_lora_adapter_is_merged_before_export(tmp_path):
     ids = torch.tensor([[1, 5, 9, 30]])
     with torch.no_grad():
         expected = lora(ids).logits
-    r = run_cli("export", "--model", str(tmp_path / "adapter"), "--format", "hf", "--out", str(tmp_path / "hf"))
+    r = run_cli("export", "--model", str(tmp_path / "adapter"), "--to", "hf", "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr[-2000:]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     with torch.no_grad():

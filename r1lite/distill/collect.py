@@ -1,7 +1,7 @@
 """``r1lite distill``: verified reasoning traces from a teacher, with provenance, for ``r1lite sft``.
 
 R1's small models were SFT on ~800K samples from the big model, kept only where they were right
-(rejection sampling). Here: ``--n`` prompts of a task's ``--split``, ``--samples-per-prompt``
+(rejection sampling). Here: ``--limit`` prompts of a task's ``--split``, ``--samples-per-prompt``
 answers each from a teacher (:mod:`r1lite.distill.teachers`), and for each answer, in this order:
 
 1. the prompt's question is decontaminated before anything is asked: a question sharing a word
@@ -65,11 +65,12 @@ class DistillConfig:
     out: str = opt("", "traces JSONL; the card goes to <stem>.card.md and <stem>.card.json")
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")
     split: str = opt("train", "which prompts: train or all (the held-out test split is what decontamination removes)")
-    n: int = opt(100, "prompts to draw from the split (-1 = the whole split of a file task)")
+    limit: int = opt(100, "prompts to draw from the split (-1 = the whole split of a file task)", old=("n",))
     samples_per_prompt: int = opt(1, "answers asked per prompt, each with its own seed")
     temperature: float = opt(0.6, "teacher sampling temperature (R1's 0.6; 0 = greedy)")
     top_p: float = opt(0.95, "teacher nucleus sampling (R1's 0.95; 1 = off)")
-    max_tokens: int = opt(2048, "token budget of one answer, thinking included; an answer that reaches it is dropped")
+    max_new_tokens: int = opt(2048, "token budget of one answer, thinking included; an answer that reaches it is dropped",
+                              old=("max_tokens",))
     seed: int = opt(0, "seed for the prompt choice and each request's seed")
     teacher_model: str = opt("", "endpoint model id (\"\" = the one model the endpoint lists)")
     api_key_env: str = opt("", "environment variable that holds the endpoint's key, e.g. DEEPSEEK_API_KEY (\"\" = no key)")
@@ -93,11 +94,11 @@ class DistillConfig:
         need(self.out.endswith(".jsonl"), f"--out {self.out or '(none)'}: name the traces file, e.g. --out traces.jsonl")
         need(self.format in tasks.FORMATS, f"--format {self.format}: use one of {', '.join(tasks.FORMATS)}")
         need(self.split in ("train", "all"), f"--split {self.split}: use train or all (the held-out split is never distilled)")
-        need(self.n >= 1 or self.n == -1, f"--n {self.n}: give a positive number of prompts, or -1 for the whole split")
+        need(self.limit >= 1 or self.limit == -1, f"--limit {self.limit}: give a positive number of prompts, or -1 for the whole split")
         need(self.samples_per_prompt >= 1, f"--samples-per-prompt {self.samples_per_prompt}: must be >= 1")
         need(self.temperature >= 0, f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
         need(0 < self.top_p <= 1, f"--top-p {self.top_p}: must be in (0, 1]")
-        need(self.max_tokens >= 1, f"--max-tokens {self.max_tokens}: must be >= 1")
+        need(self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens}: must be >= 1")
         need(self.concurrency >= 1, f"--concurrency {self.concurrency}: must be >= 1")
         need(self.timeout > 0, f"--timeout {self.timeout}: must be > 0 seconds")
         need(self.max_retries >= 0 and self.backoff >= 0, "--max-retries and --backoff must be >= 0")
@@ -124,7 +125,7 @@ class DistillConfig:
         return prices
 
     def sampling(self) -> TeacherSampling:
-        return TeacherSampling(self.temperature, self.top_p, self.max_tokens)
+        return TeacherSampling(self.temperature, self.top_p, self.max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,10 +203,10 @@ class Run:
     @property
     def identity(self) -> dict:
         """What every row of the files must share with this run."""
-        c = self.cfg
+        c = self.cfg  # "max_tokens" below: the name rows already written carry, so they still resume
         return {"teacher": self.teacher, "task": self.task.name, "task_options": normalise(c.task_options),
                 "split": c.split, "format": c.format,
-                "sampling": {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens, "seed": c.seed}}
+                "sampling": {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "seed": c.seed}}
 
     def provenance(self, item: tasks.Item, messages: list[dict], result: Answer | Failure, seed: int) -> dict:
         identity = self.identity
@@ -318,7 +319,7 @@ def open_teacher(cfg: DistillConfig) -> EndpointTeacher | LocalTeacher:
 
 def select_prompts(cfg: DistillConfig, task: tasks.Task) -> tuple[list[tasks.Item], list[tasks.Item], Counter, str]:
     """(selected items, the clean ones to ask, contaminated count by source, how the held-out split was used)."""
-    items = task.split(cfg.split, None if cfg.n == -1 else cfg.n, seed=cfg.seed)
+    items = task.split(cfg.split, None if cfg.limit == -1 else cfg.limit, seed=cfg.seed)
     reference, held_out = references(task, cfg.decontaminate)
     clean, dirty = [], Counter()
     for item in items:

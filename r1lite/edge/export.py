@@ -48,7 +48,8 @@ class ExportConfig:
     """``r1lite export``: flags are these fields."""
 
     model: str = opt("", "what to export: default, tiny, a run directory, or a Hugging Face directory")
-    format: str = opt("gguf", "hf (a directory: safetensors, tokenizer, model card) or gguf (one file)")
+    to: str = opt("gguf", "file type: hf (a directory: safetensors, tokenizer, model card) or gguf (one file)",
+                  old=("format",))
     quant: str = opt("f16", "GGUF scheme: f16, q8_0, q4_0 or q4_k_m (llama.cpp's quantizer)")
     out: str = opt("", "the directory (hf) or the exact file (gguf, named for its scheme: model.q8_0.gguf)")
     force: bool = opt(False, "replace an existing --out")
@@ -56,14 +57,14 @@ class ExportConfig:
     def __post_init__(self):
         if not self.model:
             raise UsageError("export needs --model (default, tiny, a run directory or a Hugging Face directory)")
-        if self.format not in ("hf", "gguf"):
-            raise UsageError(f"--format {self.format}: use hf or gguf")
+        if self.to not in ("hf", "gguf"):
+            raise UsageError(f"--to {self.to}: use hf or gguf")
         if self.quant not in QUANTS:
             raise UsageError(f"--quant {self.quant}: use one of {', '.join(QUANTS)}")
         if not self.out:
             raise UsageError("export needs --out: a directory for hf, a file such as model.q8_0.gguf for gguf")
         out = Path(self.out)
-        if self.format == "gguf" and (out.suffix != ".gguf" or self.quant not in out.name.lower().split(".")):
+        if self.to == "gguf" and (out.suffix != ".gguf" or self.quant not in out.name.lower().split(".")):
             raise UsageError(f"--out {out}: a GGUF's name carries its scheme; name it e.g. {out.parent / ('model.' + self.quant + '.gguf')}")
         if out.exists() and not self.force:
             raise UsageError(f"--out {out} exists; pass --force to replace it")
@@ -325,7 +326,7 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
 def run(cfg: ExportConfig, console) -> int:
     out = Path(cfg.out)
     src = load_source(cfg.model)
-    if cfg.format == "hf":
+    if cfg.to == "hf":
         write_hf(src, out)
         console.print(f"wrote {out}/ (safetensors, tokenizer, model card)")
         return 0
