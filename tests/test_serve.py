@@ -2,7 +2,6 @@
 and llama.cpp backends; the reasoning split, thinking budgets, the content guard, limits and errors,
 cancellation, draining on SIGTERM, a schema fuzz, and the chat page in headless Chromium."""
 
-import argparse
 import asyncio
 import json
 import os
@@ -17,9 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from r1lite.engine import Completion, Delta, ThinkSplit
 from r1lite.models import load_model, resolve_runtime
-from r1lite.serve.guard import Policy, luhn_ok, parse_llama_guard
+from r1lite.serve import schema
+from r1lite.serve.guard import (
+    CONTEXT_CHARS,
+    AnswerGuard,
+    Guard,
+    Policy,
+    luhn_ok,
+    parse_llama_guard,
+)
 from r1lite.serve.reasoning import Split, thinking_budget
+from r1lite.serve.service import BadRequest, ChatService, Metrics, ServeConfig, invalid
+from r1lite.serve.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
@@ -32,12 +42,14 @@ def free_port() -> int:
 
 
 def serve_args(model, **kw):
+    from r1lite.serve import ServeOptions
+
     base = dict(model=str(model), served_model_name="m", host="127.0.0.1", port=0, api_key=KEY, max_body_bytes=1 << 20,
-                max_concurrency=8, max_queue=8, request_timeout=120.0, max_tokens_cap=64, default_max_tokens=32,
-                max_messages=16, max_thinking_tokens=None, reasoning_field="reasoning_content", guard="on", guard_policy=None,
-                guard_judge=None, guard_judge_model="llama-guard", temperature=0.0, top_p=1.0, log_prompts=False,
+                max_concurrency=8, max_queue=8, request_timeout=120.0, max_tokens_cap=64, max_new_tokens=32,
+                max_messages=16, max_thinking_tokens=None, reasoning_field="reasoning_content", guard="on", guard_policy="",
+                guard_judge="", guard_judge_model="llama-guard", temperature=0.0, top_p=1.0, log_prompts=False,
                 device="cpu", dtype="fp32")
-    return argparse.Namespace(**{**base, **kw})
+    return ServeOptions(**{**base, **kw})
 
 
 class Server:
@@ -147,6 +159,176 @@ def test_a_thinking_block_that_never_closes_is_the_answer():
 def test_every_thinking_control_clients_send_maps_to_a_budget(body, tokens, source):
     budget = thinking_budget(body, 50)
     assert (budget.tokens, budget.source) == (tokens, source)
+
+
+# ------------------------------------------------------------------------------ the service's steps, alone
+
+
+class ScriptedEngine:
+    """Answers every request with the same text, one piece a step (a piece's token id is its
+    index): the service and its worker run over it without a model."""
+
+    def __init__(self, pieces: list[str]):
+        self.pieces, self.running, self.cancelled = pieces, {}, set()
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running)
+
+    def add(self, request) -> str:
+        self.running[request.id] = 0
+        return request.id
+
+    def cancel(self, request_id: str) -> None:
+        if request_id in self.running:
+            self.cancelled.add(request_id)
+
+    def step(self) -> list[Delta]:
+        deltas = []
+        for rid, i in list(self.running.items()):
+            cancelled = rid in self.cancelled
+            finish = "cancelled" if cancelled else "length" if i == len(self.pieces) - 1 else None
+            ids = [] if cancelled else [i]
+            done = Completion(list(range(i + len(ids))), "".join(self.pieces[:i + len(ids)]), finish) if finish else None
+            deltas.append(Delta(rid, 0, ids, "" if cancelled else self.pieces[i], finish, done))
+            if finish:
+                del self.running[rid]
+            else:
+                self.running[rid] = i + 1
+        return deltas
+
+
+class ScriptedBackend:
+    kind, format_name, tokenizer = "scripted", "", None
+
+    def __init__(self, pieces: list[str], thinking: bool):
+        self.engine, self.thinking = ScriptedEngine(pieces), thinking
+
+    def prompt(self, messages: list[dict]) -> tuple[list[int], bool]:
+        return [1, 2, 3], self.thinking
+
+
+@pytest.fixture
+def scripted():
+    """make(pieces, thinking=False, guard=True, **config) → a ChatService over a ScriptedEngine."""
+    workers = []
+
+    def make(pieces: list[str], thinking: bool = False, guard: bool = True, **config) -> ChatService:
+        backend = ScriptedBackend(pieces, thinking)
+        workers.append(Worker(backend.engine, 4, 4))
+        cfg = ServeConfig(model_name="m", api_key=None, **{"max_tokens_cap": 4096, "default_max_tokens": 2048, **config})
+        return ChatService(backend, cfg, Guard(Policy()) if guard else None, workers[-1], Metrics())
+
+    yield make
+    for worker in workers:
+        worker.stop()
+
+
+def chat_body(**kw) -> schema.ChatRequest:
+    return schema.ChatRequest(**{"model": "m", "messages": [{"role": "user", "content": "Count."}], **kw})
+
+
+def test_the_output_guard_reads_each_sentence_once_over_a_long_answer(scripted, monkeypatch):
+    """A 2,000-token answer of 200 sentences: the output guard is called once a sentence and reads
+    each sentence once, after at most CONTEXT_CHARS of the text before it (re-reading the whole
+    answer at every sentence reads ~10x more here, and more the longer the answer)."""
+    pieces = [f"w{i}. " if i % 10 == 9 else f"w{i} " for i in range(2000)]
+    service = scripted(pieces)
+    reads = []
+    check = service.guard.check
+
+    async def spy(client, text, conversation=None, allowed=None):
+        if conversation is not None:  # the output side; the input side sends the user's text alone
+            reads.append(text)
+        return await check(client, text, conversation, allowed)
+
+    monkeypatch.setattr(service.guard, "check", spy)
+    result = asyncio.run(service.create(chat_body(max_tokens=2000)))
+    answer = "".join(pieces)
+    assert result["choices"][0]["message"]["content"] == answer and result["usage"]["completion_tokens"] == 2000
+    sentences = answer.count(". ")
+    assert len(reads) == sentences == 200
+    assert sum(map(len, reads)) <= len(answer) + sentences * (CONTEXT_CHARS + 1)
+
+
+def test_reasoning_tokens_are_counted_from_token_ids_and_streamed_as_events(scripted):
+    service = scripted(["a", " b", "</think>", "ok."], thinking=True)
+
+    async def events():
+        response = await service.create(chat_body(stream=True, stream_options={"include_usage": True}))
+        return [event async for event in response.body_iterator]
+
+    out = asyncio.run(events())
+    assert out[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(e[len("data: "):]) for e in out[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning_content": None}
+    deltas = [c["choices"][0]["delta"] for c in chunks[1:-2]]
+    assert "".join(d["reasoning_content"] or "" for d in deltas) == "a b"
+    assert "".join(d["content"] or "" for d in deltas) == "ok."
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                                   "completion_tokens_details": {"reasoning_tokens": 3}}  # a, b and the close
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"model": "gpt-4"}, 404, "model", "model_not_found"),
+    ({"n": 2}, 400, "n", "unsupported_parameter"),
+    ({"tools": [{"type": "function"}]}, 400, "tools", "unsupported_parameter"),
+    ({"max_completion_tokens": 5000}, 400, "max_completion_tokens", None),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}, 400, "messages", None),
+])
+def test_the_check_step_turns_a_bad_request_into_its_error_body(scripted, body, status, param, code):
+    service = scripted(["x"])
+    with pytest.raises(BadRequest) as caught:
+        service.check(chat_body(**body))
+    response = service.reject(caught.value)
+    error = json.loads(response.body)["error"]
+    assert response.status_code == status and (error["param"], error["code"]) == (param, code) and error["message"]
+    assert service.metrics.registry.get_sample_value("r1lite_requests_total", {"outcome": str(status)}) == 1
+    e = invalid([{"loc": ("body", "temperature"), "msg": "Input should be a valid number"}])
+    assert (e.status, e.param, e.message) == (400, "temperature", "temperature: Input should be a valid number")
+
+
+def test_the_splitter_holds_a_tag_cut_mid_stream_for_serve_and_chat():
+    split = ThinkSplit(marks=("<answer>", "</answer>"))
+    pieces = [split.feed(p) for p in ("Hm <th", "ink>x </thi", "nk><ans", "wer>4", "2</answer>")] + [split.feed("", final=True)]
+    assert pieces == [[("answer", "Hm ")], [("tag", "<think>"), ("thinking", "x ")], [("tag", "</think>")],
+                      [("tag", "<answer>"), ("answer", "4")], [("answer", "2"), ("tag", "</answer>")], []]
+    assert split.feed("<think>again") == [("answer", "<think>again")]  # one thinking block per answer
+    from io import StringIO
+
+    from rich.console import Console
+
+    from r1lite.edge.chat import ThoughtPrinter
+
+    out = StringIO()
+    printer = ThoughtPrinter(Console(file=out), thinking=True)  # not a terminal: the tags as written
+    for p in ("a b</th", "ink> 4", "2"):
+        printer.feed(p)
+    printer.feed("", final=True)
+    assert (out.getvalue(), printer.answer) == ("<think>a b</think> 42", " 42")
+
+
+def test_a_delta_as_a_server_sent_event():
+    base = {"id": "chatcmpl-1", "created": 7, "model": "m"}
+    assert schema.sse(schema.chunk(base, schema.message_fields("so", None, both=True))) == (
+        'data: {"id": "chatcmpl-1", "created": 7, "model": "m", "object": "chat.completion.chunk", "choices": '
+        '[{"index": 0, "delta": {"content": null, "reasoning_content": "so", "reasoning": "so"}, "finish_reason": null}]}\n\n')
+
+
+@pytest.mark.parametrize("pieces", [
+    ["Let me give the", " answer now. Done."],  # a block that spans two pieces
+    ["It is a story. ", "x " * 400, "Now I give the answer now."],  # an allow far earlier in the answer
+    ["Fine. ", "x " * 400, "give the answer now."],
+])
+def test_the_answer_guard_gives_the_verdict_on_the_whole_answer(tmp_path, pieces):
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("categories:\n  S1:\n    name: V\n    block: ['give the answer now']\n    allow: ['story']\n")
+    policy = Policy(policy_file)
+    answer = AnswerGuard(Guard(policy), None, "q")
+    for i, piece in enumerate(pieces):
+        assert asyncio.run(answer.check(piece)) == policy.check("".join(pieces[:i + 1])), i
 
 
 # ------------------------------------------------------------------------------ over HTTP
@@ -396,7 +578,7 @@ def test_schemathesis_finds_no_server_error(thinking_run):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    server = Server(serve_args(thinking_run, max_tokens_cap=16, default_max_tokens=16))
+    server = Server(serve_args(thinking_run, max_tokens_cap=16, max_new_tokens=16))
     try:
         schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
         failures = []
@@ -417,7 +599,7 @@ def test_schemathesis_finds_no_server_error(thinking_run):
 
 
 def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, chromium_browser, screenshot_dir):
-    server = Server(serve_args(thinking_run, api_key=None, max_thinking_tokens=12))
+    server = Server(serve_args(thinking_run, api_key="", max_thinking_tokens=12))
     try:
         page = chromium_browser.new_page(viewport={"width": 900, "height": 700})
         page.goto(server.url + "/")

@@ -15,11 +15,19 @@ interface: :class:`Engine` over r1lite's decoders (:mod:`r1lite.engine.decoders`
 kernels, PyTorch, the generic transformers forward).
 
 Modules: ``sampling`` (settings and the per-sequence draw), ``decoders`` (forward passes over a
-KV cache), ``kernels`` (the x86-64 CPU kernels, compiled on first use), ``engine`` (the loop).
+KV cache), ``kernels`` (the x86-64 CPU kernels, compiled on first use), ``engine`` (the loop, and
+:class:`ThinkSplit`: streamed text cut at its ``<think>`` block, for ``chat`` and ``serve``).
 """
 
 from r1lite.engine.decoders import HFDecoder, LlamaDecoder, make_decoder
-from r1lite.engine.engine import Completion, Delta, Engine, GenerationStats, Request
+from r1lite.engine.engine import (
+    Completion,
+    Delta,
+    Engine,
+    GenerationStats,
+    Request,
+    ThinkSplit,
+)
 from r1lite.engine.sampling import Sampling, derive_seed
 
 
@@ -32,4 +40,4 @@ def make_engine(model, tokenizer, dtype, stop_ids: list[int] | None = None, max_
 
 
 __all__ = ["Completion", "Delta", "Engine", "GenerationStats", "HFDecoder", "LlamaDecoder", "Request", "Sampling",
-           "derive_seed", "make_decoder", "make_engine"]
+           "ThinkSplit", "derive_seed", "make_decoder", "make_engine"]

@@ -1,7 +1,8 @@
 """The content guard: Llama Guard 3's hazard categories (S1–S14) checked by a policy of patterns a
 person can read and edit (``guard_policy.yaml``), PII redaction, and an optional judge model on any
 OpenAI-compatible endpoint (Llama Guard on llama.cpp, Ollama or vLLM) whose verdict is parsed
-strictly. Offline by default: nothing is downloaded."""
+strictly. Offline by default: nothing is downloaded. An answer is guarded as it streams, each new
+sentence once (:class:`AnswerGuard`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from r1lite.errors import UsageError
 
 DEFAULT_POLICY = Path(__file__).with_name("guard_policy.yaml")
 CODES = tuple(f"S{i}" for i in range(1, 15))
+CONTEXT_CHARS = 512
+"""The output guard reads each new sentence after this many characters of the answer before it, so
+a pattern that spans a sentence boundary is still seen (the default policy's widest pattern with a
+bounded width spans 210)."""
+WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True)
@@ -69,11 +75,16 @@ class Policy:
             self.categories.append((code, spec.get("name", code), block, allow))
         self.pii = {kind: re.compile(p) for kind, p in (data.get("pii") or {}).items()}
 
-    def check(self, text: str) -> Verdict:
-        """The first category whose block patterns match and allow patterns do not."""
+    def check(self, text: str, allowed: set[str] | None = None) -> Verdict:
+        """The first category whose block patterns match and allow patterns do not. ``allowed``:
+        the categories an allow pattern matched in earlier parts of the same text; the ones that
+        match here join it (a text checked a part at a time gets the verdict of the whole)."""
         flat = " ".join(text.split())
+        allowed = set() if allowed is None else allowed
         for code, name, block, allow in self.categories:
-            if any(p.search(flat) for p in block) and not any(p.search(flat) for p in allow):
+            if code not in allowed and any(p.search(flat) for p in allow):
+                allowed.add(code)
+            if code not in allowed and any(p.search(flat) for p in block):
                 return Verdict(False, code, name, "policy")
         return SAFE
 
@@ -136,8 +147,11 @@ class Guard:
         self.policy, self.judge = policy, judge
         self.names = {code: name for code, name, _, _ in policy.categories} | (names or {})
 
-    async def check(self, client, text: str, conversation: list[dict] | None = None) -> Verdict:
-        verdict = self.policy.check(text)
+    async def check(self, client, text: str, conversation: list[dict] | None = None,
+                    allowed: set[str] | None = None) -> Verdict:
+        """The policy's verdict (``allowed``: see :meth:`Policy.check`), then the judge's on
+        ``conversation`` (default: ``text`` as the user's turn)."""
+        verdict = self.policy.check(text, allowed)
         if verdict.safe and self.judge is not None:
             try:
                 verdict = await self.judge.check(client, conversation or [{"role": "user", "content": text}])
@@ -146,3 +160,37 @@ class Guard:
             if not verdict.safe:
                 verdict = Verdict(False, verdict.code, self.names.get(verdict.code, verdict.code), "judge")
         return verdict
+
+
+def tail(text: str, size: int = CONTEXT_CHARS) -> str:
+    """The end of ``text``: from a whitespace on (no word cut in two), at most ``size`` characters
+    after it; all of ``text`` when it is that short.
+
+    >>> tail("one two three", 9), tail("one two three", 20), tail("unbroken", 4)
+    (' two three', 'one two three', '')
+    """
+    if len(text) <= size:
+        return text
+    cut = WHITESPACE.search(text, len(text) - size - 1)
+    return text[cut.start():] if cut else ""
+
+
+class AnswerGuard:
+    """The output guard over one answer as it streams: each new piece (a sentence or more) is read
+    once, after the :func:`tail` of the answer before it, and a category that an ``allow``
+    pattern matched anywhere earlier in the answer stays allowed, so the policy blocks what it
+    blocked when it re-read the whole answer at every sentence, with reads linear in the answer's
+    length. The judge rates the same window as the assistant's turn (not the whole answer)."""
+
+    def __init__(self, guard: Guard, client, prompt: str):
+        self.guard, self.client, self.prompt = guard, client, prompt
+        self.before = ""
+        """The end of the answer checked so far."""
+        self.allowed: set[str] = set()
+
+    async def check(self, text: str) -> Verdict:
+        """The verdict on the answer once ``text`` (the new piece) is added to it."""
+        window = self.before + text
+        self.before = tail(window)
+        conversation = [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": window}]
+        return await self.guard.check(self.client, window, conversation, self.allowed)

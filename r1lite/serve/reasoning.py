@@ -5,74 +5,61 @@ DeepSeek's API convention: ``reasoning_content`` carries the thinking (the text 
 split inside the thinking (the opener is never in the output). For a run in the R1 format the
 answer is the inside of its ``<answer>…</answer>`` block: the tags are markup and are left out.
 A thinking block that never closes is the answer after all (``Split.finish`` says so), so a
-client never gets an empty answer.
+client never gets an empty answer. The cut itself is the engine's :class:`ThinkSplit`, the one
+``r1lite chat`` uses too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from r1lite.engine import ThinkSplit
 from r1lite.errors import UsageError
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+from r1lite.rewards import ANSWER_CLOSE, ANSWER_OPEN
 
 EFFORT_BUDGETS = {"none": 0, "minimal": 16, "low": 64, "medium": 256, "high": 1024}
 """``reasoning_effort`` → thinking budget in tokens."""
 
 
-@dataclass
 class Split:
-    """Feeds on generated text, returns (reasoning, content) increments. Text that could be the
-    start of a tag is held back until it is whole."""
+    """Feeds on generated text, returns (reasoning, content) increments, and counts the reasoning
+    tokens: the tokens generated while inside the thinking block (its closing tag included), from
+    the token ids each piece of text came from.
 
-    thinking: bool = False
-    """Inside a thinking block (True from the start when the prompt pre-filled ``<think>``)."""
-    answer_tags: bool = False
-    """Leave ``<answer>``/``</answer>`` out of the content (R1-format runs)."""
-    reasoning: str = ""
-    content: str = ""
-    closed: bool = False
-    """A thinking block was closed."""
-    opened: bool = False
-    _pending: str = field(default="", repr=False)
+    >>> split = Split(thinking=True)
+    >>> split.feed("a b</th", tokens=3), split.feed("ink> 42", final=True, tokens=2), split.reasoning_tokens
+    (('a b', ''), ('', ' 42'), 5)
+    """
 
-    def __post_init__(self):
-        self.opened = self.opened or self.thinking
+    def __init__(self, thinking: bool = False, answer_tags: bool = False, opened: bool = False, closed: bool = False):
+        self.cut = ThinkSplit(thinking, (ANSWER_OPEN, ANSWER_CLOSE) if answer_tags else (), opened, closed)
+        self.reasoning = ""
+        self.content = ""
+        self.reasoning_tokens = 0
 
-    def feed(self, text: str, final: bool = False) -> tuple[str, str]:
-        """Add generated text; return the (reasoning, content) text that became certain."""
-        out_r, out_c = [], []
-        self._pending += text
-        while self._pending:
-            tags = [THINK_CLOSE] if self.thinking else ([THINK_OPEN] if not self.opened else []) + (
-                [ANSWER_OPEN, ANSWER_CLOSE] if self.answer_tags else [])
-            hits = [(self._pending.find(t), t) for t in tags if t in self._pending]
-            if hits:
-                at, tag = min(hits)
-                (out_r if self.thinking else out_c).append(self._pending[:at])
-                self._pending = self._pending[at + len(tag):]
-                if tag == THINK_CLOSE:
-                    self.thinking, self.closed = False, True
-                elif tag == THINK_OPEN:
-                    self.thinking = self.opened = True
-                continue
-            keep = 0 if final else max((n for t in tags for n in range(len(t) - 1, 0, -1) if self._pending.endswith(t[:n])),
-                                       default=0)
-            (out_r if self.thinking else out_c).append(self._pending[:len(self._pending) - keep])
-            self._pending = self._pending[len(self._pending) - keep:]
-            break
-        r, c = "".join(out_r), "".join(out_c)
+    @property
+    def thinking(self) -> bool:
+        """Inside the thinking block now."""
+        return self.cut.thinking
+
+    def feed(self, text: str, final: bool = False, tokens: int = 0) -> tuple[str, str]:
+        """Add generated text (``tokens``: how many token ids it came from); return the
+        (reasoning, content) text that became certain."""
+        if self.cut.thinking:
+            self.reasoning_tokens += tokens
+        pieces = self.cut.feed(text, final)
+        r = "".join(piece for kind, piece in pieces if kind == "thinking")
+        c = "".join(piece for kind, piece in pieces if kind == "answer")
         self.reasoning += r
         self.content += c
         return r, c
 
     def finish(self) -> str:
         """At the end of generation: when a thinking block opened and never closed, its text is the
-        answer (returned, and moved to ``content``); otherwise ""."""
+        answer (returned, and moved to ``content``; no token was reasoning after all); otherwise ""."""
         self.feed("", final=True)
-        if self.opened and not self.closed and self.reasoning:
-            moved, self.reasoning = self.reasoning, ""
+        if self.cut.opened and not self.cut.closed and self.reasoning:
+            moved, self.reasoning, self.reasoning_tokens = self.reasoning, "", 0
             self.content += moved
             return moved
         return ""

@@ -1,8 +1,10 @@
 """The request body of ``POST /v1/chat/completions`` as pydantic models (they are also the OpenAPI
-schema the server publishes), and OpenAI-shaped errors."""
+schema the server publishes), and what goes back: OpenAI-shaped errors, completions, streamed
+chunks as server-sent events."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,7 +67,58 @@ class ChatRequest(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     user: str | None = None
 
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def message_fields(reasoning: str | None, content: str | None, both: bool = False) -> dict:
+    """A message's (or a delta's) text fields: DeepSeek's ``reasoning_content``, and with ``both``
+    vLLM's and Ollama's ``reasoning`` too."""
+    out = {"content": content, "reasoning_content": reasoning}
+    if both:
+        out["reasoning"] = reasoning
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens}}
+
+
+def completion(base: dict, fields: dict, finish: str, tokens: dict, content_filter: dict | None = None) -> dict:
+    """A whole chat completion (``base``: its id, created and model; ``fields``: :func:`message_fields`)."""
+    out = {**base, "object": "chat.completion",
+           "choices": [{"index": 0, "message": {"role": "assistant", **fields}, "finish_reason": finish}], "usage": tokens}
+    if content_filter is not None:
+        out["content_filter"] = content_filter
+    return out
+
+
+def chunk(base: dict, delta: dict, finish: str | None = None, extra: dict | None = None) -> dict:
+    """One streamed chunk of a chat completion."""
+    return {**base, "object": "chat.completion.chunk", **(extra or {}),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def usage_chunk(base: dict, tokens: dict) -> dict:
+    """The last chunk of a stream that asked for ``stream_options.include_usage``."""
+    return {**base, "object": "chat.completion.chunk", "choices": [], "usage": tokens}
+
+
+def sse(data: dict) -> str:
+    """One server-sent event.
+
+    >>> sse({"a": 1})
+    'data: {"a": 1}\\n\\n'
+    """
+    return f"data: {json.dumps(data)}\n\n"
+
+
+DONE = "data: [DONE]\n\n"
+"""The event that ends a stream."""

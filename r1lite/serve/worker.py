@@ -114,7 +114,7 @@ class Worker:
                     engine.cancel(rid)
                     self._finish(rid, e)
                 running.clear()
-                engine.batch, engine.waiting = None, []
+                engine.clear()
                 continue
             for d in deltas:
                 ticket = self.tickets.get(d.request_id)

@@ -1,0 +1,396 @@
+"""A chat completion in named steps, each testable alone (the way vLLM's ``serving_chat`` splits a
+request); the route in :mod:`r1lite.serve.app` authenticates and calls :meth:`ChatService.create`:
+
+1. :meth:`~ChatService.check` the request against the server's limits (:class:`BadRequest`);
+2. :meth:`~ChatService.messages`: the conversation, PII redacted from the user's turns;
+3. :meth:`~ChatService.render` the prompt as the run renders it, the thinking budget, the sampling
+   settings: a :class:`Turn`;
+4. :meth:`~ChatService.guard_input`: the guard's verdict on the last user message;
+5. :meth:`~ChatService.generate`: the engine's deltas from the worker, split into reasoning and
+   answer (:class:`r1lite.serve.reasoning.Split`), held back to the end of a sentence, each new
+   sentence guarded once (:class:`r1lite.serve.guard.AnswerGuard`): :class:`Piece` s;
+6. :meth:`~ChatService.account`: the Prometheus metrics;
+7. :meth:`~ChatService.full` or :meth:`~ChatService.stream`: one JSON body, or server-sent events
+   (the shapes: :mod:`r1lite.serve.schema`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import httpx
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from r1lite.edge.backends import Backend
+from r1lite.engine import Completion, Delta, Request, Sampling
+from r1lite.engine.engine import CLOSE_THINKING, THINK_OPEN
+from r1lite.serve.guard import SAFE, AnswerGuard, Guard, Verdict
+from r1lite.serve.reasoning import Split, thinking_budget
+from r1lite.serve.schema import (
+    DONE,
+    ChatRequest,
+    chunk,
+    completion,
+    error_body,
+    message_fields,
+    sse,
+    usage,
+    usage_chunk,
+)
+from r1lite.serve.worker import Busy, Draining, Ticket, Worker
+
+SENTENCE_END = re.compile(r"[.!?\n]")
+UNSUPPORTED = ("tools", "tool_choice", "logprobs", "top_logprobs")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class ServeConfig:
+    """The server's settings (``r1lite serve``'s flags)."""
+
+    model_name: str
+    """The name clients send as ``model``."""
+    api_key: str | None
+    """Bearer key for /v1/* and /metrics; None = open."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body (larger: 413)."""
+    max_concurrency: int = 32
+    """Requests decoding at once, in one batch."""
+    max_queue: int = 64
+    """Requests waiting beyond those (more: 429)."""
+    request_timeout: float = 300.0
+    """Seconds a request may take (then 504)."""
+    max_tokens_cap: int = 1024
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = 256
+    """``max_tokens`` of a request that names none."""
+    max_messages: int = 64
+    """Most messages in a request."""
+    max_thinking_tokens: int | None = None
+    """Thinking budget of a request that names none (None = no limit; 0 = no thinking)."""
+    reasoning_field: str = "reasoning_content"
+    """``both`` adds vLLM's and Ollama's ``reasoning`` beside ``reasoning_content``."""
+    temperature: float = 0.6
+    top_p: float = 0.95
+    log_prompts: bool = False
+    """Print each request's messages."""
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("r1lite_requests", "chat completion requests by outcome", ["outcome"], registry=r)
+        self.tokens = Counter("r1lite_tokens", "tokens by kind", ["kind"], registry=r)
+        self.latency = Histogram("r1lite_request_seconds", "request latency", registry=r,
+                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.ttft = Histogram("r1lite_time_to_first_token_seconds", "time to first token", registry=r,
+                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.queue = Gauge("r1lite_queue_depth", "requests waiting for a generation slot", registry=r)
+        self.in_flight = Gauge("r1lite_in_flight", "requests admitted (decoding or waiting)", registry=r)
+        self.blocks = Counter("r1lite_guard_blocks", "content guard blocks by category and side", ["category", "side"], registry=r)
+
+
+class BadRequest(Exception):
+    """A request the server answers with an OpenAI-shaped error (:func:`r1lite.serve.schema.error_body`)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+
+def invalid(errors: Sequence[dict]) -> BadRequest:
+    """The 400 for a body that does not parse or fit the schema: pydantic's first error, its
+    location without the leading ``body`` as the parameter.
+
+    >>> e = invalid([{"loc": ("body", "messages", 0, "role"), "msg": "Input should be 'user'"}])
+    >>> e.status, e.param, e.message
+    (400, 'messages.0.role', "messages.0.role: Input should be 'user'")
+    """
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = ".".join(str(x) for x in first["loc"][1:]) or None
+    return BadRequest(400, f"{param or 'body'}: {first['msg']}", param)
+
+
+@dataclass
+class Turn:
+    """One request on its way through the service."""
+
+    request: Request
+    """The engine's request; its id is the completion's."""
+    split: Split
+    messages: list[dict]
+    """The conversation as the model sees it (PII redacted)."""
+    prompt_tokens: int
+    base: dict
+    """What every response body starts with: id, created, model."""
+    started: float
+    """``time.monotonic()`` when the request arrived."""
+    stream: bool
+    include_usage: bool
+
+    @property
+    def question(self) -> str:
+        """The last user message: what the input guard reads and the answer replies to."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+
+@dataclass
+class Piece:
+    """What the client gets next: reasoning and answer text; the last piece says how it ended."""
+
+    reasoning: str | None = None
+    content: str | None = None
+    done: bool = False
+    finish: str | None = None
+    """On the last piece: ``stop``, ``length``, ``cancelled``, or ``content_filter`` (``blocked``)."""
+    blocked: Verdict | None = None
+    """The output guard's verdict when it stopped the answer."""
+    completion: Completion | None = None
+    """The engine's completion, on the last piece when the last delta carried it."""
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.completion.token_ids) if self.completion is not None else 0
+
+
+class ChatService:
+    """``POST /v1/chat/completions`` over a :class:`Worker`; see the module docstring for the steps."""
+
+    def __init__(self, backend: Backend, cfg: ServeConfig, guard: Guard | None, worker: Worker, metrics: Metrics):
+        self.backend, self.cfg, self.guard, self.worker, self.metrics = backend, cfg, guard, worker, metrics
+        self.client: httpx.AsyncClient | None = None
+        """The HTTP client the guard's judge is called with (the app opens it at startup)."""
+
+    async def create(self, body: ChatRequest) -> dict | StreamingResponse:
+        """A chat completion: every step, in order."""
+        self.check(body)
+        turn = self.render(body, self.messages(body))
+        if self.cfg.log_prompts:
+            print(json.dumps({"request": turn.request.id, "messages": turn.messages}), flush=True)
+        verdict = await self.guard_input(turn)
+        if not verdict.safe:
+            return self.refuse_input(turn, verdict)
+        return await self.stream(turn) if turn.stream else await self.full(turn)
+
+    # -- 1-4: the request ----------------------------------------------------------------------------
+
+    def check(self, body: ChatRequest) -> None:
+        """The server's limits on a request that fits the schema (:class:`BadRequest` otherwise)."""
+        cfg = self.cfg
+        if body.model != cfg.model_name:
+            raise BadRequest(404, f"model '{body.model}' is not served here; this server serves '{cfg.model_name}'",
+                             "model", "model_not_found")
+        for name in UNSUPPORTED:
+            if getattr(body, name) not in (None, False):
+                raise BadRequest(400, f"'{name}' is not supported by r1lite serve", name, "unsupported_parameter")
+        if (body.n or 1) > 1:
+            raise BadRequest(400, "'n' > 1 is not supported: send n requests with different seeds", "n", "unsupported_parameter")
+        for name, value in (("max_tokens", body.max_tokens), ("max_completion_tokens", body.max_completion_tokens)):
+            if value is not None and value > cfg.max_tokens_cap:
+                raise BadRequest(400, f"'{name}' {value} is over this server's cap of {cfg.max_tokens_cap}", name)
+        if len(body.messages) > cfg.max_messages:
+            raise BadRequest(400, f"{len(body.messages)} messages is over this server's cap of {cfg.max_messages}", "messages")
+        if body.messages[-1].role == "assistant":
+            raise BadRequest(400, "the last message must not be the assistant's", "messages")
+        stops = body.stops()
+        if len(stops) > 4 or any(not s for s in stops):
+            raise BadRequest(400, "'stop' takes up to 4 non-empty strings", "stop")
+
+    def messages(self, body: ChatRequest) -> list[dict]:
+        """The conversation for the prompt (``developer`` is ``system``); with the guard on, PII in
+        the user's turns is redacted."""
+        out = []
+        for m in body.messages:
+            text = m.text()
+            if self.guard is not None and m.role == "user":
+                text, _ = self.guard.policy.redact(text)
+            out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+        return out
+
+    def render(self, body: ChatRequest, messages: list[dict]) -> Turn:
+        """The prompt as the run renders it, with the request's thinking budget and sampling; a
+        budget of 0 closes an empty thinking block in the prompt itself."""
+        started, created = time.monotonic(), int(time.time())
+        budget = thinking_budget(body.model_dump(exclude_none=True), self.cfg.max_thinking_tokens)
+        ids, thinking = self.backend.prompt(messages)
+        answer_tags = self.backend.format_name == "r1"
+        split = Split(thinking=thinking, answer_tags=answer_tags)
+        if budget.tokens == 0 and (thinking or answer_tags):
+            ids = ids + self.empty_thinking(thinking)
+            split = Split(answer_tags=answer_tags, opened=True, closed=True)
+        request = Request(ids, self.sampling(body), seed=body.seed, stream=True, thinking=split.thinking,
+                          max_thinking_tokens=budget.tokens or None, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
+        base = {"id": request.id, "created": created, "model": self.cfg.model_name}
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return Turn(request, split, messages, len(ids), base, started, body.stream, include_usage)
+
+    def empty_thinking(self, opened: bool) -> list[int]:
+        """The tokens of an empty, closed thinking block (without the opener when the prompt has it)."""
+        encode = self.backend.tokenizer.encode
+        return ([] if opened else encode(THINK_OPEN, add_special_tokens=False)) + encode(CLOSE_THINKING, add_special_tokens=False)
+
+    def sampling(self, body: ChatRequest) -> Sampling:
+        cfg = self.cfg
+        return Sampling(max_new_tokens=body.max_completion_tokens or body.max_tokens or cfg.default_max_tokens,
+                        stop=tuple(body.stops()),
+                        temperature=cfg.temperature if body.temperature is None else body.temperature,
+                        top_p=cfg.top_p if body.top_p is None else body.top_p)
+
+    async def guard_input(self, turn: Turn) -> Verdict:
+        """The guard's verdict on the last user message (safe with the guard off)."""
+        if self.guard is None:
+            return SAFE
+        return self.tally(await self.guard.check(self.client, turn.question), "input")
+
+    def tally(self, verdict: Verdict, side: str) -> Verdict:
+        if not verdict.safe:
+            self.metrics.blocks.labels(verdict.code, side).inc()
+        return verdict
+
+    def refusal(self, verdict: Verdict, side: str) -> tuple[str, dict]:
+        """The refusal's text and the ``content_filter`` object that names the category."""
+        text = self.guard.policy.refusal_text(verdict)
+        return text, {"blocked": True, "side": side, "category": verdict.code, "name": verdict.name, "by": verdict.by}
+
+    def refuse_input(self, turn: Turn, verdict: Verdict) -> dict | StreamingResponse:
+        text, info = self.refusal(verdict, "input")
+        self.metrics.requests.labels("content_filter").inc()
+        if not turn.stream:
+            return completion(turn.base, self.fields(None, text), "content_filter", usage(turn.prompt_tokens, 0, 0), info)
+        first = chunk(turn.base, {"role": "assistant", **self.fields(None, text)}, "content_filter", {"content_filter": info})
+        return StreamingResponse(iter([sse(first), DONE]), media_type="text/event-stream")
+
+    # -- 5: generation -------------------------------------------------------------------------------
+
+    async def generate(self, turn: Turn) -> AsyncIterator[Piece]:
+        """The answer as it becomes certain. With the guard on, text is held back to the end of a
+        sentence and each new sentence is guarded once; a verdict of unsafe stops the generation."""
+        ticket = self.submit(turn.request)
+        answer = AnswerGuard(self.guard, self.client, turn.question) if self.guard is not None else None
+        held_r = held_c = ""
+        first = True
+        try:
+            while True:
+                delta = await self.next_delta(ticket, turn)
+                if first:
+                    self.metrics.ttft.observe(time.monotonic() - turn.started)
+                    first = False
+                done = delta.completion is not None or delta.finish is not None
+                r, c = turn.split.feed(delta.text, final=done, tokens=len(delta.token_ids))
+                moved = turn.split.finish() if done else ""  # a thinking block that never closed is the answer
+                held_r, held_c = held_r + r, held_c + c
+                if answer is not None and not done and not SENTENCE_END.search(held_r + held_c):
+                    continue  # hold back to the end of a sentence
+                if answer is not None and (held_r or held_c):
+                    verdict = self.tally(await answer.check(held_r + held_c), "output")
+                    if not verdict.safe:
+                        self.worker.cancel(turn.request.id)
+                        yield Piece(done=True, finish="content_filter", blocked=verdict, completion=delta.completion)
+                        return
+                yield Piece(held_r or None, (held_c + moved) or None, done=done, finish=delta.finish if done else None,
+                            completion=delta.completion)
+                held_r = held_c = ""
+                if done:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            self.worker.cancel(turn.request.id)  # the client went away
+            raise
+
+    def submit(self, request: Request) -> Ticket:
+        """The request joins the worker's batch (429 when it is full, 503 while draining)."""
+        try:
+            return self.worker.submit(request)
+        except Busy:
+            raise BadRequest(429, f"the server is at capacity ({self.cfg.max_concurrency} generating, {self.cfg.max_queue} "
+                             "waiting); retry later", code="rate_limit_exceeded", type_="rate_limit_error") from None
+        except Draining:
+            raise BadRequest(503, "the server is shutting down", code="shutting_down", type_="server_error") from None
+
+    async def next_delta(self, ticket: Ticket, turn: Turn) -> Delta:
+        """The request's next delta within its deadline (504 past it; 500 when a step failed)."""
+        remaining = self.cfg.request_timeout - (time.monotonic() - turn.started)
+        try:
+            delta = await asyncio.wait_for(ticket.queue.get(), timeout=max(0.01, remaining))
+        except asyncio.TimeoutError:
+            self.worker.cancel(turn.request.id)
+            raise BadRequest(504, f"generation took longer than {self.cfg.request_timeout:.0f} s", code="timeout",
+                             type_="server_error") from None
+        if isinstance(delta, BaseException):
+            raise BadRequest(500, f"generation failed: {type(delta).__name__}: {delta}", type_="server_error")
+        return delta
+
+    # -- 6-7: accounting and the answer ----------------------------------------------------------------
+
+    def account(self, turn: Turn, outcome: str, completion_tokens: int) -> None:
+        """A finished request in the metrics (its prompt tokens are counted as generation starts)."""
+        self.metrics.requests.labels(outcome).inc()
+        self.metrics.tokens.labels("completion").inc(completion_tokens)
+        self.metrics.latency.observe(time.monotonic() - turn.started)
+
+    def fields(self, reasoning: str | None, content: str | None) -> dict:
+        return message_fields(reasoning, content, both=self.cfg.reasoning_field == "both")
+
+    async def full(self, turn: Turn) -> dict:
+        """The whole answer as one chat completion."""
+        last = Piece()
+        async for piece in self.generate(turn):
+            last = piece
+        self.metrics.tokens.labels("prompt").inc(turn.prompt_tokens)
+        self.account(turn, last.finish, last.completion_tokens)
+        if last.blocked is not None:
+            text, info = self.refusal(last.blocked, "output")
+            return completion(turn.base, self.fields(None, text), last.finish,
+                              usage(turn.prompt_tokens, last.completion_tokens, 0), info)
+        return completion(turn.base, self.fields(turn.split.reasoning or None, turn.split.content), last.finish,
+                          usage(turn.prompt_tokens, last.completion_tokens, turn.split.reasoning_tokens))
+
+    async def stream(self, turn: Turn) -> StreamingResponse:
+        """The answer as server-sent events. The first piece comes before the response starts, so a
+        full server or a failed start answers with its HTTP status."""
+        pieces = self.generate(turn)
+        head = await anext(pieces)
+        self.metrics.tokens.labels("prompt").inc(turn.prompt_tokens)
+        return StreamingResponse(self.events(turn, head, pieces), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def events(self, turn: Turn, head: Piece, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
+        """The events of a stream: the role, the text as it comes, how it ended, the usage, ``[DONE]``."""
+        yield sse(chunk(turn.base, {"role": "assistant", **self.fields(None, "")}))
+        piece, error = head, None
+        try:
+            while True:
+                if piece.reasoning or piece.content:
+                    yield sse(chunk(turn.base, self.fields(piece.reasoning, piece.content)))
+                if piece.done:
+                    break
+                piece = await anext(pieces)
+        except BadRequest as e:
+            error = e
+        finally:
+            await pieces.aclose()  # a client that went away cancels its generation
+        if error is not None:
+            yield sse(error_body(error.message, error.type, error.param, error.code))
+        elif piece.blocked is not None:
+            text, info = self.refusal(piece.blocked, "output")
+            yield sse(chunk(turn.base, self.fields(None, text), "content_filter", {"content_filter": info}))
+        else:
+            yield sse(chunk(turn.base, {}, piece.finish))
+        completion_tokens = 0 if error is not None else piece.completion_tokens
+        self.account(turn, "content_filter" if error is not None else piece.finish, completion_tokens)
+        if turn.include_usage:
+            yield sse(usage_chunk(turn.base, usage(turn.prompt_tokens, completion_tokens, turn.split.reasoning_tokens)))
+        yield DONE
+
+    def reject(self, e: BadRequest) -> JSONResponse:
+        """A request that ends in an error: counted by its status, answered in OpenAI's shape."""
+        self.metrics.requests.labels(str(e.status)).inc()
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)
