@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
 
 from r1lite.files import read_jsonl, write_text  # noqa: E402
-from r1lite.serve.guard import DEFAULT_POLICY, Policy  # noqa: E402
+from r1lite.serve.guard import DEFAULT_POLICY, GuardPolicy  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SPLITS = {"heldout": DATA / "guard_heldout.jsonl", "dev": DATA / "guard_dev.jsonl"}
 
 
-def score(policy: Policy, rows: list[dict]) -> dict:
+def score(policy: GuardPolicy, rows: list[dict]) -> dict:
     """Block and false-positive rates of ``policy`` on labelled prompts."""
     unsafe = [r for r in rows if r["label"] == "unsafe"]
     safe = [r for r in rows if r["label"] == "safe"]
@@ -62,7 +62,7 @@ def main() -> None:
     add_allow_dirty(ap)
     args = ap.parse_args()
     commit = commit_fields("guard_eval", args.allow_dirty)
-    policy = Policy(args.policy)
+    policy = GuardPolicy(args.policy)
     splits = {name: [row for _, row in read_jsonl(path)] for name, path in SPLITS.items()}
     results = {name: score(policy, rows) for name, rows in splits.items()}
     results["overall"] = score(policy, [r for rows in splits.values() for r in rows])

@@ -41,7 +41,7 @@ from r1lite.report import (
 
 
 @dataclass(frozen=True)
-class Run:
+class ComparedRun:
     """One run directory as the page shows it."""
 
     name: str
@@ -63,13 +63,13 @@ def check_run_dir(path: Path) -> None:
                          "pass a directory r1lite train wrote")
 
 
-def load_run(path: Path, name: str) -> Run:
+def load_run(path: Path, name: str) -> ComparedRun:
     config_path = path / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
     rows, _ = read_metrics(path / "metrics.jsonl")
     if not rows:
         raise UsageError(f"{path / 'metrics.jsonl'}: no complete row; the run logged no step yet")
-    return Run(name, config if isinstance(config, dict) else {}, rows, read_summary(path / "summary.json"))
+    return ComparedRun(name, config if isinstance(config, dict) else {}, rows, read_summary(path / "summary.json"))
 
 
 def run_names(paths: list[Path]) -> list[str]:
@@ -108,7 +108,7 @@ CURVES = (
 )
 
 
-def cumulative_cost(run: Run) -> tuple[list[float], list[float]]:
+def cumulative_cost(run: ComparedRun) -> tuple[list[float], list[float]]:
     """(steps, dollars spent on GRPO steps so far) at the run's price; empty without a cost block."""
     if "cost" not in run.summary:
         return [], []
@@ -122,7 +122,7 @@ def cumulative_cost(run: Run) -> tuple[list[float], list[float]]:
     return steps, out
 
 
-def draw_curve(curve: Curve, runs: list[Run]) -> bytes | None:
+def draw_curve(curve: Curve, runs: list[ComparedRun]) -> bytes | None:
     """The PNG of one metric for every run that has it (raw values faint, moving average bold)."""
     from r1lite.report import finish_figure
 
@@ -151,7 +151,7 @@ def _pct(summary: dict, key: str, field: str = "pass@1") -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
-def final_table(runs: list[Run]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def final_table(runs: list[ComparedRun]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """Header and one row per run: held-out accuracy by evaluation, final format rate and length,
     steps, wall time, device-hours, money, FLOPs, and each stage's cost per point."""
     evals = [k for k in EVAL_BLOCKS if any(k in r.summary for r in runs)]
@@ -172,10 +172,10 @@ def final_table(runs: list[Run]) -> tuple[tuple[str, ...], list[tuple[str, ...]]
     return header, rows
 
 
-def config_differences(runs: list[Run]) -> list[tuple[str, ...]]:
+def config_differences(runs: list[ComparedRun]) -> list[tuple[str, ...]]:
     """Rows of (key, each run's value) for the config keys whose values differ (``out`` left out).
 
-    >>> a, b = Run("a", {"lr": 1e-5, "seed": 0, "out": "x"}, [], {}), Run("b", {"lr": 2e-5, "seed": 0, "out": "y"}, [], {})
+    >>> a, b = ComparedRun("a", {"lr": 1e-5, "seed": 0, "out": "x"}, [], {}), ComparedRun("b", {"lr": 2e-5, "seed": 0, "out": "y"}, [], {})
     >>> config_differences([a, b])
     [('lr', '1.0e-05', '2.0e-05')]
     """
@@ -194,7 +194,7 @@ def config_differences(runs: list[Run]) -> list[tuple[str, ...]]:
 # The page
 
 
-def render_comparison(runs: list[Run], plots: list[tuple[Curve, str]]) -> str:
+def render_comparison(runs: list[ComparedRun], plots: list[tuple[Curve, str]]) -> str:
     """The comparison page as one HTML string; ``plots`` are (curve, relative image path)."""
     header, rows = final_table(runs)
     diffs = config_differences(runs)

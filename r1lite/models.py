@@ -159,6 +159,12 @@ LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 SwiGLU MLP), which r1lite's own decode and training forwards run."""
 
 
+def head_dim(cfg) -> int:
+    """Width of one attention head: the config's ``head_dim`` where it sets one (Qwen3, Gemma),
+    else ``hidden_size / heads``."""
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def llama_family(model) -> bool:
     """Whether r1lite's own forwards run this (unwrapped) transformers model."""
     return llama_config(model.config)
@@ -444,7 +450,7 @@ class ModelShape:
         heads = cfg.num_attention_heads
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads,
                    getattr(cfg, "num_key_value_heads", None) or heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+                   head_dim(cfg),
                    cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
                    llama_layout)
 
@@ -455,7 +461,7 @@ class ModelShape:
         itself (``body_params`` of this shape is not its own)."""
         heads = cfg.num_attention_heads
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
-                   getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, 0, cfg.vocab_size,
+                   head_dim(cfg), 0, cfg.vocab_size,
                    bool(getattr(cfg, "tie_word_embeddings", False)), llama_layout=False)
 
 

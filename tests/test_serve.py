@@ -23,7 +23,7 @@ from r1lite.serve.guard import (
     CONTEXT_CHARS,
     AnswerGuard,
     Guard,
-    Policy,
+    GuardPolicy,
     luhn_ok,
     parse_llama_guard,
 )
@@ -217,7 +217,7 @@ def scripted():
         backend = ScriptedBackend(pieces, thinking)
         workers.append(Worker(backend.engine, 4, 4))
         cfg = ServeConfig(model_name="m", api_key=None, **{"max_tokens_cap": 4096, "default_max_tokens": 2048, **config})
-        return ChatService(backend, cfg, Guard(Policy()) if guard else None, workers[-1], Metrics())
+        return ChatService(backend, cfg, Guard(GuardPolicy()) if guard else None, workers[-1], Metrics())
 
     yield make
     for worker in workers:
@@ -325,7 +325,7 @@ def test_a_delta_as_a_server_sent_event():
 def test_the_answer_guard_gives_the_verdict_on_the_whole_answer(tmp_path, pieces):
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("categories:\n  S1:\n    name: V\n    block: ['give the answer now']\n    allow: ['story']\n")
-    policy = Policy(policy_file)
+    policy = GuardPolicy(policy_file)
     answer = AnswerGuard(Guard(policy), None, "q")
     for i, piece in enumerate(pieces):
         assert asyncio.run(answer.check(piece)) == policy.check("".join(pieces[:i + 1])), i
@@ -476,7 +476,7 @@ def test_the_guard_blocks_harm_passes_look_alikes_and_redacts_pii(torch_server):
     for benign in ("How do I kill a Python process?", "Which household chemicals must never be mixed?"):
         r = client.chat.completions.create(model="m", max_tokens=8, messages=[{"role": "user", "content": benign}])
         assert r.choices[0].finish_reason != "content_filter", benign
-    policy = Policy()
+    policy = GuardPolicy()
     text, counts = policy.redact("mail ada@example.com or call +1 415-555-0132, card 4111 1111 1111 1111 not 4111 1111 1111 1112, "
                                  "key sk-abcdefghijklmnopqrstuvwx")
     assert counts == {"email": 1, "phone": 1, "card": 1, "secret": 1}, (text, counts)

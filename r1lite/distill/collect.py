@@ -191,7 +191,7 @@ def request_seed(seed: int, item: tasks.Item, sample: int) -> int:
 
 
 @dataclass
-class Run:
+class DistillRun:
     """One distillation: its config, task, teacher identity, and what its files already hold."""
 
     cfg: DistillConfig
@@ -222,7 +222,7 @@ def normalise(obj):
     return json.loads(json.dumps(obj))
 
 
-def judge(run: Run, item: tasks.Item, answer: Answer, seen: set[tuple[str, str]]) -> tuple[str, dict]:
+def judge(run: DistillRun, item: tasks.Item, answer: Answer, seen: set[tuple[str, str]]) -> tuple[str, dict]:
     """(stage, row) for one answer: ``kept`` or the filter that dropped it (:data:`STAGES`)."""
     messages, prefill = tasks.build_messages(item, run.task, run.cfg.format)
     seed = request_seed(run.cfg.seed, item, answer.key[1])
@@ -260,7 +260,7 @@ def read_rows(path: Path) -> list[dict]:
     return [row for _, row in read_jsonl(path, notes=[])] if path.exists() else []
 
 
-def check_same_run(run: Run, path: Path, rows: list[dict]) -> None:
+def check_same_run(run: DistillRun, path: Path, rows: list[dict]) -> None:
     """Refuse files another teacher, task, split, format or sampling wrote."""
     identity = run.identity
     for n, row in enumerate(rows, 1):
@@ -346,7 +346,7 @@ def collect(cfg: DistillConfig, console) -> dict:
     kept, dropped = read_rows(out), read_rows(dropped_file)
     teacher = open_teacher(cfg)
     teacher.preflight()
-    run = Run(cfg, task, teacher.identity, kept, dropped)
+    run = DistillRun(cfg, task, teacher.identity, kept, dropped)
     check_same_run(run, out, kept)
     check_same_run(run, dropped_file, dropped)
     # Everything is checked: from here on the files may change.
@@ -406,7 +406,7 @@ def run(cfg: DistillConfig, console) -> int:
 # The dataset card
 
 
-def make_card(run: Run, selected: list, clean: list, dirty: Counter, held_out: str, teacher) -> dict:
+def make_card(run: DistillRun, selected: list, clean: list, dirty: Counter, held_out: str, teacher) -> dict:
     """Counts at every filter, tokens, failures per prompt and cost, from what the files hold."""
     cfg = run.cfg
     answers = run.kept + [r for r in run.dropped if r["stage"] != "failed"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import __version__, tasks
+from r1lite import __version__, models, tasks
 from r1lite.config import opt
 from r1lite.edge.chat_format import (
     PromptFormat,
@@ -225,7 +225,7 @@ def write_gguf_f16(src: Source, path: Path, facts: dict) -> None:
     w.add_description(f"r1lite {facts['r1lite_version']} ({facts['r1lite_commit']}); prompt format: {facts['prompt_format']}")
     for key in ("training", "evaluations", "cost", "r1lite_commit", "prompt_format"):
         w.add_string(f"r1lite.{key}", json.dumps(facts[key]) if not isinstance(facts[key], str) else facts[key])
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    head_dim = models.head_dim(cfg)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from r1lite.engine import kernels
 from r1lite.meter.flops import decode_flops
-from r1lite.models import ModelShape, body_weights, gqa_attention, llama_family
+from r1lite.models import ModelShape, body_weights, gqa_attention, head_dim, llama_family
 
 
 class Projection:
@@ -139,7 +139,7 @@ class LlamaDecoder:
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = head_dim(cfg)
         self.eps = cfg.rms_norm_eps
         lib = kernels.load() if self.device.type == "cpu" else None
         self.lib = lib

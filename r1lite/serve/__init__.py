@@ -68,12 +68,12 @@ def build(opts: ServeOptions):
     """The app and its config for ``serve``'s options (tests build it in-process)."""
     from r1lite.edge.backends import open_model
     from r1lite.serve.app import ServeConfig, create_app
-    from r1lite.serve.guard import DEFAULT_POLICY, Guard, Judge, Policy
+    from r1lite.serve.guard import DEFAULT_POLICY, Guard, GuardPolicy, Judge
 
     guard = None
     if opts.guard == "on":
         judge = Judge(opts.guard_judge, opts.guard_judge_model) if opts.guard_judge else None
-        guard = Guard(Policy(opts.guard_policy or DEFAULT_POLICY), judge)
+        guard = Guard(GuardPolicy(opts.guard_policy or DEFAULT_POLICY), judge)
     backend = open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency)
     name = opts.served_model_name or (Path(opts.model).name if opts.model not in ("default", "tiny") else opts.model)
     cfg = ServeConfig(model_name=name, api_key=opts.api_key or os.environ.get("R1LITE_API_KEY") or None,

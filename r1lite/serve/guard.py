@@ -51,7 +51,7 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-class Policy:
+class GuardPolicy:
     """A compiled guard policy (see the YAML file for its format)."""
 
     def __init__(self, path: Path | str = DEFAULT_POLICY):
@@ -143,13 +143,13 @@ class Judge:
 class Guard:
     """The policy, the PII redaction and the optional judge, as the server uses them."""
 
-    def __init__(self, policy: Policy, judge: Judge | None = None, names: dict[str, str] | None = None):
+    def __init__(self, policy: GuardPolicy, judge: Judge | None = None, names: dict[str, str] | None = None):
         self.policy, self.judge = policy, judge
         self.names = {code: name for code, name, _, _ in policy.categories} | (names or {})
 
     async def check(self, client, text: str, conversation: list[dict] | None = None,
                     allowed: set[str] | None = None) -> Verdict:
-        """The policy's verdict (``allowed``: see :meth:`Policy.check`), then the judge's on
+        """The policy's verdict (``allowed``: see :meth:`GuardPolicy.check`), then the judge's on
         ``conversation`` (default: ``text`` as the user's turn)."""
         verdict = self.policy.check(text, allowed)
         if verdict.safe and self.judge is not None:

@@ -28,14 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from r1lite.meter.flops import Weights, train_pass_flops
-from r1lite.models import (
-    ModelShape,
-    body_weights,
-    gqa_attention,
-    left_pad,
-    llama_family,
-    shared_prefix,
-)
+from r1lite.models import ModelShape, body_weights, gqa_attention, head_dim, left_pad, llama_family, shared_prefix
 from r1lite.train.config import OptimConfig
 from r1lite.train.distributed import full_tensor
 
@@ -219,7 +212,7 @@ class LayerPass(torch.nn.Module):
         super().__init__()
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.head_dim = head_dim(config)
 
     def forward(self, x: torch.Tensor, k: _Packing) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
