@@ -71,6 +71,8 @@ class TrainOptions:
 
     resume: str = opt("", "continue this run directory from its last checkpoint; give the same flags as the original "
                           "run (\"\" = a new run)")
+    force: bool = opt(False, "write a new run into a non-empty --out that holds no run (its files stay untouched; "
+                             "none may have a run's own names)")
 
 
 def _train_parser(sub) -> None:
@@ -98,7 +100,7 @@ def cmd_train(args) -> int:
         flags["out"] = out
     cfg = build(GRPOConfig, recipe, flags, source=str(args.config or "config"), presets=preset)
     try:
-        return Trainer(cfg, resume=bool(opts.resume)).train()
+        return Trainer(cfg, resume=bool(opts.resume), force=opts.force).train()
     finally:
         distributed.close()
 

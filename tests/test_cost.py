@@ -1,343 +1,315 @@
+"""The estimate counts the work a run does with the meter's own formulas; the probe measures it."""
+
 import json
-import math
 
 import pytest
 
+from r1lite.config import build, with_values
+from r1lite.cost.estimate import estimate, estimate_recipe
+from r1lite.cost.work import (
+    PhaseWork,
+    RunPrompts,
+    Speed,
+    checkpoints,
+    datasheet_speed,
+    generation_work,
+    phase_seconds,
+    run_work,
+    sft_work,
+    train_work,
+)
+from r1lite.cost.workload import (
+    Overrides,
+    Workload,
+    apply_overrides,
+    skipped_at,
+    step_points,
+)
 from r1lite.errors import UsageError
-from r1lite.meter.energy import RaplCounter, open_counter
-from r1lite.meter.flops import (
-    SHAPES,
-    forward_flops,
-    lora_weights,
-    matmul_params,
-    table_shape,
-    train_flops,
-)
-from r1lite.meter.hardware import HARDWARE, CostConfig, find_hardware, hardware_kind
-from r1lite.meter.meter import (
-    CostMeter,
-    cost_per_point,
-    format_cost,
-    price,
-    upgrade_block,
-)
-from r1lite.meter.published import (
-    DEEPSEEK_R1_GPU_HOURS,
-    DEEPSEEK_V3_GPU_HOURS,
-    REFERENCES,
-    reference_lines,
-)
-
-
-class FakeClock:
-    """A clock the test moves by hand, so nothing sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# SmolLM2-135M: 30 layers, width 576, vocabulary 49152, tied embeddings, 134,515,008 parameters.
-SMOL = dict(n_params=matmul_params(134_515_008, 49_152, 576, tied_embeddings=True), n_layers=30, d_model=576)
-
-
-def test_forward_flops_known_case():
-    # 8 sequences x 256 tokens, causal (each token sees 128 positions on average)
-    tokens = 8 * 256
-    expected = 2 * 134_515_008 * tokens + 4 * 30 * 128 * 576 * tokens
-    assert forward_flops(**SMOL, tokens=tokens, context=128) == expected
-    assert train_flops(**SMOL, tokens=tokens, context=128) == 3 * expected
-    assert math.isclose(train_flops(**SMOL, tokens=tokens, context=128), 1.71e12, rel_tol=0.01)
-
-
-def test_matmul_params_drops_only_an_untied_input_embedding():
-    assert matmul_params(1000, 10, 20, tied_embeddings=True) == 1000
-    assert matmul_params(1000, 10, 20, tied_embeddings=False) == 800
-
-
-def test_deepseek_arithmetic():
-    h800 = HARDWARE["H800"]
-    assert (h800.watts, h800.usd_per_hour) == (700, 2.0)
-    assert sum(DEEPSEEK_V3_GPU_HOURS.values()) == 2_788_000
-    assert price(2_788_000, h800) == pytest.approx(5_576_000)
-    assert sum(DEEPSEEK_R1_GPU_HOURS.values()) == 147_000
-    assert price(147_000, h800) == pytest.approx(294_000)
-    assert price(147_000, h800, usd_per_hour=1.0) == pytest.approx(147_000)
-
-
-def test_table_has_the_promised_rows():
-    assert {"cpu", "H800", "H100", "H200", "A100", "L4", "RTX4090"} <= set(HARDWARE)
-    for hw in HARDWARE.values():
-        assert hw.watts > 0 and hw.usd_per_hour > 0 and hw.source
-        assert hw.decode_flops_per_s < hw.train_flops_per_s < hw.peak_flops
-
-
-def test_hardware_kind_matches_whole_names_only():
-    assert hardware_kind("NVIDIA A100-SXM4-80GB") == "A100"
-    assert hardware_kind("NVIDIA L4") == "L4"
-    assert hardware_kind("cpu-fp32") == "cpu-fp32" and HARDWARE["cpu-fp32"].peak_flops < HARDWARE["cpu"].peak_flops
-    with pytest.raises(UsageError, match="--hardware"):
-        hardware_kind("NVIDIA L40S")
-
-
-def test_config_overrides_and_rejects_bad_values():
-    hw = CostConfig(hardware="cpu", watts=45, usd_per_hour=0).resolve("cpu")
-    assert (hw.watts, hw.usd_per_hour) == (45, 0)
-    assert "overridden" in hw.source
-    assert CostConfig().resolve("NVIDIA H200") is HARDWARE["H200"]
-    for bad in (dict(hardware="TPU"), dict(devices=0), dict(watts=0), dict(usd_per_hour=-1), dict(pue=0.9)):
-        with pytest.raises(UsageError):
-            CostConfig(**bad)
-
-
-def test_meter_counts_phases_with_a_fake_clock():
-    clock = FakeClock()
-    meter = CostMeter(HARDWARE["cpu"], devices=2, pue=1.5, clock=clock)
-    clock.now += 10  # setup, outside any phase
-    for _ in range(3):
-        with meter.phase("rollout"):
-            clock.now += 20
-            meter.add_flops("rollout", 1e12)
-        with meter.phase("train"):
-            clock.now += 40
-            meter.add_flops("train", 3e12)
-    report = meter.report()
-    assert report["wall_seconds"] == 190
-    assert report["seconds_by_phase"] == {"rollout": 60, "train": 120}
-    assert report["flops"] == {"total": 12e12, "by_phase": {"rollout": 3e12, "train": 9e12}}
-    assert report["device_hours"] == pytest.approx(190 * 2 / 3600)
-    assert report["kwh"] == pytest.approx(190 * 2 / 3600 * 30 * 1.5 / 1000)
-    assert report["usd"] == pytest.approx(190 * 2 / 3600 * 0.08)
-    assert report["achieved_flops_per_s"] == pytest.approx(12e12 / 190)
-    assert not report["estimated"]
-    assert not any("PUE" in item for item in report["leaves_out"])  # PUE was set, so it is counted
-    json.dumps(report)  # JSON-ready
-
-
-def test_meter_report_shape_and_leaves_out():
-    report = CostMeter(HARDWARE["H100"], clock=FakeClock()).report()
-    assert set(report) >= {"hardware", "devices", "watts_per_device", "usd_per_hour_per_device", "wall_seconds",
-                           "device_hours", "kwh", "usd", "flops", "seconds_by_phase", "achieved_flops_per_s",
-                           "leaves_out"}
-    leaves = " ".join(report["leaves_out"])
-    for phrase in ("failed runs", "data preparation", "idle time", "staff", "buying the hardware", "PUE"):
-        assert phrase in leaves
-
-
-def test_phases_do_not_nest_and_time_is_kept_on_error():
-    clock = FakeClock()
-    meter = CostMeter(HARDWARE["cpu"], clock=clock)
-    with pytest.raises(RuntimeError, match="do not nest"):
-        with meter.phase("train"):
-            with meter.phase("eval"):
-                pass
-    with pytest.raises(ZeroDivisionError):
-        with meter.phase("eval"):
-            clock.now += 5
-            1 / 0
-    assert meter.seconds_by_phase["eval"] == 5
-
-
-def test_state_dict_round_trip_keeps_counting():
-    clock = FakeClock()
-    meter = CostMeter(HARDWARE["cpu"], clock=clock)
-    with meter.phase("train"):
-        clock.now += 100
-        meter.add_flops("train", 5e12)
-    state = json.loads(json.dumps(meter.state_dict()))  # checkpoints store it as JSON
-
-    clock.now += 3600  # the machine was down for an hour: not counted
-    resumed = CostMeter(HARDWARE["cpu"], clock=clock)
-    clock.now += 5  # the resumed process loads its model and checkpoint: counted
-    resumed.load_state_dict(state)
-    with resumed.phase("train"):
-        clock.now += 50
-        resumed.add_flops("train", 2e12)
-    report = resumed.report()
-    assert report["wall_seconds"] == 155
-    assert report["flops"]["by_phase"] == {"train": 7e12}
-    assert report["seconds_by_phase"] == {"train": 150}
-    assert any("interruption" in item for item in report["leaves_out"])
-
-    with pytest.raises(UsageError, match="--hardware cpu"):
-        CostMeter(HARDWARE["H100"], clock=clock).load_state_dict(state)
-
-
-def test_a_checkpoint_from_before_device_time_and_energy_were_kept_still_resumes():
-    clock = FakeClock()
-    old = {"hardware": "cpu", "devices": 1, "wall_seconds": 100.0, "flops_by_phase": {"train": 5e12},
-           "seconds_by_phase": {"train": 90.0}, "resumes": 0}  # as r1lite wrote it before
-    resumed = CostMeter(HARDWARE["cpu"], clock=clock)
-    resumed.load_state_dict(old)
-    clock.now += 50
-    report = resumed.report()
-    assert report["wall_seconds"] == 150 and report["device_hours"] == pytest.approx(150 / 3600)
-    assert "power x time" in report["energy_source"]  # no measured energy for the whole run
-
-
-def test_format_cost_line():
-    clock = FakeClock()
-    meter = CostMeter(HARDWARE["cpu"], clock=clock)
-    meter.add_flops("train", 1.2e15)
-    clock.now += 3600
-    line = format_cost(meter.report())
-    assert line.startswith("cost: 1.2 PFLOP, 1 device-hours (cpu ×1, 60 min wall), 0.03 kWh (power x time), $0.08 at $0.08/h")
-    assert "excludes failed runs" in line and "\n" not in line
-
-
-# ---------------------------------------------------------------------------------------------
-# Hardware names
-
-
-def test_hardware_names_are_case_insensitive_and_a_wrong_one_lists_the_known():
-    assert find_hardware("h100") is HARDWARE["H100"] and find_hardware("Rtx4090") is HARDWARE["RTX4090"]
-    assert CostConfig(hardware="a100").hardware == "A100"
-    with pytest.raises(UsageError) as e:
-        find_hardware("TPUv5")
-    assert all(name in str(e.value) for name in HARDWARE) and "\n" not in str(e.value)
-    with pytest.raises(UsageError, match="cannot be negative"):
-        CostConfig(usd_per_hour=-0.5)
-
-
-# ---------------------------------------------------------------------------------------------
-# Energy
-
-
-def rapl_tree(root, zones: dict[str, tuple[str, int, int]]):
-    """A powercap directory: zone -> (name, energy_uj, max_energy_range_uj)."""
-    for zone, (name, energy, top) in zones.items():
-        d = root / zone
-        d.mkdir(parents=True)
-        (d / "name").write_text(name + "\n")
-        (d / "energy_uj").write_text(f"{energy}\n")
-        (d / "max_energy_range_uj").write_text(f"{top}\n")
-
-
-def set_energy(root, zone: str, energy: int) -> None:
-    (root / zone / "energy_uj").write_text(f"{energy}\n")
-
-
-def test_rapl_sums_packages_across_a_wraparound(tmp_path):
-    rapl_tree(tmp_path, {"intel-rapl:0": ("package-0", 1_000_000, 10_000_000),
-                         "intel-rapl:1": ("package-1", 5_000_000, 10_000_000),
-                         "intel-rapl:0:0": ("core", 7, 10_000_000),  # a part of package 0: not added again
-                         "intel-rapl:2": ("psys", 0, 10_000_000)})  # the whole platform: would double count
-    counter = RaplCounter(tmp_path)
-    assert [z.path.name for z in counter.zones] == ["intel-rapl:0", "intel-rapl:1"]
-    set_energy(tmp_path, "intel-rapl:0", 4_000_000)
-    set_energy(tmp_path, "intel-rapl:1", 6_000_000)
-    set_energy(tmp_path, "intel-rapl:0:0", 9_999_999)
-    assert counter.joules() == pytest.approx(3.0 + 1.0)
-    set_energy(tmp_path, "intel-rapl:0", 500_000)  # wrapped: 4.0 J -> 10.0 J -> 0.5 J
-    assert counter.joules() == pytest.approx(4.0 + 6.5)
-    assert "RAPL" in counter.source and "intel-rapl:0" in counter.source
-
-
-def test_open_counter_says_why_there_is_none(tmp_path):
-    counter, why = open_counter("cpu", root=tmp_path / "missing")
-    assert counter is None and "does not exist" in why
-    counter, why = open_counter("cpu", root=tmp_path)  # a powercap directory with no package zone
-    assert counter is None and "no RAPL package zone" in why
-    rapl_tree(tmp_path, {"intel-rapl:0": ("package-0", 0, 2 ** 32)})
-    counter, why = open_counter("cpu", root=tmp_path)
-    assert isinstance(counter, RaplCounter) and why == ""
-
-
-class FakeEnergy:
-    source = "measured: fake counter"
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def joules(self) -> float:
-        return self.value
-
-
-def test_meter_uses_a_counter_and_keeps_it_across_a_resume():
-    clock, energy = FakeClock(), FakeEnergy()
-    meter = CostMeter(HARDWARE["cpu"], pue=1.5, clock=clock, energy=energy)
-    clock.now += 3600
-    energy.value = 36_000.0  # 10 Wh
-    report = meter.report()
-    assert report["kwh"] == pytest.approx(0.010 * 1.5) and report["energy_source"] == "measured: fake counter"
-    state = json.loads(json.dumps(meter.state_dict()))
-    resumed = CostMeter(HARDWARE["cpu"], pue=1.5, clock=clock, energy=FakeEnergy())
-    resumed.load_state_dict(state)
-    resumed.energy.value = 3600.0  # 1 Wh more
-    assert resumed.report()["kwh"] == pytest.approx(0.011 * 1.5)
-    plain = CostMeter(HARDWARE["cpu"], clock=clock, no_energy_reason="no CPU energy counter: test")
-    clock.now += 3600
-    report = plain.report()
-    assert report["kwh"] == pytest.approx(0.030) and report["energy_source"].startswith("power x time: 30 W")
-    assert "no CPU energy counter: test" in report["energy_source"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Cost per accuracy point
-
-
-def test_cost_per_point_per_stage_and_n_a_without_a_gain():
-    cost = {"seconds_by_phase": {"cold_start_sampling": 600, "sft": 600, "rollout": 900, "train": 900, "eval": 300},
-            "devices": 2, "usd_per_hour_per_device": 1.0}
-    summary = {"eval_before": {"pass@1": 0.0}, "eval_base_plain": {"pass@1": 0.203}, "eval_after_sft": {"pass@1": 0.56},
-               "eval_after": {"pass@1": 0.55}, "cost": cost}
-    cold, rl = cost_per_point(summary)
-    assert (cold["stage"], cold["from"], cold["to"]) == ("cold start", "eval_base_plain", "eval_after_sft")
-    assert cold["points"] == pytest.approx(35.7) and cold["usd"] == pytest.approx(1200 * 2 / 3600)
-    assert cold["usd_per_point"] == pytest.approx(cold["usd"] / 35.7)
-    assert (rl["stage"], rl["from"], rl["points"], rl["usd_per_point"]) == ("GRPO", "eval_after_sft", -1.0, "n/a")
-    assert cost_per_point({**summary, "eval_after": {"pass@1": 0.56}})[1]["usd_per_point"] == "n/a"  # 0 gain
-    assert cost_per_point({"cost": cost}) == []  # no evaluation: nothing to divide by
-
-
-def test_an_old_cost_block_reads_as_power_times_time():
-    old = {"estimated": False, "kwh": 0.1}
-    new = upgrade_block(old)
-    assert new["energy_source"].startswith("power x time") and new["assumptions"] == [] and new["kwh"] == 0.1
-
-
-# ---------------------------------------------------------------------------------------------
-# Published arithmetic
-
-
-def test_deepseek_references_reproduce_the_published_figures_and_list_exclusions():
-    v3 = "\n".join(reference_lines(REFERENCES["deepseek-v3"]))
-    assert "2,788K H800 GPU-hours x $2 = $5.576M" in v3.splitlines()[0]
-    check = REFERENCES["deepseek-v3"].flop_check
-    assert check.flops == pytest.approx(6 * 37e9 * 14.8e12)
-    assert check.utilization == pytest.approx(6 * 37e9 * 14.8e12 / (2_664_000 * 3600 * 989e12))
-    assert 0.3 < check.utilization < 0.4 and "989 TFLOP/s" in v3 and "BF16" in v3
-    r1 = "\n".join(reference_lines(REFERENCES["deepseek-r1"]))
-    assert "147K H800 GPU-hours x $2 = $294K" in r1.splitlines()[0]
-    for text in (v3, r1):
-        for excluded in ("research and ablation", "data", "staff", "hardware itself", "$500M"):
-            assert excluded in text, excluded
-
-
-# ---------------------------------------------------------------------------------------------
-# Shapes
-
-
-def test_shape_table_matches_the_published_parameter_counts():
-    published = {"SmolLM2-135M": 0.135, "SmolLM2-360M": 0.362, "SmolLM2-1.7B": 1.71, "Qwen2.5-0.5B": 0.494,
-                 "Qwen2.5-1.5B": 1.54, "Qwen2.5-7B": 7.62, "Qwen3-0.6B": 0.596, "Qwen3-1.7B": 1.72, "Qwen3-8B": 8.19}
-    assert set(published) == set(SHAPES)
-    for name, billions in published.items():
-        assert SHAPES[name].total_params / 1e9 == pytest.approx(billions, rel=0.01), name
-    assert table_shape("Qwen/Qwen3-8B") is SHAPES["Qwen3-8B"] and table_shape("QWEN2.5-0.5B-INSTRUCT") is SHAPES["Qwen2.5-0.5B"]
-
-
-def test_shape_and_weights_match_a_loaded_model():
-    from peft import LoraConfig, get_peft_model
-
+from r1lite.meter.flops import SHAPES, full_weights
+from r1lite.meter.hardware import HARDWARE, CostConfig
+from r1lite.meter.meter import CostMeter
+from r1lite.train.config import GRPOConfig
+
+
+def grpo_config(**keys) -> GRPOConfig:
+    """A GRPOConfig from flat keys, as a recipe gives them."""
+    return build(GRPOConfig, keys)
+
+
+def tokens_computed(rows: int, T: int, start: int) -> float:
+    """A FLOP counter that counts token positions, so the batching model is easy to follow."""
+    return float(rows * T)
+
+
+def test_generation_work_follows_the_engine_batching():
+    # two prompts sharing 2 tokens, 2 samples each: prefill = the prefix once (2) + each suffix (2 x 1)
+    # rows finish after 3, 1, 3, 1 tokens; after the first token 2 of 4 rows are live (<= 3/4): they leave
+    work = generation_work([[1, 2, 3], [1, 2, 4]], 2, [3, 1], max_rows=8, flops=tokens_computed)
+    assert work.dense_flops == 2 + 2
+    assert (work.decode_flops, work.decode_steps) == (2 + 2, 2)
+    # at most 2 rows at once: each prompt alone (no shared prefix), its two samples decode together
+    alone = generation_work([[1, 2, 3], [1, 2, 4]], 2, [3, 3], max_rows=2, flops=tokens_computed)
+    assert alone.dense_flops == 3 + 3 and (alone.decode_flops, alone.decode_steps) == (2 * 2 * 2, 4)
+
+
+def small_prompts(n: int = 8, width: int = 20) -> RunPrompts:
+    prompts = [[7] * (width - 1) + [i] for i in range(n)]
+    return RunPrompts({"r1": prompts, "plain:2": prompts}, prompts, prompts, prompts, [])
+
+
+def test_run_work_skips_groups_holds_a_reference_and_refills():
+    shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
+    flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
+    cfg = grpo_config(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    half = Workload([20], [20], 0.5, 0.0)
+    none = Workload([20], [20], 0.0, 0.0)
+    train = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)["train"].dense_flops  # noqa: E731
+    assert train(cfg, half) == pytest.approx(train(cfg, none) / 2)
+    kl = with_values(cfg, beta=0.04)
+    twice = with_values(cfg, mu=2)  # two updates and one forward for the old log-probs
+    forward = train(twice, none) - 2 * train(cfg, none)
+    assert 0 < forward < train(cfg, none) / 2
+    assert train(kl, half) == pytest.approx(train(cfg, none) + forward)  # every group, plus the reference's forward
+    dapo = with_values(cfg, dynamic_sampling=True, max_refill_rounds=1)
+    work = run_work(dapo, shape, weights, small_prompts(), half, flops)
+    plain = run_work(cfg, shape, weights, small_prompts(), half, flops)
+    assert work["rollout"].flops == pytest.approx(plain["rollout"].flops * 1.5)  # a second round for half the groups
+    assert work["train"].dense_flops == pytest.approx(plain["train"].dense_flops * 1.5)  # 1 - 0.5^2 of them kept
+    assert set(plain) == {"eval", "rollout", "train"} and plain["train"].updates == 10
+
+
+def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
+    """An R1-Zero run: each rollout is the greedy answer as often as the lengths have moved toward
+    it, else a sample like the untrained model's; a group of 8 whose samples are right half the
+    time almost never scores alike, one of greedy answers always does."""
+    shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
+    flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
+    sampled = dict(sampled_rewards=[0.0, 1.0] * 8, final_rewards=[1.0, 0.0])
+    w = Workload([40], [40], 0.0, 0.0, final_lengths=[10], **sampled)
+    assert skipped_at(w, 0.0, 8) == pytest.approx(2 * 0.5 ** 8)
+    assert skipped_at(w, 1.0, 8) == 1.0
+    alike = [s for _, _, s in step_points(w, 8, 64, 8)]
+    assert alike == sorted(alike) and alike[0] < 0.05 and alike[-1] > 0.5
+    assert skipped_at(Workload([40], [40], 0.3, 0.0, final_lengths=[10], **sampled), 0.0, 8) == 0.3  # the probe's floor
+    cfg = grpo_config(max_steps=8, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
+    run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
+    constant = Workload([40], [40], 0.0, 0.0, final_lengths=[10])
+    assert run(cfg, w)["rollout"].flops == pytest.approx(run(cfg, constant)["rollout"].flops)
+    expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8,
+                                      cfg.optim.micro_batch_size, 0, 1).dense_flops
+                   for lengths, steps, alike in step_points(w, 8, 64, 8))  # each step's kept groups of its lengths
+    assert run(cfg, w)["train"].dense_flops == pytest.approx(expected)
+    assert run(cfg, w)["train"].dense_flops < 0.9 * run(cfg, constant)["train"].dense_flops
+    dapo = with_values(cfg, dynamic_sampling=True, max_refill_rounds=1)
+    assert run(dapo, w)["rollout"].flops > 1.1 * run(cfg, w)["rollout"].flops  # alike groups are refilled
+    fixed = apply_overrides(w, Overrides(skipped_groups=0.2))
+    assert [s for _, _, s in step_points(fixed, 8, 64, 8)] == [0.2] * 8  # --skipped-groups: the whole run
+
+
+def test_a_training_phases_first_step_costs_once():
+    speed = Speed("measured probe", 1e9, 1e9, optimizer_seconds=0.5, first_step_seconds=4.0)
+    assert phase_seconds(PhaseWork(dense_flops=10e9, updates=3), speed, 30, 1) == pytest.approx(10 + 1.5 + 4)
+    assert phase_seconds(PhaseWork(dense_flops=10e9, decode_steps=5), speed, 30, 1) == pytest.approx(10)
+
+
+def test_sft_work_matches_what_sft_meters(tmp_path):
     from r1lite.models import load_model, resolve_runtime
-    from r1lite.train.policy import model_shape, model_weights
+    from r1lite.train.policy import Policy, model_shape, model_weights
+    from r1lite.train.sft import train_sft
 
-    model, _ = load_model("tiny", resolve_runtime("cpu", "fp32"))
-    shape = model_shape(model)
-    assert shape.total_params == sum(p.numel() for p in model.parameters() if p.dim() == 2)
-    targets = ["q_proj", "v_proj", "down_proj"]
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
-    assert model_weights(lora.get_base_model()) == lora_weights(shape, 4, targets)
+    runtime = resolve_runtime("cpu", "fp32")
+    model, tokenizer = load_model("tiny", runtime)
+    pairs = [([5] * 9 + [i], [11] * 6 + [tokenizer.eos_token_id]) for i in range(12)]  # 10-token prompts, 7-token traces
+    history = train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, seed=0,
+                        autocast=runtime.autocast, device=runtime.device)
+    work = sft_work(model_shape(model), model_weights(model), [p for p, _ in pairs], [7], traces=12, batch_size=4, epochs=2)
+    assert work.dense_flops == pytest.approx(sum(r["flops"] for r in history), rel=1e-6)
+    assert work.updates == len(history) == 6
+
+
+def test_checkpoint_count_and_datasheet_timing():
+    assert checkpoints(grpo_config(max_steps=10, save_every=0)) == 1
+    assert checkpoints(grpo_config(max_steps=10, save_every=4, cold_start_items=8)) == 4  # cold start, 4, 8, 10
+    work = {"train": PhaseWork(dense_flops=HARDWARE["H100"].train_flops_per_s * 100, updates=5),
+            "rollout": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=1),
+            "eval": PhaseWork(dense_flops=0.0, decode_flops=1.0, decode_steps=1000, batches=8)}
+    cfg = grpo_config(max_steps=5, save_every=0)
+    block = estimate(cfg, work, datasheet_speed(HARDWARE["H100"]), HARDWARE["H100"], 4, 1.0, 30, ["an assumption"])
+    assert block["seconds_by_phase"]["train"] == pytest.approx(25)  # 4 devices
+    assert block["seconds_by_phase"]["rollout"] == pytest.approx(1000 * 30 * 0.5e-3)  # one batch: its floor, not shared
+    assert block["seconds_by_phase"]["eval"] == pytest.approx(1000 * 30 * 0.5e-3 / 4)  # 8 batches on 4 devices
+    assert block["estimated"] and block["method"] == "datasheet" and "an assumption" in block["assumptions"]
+    assert "4 devices" in " ".join(block["assumptions"])
+    half = datasheet_speed(HARDWARE["H100"], mfu=0.5)
+    assert half.train_flops_per_s == pytest.approx(0.5 * HARDWARE["H100"].peak_flops) and "--mfu" in half.notes[0]
+
+
+def test_overrides_replace_measured_figures_and_reject_bad_ones():
+    w = apply_overrides(Workload([10, 20], [30], 0.4, 1.0), Overrides(completion_tokens=48, skipped_groups=0.0))
+    assert (w.base_lengths, w.trained_lengths, w.skipped_groups) == ([48], [48], 0.0)
+    assert any("--completion-tokens 48" in n for n in w.notes)
+    for bad in (dict(completion_tokens=0), dict(skipped_groups=1.5), dict(mfu=0)):
+        with pytest.raises(UsageError):
+            Overrides(**bad)
+
+
+def fake_run(folder, rows: list[dict], summary: dict):
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "compl')  # cut off
+
+
+def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
+    from rich.console import Console
+
+    from r1lite.cost.workload import run_workload
+
+    cfg = grpo_config(batch_size=8, group_size=4, cold_start_items=100, eval_items=10, max_steps=4, save_every=0,
+                      out=str(tmp_path / "x"))
+    rows = [{"step": 1, "completion_len_mean": 20.0, "loss_tokens": 160, "groups_kept": 2, "groups_sampled": 2},
+            {"step": 2, "completion_len_mean": 10.0, "loss_tokens": 40, "groups_kept": 2, "groups_sampled": 2}]
+    fake_run(tmp_path / "a", rows, {"eval_base_plain": {"completion_tokens_mean": 30.5},
+                                    "cold_start": {"items": 200, "traces": 50}})
+    w = run_workload(tmp_path / "a", cfg)
+    assert sum(w.trained_lengths) / len(w.trained_lengths) == pytest.approx(15.0)
+    assert sum(w.base_lengths) / len(w.base_lengths) == pytest.approx(30.5)
+    assert w.skipped_groups == pytest.approx(0.25)  # step 1 trained all 160 tokens, step 2 half of its 80
+    assert w.traces_per_item == pytest.approx(0.25) and "2 GRPO steps" in w.notes[0]
+    dynamic = [{**r, "groups_sampled": 4} for r in rows]  # dynamic sampling dropped half the groups it drew
+    fake_run(tmp_path / "b", dynamic, {})
+    assert run_workload(tmp_path / "b", cfg).skipped_groups == pytest.approx(0.5)
+    blocks = {like: estimate_recipe(cfg, CostConfig(), Overrides(like=like), probe=False, console=Console(quiet=True))
+              for like in (None, str(tmp_path / "a"))}
+    upper, liked = (blocks[k]["datasheet"] for k in blocks)
+    assert liked["flops"]["by_phase"]["train"] < upper["flops"]["by_phase"]["train"] / 2  # 15 of 48 tokens, 25% skipped
+    assert any("like " in n for n in liked["assumptions"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no summary.json"):
+        run_workload(tmp_path / "empty", cfg)
+    fake_run(tmp_path / "c", [], {})
+    with pytest.raises(UsageError, match="no GRPO steps"):
+        run_workload(tmp_path / "c", cfg)
+
+
+def tiny_config(tmp_path, task: str, **kw) -> GRPOConfig:
+    base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4,
+                rollout_batch_size=8, max_new_tokens=12, eval_items=6, max_steps=3, beta=0.04, lr=1e-3,
+                save_every=0, device="cpu", dtype="fp32", out=str(tmp_path / "run"))
+    return build(GRPOConfig, {**base, **kw})
+
+
+def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, monkeypatch):
+    """The acceptance's FLOP check in small: a KL reference keeps every group (no skipped-group noise);
+    the tiny random model rarely stops early, so the probe's lengths are the run's."""
+    from rich.console import Console
+
+    from r1lite.train.trainer import Trainer
+
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    cfg = tiny_config(tmp_path, task)
+    blocks = estimate_recipe(cfg, CostConfig(), Overrides(), probe=True, console=Console(quiet=True))
+    assert set(blocks) == {"measured", "datasheet"}
+    predicted = blocks["measured"]["flops"]
+    assert Trainer(cfg, console=Console(quiet=True)).train() == 0
+    metered = json.loads((tmp_path / "run" / "summary.json").read_text())["cost"]["flops"]
+    assert set(predicted["by_phase"]) == set(metered["by_phase"]) == {"eval", "rollout", "train"}
+    for phase, flops in metered["by_phase"].items():
+        assert predicted["by_phase"][phase] == pytest.approx(flops, rel=0.10), phase
+    assert predicted["total"] == pytest.approx(metered["total"], rel=0.10)
+    assert blocks["datasheet"]["flops"] == predicted  # one count of the work, two speeds
+    assert set(blocks["measured"]) == set(CostMeter(HARDWARE["cpu"]).report())  # the summary's cost block fields
+    notes = " ".join(blocks["measured"]["assumptions"])
+    assert "probe rollout batch" in notes and "CPU kind" in notes and "every group trains" in notes
+
+
+def test_a_model_not_here_is_estimated_from_its_shape(tmp_path):
+    from rich.console import Console
+
+    cfg = grpo_config(model="Qwen/Qwen2.5-7B-Instruct", max_steps=10, eval_items=20, out=str(tmp_path / "x"))
+    blocks = estimate_recipe(cfg, CostConfig(hardware="h100", devices=8), Overrides(), probe=True,
+                             console=Console(quiet=True))
+    assert set(blocks) == {"datasheet"} and blocks["datasheet"]["hardware"] == "H100"
+    notes = " ".join(blocks["datasheet"]["assumptions"])
+    assert "Qwen2.5-7B" in notes and "upper bounds" in notes
+    small = estimate_recipe(with_values(cfg, model="Qwen3-0.6B"), CostConfig(hardware="h100", devices=8),
+                            Overrides(), probe=True, console=Console(quiet=True))
+    assert small["datasheet"]["flops"]["total"] < blocks["datasheet"]["flops"]["total"] / 5
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "qwen3", "hidden_act": "silu", "num_hidden_layers": 28, "hidden_size": 1024,
+                                  "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                                  "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}))
+    local = estimate_recipe(with_values(cfg, model=str(config)), CostConfig(hardware="h100", devices=8),
+                            Overrides(), probe=True, console=Console(quiet=True))
+    assert local["datasheet"]["flops"]["total"] == pytest.approx(small["datasheet"]["flops"]["total"])
+
+
+def test_probe_times_a_train_step_even_when_every_group_scores_alike(tmp_path):
+    from rich.console import Console
+
+    from r1lite.cost.probe import run_probe
+
+    cfg = tiny_config(tmp_path, "arithmetic", beta=0.0, format="r1")  # a random model never scores: all alike
+    probe = run_probe(cfg, Console(quiet=True))
+    assert probe.workload.skipped_groups == 1.0
+    assert probe.speed.train_flops_per_s > 0 and probe.speed.generate_flops_per_s > 0
+    assert probe.speed.first_step_seconds >= 0
+    w = probe.workload  # no cold start: the greedy answers' rewards, scored as rollouts are
+    assert len(w.final_rewards) == cfg.eval.items and set(w.final_rewards) == {0.0}
+    assert len(w.sampled_rewards) == cfg.optim.batch_size
+    assert len(probe.workload.base_lengths) == cfg.optim.batch_size
+    assert probe.seconds < 60
+
+
+
+def test_trace_stats_keep_each_items_shortest_verified_answer():
+    from types import SimpleNamespace
+
+    from r1lite.cost.probe import probe_config, trace_stats
+    from r1lite.models import load_tokenizer
+    from r1lite.train.sft import r1_trace
+
+    tokenizer = load_tokenizer("tiny")
+
+    def group(texts, accuracies, finish="stop"):
+        return {"completions": [SimpleNamespace(text=t, finish=finish) for t in texts], "seen": {"accuracy": accuracies}}
+
+    groups = [group(["3 + 4 = 7.", "It is 7.", "7", "8"], [1.0, 1.0, 1.0, 0.0]),  # keeps "7", the shortest
+              group(["5", "6", "9", "1"], [0.0] * 4),  # nothing verified: no trace
+              group(["2 + 2 = 4", "4"], [1.0, 1.0], finish="length")]  # cut off: not a trace
+    cfg = grpo_config(cold_start_items=16, cold_start_samples=2, cold_start_per_item=1)
+    lengths, per_item = trace_stats(groups, tokenizer, cfg)
+    assert lengths == [len(tokenizer.encode(r1_trace("7"), add_special_tokens=False)) + 1]
+    assert per_item == pytest.approx((1 - 0.25 ** 2) / 3)  # P(at least one of 2 samples right) = 1 - (1 - 3/4)^2
+    probed = probe_config(grpo_config(cold_start_items=16, format="r1", prefill_think=True), "/tmp/x")
+    assert (probed.format, probed.prefill_think, probed.sampling.temperature,
+            probed.cold_start.items) == ("plain", False, 0.7, 0)
+
+
+def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tmp_path):
+    """trace_stats reads the groups rollout.score_group makes (a structure change once crashed
+    `r1lite cost` on every cold-start recipe), and its expected traces per item follow the binomial."""
+    from r1lite import tasks
+    from r1lite.cost.probe import trace_stats
+    from r1lite.engine.engine import Completion
+    from r1lite.models import load_tokenizer
+    from r1lite.train.rollout import score_group
+
+    tokenizer = load_tokenizer("tiny")
+    cfg = tiny_config(tmp_path, "arithmetic", cold_start_items=4, cold_start_samples=4, cold_start_per_item=1,
+                      format="plain")
+    task = tasks.load_task("arithmetic")
+    item = task.split("train", 1, seed=0)[0]
+    right, wrong = f"The sum is {item.answer}.", f"The sum is {int(item.answer) + 1}."
+    group = score_group(cfg, task, item, [1], "", [Completion([5, 6], right, "stop"), Completion([5], wrong, "stop"),
+                                                   Completion([5, 6, 7], right, "length"), Completion([5], wrong, "stop")])
+    lengths, per_item = trace_stats([group], tokenizer, cfg)
+    assert len(lengths) == 1  # the one right answer that stopped (the truncated one is not a trace)
+    assert per_item == pytest.approx(1 - 0.75 ** 4)  # p = 1/4: at least one of 4 samples right
+    from rich.console import Console
+
+    from r1lite.cost.probe import run_probe
+
+    probe = run_probe(cfg, Console(quiet=True))  # the tiny random model: no verified answer, upper bounds
+    assert probe.workload.traces_per_item == 1.0

@@ -103,10 +103,11 @@ class Reference:
                 for n, t in tensors.items():
                     frozen[n].copy_(t)
 
-    def keep_only_current(self, run_dir: Path) -> None:
-        """Delete saved references other than the current one (after a checkpoint names it)."""
+    def keep_only(self, run_dir: Path, steps: set[int | None]) -> None:
+        """Delete saved references other than those at ``steps`` (the ones kept checkpoints name)."""
         folder = Path(run_dir) / "reference"
         if folder.exists():
+            keep = {self.path(run_dir, s) for s in steps if s is not None}
             for f in folder.iterdir():
-                if f != self.path(run_dir, self.step):
+                if f not in keep:
                     f.unlink(missing_ok=True)

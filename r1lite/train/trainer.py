@@ -18,6 +18,8 @@ must be on a filesystem every node sees; it may resume with another number of pr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import signal
 import time
@@ -37,7 +39,7 @@ from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
 from r1lite.progress import progress
-from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout
+from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
 from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, make_group_batch, pass_flops
 from r1lite.train.reference import Reference
@@ -57,7 +59,7 @@ def rollout_dtype(cfg: LaunchConfig, runtime) -> torch.dtype:
 
 
 class Trainer:
-    def __init__(self, cfg: GRPOConfig, resume: bool = False, console=None):
+    def __init__(self, cfg: GRPOConfig, resume: bool = False, console=None, force: bool = False):
         from rich.console import Console
 
         self.cfg = cfg
@@ -73,7 +75,8 @@ class Trainer:
         with self.world.together():  # every rank checks; an error on one stops all
             self.world.agree(to_dict(cfg))
             self.check_world()
-            self.summary = checkpoint.check_resume(cfg, self.run_dir, resume)
+            rundir.claim(self.run_dir, resume, force)
+            self.summary = rundir.check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
             self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start.teacher else None
             if cfg.cold_start.items and not (cfg.cold_start.data or cfg.cold_start.teacher) and not self.task.numeric:
@@ -102,6 +105,8 @@ class Trainer:
             return
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in rundir.clean_stale_temps(self.run_dir):
+                self.console.print(f"removed {stale}, left by a write that was cut off")
             if not self.resume:
                 write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         torch.manual_seed(cfg.seed)
@@ -133,7 +138,7 @@ class Trainer:
         with self.world.together():
             ckpt = checkpoint.latest(self.run_dir) if self.resume else None
             if ckpt is not None:
-                state = checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
+                ckpt, state = self.load_checkpoint(ckpt)
                 self.step, self.data_position = state["step"], state["data_position"]
                 if self.world.main:  # the job's cost so far; the other ranks count their own from here
                     self.meter.load_state_dict(state["cost"])
@@ -164,6 +169,17 @@ class Trainer:
                            f"  {first}{optim.max_steps} {'GRPO' if cfg.loss.objective == 'grpo' else 'on-policy distillation'} steps of {optim.prompts_per_step} prompts x "
                            f"{optim.group_size}, held-out eval on {cfg.eval.items} items\n"
                            f"  the whole config: {self.run_dir / 'config.yaml'}", highlight=False)
+
+    def load_checkpoint(self, ckpt: Path) -> tuple[Path, dict]:
+        """Load ``ckpt``; when it is damaged, say so and load the one before it (kept for this)."""
+        try:
+            return ckpt, checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
+        except UsageError as e:
+            fallback = checkpoint.before(ckpt)
+            if fallback is None:
+                raise
+            self.console.print(f"[yellow]{e}[/]\nresuming from the checkpoint before it, {fallback.name}")
+            return fallback, checkpoint.load(fallback, self.model, self.optimizer, self.scheduler)
 
     def build_model(self):
         """The model to train (with LoRA adapters when configured) and its tokenizer."""
@@ -302,7 +318,8 @@ class Trainer:
                  "reference_step": None if self.reference is None else self.reference.step}
         checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, write=self.world.main)
         if self.world.main and self.reference is not None and self.reference.step is not None:
-            self.reference.keep_only_current(self.run_dir)
+            self.reference.keep_only(self.run_dir, {json.loads((c / "state.json").read_text()).get("reference_step")
+                                                    for c in checkpoint.kept(self.run_dir)})
 
     # -- GRPO -------------------------------------------------------------------------------------
 
@@ -425,17 +442,12 @@ class Trainer:
 
     def train(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        lock = rundir.RunLock(self.run_dir, self.console) if self.world.main else contextlib.nullcontext()
         try:
-            self.setup()
-            if self.summary.get("finished"):
-                self.console.print(f"{self.run_dir} is finished ({self.summary.get('steps')} steps); nothing to do")
-                return 0
-            self.evaluate_base()
-            self.check_stop()
-            self.cold_start()
-            self.grpo_loop()
-            self.finish()
+            with lock:
+                return self.run_phases()
         except Interrupted as e:
+
             where = f"checkpoint at step {self.step} saved" if checkpoint.latest(self.run_dir) else "no checkpoint yet"
             self.console.print(f"[yellow]{e}[/]: {where}; continue with the same command plus --resume {self.run_dir}")
             return 130 if str(e) == "SIGINT" else 143
@@ -451,6 +463,17 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def run_phases(self) -> int:
+        self.setup()
+        if self.summary.get("finished"):
+            self.console.print(f"{self.run_dir} is finished ({self.summary.get('steps')} steps); nothing to do")
+            return 0
+        self.evaluate_base()
+        self.check_stop()
+        self.cold_start()
+        self.grpo_loop()
+        self.finish()
         return 0
 
     def _on_signal(self, signum, frame) -> None:

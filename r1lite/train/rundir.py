@@ -1,0 +1,132 @@
+"""The run directory: what may become one, one process at a time, and what a resumed run must match.
+
+A run never deletes or overwrites a file it did not write. ``--out`` must be a new or empty
+directory, or with ``--force`` one whose other files have none of a run's names; a directory that
+holds a run (its ``config.yaml``) is only continued, with ``--resume``. While a run works in it,
+the directory is locked (``lock``, naming the process that holds it): a second process on the same
+run stops with one line. The lock is an ``flock``, so it ends with its process however that process
+dies; a lock file left by a process that is gone is taken over with a note.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import yaml
+
+from r1lite.config import to_dict
+from r1lite.errors import UsageError
+from r1lite.files import read_json
+from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
+
+RUN_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "plots", "checkpoints", "final",
+             "reference", "cold_start.jsonl", "distill.jsonl", "lock")
+"""What a run writes at the top of its directory (distill.jsonl's card files beside it too)."""
+WHERE_KEYS = ("out",)
+"""Config keys that say where a run is, not what it computes: a moved or copied run resumes."""
+
+
+def claim(run_dir: Path, resume: bool, force: bool) -> None:
+    """Refuse, before anything is written, an ``--out`` the run could not use without losing a file."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file; give a directory for the run (a new one is made)")
+    holds_run = (run_dir / "config.yaml").exists()
+    if resume and not holds_run:
+        raise UsageError(f"--resume {run_dir}: no config.yaml there; not an r1lite run directory")
+    if not resume and holds_run:
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} (same flags), or choose "
+                         "another --out")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        if not force:
+            raise UsageError(f"--out {run_dir} is not empty and holds no r1lite run; choose a new or empty directory, or "
+                             "add --force to write the run beside the files there (none is changed or deleted)")
+        taken = [name for name in RUN_NAMES if (run_dir / name).exists()]
+        if taken:
+            raise UsageError(f"--out {run_dir} --force: {run_dir / taken[0]} is in the way of the run's own "
+                             f"{taken[0]}; move it, or choose another --out")
+    writable(run_dir)
+
+
+def writable(path: Path) -> None:
+    """Refuse an output that cannot be written (read-only, no permission) before any work starts."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {path} ({existing} is read-only or not ours); choose another --out")
+
+
+class RunLock:
+    """One process per run directory: an ``flock`` on ``<run>/lock``, which names its holder."""
+
+    def __init__(self, run_dir: Path, console):
+        self.path = run_dir / "lock"
+        self.console = console
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{self.path.parent} is in use by another r1lite process ({holder(self.path)}); wait for "
+                             "it to end, or stop it first") from None
+        before = holder(self.path)
+        if before:
+            self.console.print(f"[yellow]note[/]: {self.path} was left by {before}, which is no longer running; "
+                               "taking it over")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty lock file: released cleanly
+            os.close(self.fd)
+            self.fd = None
+
+
+def holder(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def clean_stale_temps(run_dir: Path) -> list[Path]:
+    """Remove the temporary files and directories an atomic write left when its process was killed
+    (``.NAME.*.tmp``, ``.NAME.*.old``), at the top of the run and in ``checkpoints/``; they are only
+    ever r1lite's own, named so by :func:`r1lite.files.atomic_dir` and ``atomic_write``."""
+    stale = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir() for p in folder.iterdir()
+             if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
+def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
+    """The run directory's summary so far; refuse to mix runs."""
+    if not resume:
+        return {}
+    config_path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(config_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise UsageError(f"{config_path}: not readable as the run's config ({type(e).__name__}); restore it from a "
+                         "copy of the run, or start a new run in another --out") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{config_path}: not a run's config (a mapping of keys); restore it, or start a new run")
+    now = to_dict(cfg)
+    ignored = set(LAUNCH_KEYS) | set(WHERE_KEYS)
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in ignored]
+    if diffs:
+        k = diffs[0]
+        raise UsageError(f"--resume {run_dir}: '{k}' was {saved.get(k)!r} in the original run, now {now.get(k)!r}; "
+                         "resume with the same flags and recipe as the original run")
+    summary_file = run_dir / "summary.json"
+    return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}
