@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -97,6 +98,8 @@ def _check(value: Any, tp, where: str) -> Any:
             return None
         raise UsageError(f"{where} must not be empty (null)")
     origin = typing.get_origin(base) or base
+    if origin is float and isinstance(value, str):
+        value = _number(value, where)  # YAML 1.1 reads 1e-3 (no dot) as a string
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -109,7 +112,21 @@ def _check(value: Any, tp, where: str) -> Any:
         name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
                 dict: "a mapping", list: "a list"}[origin]
         raise UsageError(f"{where} must be {name}, got {value!r}")
+    if origin is float and not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}")
     return float(value) if origin is float else value
+
+
+def _number(text: str, where: str) -> float | str:
+    """A number written as text (``1e-3``), or the text unchanged when it is none.
+
+    >>> _number("1e-3", "lr"), _number("fast", "lr")
+    (0.001, 'fast')
+    """
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,11 +12,24 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 """The evaluation data (GSM8K, MATH-500, SVAMP) beside the repository, found from its root."""
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m r1lite ARGS`` in a subprocess, as a user would run it."""
+def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m r1lite ARGS`` in a subprocess, as a user would run it (paths may be passed as they
+    are); ``env`` adds to this process's environment."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "r1lite", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "r1lite", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago (all bound at once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @pytest.fixture
@@ -48,9 +62,43 @@ def cpu_path(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
+    """:func:`run_cli`, for tests and for fixtures of any scope."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port()`` → one loopback port that was free a moment ago."""
+    return lambda: free_ports(1)[0]
+
+
+@pytest.fixture(scope="session", name="free_ports")
+def free_ports_fixture():
+    """:func:`free_ports`: ``free_ports(n)`` → ``n`` distinct loopback ports."""
+    return free_ports
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(seed=0)`` → ``(model, tokenizer)``: the random tiny model in fp32 on the CPU,
+    loaded afresh on each call, so a test or fixture that trains it shares it with no one."""
+    from r1lite.models import load_model, resolve_runtime
+
+    return lambda seed=0: load_model("tiny", resolve_runtime("cpu", "fp32"), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def thinking_run(tmp_path_factory, tiny_model):
+    """An untrained tiny model (seed 1) in a run directory whose config prefills <think> (R1
+    format): it never closes the thinking by itself, so a budget decides when the answer starts."""
+    run = tmp_path_factory.mktemp("think") / "run"
+    model, tokenizer = tiny_model(seed=1)
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: true\n")
+    return run
 
 
 def write_varied_task(folder: Path) -> tuple[str, dict]:

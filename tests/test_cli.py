@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ def assert_one_line_error(r, *needles):
         assert needle in lines[0], lines[0]
 
 
-def test_python_dash_m_and_console_script_both_work():
-    r = subprocess.run([sys.executable, "-m", "r1lite", "--help"], capture_output=True, text=True, cwd=ROOT)
+def test_python_dash_m_and_console_script_both_work(cli):
+    r = cli("--help")
     assert r.returncode == 0 and "train" in r.stdout and "eval" in r.stdout
     r = subprocess.run([str(ROOT / ".venv" / "bin" / "r1lite"), "eval", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--completions" in r.stdout
@@ -31,7 +30,7 @@ def test_bad_task_name(cli):
 
 
 def test_bad_model(cli, tmp_path):
-    assert_one_line_error(cli("eval", "--model", str(tmp_path), "--task", "arithmetic"), "config.json")
+    assert_one_line_error(cli("eval", "--model", tmp_path, "--task", "arithmetic"), "config.json")
     assert_one_line_error(cli("eval", "--model", "not a model", "--task", "arithmetic"), "--model")
 
 
@@ -58,7 +57,7 @@ def test_unknown_verifier(cli, tmp_path):
 def test_completions_missing_field_and_bad_json(cli, tmp_path):
     comp = write(tmp_path / "c.jsonl", ['{"answer": 3, "completion": "<think>x</think><answer>3</answer>"}',
                                         '{"answer": 4}'])
-    assert_one_line_error(cli("eval", "--task", "arithmetic", "--completions", str(comp), "--out", str(tmp_path / "o.jsonl")),
+    assert_one_line_error(cli("eval", "--task", "arithmetic", "--completions", comp, "--out", tmp_path / "o.jsonl"),
                           f"{comp}:2", "'completion'")
 
 
@@ -72,7 +71,7 @@ def test_score_completions_from_elsewhere(cli, tmp_path):
     ]
     comp = write(tmp_path / "c.jsonl", [json.dumps(r) for r in rows])
     out = tmp_path / "scored.jsonl"
-    r = cli("eval", "--task", "arithmetic", "--completions", str(comp), "--out", str(out))
+    r = cli("eval", "--task", "arithmetic", "--completions", comp, "--out", out)
     assert r.returncode == 0, r.stderr
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["accuracy"] for s in scored] == [1.0, 0.0, 0.0, 0.0, 1.0]
@@ -90,7 +89,7 @@ def test_plain_format_scoring_uses_the_last_number(cli, tmp_path):
     comp = write(tmp_path / "c.jsonl", [json.dumps({"answer": 85, "completion": "47 + 38 = 85."}),
                                         json.dumps({"answer": 85, "completion": "It is 85, or maybe 86"})])
     out = tmp_path / "o.jsonl"
-    assert cli("eval", "--task", "arithmetic", "--format", "plain", "--completions", str(comp), "--out", str(out)).returncode == 0
+    assert cli("eval", "--task", "arithmetic", "--format", "plain", "--completions", comp, "--out", out).returncode == 0
     assert [json.loads(line)["accuracy"] for line in out.read_text().splitlines()] == [1.0, 0.0]
 
 
@@ -98,7 +97,7 @@ def test_plain_format_scoring_uses_the_last_number(cli, tmp_path):
 def test_reasoning_gym_generators_run_end_to_end(cli, tmp_path, name):
     out = tmp_path / "rows.jsonl"
     r = cli("eval", "--model", "tiny", "--task", f"gym:{name}", "--limit", "3", "--samples", "2",
-            "--max-new-tokens", "8", "--out", str(out))
+            "--max-new-tokens", "8", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and all(isinstance(row["accuracy"], float) for row in rows)
@@ -108,7 +107,7 @@ def test_reasoning_gym_generators_run_end_to_end(cli, tmp_path, name):
 
 def test_eval_generates_and_reports(cli, tmp_path):
     out = tmp_path / "rows.jsonl"
-    r = cli("eval", "--model", "tiny", "--task", "arithmetic", "--limit", "5", "--max-new-tokens", "6", "--out", str(out))
+    r = cli("eval", "--model", "tiny", "--task", "arithmetic", "--limit", "5", "--max-new-tokens", "6", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "rows.jsonl.summary.json").read_text())
     for key in ("pass@1", "format_rate", "completion_tokens_mean", "completion_tokens_median", "think_tokens_mean",
@@ -134,19 +133,19 @@ def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
     assert_one_line_error(cli("cost", "--model", "tiny", "--hardware", "TPU"), "--hardware TPU", "H100", "cpu-fp32")
     assert_one_line_error(cli("cost", "--model", "tiny", "--usd-per-hour", "-1"), "--usd-per-hour -1", "negative")
     run = tmp_path / "run"  # train refuses them before it writes anything, so the same --out works once fixed
-    assert_one_line_error(cli("train", "--model", "tiny", "--hardware", "tpu", "--out", str(run)), "--hardware tpu")
-    assert_one_line_error(cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", str(run)), "negative")
+    assert_one_line_error(cli("train", "--model", "tiny", "--hardware", "tpu", "--out", run), "--hardware tpu")
+    assert_one_line_error(cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", run), "negative")
     assert not run.exists()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: tiny\nlearning_rate: 1.0e-5\n")
-    assert_one_line_error(cli("cost", "--config", str(recipe)), "unknown key 'learning_rate'", "lr")
-    assert_one_line_error(cli("train", "--config", str(recipe)), "unknown key 'learning_rate'")
+    assert_one_line_error(cli("cost", "--config", recipe), "unknown key 'learning_rate'", "lr")
+    assert_one_line_error(cli("train", "--config", recipe), "unknown key 'learning_rate'")
     assert_one_line_error(cli("cost", "--reference", "gpt-4"), "deepseek-v3", "deepseek-r1")
     empty = tmp_path / "empty-run"
     empty.mkdir()
     (empty / "config.yaml").write_text("model: tiny\n")
-    assert_one_line_error(cli("report", str(empty)), "no metrics.jsonl")
-    assert_one_line_error(cli("report", str(empty), str(tmp_path / "missing")), "no metrics.jsonl")
+    assert_one_line_error(cli("report", empty), "no metrics.jsonl")
+    assert_one_line_error(cli("report", empty, tmp_path / "missing"), "no metrics.jsonl")
 
 
 def test_cost_json_writes_the_summary_cost_block_fields(cli):

@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from r1lite.config import build
-from r1lite.models import load_model, resolve_runtime
+from r1lite.models import resolve_runtime
 from r1lite.train import coldstart, sft
 from r1lite.train.config import GRPOConfig
 from r1lite.train.distributed import World
@@ -64,12 +64,12 @@ class NoMeter:
         return contextlib.nullcontext()
 
 
-def fine_tune(tmp_path, readings: list[float], **kw):
-    """The cold start's SFT on ROWS with checks that read ``readings`` (format 100%): (its record,
-    the weights at each check, the weights it ends with)."""
+def fine_tune(tiny_model, tmp_path, readings: list[float], **kw):
+    """The cold start's SFT of a fresh tiny model on ROWS with checks that read ``readings`` (format
+    100%): (its record, the weights at each check, the weights it ends with)."""
     cfg = run_config(tmp_path, format="r1", cold_start_epochs=1, cold_start_min_accuracy=0.5,
                      cold_start_check_every=0.5, cold_start_batch_size=2, **kw)
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+    model, tokenizer = tiny_model()
     values, seen = iter(readings), []
 
     def check():
@@ -87,28 +87,28 @@ def same(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_the_checks_ask_for_more_until_one_reaches_the_bar(tmp_path):
+def test_the_checks_ask_for_more_until_one_reaches_the_bar(tiny_model, tmp_path):
     """After the planned epoch, then every half epoch (2 SFT steps of 4 an epoch), while a check is
     below the accuracy bar; the first that reaches it ends the cold start."""
-    record, _, _ = fine_tune(tmp_path, [0.2, 0.4, 0.5, 0.7], cold_start_max_epochs=4)
+    record, _, _ = fine_tune(tiny_model, tmp_path, [0.2, 0.4, 0.5, 0.7], cold_start_max_epochs=4)
     assert [c["epochs"] for c in record["checks"]] == [1.0, 1.5, 2.0]
     assert [c["accuracy"] for c in record["checks"]] == [0.2, 0.4, 0.5]
     assert record["epochs"] == 2.0 and record["sft_steps"] == 8 and record["kept_epochs"] is None
 
 
-def test_at_its_cap_below_the_bars_the_best_checked_weights_go_on(tmp_path):
+def test_at_its_cap_below_the_bars_the_best_checked_weights_go_on(tiny_model, tmp_path):
     """The cap is checked too; no check reached the bar, so the weights of the best check (1.5
     epochs) go on, not those the last epoch left."""
-    record, seen, end = fine_tune(tmp_path, [0.2, 0.45, 0.3], cold_start_max_epochs=2)
+    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.45, 0.3], cold_start_max_epochs=2)
     assert [c["epochs"] for c in record["checks"]] == [1.0, 1.5, 2.0]
     assert record["kept_epochs"] == 1.5 and record["epochs"] == 2.0
     assert not same(seen[1], seen[2]) and same(end, seen[1])
 
 
-def test_past_the_ceiling_the_weights_land_between_the_check_before_and_it(tmp_path):
+def test_past_the_ceiling_the_weights_land_between_the_check_before_and_it(tiny_model, tmp_path):
     """1.0 epochs below the bar (the anchor), 1.5 past the ceiling: the bisection checks t = 0.5,
     0.25, then 0.375 lands, and SFT ends exactly on the interpolated weights."""
-    record, seen, end = fine_tune(tmp_path, [0.2, 0.8, 0.7, 0.4, 0.55], cold_start_max_epochs=4,
+    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.8, 0.7, 0.4, 0.55], cold_start_max_epochs=4,
                                   cold_start_max_accuracy=0.6)
     assert [c.get("t") for c in record["checks"]] == [None, None, 0.5, 0.25, 0.375]
     assert record["landed"] == {"t": 0.375, "between": [1.0, 1.5]} and record["epochs"] == 1.5
@@ -116,11 +116,11 @@ def test_past_the_ceiling_the_weights_land_between_the_check_before_and_it(tmp_p
         torch.testing.assert_close(p, torch.lerp(a, b, 0.375))
 
 
-def test_the_first_sft_steps_are_those_of_a_plain_run(tmp_path):
+def test_the_first_sft_steps_are_those_of_a_plain_run(tiny_model, tmp_path):
     """The checks do not disturb training: the cold start's first steps have the losses of a plain
     SFT of the same epochs (same data order, same optimizer state)."""
-    record, _, _ = fine_tune(tmp_path, [0.2, 0.5], cold_start_max_epochs=4)
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+    record, _, _ = fine_tune(tiny_model, tmp_path, [0.2, 0.5], cold_start_max_epochs=4)
+    model, tokenizer = tiny_model()
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
     plain = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=5e-3, batch_size=2, micro_batch_size=16,
                           seed=0, autocast=contextlib.nullcontext, device=torch.device("cpu"))

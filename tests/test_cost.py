@@ -113,13 +113,13 @@ def test_a_training_phases_first_step_costs_once():
     assert phase_seconds(PhaseWork(dense_flops=10e9, decode_steps=5), speed, 30, 1) == pytest.approx(10)
 
 
-def test_sft_work_matches_what_sft_meters(tmp_path):
-    from r1lite.models import load_model, resolve_runtime
+def test_sft_work_matches_what_sft_meters(tiny_model, tmp_path):
+    from r1lite.models import resolve_runtime
     from r1lite.train.policy import Policy, model_shape, model_weights
     from r1lite.train.sft import train_sft
 
     runtime = resolve_runtime("cpu", "fp32")
-    model, tokenizer = load_model("tiny", runtime)
+    model, tokenizer = tiny_model()
     pairs = [([5] * 9 + [i], [11] * 6 + [tokenizer.eos_token_id]) for i in range(12)]  # 10-token prompts, 7-token traces
     history = train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, seed=0,
                         autocast=runtime.autocast, device=runtime.device)

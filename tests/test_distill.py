@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,18 +23,8 @@ from r1lite.train import sft
 from r1lite.train.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "r1lite", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env={**ENV, **(env or {})})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, **ONE_THREAD}
 
 
 def chat(content, reasoning_content=None, reasoning=None, finish="stop", model="fake-teacher"):
@@ -173,7 +162,7 @@ def variant_answer(variant: str, question: str) -> dict:
 TASK = ("--task", "arithmetic", "--task-options", "digits=1")
 
 
-def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path):
+def test_every_filter_counts_and_every_kept_row_carries_its_provenance(cli, tmp_path):
     items = tasks.load_task("arithmetic", {"digits": 1}).split("train", 16, seed=0)
     variant = {item.question: VARIANTS[i % len(VARIANTS)] for i, item in enumerate(items)}
     held_back = [items[7].question, items[8].question]  # a decontamination file names two of them
@@ -183,7 +172,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
     args = ("distill", "--teacher", server.url, *TASK, "--limit", "16", "--samples-per-prompt", "2", "--out", out,
             "--decontaminate", tmp_path / "bench.jsonl", "--teacher-usd-per-mtok", "1,2", "--teacher-terms", "test terms v1")
     try:
-        r = cli(*args)
+        r = cli(*args, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
         asked = server.asked()
         assert sorted(set(asked)) == sorted(set(variant) - set(held_back)) and len(asked) == 2 * 14  # decontaminated: never asked
@@ -230,7 +219,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(tmp_path)
         before = out.read_bytes()
         with open(out, "ab") as f:
             f.write(b'{"messages": [{"role": "us')
-        r = cli(*args)
+        r = cli(*args, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
         assert len(server.calls) == 28 and out.read_bytes() == before
     finally:
@@ -259,7 +248,7 @@ def fault_script(questions: list[str]):
     return respond
 
 
-def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_ends_with_exit_0(tmp_path):
+def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_ends_with_exit_0(cli, tmp_path):
     items = tasks.load_task("arithmetic", {"digits": 1}).split("train", 8, seed=3)
     questions = [i.question for i in items]
     server = FakeTeacher(fault_script(questions))
@@ -267,7 +256,7 @@ def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_en
     args = ("distill", "--teacher", server.url, *TASK, "--limit", "8", "--seed", "3", "--out", out, "--concurrency", "4",
             "--timeout", "0.5", "--max-retries", "2", "--backoff", "0.2")
     try:
-        r = cli(*args)
+        r = cli(*args, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "lacks: 4 requests (4 prompts) failed after retries" in " ".join(r.stdout.split())
         attempts = {q: [t for t, asked, _ in server.calls if asked == q] for q in questions}
@@ -288,7 +277,7 @@ def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_en
 
         # Again: only the failed prompts are asked.
         calls = len(server.calls)
-        r = cli(*args)
+        r = cli(*args, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
         assert sorted({q for _, q, _ in server.calls[calls:]}) == sorted(questions[i] for i in (0, 1, 3, 6))
         assert len(out.read_text().splitlines()) == 4
@@ -300,23 +289,23 @@ def test_faults_are_retried_with_backoff_then_recorded_per_prompt_and_the_run_en
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(cli, tmp_path_factory):
     """A traces file from a finished run against a scripted teacher that wants a key."""
     folder = tmp_path_factory.mktemp("finished")
     server = FakeTeacher(lambda q, attempt: (200, (), variant_answer("content", q), 0), key="right-key")
     out = folder / "traces.jsonl"
     r = cli("distill", "--teacher", server.url, *TASK, "--limit", "4", "--out", out, "--api-key-env", "TEACHER_KEY",
-            env={"TEACHER_KEY": "right-key"})
+            env={**ONE_THREAD, "TEACHER_KEY": "right-key"})
     assert r.returncode == 0, r.stderr[-3000:]
     yield server, out
     server.close()
 
 
-def bad_cases(server, folder: Path) -> dict:
+def bad_cases(server, folder: Path, port: int) -> dict:
     (folder / "questions.jsonl").write_text('{"question": "What is 2 + 2?"}\n')
     (folder / "empty.jsonl").write_text("")
     return {
-        "unreachable": (["--teacher", f"http://127.0.0.1:{free_port()}/v1", *TASK], "cannot connect"),
+        "unreachable": (["--teacher", f"http://127.0.0.1:{port}/v1", *TASK], "cannot connect"),
         "no key": (["--teacher", server.url, *TASK], "refused (401)"),
         "wrong key": (["--teacher", server.url, *TASK, "--api-key-env", "TEACHER_KEY"], "set a valid key in $TEACHER_KEY"),
         "unknown model": (["--teacher", server.url, *TASK, "--teacher-model", "nope", "--api-key-env", "RIGHT"], "not 'nope'"),
@@ -331,11 +320,11 @@ def bad_cases(server, folder: Path) -> dict:
 
 @pytest.mark.parametrize("case", ["unreachable", "no key", "wrong key", "unknown model", "no verifier", "empty prompts",
                                   "other sampling", "other task"])
-def test_bad_input_is_one_line_exit_2_and_the_traces_file_is_untouched(finished, case, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_exit_2_and_the_traces_file_is_untouched(finished, case, free_port, tmp_path, monkeypatch, capsys):
     from r1lite.cli import main
 
     server, out = finished
-    args, needle = bad_cases(server, tmp_path)[case]
+    args, needle = bad_cases(server, tmp_path, free_port())[case]
     monkeypatch.setenv("TEACHER_KEY", "wrong-key")
     monkeypatch.setenv("RIGHT", "right-key")
     before, calls = snapshot(out), len(server.calls)
@@ -351,7 +340,7 @@ N_PROMPTS = 12
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(cli, tiny_model, tmp_path_factory):
     """A yes/no task (gold: yes) and a tiny model trained briefly to answer its prompts in the R1
     format, "yes" three times in four and "no" otherwise — right often enough for the verifier to
     keep traces, wrong often enough for it to drop some — as a Hugging Face directory and as an F16
@@ -360,15 +349,13 @@ def teacher(tmp_path_factory):
 
     import torch
 
-    from r1lite.models import load_model, resolve_runtime
-
     folder = tmp_path_factory.mktemp("teacher")
     data = folder / "yes.jsonl"
     # short questions (under 8 words) that share no 8-gram: decontamination compares them whole
     data.write_text("".join(json.dumps({"question": f"Is {i} whole, yes or no?", "answer": "yes"}) + "\n" for i in range(40)))
     task = tasks.load_task(f"jsonl:{data}")
     items = task.split("train", N_PROMPTS, seed=0)
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+    model, tokenizer = tiny_model()
     pairs = []
     for i, item in enumerate(items):
         messages, prefill = tasks.build_messages(item, task, "r1")
@@ -380,7 +367,7 @@ def teacher(tmp_path_factory):
     model.save_pretrained(folder / "hf")
     tokenizer.save_pretrained(folder / "hf")
     gguf = folder / "teacher.f16.gguf"
-    r = cli("export", "--model", folder / "hf", "--to", "gguf", "--quant", "f16", "--out", gguf, timeout=600)
+    r = cli("export", "--model", folder / "hf", "--to", "gguf", "--quant", "f16", "--out", gguf, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-3000:]
     return {"hf": folder / "hf", "gguf": gguf, "items": items, "task": ("--task", f"jsonl:{data}")}
 
@@ -427,7 +414,7 @@ class CountingProxy:
 
 
 @pytest.fixture
-def llama_server(teacher):
+def llama_server(teacher, free_port):
     """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 serving the teacher's GGUF."""
     import httpx
 
@@ -455,7 +442,7 @@ def lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and_asks_nothing_twice(teacher, llama_server, tmp_path):
+def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and_asks_nothing_twice(cli, teacher, llama_server, tmp_path):
     proxy = CountingProxy(llama_server, delay=0.3)
     out = tmp_path / "traces.jsonl"
     dropped = collect.sibling(out, ".dropped.jsonl")
@@ -479,7 +466,7 @@ def test_end_to_end_with_llama_cpp_server_killed_and_restarted_loses_nothing_and
         assert 6 <= len(answered_before) < 22, "the kill came after the run had finished"
         asked_before = len(proxy.calls)
 
-        r = cli(*args)
+        r = cli(*args, env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
         for path, data in before.items():  # no row lost: what was on disk is still there, in order
             whole = data[:data.rfind(b"\n") + 1]
@@ -534,12 +521,13 @@ TINY_RUN = ("--model", "tiny", *TASK, "--max-steps", "1", "--batch-size", "4", "
             "--cold-start-epochs", "1", "--eval-items", "0", "--save-every", "0", "--device", "cpu", "--dtype", "fp32")
 
 
-def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher_apart(tmp_path):
+def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher_apart(cli, tmp_path):
     server = FakeTeacher(lambda q, attempt: (200, (), variant_answer("content", q), 0))
     try:
         run = tmp_path / "from-teacher"
         r = cli("train", *TINY_RUN, "--cold-start-teacher", server.url, "--cold-start-items", "8", "--cold-start-samples", "1",
-                "--distill-options", "teacher_usd_per_mtok=1,2", "--distill-options", "teacher_terms=fake terms v2", "--out", run)
+                "--distill-options", "teacher_usd_per_mtok=1,2", "--distill-options", "teacher_terms=fake terms v2", "--out", run,
+                env=ONE_THREAD)
         assert r.returncode == 0, r.stderr[-3000:]
     finally:
         server.close()
@@ -553,7 +541,7 @@ def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher
     assert "Teacher" in (run / "report.html").read_text() and "fake terms v2" in (run / "report.html").read_text()
 
     again = tmp_path / "from-file"
-    r = cli("train", *TINY_RUN, "--cold-start-data", run / "distill.jsonl", "--out", again)
+    r = cli("train", *TINY_RUN, "--cold-start-data", run / "distill.jsonl", "--out", again, env=ONE_THREAD)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((again / "summary.json").read_text())
     assert summary["cold_start"]["traces"] == 8 and len(summary["cold_start"]["sha256"]) == 64

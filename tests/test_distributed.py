@@ -11,7 +11,6 @@ CUDA.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -93,22 +92,12 @@ def _rank_main(rank: int, jobs: list[dict], out: str, start) -> None:
         Path(out, f"{i}.{rank}.json").write_text(json.dumps({"code": code, "end": time.time()}))
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def launch(jobs: list[dict], out: Path, processes: int = 2, limit: float = 900) -> list[list[dict]]:
-    """Run ``jobs`` on ``processes`` spawned processes; per job, per rank: code, end time, out, err.
-    A job is ``{"argv": [argv of rank 0, of rank 1 (None: sits out)], "together": one job of
-    both, or each its own one-process run}``."""
+def launch(jobs: list[dict], out: Path, ports: list[int], processes: int = 2, limit: float = 900) -> list[list[dict]]:
+    """Run ``jobs`` on ``processes`` spawned processes, job i rendezvousing on ``ports[i]``; per job,
+    per rank: code, end time, out, err. A job is ``{"argv": [argv of rank 0, of rank 1 (None: sits
+    out)], "together": one job of both, or each its own one-process run}``."""
     out.mkdir(parents=True, exist_ok=True)
-    for job, port in zip(jobs, free_ports(len(jobs))):
+    for job, port in zip(jobs, ports, strict=True):
         job["port"] = port
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(processes)
@@ -148,7 +137,7 @@ def rows(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(module_varied_task, tmp_path_factory):
+def runs(module_varied_task, free_ports, tmp_path_factory):
     """Every job of the module's first launch: one-process references, the same configs on two
     processes (and with FSDP), two bad launches, and a run whose rank 1 dies. Returns (run
     directory, job results by name)."""
@@ -172,7 +161,7 @@ def runs(module_varied_task, tmp_path_factory):
         "indivisible": {"argv": [argv(bad, "indivisible", "--batch-size", "12")] * 2, "together": True},
         "killed": {"argv": [argv(KILLED, "killed")] * 2, "together": True, "die_at_step": 3},  # last: rank 1 ends here
     }
-    results = launch(list(jobs.values()), root / "logs")
+    results = launch(list(jobs.values()), root / "logs", free_ports(len(jobs)))
     return root, dict(zip(jobs, results)), task
 
 
@@ -230,7 +219,7 @@ def test_rank_zero_alone_writes_and_the_job_is_metered_whole(runs):
 
 
 @pytest.fixture(scope="module")
-def resumed(runs):
+def resumed(runs, free_ports):
     """The killed run resumed on one process and, with FSDP, on two (a second launch)."""
     root, results, task = runs
     assert results["killed"][0]["code"] == 1
@@ -242,7 +231,7 @@ def resumed(runs):
     at_one = [*flags, "--out", str(root / "resumed-1"), "--resume", str(root / "resumed-1"), "--no-fsdp"]
     at_two = [*flags, "--out", str(root / "resumed-2"), "--resume", str(root / "resumed-2")]
     jobs = [{"argv": [at_two, at_two], "together": True}, {"argv": [at_one, None], "together": False}]
-    return launch(jobs, root / "logs-resumed")
+    return launch(jobs, root / "logs-resumed", free_ports(len(jobs)))
 
 
 def test_a_run_killed_on_two_processes_resumes_on_one_and_on_two(runs, resumed):
@@ -309,11 +298,10 @@ def test_torchrun_runs_r1lite_train_on_two_processes(runs, module_varied_task):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_one_gpu_trains_in_bf16(module_varied_task, tmp_path):
+def test_one_gpu_trains_in_bf16(cli, module_varied_task, tmp_path):
     task, env = module_varied_task
-    r = subprocess.run([sys.executable, "-m", "r1lite", *BASE, "--task", task, *CONFIGS["dapo-full"], "--device", "cuda",
-                        "--dtype", "bf16", "--out", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, **env}, timeout=600)
+    r = cli(*BASE, "--task", task, *CONFIGS["dapo-full"], "--device", "cuda", "--dtype", "bf16", "--out", tmp_path / "run",
+            env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"].startswith("cuda bfloat16")
 

@@ -2,7 +2,9 @@
 same tokens as PyTorch, and agrees with llama.cpp's own converter; the chat templates reproduce
 r1lite's prompts; bad input fails cleanly."""
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,19 +38,15 @@ def llama_cpp():
     return llama_cpp
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "r1lite", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
+def sft_run(tiny_model, tmp_path_factory):
     """A tiny model after a few SFT steps on 8 fixed R1-format rows, as a run directory (its
     config names the R1 format, so exports apply it)."""
     run = tmp_path_factory.mktemp("export") / "run"
-    model, tokenizer = load_model("tiny", FP32, seed=0)
+    model, tokenizer = tiny_model()
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
     sft.train_sft(Policy(model), tokenizer, pairs, epochs=40, lr=3e-3, batch_size=2, micro_batch_size=2, seed=0,
-                  autocast=__import__("contextlib").nullcontext, device=torch.device("cpu"))
+                  autocast=contextlib.nullcontext, device=torch.device("cpu"))
     model.save_pretrained(run / "final")
     tokenizer.save_pretrained(run / "final")
     (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: false\n")
@@ -57,11 +55,11 @@ def sft_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(sft_run, llama_cpp, tmp_path_factory):
+def exported(cli, sft_run, llama_cpp, tmp_path_factory):
     out = tmp_path_factory.mktemp("gguf")
     files = {}
     for quant in ("f16", "q8_0", "q4_0", "q4_k_m"):
-        r = run_cli("export", "--model", str(sft_run), "--to", "gguf", "--quant", quant, "--out", str(out / f"model.{quant}.gguf"))
+        r = cli("export", "--model", sft_run, "--to", "gguf", "--quant", quant, "--out", out / f"model.{quant}.gguf")
         assert r.returncode == 0, r.stderr[-2000:]
         files[quant] = (out / f"model.{quant}.gguf", r.stdout)
     return files
@@ -91,11 +89,11 @@ def test_llama_cpp_loads_every_export_without_tokenizer_warnings(exported):
     assert "fell back" in exported["q4_k_m"][1] and "fell back" not in exported["q8_0"][1]
 
 
-def test_llama_cpp_tokenizes_like_transformers(exported):
+def test_llama_cpp_tokenizes_like_transformers(tiny_model, exported):
     from r1lite.engine import llamacpp
 
     decoder = llamacpp.LlamaCppDecoder(exported["f16"][0], max_rows=1)
-    _, tokenizer = load_model("tiny", FP32)
+    _, tokenizer = tiny_model()
     lib = decoder.lib
     for text in ["What is 12345 + 678?", "Don't   stop\n\nme now: 3.14, x_y-z!", "<think>é ünïcode 漢字</think>"]:
         buf = (lib.llama_token * 256)()
@@ -104,7 +102,7 @@ def test_llama_cpp_tokenizes_like_transformers(exported):
     decoder.close()
 
 
-def test_gguf_metadata_carries_the_model_card_and_the_run_format(exported, sft_run):
+def test_gguf_metadata_carries_the_model_card_and_the_run_format(tiny_model, exported, sft_run):
     from gguf import GGUFReader
 
     reader = GGUFReader(exported["q8_0"][0])
@@ -113,7 +111,7 @@ def test_gguf_metadata_carries_the_model_card_and_the_run_format(exported, sft_r
         f = reader.fields[key]
         return bytes(f.parts[f.data[0]]).decode() if f.types[0].name == "STRING" else int(f.parts[f.data[0]][0])
 
-    _, tokenizer = load_model("tiny", FP32)
+    _, tokenizer = tiny_model()
     assert field("tokenizer.ggml.pre") == "smollm" and field("tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert field("r1lite.prompt_format") == "r1" and json.loads(field("r1lite.evaluations"))["eval_after"]["pass@1"] == 0.5
     assert tasks.R1_INSTRUCTION in field("tokenizer.chat_template")
@@ -135,7 +133,7 @@ def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp,
     ref16 = tmp_path / "ref.f16.gguf"
     r = subprocess.run([sys.executable, str(converter), str(sft_run / "final"), "--outtype", "f16", "--outfile", str(ref16)],
                        capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "PYTHONPATH": str(converter.parent / "gguf-py")})
+                       env={**os.environ, "PYTHONPATH": str(converter.parent / "gguf-py")})
     assert r.returncode == 0, r.stderr[-3000:]
     ref8 = tmp_path / "ref.q8_0.gguf"
     quantize(ref16, ref8, "q8_0")
@@ -148,10 +146,10 @@ def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp,
 
 
 @pytest.mark.parametrize("fmt, prefill", [("r1", False), ("r1", True), ("plain", False), ("plain:2", False)])
-def test_the_exported_template_renders_r1lites_own_prompt(fmt, prefill):
+def test_the_exported_template_renders_r1lites_own_prompt(tiny_model, fmt, prefill):
     from jinja2 import Template
 
-    _, tokenizer = load_model("tiny", FP32)
+    _, tokenizer = tiny_model()
     task = tasks.load_task("arithmetic")
     item = task.split("test", 1)[0]
     ours = tokenizer.decode(item_prompts(tokenizer, task, [item], fmt, prefill)[0].ids)
@@ -160,7 +158,7 @@ def test_the_exported_template_renders_r1lites_own_prompt(fmt, prefill):
     assert rendered == ours
 
 
-def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tmp_path):
+def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tiny_model, tmp_path):
     """Ollama's templates are Go text/template: rendered by Go itself for a conversation with and
     without thinking (Ollama is not on this machine)."""
     from jinja2 import Template
@@ -168,7 +166,7 @@ def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tmp_path):
     go = shutil.which("go")
     if go is None:
         pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
-    _, tokenizer = load_model("tiny", FP32)
+    _, tokenizer = tiny_model()
     fmt = prompt_format(tasks.load_task("arithmetic"), "r1", True)
     (tmp_path / "template.txt").write_text(ollama_template(tokenizer, fmt))
     (tmp_path / "main.go").write_text(GO_PROGRAM)
@@ -183,7 +181,7 @@ def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tmp_path):
     for name, data in conversations.items():
         (tmp_path / "data.json").write_text(json.dumps(data))
         r = subprocess.run([go, "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                           env={**__import__("os").environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
+                           env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
                                 "GO111MODULE": "off", "GOFLAGS": ""})
         assert r.returncode == 0, r.stderr
         messages = ([{"role": "system", "content": data["System"]}] if data.get("System") else []) + [
@@ -228,11 +226,11 @@ func main() {
 '''
 
 
-def test_hf_export_is_a_complete_directory_with_a_model_card(sft_run, tmp_path):
+def test_hf_export_is_a_complete_directory_with_a_model_card(cli, sft_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "hf"
-    r = run_cli("export", "--model", str(sft_run), "--to", "hf", "--out", str(out))
+    r = cli("export", "--model", sft_run, "--to", "hf", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= names
@@ -251,46 +249,35 @@ def test_hf_export_is_a_complete_directory_with_a_model_card(sft_run, tmp_path):
     (["--model", "tiny", "--quant", "q8_0", "--out", "{tmp}/model.gguf"], "name it e.g."),
     (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf"], "exists; pass --force"),
 ])
-def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(args, needle, tmp_path):
+def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(cli, tiny_model, args, needle, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2)).save_pretrained(gpt2)
-    load_model("tiny", FP32)[1].save_pretrained(gpt2)
+    tiny_model()[1].save_pretrained(gpt2)
     (tmp_path / "exists.f16.gguf").write_text("old")
     before = {p.name for p in tmp_path.iterdir()}
-    r = run_cli("export", *[a.format(tmp=tmp_path, gpt2=gpt2) for a in args])
+    r = cli("export", *[a.format(tmp=tmp_path, gpt2=gpt2) for a in args])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert {p.name for p in tmp_path.iterdir()} == before and (tmp_path / "exists.f16.gguf").read_text() == "old"
 
 
 @pytest.mark.parametrize("content, needle", [(b"not a gguf at all", "not a GGUF file"), (None, "truncated or damaged")])
-def test_chat_refuses_a_broken_gguf_in_one_line(content, needle, exported, tmp_path):
+def test_chat_refuses_a_broken_gguf_in_one_line(cli, content, needle, exported, tmp_path):
     bad = tmp_path / "bad.f16.gguf"
     bad.write_bytes(content if content is not None else exported["q8_0"][0].read_bytes()[:100_000])
-    r = run_cli("chat", "--model", str(bad), "--prompt", "hi")
+    r = cli("chat", "--model", bad, "--prompt", "hi")
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@pytest.fixture(scope="module")
-def thinking_run(tmp_path_factory):
-    """An untrained tiny model in a run that prefills <think>: it never closes the block itself."""
-    run = tmp_path_factory.mktemp("think") / "run"
-    model, tokenizer = load_model("tiny", FP32, seed=1)
-    model.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
-    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: true\n")
-    return run
-
-
-def test_chat_answers_once_on_both_backends_and_the_budget_closes_the_thinking(thinking_run, llama_cpp, tmp_path):
+def test_chat_answers_once_on_both_backends_and_the_budget_closes_the_thinking(cli, thinking_run, llama_cpp, tmp_path):
     """The budget closes the thinking (the closing sentence, then </think>) and the model goes on
     to answer; the torch and llama.cpp backends print the same text (greedy)."""
     gguf = tmp_path / "think.f16.gguf"
-    assert run_cli("export", "--model", str(thinking_run), "--out", str(gguf)).returncode == 0
+    assert cli("export", "--model", thinking_run, "--out", gguf).returncode == 0
     outputs = []
-    for model in (str(thinking_run), str(gguf)):
-        r = run_cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--max-thinking-tokens", "20",
+    for model in (thinking_run, gguf):
+        r = cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--max-thinking-tokens", "20",
                     "--temperature", "0", "--max-new-tokens", "40")
         assert r.returncode == 0, r.stderr[-2000:]
         outputs.append(r.stdout)
@@ -319,12 +306,12 @@ def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
         assert (CLOSE_SENTENCE.strip() in thought) == (budget >= sentence + close)
 
 
-def test_a_lora_adapter_is_merged_before_export(tmp_path):
+def test_a_lora_adapter_is_merged_before_export(cli, tiny_model, tmp_path):
     """--model may be a LoRA adapter directory: the export holds base + adapter, merged."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base, tokenizer = load_model("tiny", FP32, seed=0)
+    base, tokenizer = tiny_model()
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
@@ -338,7 +325,7 @@ def test_a_lora_adapter_is_merged_before_export(tmp_path):
     ids = torch.tensor([[1, 5, 9, 30]])
     with torch.no_grad():
         expected = lora(ids).logits
-    r = run_cli("export", "--model", str(tmp_path / "adapter"), "--to", "hf", "--out", str(tmp_path / "hf"))
+    r = cli("export", "--model", tmp_path / "adapter", "--to", "hf", "--out", tmp_path / "hf")
     assert r.returncode == 0, r.stderr[-2000:]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     with torch.no_grad():

@@ -329,13 +329,12 @@ def test_shape_table_matches_the_published_parameter_counts():
     assert table_shape("Qwen/Qwen3-8B") is SHAPES["Qwen3-8B"] and table_shape("QWEN2.5-0.5B-INSTRUCT") is SHAPES["Qwen2.5-0.5B"]
 
 
-def test_shape_and_weights_match_a_loaded_model():
+def test_shape_and_weights_match_a_loaded_model(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    from r1lite.models import load_model, resolve_runtime
     from r1lite.train.policy import model_shape, model_weights
 
-    model, _ = load_model("tiny", resolve_runtime("cpu", "fp32"))
+    model, _ = tiny_model()
     shape = model_shape(model)
     assert shape.total_params == sum(p.numel() for p in model.parameters() if p.dim() == 2)
     targets = ["q_proj", "v_proj", "down_proj"]

@@ -3,9 +3,6 @@ the per-token reverse KL — on tiny models, the student's reverse KL to the tea
 
 import contextlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,21 +10,19 @@ import torch
 from r1lite import tasks
 from r1lite.config import build
 from r1lite.errors import UsageError
-from r1lite.models import load_model, resolve_runtime
+from r1lite.models import resolve_runtime
 from r1lite.train import sft
 from r1lite.train.config import GRPOConfig
 from r1lite.train.policy import Policy
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tiny_model, tmp_path_factory):
     """A tiny model trained on R1-format answers for 10 epochs (the student) and 10 more (the
     teacher): one lineage, as a base and its trained successor are, the teacher far more peaked."""
     folder = tmp_path_factory.mktemp("onpolicy")
     task = tasks.load_task("arithmetic", {"digits": 1})
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=1)
+    model, tokenizer = tiny_model(seed=1)
     pairs = []
     for item in task.split("train", 24, seed=0):
         messages, prefill = tasks.build_messages(item, task, "r1")
@@ -40,14 +35,13 @@ def models(tmp_path_factory):
     return folder / "student", folder / "teacher"
 
 
-def test_on_policy_distillation_lowers_the_reverse_kl_to_the_teacher(models, tmp_path):
+def test_on_policy_distillation_lowers_the_reverse_kl_to_the_teacher(cli, models, tmp_path):
     student, teacher = models
     run = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "r1lite", "train", "--model", str(student), "--objective", "on_policy_distill",
-                        "--teacher", str(teacher), "--task", "arithmetic", "--task-options", "digits=1", "--max-steps", "10",
-                        "--batch-size", "64", "--group-size", "4", "--micro-batch-size", "64", "--max-new-tokens", "12",
-                        "--lr", "1e-3", "--eval-items", "0", "--save-every", "0", "--device", "cpu", "--dtype", "fp32",
-                        "--out", str(run)], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    r = cli("train", "--model", student, "--objective", "on_policy_distill", "--teacher", teacher, "--task", "arithmetic",
+            "--task-options", "digits=1", "--max-steps", "10", "--batch-size", "64", "--group-size", "4",
+            "--micro-batch-size", "64", "--max-new-tokens", "12", "--lr", "1e-3", "--eval-items", "0", "--save-every", "0",
+            "--device", "cpu", "--dtype", "fp32", "--out", run, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     kl = [json.loads(line)["reverse_kl"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(kl) == 10 and kl[0] > 1.0, kl  # on the student's own samples, exact over the vocabulary
@@ -84,10 +78,10 @@ def test_on_policy_settings_that_cannot_work_are_refused(keys, needle):
         build(GRPOConfig, keys)
 
 
-def test_a_teacher_with_another_tokenizer_is_refused(tmp_path):
+def test_a_teacher_with_another_tokenizer_is_refused(tiny_model, tmp_path):
     from r1lite.train.onpolicy import Teacher
 
-    _, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"))
+    _, tokenizer = tiny_model()
     tokenizer.add_tokens(["<extra-token>"])
     with pytest.raises(UsageError, match="not the student's"):
         Teacher("tiny", resolve_runtime("cpu", "fp32"), tokenizer)

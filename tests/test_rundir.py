@@ -187,3 +187,33 @@ def test_checkpoint_pruning_deletes_only_the_runs_own_checkpoints(tmp_path):
         checkpoint.save(tmp_path, step, model, optimizer, scheduler, {"data_position": step})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "keep-me", "latest", "step-000002", "step-000003"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_config_values_are_refused(cli, tmp_path, value):
+    line = one_line(cli(*TINY, f"--lr={value}", "--out", str(tmp_path / "run")))
+    assert "--lr must be a finite number" in line and not (tmp_path / "run").exists()
+
+
+def test_a_recipe_may_write_1e_3_without_a_dot(tmp_path):
+    """YAML 1.1 reads 1e-3 as a string; a float key takes it as the number it is."""
+    from r1lite.config import read_yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 1e-3\ntemperature: 0.7\n")
+    assert build(GRPOConfig, read_yaml(recipe)).optim.lr == 0.001
+
+
+def test_an_update_that_would_break_the_weights_stops_the_run_in_one_line(varied_task, tmp_path, monkeypatch):
+    """A learning rate that blows the weights up: the step whose gradient is not finite applies
+    nothing and stops the run; no checkpoint holds a non-finite weight and final/ is not written."""
+    task, env = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(os.pathsep)[0])
+    trainer = Trainer(tiny_config(tmp_path / "run", task=task, lr=1e30, max_steps=6))
+    with pytest.raises(UsageError, match="gradient norm is .* not applied"):
+        trainer.train()
+    assert not (tmp_path / "run" / "final").exists()
+    for ckpt in checkpoint.kept(tmp_path / "run"):
+        from safetensors.torch import load_file
+
+        assert all(torch.isfinite(t).all() for t in load_file(ckpt / "weights.safetensors").values())

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,6 @@ import httpx
 import pytest
 
 from r1lite.engine import Completion, Delta, ThinkSplit
-from r1lite.models import load_model, resolve_runtime
 from r1lite.serve import schema
 from r1lite.serve.guard import (
     CONTEXT_CHARS,
@@ -35,12 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key-123"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_args(model, **kw):
     from r1lite.serve import ServeOptions
 
@@ -53,15 +45,15 @@ def serve_args(model, **kw):
 
 
 class Server:
-    """An app on uvicorn in a thread, on a free loopback port; stops by itself at the end."""
+    """An app on uvicorn in a thread, on a free loopback ``port``; stops by itself at the end."""
 
-    def __init__(self, args):
+    def __init__(self, args, port: int):
         import uvicorn
 
         from r1lite import serve
 
         self.app, self.cfg = serve.build(args)
-        self.port = free_port()
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -82,31 +74,18 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def thinking_run(tmp_path_factory):
-    """An untrained tiny model in a run that prefills <think> (R1 format): it never closes the
-    thinking by itself, so the budget decides when the answer starts."""
-    run = tmp_path_factory.mktemp("serve") / "run"
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=1)
-    model.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
-    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\nprefill_think: true\n")
-    return run
-
-
-@pytest.fixture(scope="module")
-def torch_server(thinking_run):
-    server = Server(serve_args(thinking_run))
+def torch_server(thinking_run, free_port):
+    server = Server(serve_args(thinking_run), free_port())
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
-def gguf_server(thinking_run, tmp_path_factory):
+def gguf_server(cli, free_port, thinking_run, tmp_path_factory):
     gguf = tmp_path_factory.mktemp("gguf") / "think.f16.gguf"
-    r = subprocess.run([sys.executable, "-m", "r1lite", "export", "--model", str(thinking_run), "--out", str(gguf)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = cli("export", "--model", thinking_run, "--out", gguf)
     assert r.returncode == 0, r.stderr[-2000:]
-    server = Server(serve_args(gguf))
+    server = Server(serve_args(gguf), free_port())
     yield server
     server.close()
 
@@ -372,8 +351,8 @@ def test_budget_zero_means_no_thinking_and_no_budget_means_content_not_an_empty_
     assert endless.choices[0].message.content and endless.choices[0].finish_reason == "length"
 
 
-def test_the_reasoning_alias_for_vllm_and_ollama_clients(thinking_run):
-    server = Server(serve_args(thinking_run, reasoning_field="both"))
+def test_the_reasoning_alias_for_vllm_and_ollama_clients(thinking_run, free_port):
+    server = Server(serve_args(thinking_run, reasoning_field="both"), free_port())
     try:
         message = ask(server, max_tokens=30, extra_body={"max_thinking_tokens": 12}).choices[0].message
         assert message.model_extra["reasoning"] == message.model_extra["reasoning_content"] and message.model_extra["reasoning"]
@@ -429,8 +408,8 @@ def test_an_oversize_body_gets_413(torch_server):
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
-def test_concurrent_requests_share_the_decode_batch_and_a_full_queue_gets_429(thinking_run):
-    server = Server(serve_args(thinking_run, max_concurrency=4, max_queue=1))
+def test_concurrent_requests_share_the_decode_batch_and_a_full_queue_gets_429(thinking_run, free_port):
+    server = Server(serve_args(thinking_run, max_concurrency=4, max_queue=1), free_port())
     try:
         async def one(client, i):
             return await client.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
@@ -483,11 +462,11 @@ def test_the_guard_blocks_harm_passes_look_alikes_and_redacts_pii(torch_server):
     assert "4111 1111 1111 1112" in text and "ada@" not in text and luhn_ok("4111111111111111")
 
 
-def test_a_stream_that_turns_unsafe_stops_with_content_filter(thinking_run, tmp_path):
+def test_a_stream_that_turns_unsafe_stops_with_content_filter(thinking_run, free_port, tmp_path):
     """A policy that blocks the budget's closing sentence: the output guard stops the stream there."""
     policy = tmp_path / "policy.yaml"
     policy.write_text("refusal: 'blocked {code}'\ncategories:\n  S1:\n    name: Violent Crimes\n    block: ['give the answer now']\n")
-    server = Server(serve_args(thinking_run, guard_policy=policy))
+    server = Server(serve_args(thinking_run, guard_policy=policy), free_port())
     try:
         stream = ask(server, max_tokens=40, stream=True, extra_body={"max_thinking_tokens": 16})
         finishes = [c.choices[0].finish_reason for c in stream if c.choices]
@@ -498,7 +477,7 @@ def test_a_stream_that_turns_unsafe_stops_with_content_filter(thinking_run, tmp_
         server.close()
 
 
-def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run):
+def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run, free_port):
     """A small local endpoint answers as Llama Guard does; garbage from it fails closed."""
     import uvicorn
     from fastapi import FastAPI
@@ -517,7 +496,7 @@ def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run)
     threading.Thread(target=judge_server.run, daemon=True).start()
     while not judge_server.started:
         time.sleep(0.05)
-    server = Server(serve_args(thinking_run, guard_judge=f"http://127.0.0.1:{port}"))
+    server = Server(serve_args(thinking_run, guard_judge=f"http://127.0.0.1:{port}"), free_port())
     try:
         client = server.client()
         results = {q: client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": q}])
@@ -538,7 +517,7 @@ def test_a_judge_endpoint_in_llama_guard_format_is_parsed_strictly(thinking_run)
 # ------------------------------------------------------------------------------ the process
 
 
-def test_sigterm_stops_admitting_drains_and_exits(thinking_run):
+def test_sigterm_stops_admitting_drains_and_exits(thinking_run, free_port):
     port = free_port()
     env = {**os.environ, "R1LITE_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "r1lite", "serve", "--model", str(thinking_run), "--port", str(port),
@@ -573,12 +552,12 @@ def test_sigterm_stops_admitting_drains_and_exits(thinking_run):
             proc.kill()
 
 
-def test_schemathesis_finds_no_server_error(thinking_run):
+def test_schemathesis_finds_no_server_error(thinking_run, free_port):
     """≤ 200 generated requests against the server's own OpenAPI schema (max_tokens capped at 16)."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    server = Server(serve_args(thinking_run, max_tokens_cap=16, max_new_tokens=16))
+    server = Server(serve_args(thinking_run, max_tokens_cap=16, max_new_tokens=16), free_port())
     try:
         schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
         failures = []
@@ -598,8 +577,8 @@ def test_schemathesis_finds_no_server_error(thinking_run):
         server.close()
 
 
-def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, chromium_browser, screenshot_dir):
-    server = Server(serve_args(thinking_run, api_key="", max_thinking_tokens=12))
+def test_the_chat_page_streams_thinking_and_an_answer_in_chromium(thinking_run, free_port, chromium_browser, screenshot_dir):
+    server = Server(serve_args(thinking_run, api_key="", max_thinking_tokens=12), free_port())
     try:
         page = chromium_browser.new_page(viewport={"width": 900, "height": 700})
         page.goto(server.url + "/")

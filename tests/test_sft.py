@@ -8,7 +8,6 @@ import torch
 
 from r1lite import tasks
 from r1lite.engine import Completion
-from r1lite.models import load_model, resolve_runtime
 from r1lite.rewards import r1_answer, r1_format
 from r1lite.train import sft
 from r1lite.train.policy import Policy
@@ -56,8 +55,8 @@ def test_sft_command_lowers_the_loss_and_saves_a_model(cli, tmp_path):
     data.write_text("\n".join(json.dumps({"prompt": f"Say {w}.", "completion": f"<think>ok</think><answer>{w}</answer>"})
                               for w in ("red", "green", "blue", "black")) + "\n")
     out = tmp_path / "sft"
-    r = cli("sft", "--model", "tiny", "--data", str(data), "--epochs", "8", "--lr", "1e-2", "--batch-size", "4",
-            "--out", str(out))
+    r = cli("sft", "--model", "tiny", "--data", data, "--epochs", "8", "--lr", "1e-2", "--batch-size", "4",
+            "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
@@ -67,12 +66,12 @@ def test_sft_command_lowers_the_loss_and_saves_a_model(cli, tmp_path):
 def test_sft_data_errors_name_the_line(cli, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"completion": "c"}\n')
-    r = cli("sft", "--model", "tiny", "--data", str(data), "--out", str(tmp_path / "o"))
+    r = cli("sft", "--model", "tiny", "--data", data, "--out", tmp_path / "o")
     assert r.returncode == 2 and f"{data}:2" in r.stderr and "'prompt'" in r.stderr
 
 
-def test_seeded_sft_reproduces_its_pinned_losses():
-    model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=0)
+def test_seeded_sft_reproduces_its_pinned_losses(tiny_model):
+    model, tokenizer = tiny_model()
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
     history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
                             autocast=contextlib.nullcontext, device=torch.device("cpu"))

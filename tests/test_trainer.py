@@ -1,6 +1,8 @@
 """GRPO runs on the tiny model: they train, checkpoint, resume exactly, and refuse bad configs."""
 
+import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
 from r1lite.config import build
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig, preset
 from r1lite.train.policy import make_group_batch
 from r1lite.train.trainer import WALL_CLOCK_KEYS, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
          "--max-new-tokens", "12", "--eval-items", "4", "--lr", "1e-3", "--seed", "3"]
@@ -30,7 +33,7 @@ def small_config(task, tmp_path, **kw) -> GRPOConfig:
 
 def test_train_runs_end_to_end_with_built_in_defaults(cli, tmp_path):
     out = tmp_path / "run"
-    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "4", "--out", str(out),
+    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "4", "--out", out,
             "--eval-items", "8", "--max-new-tokens", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -202,7 +205,7 @@ def test_the_generic_training_path_runs_without_dropout(tmp_path, monkeypatch):
     batch = make_group_batch([g["prompt"] for g in groups], [i // 4 for i in range(8)],
                              [c.token_ids for g in groups for c in g["completions"]], tokenizer.pad_token_id)
     with torch.no_grad():  # a copy in eval mode: the trainer's own model keeps whatever mode it has
-        expected = completion_logprobs(__import__("copy").deepcopy(trainer.model).eval(), batch)[0]
+        expected = completion_logprobs(copy.deepcopy(trainer.model).eval(), batch)[0]
     trainer.train_step(groups)
     torch.testing.assert_close(seen[0], expected[:, :seen[0].shape[1]], atol=1e-5, rtol=1e-5)
 
@@ -228,17 +231,16 @@ def strip_clock(rows):
     return [{k: v for k, v in r.items() if k not in WALL_CLOCK_KEYS and not k.endswith("tokens_per_s")} for r in rows]
 
 
-def test_killed_run_resumes_to_identical_weights_and_metrics(varied_task, tmp_path):
+def test_killed_run_resumes_to_identical_weights_and_metrics(cli, varied_task, tmp_path):
     task, env = varied_task
     flags = ["train", *SMALL, "--task", task, "--max-steps", "6", "--save-every", "2"]
     whole = tmp_path / "whole"
-    r = subprocess.run([sys.executable, "-m", "r1lite", *flags, "--out", str(whole)], capture_output=True,
-                       text=True, env={**__import__("os").environ, **env}, cwd=ROOT, timeout=600)
+    r = cli(*flags, "--out", whole, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "r1lite", *flags, "--out", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**__import__("os").environ, **env}, cwd=ROOT)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **env}, cwd=ROOT)
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -246,8 +248,7 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(varied_task, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(read_rows(metrics)) >= 3  # killed after step 3: its row is past the step-2 checkpoint
-    r = subprocess.run([sys.executable, "-m", "r1lite", *flags, "--out", str(killed), "--resume", str(killed)],
-                       capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=ROOT, timeout=600)
+    r = cli(*flags, "--out", killed, "--resume", killed, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
 
     a = load_file(whole / "final" / "model.safetensors")
@@ -255,12 +256,11 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(varied_task, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert strip_clock(read_rows(whole / "metrics.jsonl")) == strip_clock(read_rows(metrics))
 
-    # resuming a finished run changes nothing
-    stamp = {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file()}
-    r = subprocess.run([sys.executable, "-m", "r1lite", *flags, "--out", str(killed), "--resume", str(killed)],
-                       capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=ROOT, timeout=600)
+    # resuming a finished run changes nothing (but the lock, which names the process holding the run)
+    stamp = {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file() and p.name != "lock"}
+    r = cli(*flags, "--out", killed, "--resume", killed, env=env)
     assert r.returncode == 0 and "nothing to do" in r.stdout
-    assert stamp == {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file()}
+    assert stamp == {p: p.stat().st_mtime_ns for p in killed.rglob("*") if p.is_file() and p.name != "lock"}
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
@@ -268,7 +268,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "r1lite", "train", *SMALL, "--task", task, "--max-steps", "50",
                              "--save-every", "0", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**__import__("os").environ, **env}, cwd=ROOT)
+                            text=True, env={**os.environ, **env}, cwd=ROOT)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or not metrics.read_text().strip()):
@@ -285,11 +285,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
 def test_resume_with_different_flags_is_refused(cli, tmp_path):
     out = tmp_path / "run"
     assert cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
-               "--max-new-tokens", "4", "--batch-size", "4", "--group-size", "2", "--out", str(out)).returncode == 0
+               "--max-new-tokens", "4", "--batch-size", "4", "--group-size", "2", "--out", out).returncode == 0
     r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
-            "--max-new-tokens", "8", "--batch-size", "4", "--group-size", "2", "--out", str(out), "--resume", str(out))
+            "--max-new-tokens", "8", "--batch-size", "4", "--group-size", "2", "--out", out, "--resume", out)
     assert r.returncode == 2 and "max_new_tokens" in r.stderr and "Traceback" not in r.stderr
-    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--out", str(out))
+    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--out", out)
     assert r.returncode == 2 and "already holds a run" in r.stderr
 
 
@@ -305,7 +305,7 @@ def test_resume_with_different_flags_is_refused(cli, tmp_path):
     (["--format", "plain:7"], None, "format 'plain:7' is unknown"),
     (["--device", "cuda"], None, "--device cuda"),
     (["--temperature", "0"], None, "temperature=0"),
-    (["--task", "arithmetic", "--task-opt", "digits=x"], None, "option digits='x'"),
+    (["--task", "arithmetic", "--task-options", "digits=x"], None, "option digits='x'"),
     ([], "algorithm: ppo\n", "algorithm 'ppo' is unknown"),
     (["--beta", "0", "--ref-reset-every", "10"], None, "ref_reset_every=10"),
     ([], "cold_start_min_format: 95\n", "cold_start_min_format=95.0 is a rate"),

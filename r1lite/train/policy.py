@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lite.errors import UsageError
 from r1lite.meter.flops import Weights, train_pass_flops
 from r1lite.models import ModelShape, body_weights, gqa_attention, head_dim, left_pad, llama_family, shared_prefix
 from r1lite.train.config import OptimConfig
@@ -427,6 +428,11 @@ def apply_update(params: list[torch.nn.Parameter], optimizer, max_grad_norm: flo
         world.sum_grads(params)
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
     grad_norm = float(full_tensor(norm))
+    if not math.isfinite(grad_norm):  # a NaN or infinite loss upstream: stepping would break every weight
+        optimizer.zero_grad(set_to_none=True)
+        raise UsageError(f"the gradient norm is {grad_norm} (the loss went NaN or infinite): the update was not "
+                         "applied and the run stops; the last checkpoint is intact. Lower the learning rate (lr) "
+                         "or check the data, then resume")
     optimizer.step()
     if scheduler is not None:
         scheduler.step()

@@ -546,6 +546,10 @@ class Trainer:
                 trained.load_state_dict(state)
         if self.world.main:
             model = trained.merge_and_unload() if cfg.optim.lora else trained
+            bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+            if bad is not None:
+                raise UsageError(f"{bad} holds NaN or infinite values: final/ is not written; resume from an earlier "
+                                 "checkpoint with a lower learning rate (lr)")
             with atomic_dir(final) as tmp:
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
