@@ -196,12 +196,21 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise UsageError(f"--config {path}: no such file")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:  # files.decode_utf8's message (files is on this floor: not importable)
+        line = raw[:e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise UsageError(f"{path}: the YAML is nested too deeply to read; flatten it") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UsageError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever the parser wrote
+        raise UsageError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of config keys at the top level")
     return data

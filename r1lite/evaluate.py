@@ -16,7 +16,7 @@ from r1lite import tasks
 from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
 from r1lite.errors import UsageError
-from r1lite.files import read_jsonl, write_json, write_jsonl
+from r1lite.files import read_jsonl, writable, write_json, write_jsonl
 from r1lite.prompts import item_prompts
 
 
@@ -148,6 +148,7 @@ def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: 
     requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16)))
                 for item, p in zip(items, prompts)]
     outputs = engine.generate(requests, stats=stats, max_rows=batch_size, on_progress=on_progress)
+    errors_before = task.verifier_errors.count
     rows = []
     for item, prompt, completions in zip(items, prompts, outputs):
         for s, c in enumerate(completions):
@@ -159,7 +160,15 @@ def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: 
             rows.append(row)
     settings = {"task": task.name, "format": fmt, "samples": samples, "max_new_tokens": max_new_tokens,
                 "temperature": temperature, "top_p": top_p}
-    return rows, _summary(rows, settings, stats.seconds, stats.new_tokens, stats.prompt_tokens, stats.flops)
+    summary = _summary(rows, settings, stats.seconds, stats.new_tokens, stats.prompt_tokens, stats.flops)
+    return rows, {**summary, **verifier_errors(task, errors_before)}
+
+
+def verifier_errors(task: tasks.Task, before: int) -> dict:
+    """``{"verifier_errors": n}`` when the task's verifier raised ``n`` times since ``before`` (those
+    items scored 0), else nothing."""
+    n = task.verifier_errors.count - before
+    return {"verifier_errors": n} if n else {}
 
 
 def _summary(rows: list[dict], settings: dict, seconds: float, new_tokens: int, prompt_tokens: int, flops: float) -> dict:
@@ -185,6 +194,7 @@ def score_file(task: tasks.Task, fmt: str, completions: Path, out: Path) -> dict
     ``format``) and ``<out>.summary.json``; returns the summary. Rows sharing an ``id`` (or a
     ``prompt``) are the samples of one item for pass@k and maj@k."""
     rows, outputs = [], []
+    errors_before = task.verifier_errors.count
     for n, row in read_jsonl(completions, required=("answer", "completion")):
         if not isinstance(row["completion"], str):
             raise UsageError(f"{completions}:{n}: 'completion' must be a string")
@@ -194,7 +204,8 @@ def score_file(task: tasks.Task, fmt: str, completions: Path, out: Path) -> dict
         rows.append({"item_id": item.id, **scored, "finish": None})
         outputs.append({**row, "accuracy": scored["accuracy"], "format": scored["format"]})
     samples = max(Counter(r["item_id"] for r in rows).values(), default=1)
-    summary = {"task": task.name, "format": fmt, "source": str(completions), **summarize(rows, samples)}
+    summary = {"task": task.name, "format": fmt, "source": str(completions), **summarize(rows, samples),
+               **verifier_errors(task, errors_before)}
     write_jsonl(out, outputs)
     write_json(summary_path(out), summary)
     return summary
@@ -271,6 +282,9 @@ class EvalOptions:
 
 def run(opts: EvalOptions, console) -> int:
     """``r1lite eval``: score ``opts.completions``, or generate with ``opts.model`` and score."""
+    if opts.out:  # before the work: a run must not end by losing its results
+        writable(Path(opts.out))
+        writable(summary_path(Path(opts.out)))
     task = tasks.load_task(opts.task, opts.task_options)
     if opts.completions:
         out = Path(opts.out)

@@ -55,6 +55,30 @@ def disk_full(path: Path, error: BaseException) -> DiskFull | None:
                     "what was written before is intact. Free some space, or give --out on another disk")
 
 
+def writable(path: Path | str, flag: str = "--out", directory: bool = False) -> None:
+    """Refuse, before any work starts, an output that cannot be written: under a file, read-only, not
+    ours, or a directory where a file is wanted (``directory=False``) or the reverse."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        want = "a directory" if directory else "a file name"
+        raise UsageError(f"{flag} {path} is an existing {'file' if directory else 'directory'}; give {want}")
+    folder = path if directory else path.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be written under it; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {path} ({existing} is read-only or not ours); choose another {flag}")
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """``data`` as UTF-8 text, or a one-line error naming the file and line of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8") from None
+
+
 def atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it into place.
 
@@ -91,6 +115,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         yield tmp
         for item in tmp.rglob("*"):
             if item.is_file():
+                os.chmod(item, 0o644)  # safetensors writes weights owner-only; these files are for reading
                 fsync_path(item)
         fsync_path(tmp)
         os.chmod(tmp, 0o755)
@@ -152,8 +177,7 @@ def read_jsonl(path: Path | str, required: tuple[str, ...] = (), notes: list[str
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = decode_utf8(path.read_bytes(), path).split("\n")
     torn_tail = lines[-1] != ""  # the file does not end with a newline
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -165,6 +189,8 @@ def read_jsonl(path: Path | str, required: tuple[str, ...] = (), notes: list[str
                 notes.append(f"{path.name}:{n} is cut off (the run stopped while writing it); left out")
                 return
             raise UsageError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+        except RecursionError:
+            raise UsageError(f"{path}:{n}: the JSON value is nested too deeply to read; flatten it") from None
         if not isinstance(row, dict):
             raise UsageError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         for key in required:

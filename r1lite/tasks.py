@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from r1lite.errors import UsageError
 from r1lite.files import read_jsonl
 
 NUMBER_HINT = "Give the answer as a single number."
+MAX_DIGITS = 18
+"""The most digits an arithmetic operand may have (a 500-digit operand is no task for a small model)."""
 ENUMERATE_LIMIT = 100_000
 """A generated task whose whole problem space is at most this large is enumerated (a finite source)."""
 
@@ -68,6 +71,21 @@ def in_split(question: str, which: str, held_out: float) -> bool:
 
 
 @dataclass
+class VerifierErrors:
+    """Exceptions a user's Python verifier raised: each scores its item 0 (failed); the first is shown."""
+    count: int = 0
+    first: str = ""
+
+    def record(self, kind: str, error: Exception) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.first = f"verifier '{kind}' raised {type(error).__name__}: {error}"
+            print(f"r1lite: {self.first}; that item scores 0 (failed), and later errors are only counted "
+                  "(verifier_errors in the summary). Fix the verifier so it returns a number for any response",
+                  file=sys.stderr)
+
+
+@dataclass
 class Task:
     name: str
     """The spec it was loaded from, e.g. "arithmetic" or "gsm8k:/x.jsonl"."""
@@ -83,6 +101,8 @@ class Task:
     """A finite source: every item, unique, in source order. None for generated tasks."""
     draw: Callable[[int, int], Iterator[Item]] | None = field(default=None, repr=False)
     """A generated source: (seed, count) -> ``count`` random items, duplicates possible."""
+    verifier_errors: VerifierErrors = field(default_factory=VerifierErrors, repr=False)
+    """Exceptions raised by a user's Python verifier so far (their items scored 0)."""
 
     def split(self, which: str, n: int | None = None, seed: int = 0) -> list[Item]:
         """``n`` unique items of the "train", "test" or "all" split, the same for the same seed.
@@ -162,8 +182,8 @@ def load_arithmetic(spec: str, options: dict | None) -> Task:
         raise UsageError(f"{spec}: ops must be made of + - *, got '{ops}'")
     ops = sorted(set(ops), key=ops.index)
     widths = [opts["digits"] if opts[k] is None else opts[k] for k in ("digits_a", "digits_b")]
-    if min(widths) < 1:
-        raise UsageError(f"{spec}: digits must be at least 1, got {widths}")
+    if min(widths) < 1 or max(widths) > MAX_DIGITS:
+        raise UsageError(f"{spec}: digits must be at least 1 and at most {MAX_DIGITS}, got {widths}; set --task-options digits=N")
     range_a, range_b = _digit_range(widths[0]), _digit_range(widths[1])
     task = Task(spec, rewards.numeric_equal, True, opts["answer_hint"], opts["held_out"])
     if len(ops) * len(range_a) * len(range_b) <= ENUMERATE_LIMIT:
@@ -302,6 +322,9 @@ def load_rows(spec: str, options: dict | None, hint: str,
     items, seen = [], set()
     for where, row in read_rows(source, opts):
         question, answer = to_item(row, where)
+        if not isinstance(question, str):
+            raise UsageError(f"{where}: the question is {type(question).__name__} {question!r}, not text; "
+                             "write it as a JSON string")
         if question not in seen:
             seen.add(question)
             items.append(make_item(question, answer, {"source": where}))
@@ -337,8 +360,8 @@ def load_svamp(spec: str, options: dict | None) -> Task:
     """SVAMP rows: the question is ``Body`` + " " + ``Question``, the gold ``Answer``."""
     def to_item(row: dict, where: str) -> tuple[str, Any]:
         why = "'Body', 'Question' and 'Answer' (SVAMP format)"
-        body, question = need(row, "Body", where, why).strip(), need(row, "Question", where, why).strip()
-        return f"{body} {question}", need(row, "Answer", where, why)
+        body, question = need(row, "Body", where, why), need(row, "Question", where, why)
+        return f"{str(body).strip()} {str(question).strip()}", need(row, "Answer", where, why)
 
     items, opts = load_rows(spec, options, NUMBER_HINT, to_item)
     return Task(spec, rewards.numeric_equal, True, opts["answer_hint"], opts["held_out"], rows=items)
@@ -362,11 +385,16 @@ def row_gold(row: dict, default: Any, where: str, python_fns: dict) -> dict:
     """The gold of one custom row, ``{"verifier": kind, "gold": …, …params}``, checked at load time.
 
     The verifier is the row's ``verifier`` (a name or ``{"type": name, …params}``) or ``default``;
-    python verifiers are imported into ``python_fns`` (name -> function).
+    python verifiers are imported into ``python_fns`` (name -> function). Only ``default`` (the
+    user's task option) may name one: a row that does is refused, so a data file never runs code.
     """
     verifier = row.get("verifier", default)
     params = dict(verifier) if isinstance(verifier, dict) else {"type": verifier}
     kind = params.pop("type", None)
+    if "verifier" in row and isinstance(kind, str) and kind.startswith("python:"):
+        raise UsageError(f"{where}: the row names the Python verifier '{kind}', and a data file may not choose "
+                         f"code to run; remove it from the row and pass it as a task option: "
+                         f"--task-options verifier={kind}")
     if not isinstance(kind, str) or not (kind in VERIFIERS[:-1] or kind.startswith("python:")):
         raise UsageError(f"{where}: unknown verifier {kind!r}; use one of {', '.join(VERIFIERS)}")
     why = f"an 'answer' (the gold for the '{kind}' verifier)"
@@ -400,8 +428,9 @@ def row_gold(row: dict, default: Any, where: str, python_fns: dict) -> dict:
     return gold
 
 
-def check_row(response: str, answer: dict, python_fns: dict) -> float | None:
-    """Score a response against one custom row's gold (see :func:`row_gold`).
+def check_row(response: str, answer: dict, python_fns: dict, errors: VerifierErrors | None = None) -> float | None:
+    """Score a response against one custom row's gold (see :func:`row_gold`). An exception in a
+    Python verifier scores 0 (failed) and is recorded in ``errors``; without ``errors`` it propagates.
 
     >>> check_row(" 3.1 ", {"verifier": "numeric", "gold": 3, "tolerance": 0.2}, {})
     1.0
@@ -419,14 +448,21 @@ def check_row(response: str, answer: dict, python_fns: dict) -> float | None:
         return rewards.json_match(response, gold)
     if kind == "json_schema":
         return rewards.json_schema_match(response, answer["schema"], gold)
-    result = python_fns[kind](response, gold)
-    return None if result is None else float(result)
+    try:
+        result = python_fns[kind](response, gold)
+        return None if result is None else float(result)
+    except Exception as e:  # the user's code: one item fails, not the run
+        if errors is None:
+            raise
+        errors.record(kind, e)
+        return 0.0
 
 
 def load_jsonl(spec: str, options: dict | None) -> Task:
     """Your own rows: ``question`` (or ``prompt``), ``answer``, and optionally ``verifier``.
 
-    Options: ``verifier`` (default "exact") for rows that name none, held_out, answer_hint.
+    Options: ``verifier`` (default "exact") for rows that name none, held_out, answer_hint. A
+    ``python:MODULE:FUNC`` verifier is given only as this option, never by a row.
     """
     python_fns: dict[str, Callable] = {}
     verifier = (options or {}).get("verifier", "exact")  # a name or {"type": …}; checked with each row
@@ -442,8 +478,9 @@ def load_jsonl(spec: str, options: dict | None) -> Task:
     numeric = kinds == {"numeric"}
     hint = opts["answer_hint"] or (NUMBER_HINT if numeric else "Give the answer as JSON."
                                    if kinds <= {"json", "json_schema"} else "Give only the final answer.")
-    check = functools.partial(check_row, python_fns=python_fns)
-    return Task(spec, check, numeric, hint, opts["held_out"], rows=items)
+    errors = VerifierErrors()
+    check = functools.partial(check_row, python_fns=python_fns, errors=errors)
+    return Task(spec, check, numeric, hint, opts["held_out"], rows=items, verifier_errors=errors)
 
 
 LOADERS: dict[str, Callable[[str, dict | None], Task]] = {

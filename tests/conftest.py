@@ -101,10 +101,11 @@ def thinking_run(tmp_path_factory, tiny_model):
     return run
 
 
-def write_varied_task(folder: Path) -> tuple[str, dict]:
+def write_varied_task(folder: Path) -> tuple[str, dict, dict]:
     """A custom JSONL task whose Python verifier gives a random tiny model varied rewards, so GRPO
     has non-zero advantages (an untrained model never solves a real task): the reward is 1 when the
-    completion has an even number of vowels. Returns (task spec, extra environment)."""
+    completion has an even number of vowels. Returns (task spec, extra environment, task options):
+    the verifier is a task option (``--task-options verifier=…``), as rows may not name code."""
     module = folder / "vowels_verifier.py"
     module.write_text(textwrap.dedent('''
         def even_vowels(response, answer):
@@ -115,11 +116,11 @@ def write_varied_task(folder: Path) -> tuple[str, dict]:
             return 1.0 if answer == "fixed" else even_vowels(response, answer)
     '''))
     data = folder / "vowels.jsonl"
-    rows = [f'{{"question": "Write something about item {i}.", "answer": "{"fixed" if i % 2 else "free"}", '
-            f'"verifier": "python:vowels_verifier:by_answer"}}' for i in range(200)]
+    rows = [f'{{"question": "Write something about item {i}.", "answer": "{"fixed" if i % 2 else "free"}"}}'
+            for i in range(200)]
     data.write_text("\n".join(rows) + "\n")
     env = {"PYTHONPATH": f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return f"jsonl:{data}", env
+    return f"jsonl:{data}", env, {"verifier": "python:vowels_verifier:by_answer"}
 
 
 @pytest.fixture

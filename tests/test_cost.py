@@ -206,9 +206,9 @@ def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, 
 
     from r1lite.train.trainer import Trainer
 
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    cfg = tiny_config(tmp_path, task)
+    cfg = tiny_config(tmp_path, task, task_options=options)
     blocks = estimate_recipe(cfg, CostConfig(), Overrides(), probe=True, console=Console(quiet=True))
     assert set(blocks) == {"measured", "datasheet"}
     predicted = blocks["measured"]["flops"]

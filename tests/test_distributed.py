@@ -141,13 +141,13 @@ def runs(module_varied_task, free_ports, tmp_path_factory):
     """Every job of the module's first launch: one-process references, the same configs on two
     processes (and with FSDP), two bad launches, and a run whose rank 1 dies. Returns (run
     directory, job results by name)."""
-    task, env = module_varied_task
+    task, env, options = module_varied_task
     sys.path.insert(0, env["PYTHONPATH"].split(os.pathsep)[0])  # the verifier, for the spawned processes too
     sys.path.insert(0, str(ROOT))  # this module, which they import
     root = tmp_path_factory.mktemp("runs")
 
     def argv(config: list[str], out: str, *extra: str) -> list[str]:
-        return [*BASE, "--task", task, *config, *extra, "--out", str(root / out)]
+        return [*BASE, "--task", task, "--task-options", f"verifier={options['verifier']}", *config, *extra, "--out", str(root / out)]
 
     bad = [*CONFIGS["dapo-full"], "--dist-timeout", str(TIMEOUT)]
     jobs = {
@@ -219,11 +219,12 @@ def test_rank_zero_alone_writes_and_the_job_is_metered_whole(runs):
 
 
 @pytest.fixture(scope="module")
-def resumed(runs, free_ports):
+def resumed(runs, free_ports, module_varied_task):
     """The killed run resumed on one process and, with FSDP, on two (a second launch)."""
     root, results, task = runs
+    options = module_varied_task[2]
     assert results["killed"][0]["code"] == 1
-    flags = [*BASE, "--task", task, *KILLED]
+    flags = [*BASE, "--task", task, "--task-options", f"verifier={options['verifier']}", *KILLED]
     for name in ("resumed-1", "resumed-2"):  # one killed run, resumed twice: two copies of it
         shutil.copytree(root / "killed", root / name)
         config = yaml.safe_load((root / name / "config.yaml").read_text())
@@ -286,10 +287,10 @@ def test_a_rank_that_dies_stops_rank_zero_with_one_line_within_the_timeout(runs)
 
 def test_torchrun_runs_r1lite_train_on_two_processes(runs, module_varied_task):
     root, _, task = runs
-    _, env = module_varied_task
+    _, env, options = module_varied_task
     out = root / "torchrun"
     torchrun = Path(sys.executable).with_name("torchrun")
-    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "r1lite", *BASE, "--task", task,
+    r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "-m", "r1lite", *BASE, "--task", task, "--task-options", f"verifier={options['verifier']}",
                         *CONFIGS["dapo-lora"], "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, **env, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -299,8 +300,8 @@ def test_torchrun_runs_r1lite_train_on_two_processes(runs, module_varied_task):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_one_gpu_trains_in_bf16(cli, module_varied_task, tmp_path):
-    task, env = module_varied_task
-    r = cli(*BASE, "--task", task, *CONFIGS["dapo-full"], "--device", "cuda", "--dtype", "bf16", "--out", tmp_path / "run",
+    task, env, options = module_varied_task
+    r = cli(*BASE, "--task", task, "--task-options", f"verifier={options['verifier']}", *CONFIGS["dapo-full"], "--device", "cuda", "--dtype", "bf16", "--out", tmp_path / "run",
             env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["runtime"].startswith("cuda bfloat16")
@@ -308,8 +309,8 @@ def test_one_gpu_trains_in_bf16(cli, module_varied_task, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs (NCCL)")
 def test_two_gpus_train_the_same_weights_as_one(module_varied_task, tmp_path):
-    task, env = module_varied_task
-    flags = [*BASE, "--task", task, *CONFIGS["dapo-full"], "--device", "cuda"]
+    task, env, options = module_varied_task
+    flags = [*BASE, "--task", task, "--task-options", f"verifier={options['verifier']}", *CONFIGS["dapo-full"], "--device", "cuda"]
     torchrun = Path(sys.executable).with_name("torchrun")
     for command, out in (([str(torchrun), "--nproc-per-node", "2", "-m", "r1lite"], "two"), ([sys.executable, "-m", "r1lite"], "one")):
         r = subprocess.run([*command, *flags, "--out", str(tmp_path / out)], capture_output=True, text=True, cwd=ROOT,

@@ -65,3 +65,30 @@ def test_items_with_unusable_gold_are_skipped_not_scored_zero():
                            "b": (3, ["<think>x</think><answer>3</answer>"])})
     s = summarize(rows, 1)
     assert s["skipped_items"] == 1 and s["pass@1"] == 1.0
+
+
+def test_an_exception_in_the_users_verifier_fails_that_item_not_the_run(tmp_path, monkeypatch, capsys):
+    import json
+    import textwrap
+
+    from r1lite.evaluate import score_file
+
+    (tmp_path / "fragile_checks.py").write_text(textwrap.dedent('''
+        def strict(response, answer):
+            if response == "boom":
+                raise ValueError("cannot read " + response)
+            return float(response == answer)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "q", "answer": "ok"}) + "\n")
+    task = tasks.load_task(f"jsonl:{data}", {"verifier": "python:fragile_checks:strict"})
+    completions = tmp_path / "c.jsonl"
+    completions.write_text("".join(json.dumps({"id": str(i), "answer": {"verifier": "python:fragile_checks:strict",
+                                                                      "gold": "ok"}, "completion": c}) + "\n"
+                                   for i, c in enumerate(["ok", "boom", "boom", "no"])))
+    summary = score_file(task, "plain", completions, tmp_path / "scored.jsonl")
+    scored = [json.loads(line)["accuracy"] for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert scored == [1.0, 0.0, 0.0, 0.0] and summary["verifier_errors"] == 2
+    err = capsys.readouterr().err
+    assert err.count("raised ValueError: cannot read boom") == 1

@@ -248,6 +248,8 @@ def test_hf_export_is_a_complete_directory_with_a_model_card(cli, sft_run, tmp_p
     (["--model", "tiny", "--quant", "q3_k", "--out", "{tmp}/m.q3_k.gguf"], "--quant q3_k"),
     (["--model", "tiny", "--quant", "q8_0", "--out", "{tmp}/model.gguf"], "name it e.g."),
     (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf"], "exists; pass --force"),
+    (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf/m.f16.gguf"], "is a file, so nothing can be written under it"),
+    (["--model", "tiny", "--to", "hf", "--force", "--out", "{tmp}/exists.f16.gguf"], "is an existing file; give a directory"),
 ])
 def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(cli, tiny_model, args, needle, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -331,3 +333,20 @@ def test_a_lora_adapter_is_merged_before_export(cli, tiny_model, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, expected, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(merged(ids).logits, AutoModelForCausalLM.from_pretrained(tmp_path / "base")(ids).logits, atol=1e-3)
+
+
+def test_a_full_disk_during_gguf_export_is_one_line_and_leaves_no_file(tmp_path, monkeypatch):
+    import errno
+
+    from r1lite.edge import export
+    from r1lite.files import DiskFull
+
+    def fill_the_disk(src, path, facts):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_gguf_f16", fill_the_disk)
+    out = tmp_path / "model.f16.gguf"
+    with pytest.raises(DiskFull, match=r"model.f16.gguf: the disk is full .* give --out on another disk"):
+        export.write_gguf(export.load_source("tiny"), out, "f16")
+    assert list(tmp_path.iterdir()) == []

@@ -142,13 +142,13 @@ def three_runs(tmp_path_factory):
         def even_length(response, answer):
             return float(len(response) % 2 == 0)
     '''))
-    rows = [f'{{"question": "Say something about {i}.", "answer": "x", "verifier": "python:coin_verifier:even_length"}}'
-            for i in range(60)]
+    rows = [f'{{"question": "Say something about {i}.", "answer": "x"}}' for i in range(60)]
     (root / "coin.jsonl").write_text("\n".join(rows) + "\n")
     sys.path.insert(0, str(root))
     runs = []
     for name, seed, lr in (("lr1e-3-s0", 0, 1e-3), ("lr1e-3-s1", 1, 1e-3), ("lr3e-3-s0", 0, 3e-3)):
         cfg = build(GRPOConfig, dict(model="tiny", task=f"jsonl:{root / 'coin.jsonl'}", format="plain", batch_size=8,
+                                     task_options={"verifier": "python:coin_verifier:even_length"},
                                      group_size=4, micro_batch_size=8, max_new_tokens=10, eval_items=6, max_steps=4,
                                      lr=lr, seed=seed, save_every=0, device="cpu", dtype="fp32", out=str(root / name)))
         assert Trainer(cfg, console=Console(quiet=True)).train() == 0

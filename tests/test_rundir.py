@@ -207,9 +207,9 @@ def test_a_recipe_may_write_1e_3_without_a_dot(tmp_path):
 def test_an_update_that_would_break_the_weights_stops_the_run_in_one_line(varied_task, tmp_path, monkeypatch):
     """A learning rate that blows the weights up: the step whose gradient is not finite applies
     nothing and stops the run; no checkpoint holds a non-finite weight and final/ is not written."""
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(os.pathsep)[0])
-    trainer = Trainer(tiny_config(tmp_path / "run", task=task, lr=1e30, max_steps=6))
+    trainer = Trainer(tiny_config(tmp_path / "run", task=task, task_options=options, lr=1e30, max_steps=6))
     with pytest.raises(UsageError, match="gradient norm is .* not applied"):
         trainer.train()
     assert not (tmp_path / "run" / "final").exists()

@@ -184,10 +184,11 @@ def test_jsonl_every_verifier_type(tmp_path, monkeypatch):
         {"prompt": "Extract as JSON", "answer": {"name": "Ada", "age": 36}, "verifier": "json"},
         {"question": "Route this ticket", "verifier": "json_schema", "schema": schema},
         {"question": "Route this ticket to tech", "answer": {"team": "tech"}, "verifier": {"type": "json_schema", "schema": schema}},
-        {"question": "Greet", "answer": "hello", "verifier": "python:my_checks:starts_with"},
         {"question": "Pi?", "answer": 3.14159, "verifier": {"type": "numeric", "tolerance": 0.01}},
     ]
     task = load_task(f"jsonl:{write_jsonl(tmp_path / 'data.jsonl', rows)}", {"verifier": "exact"})
+    greet = load_task(f"jsonl:{write_jsonl(tmp_path / 'greet.jsonl', [{'question': 'Greet', 'answer': 'hello'}])}",
+                      {"verifier": "python:my_checks:starts_with"})  # code only from the user's own option
     items = {i.question: i for i in task.split("all")}
     assert len(items) == len(rows) and not task.numeric
 
@@ -202,7 +203,7 @@ def test_jsonl_every_verifier_type(tmp_path, monkeypatch):
     assert acc("Route this ticket", '{"team": "billing"}') == 1.0 and acc("Route this ticket", '{"team": "sales"}') == 0.0
     assert acc("Route this ticket to tech", '{"team": "billing"}') == 0.0
     assert acc("Route this ticket to tech", '{"team": "tech"}') == 1.0
-    assert acc("Greet", "Hello there") == 1.0 and acc("Greet", "Hi") == 0.0
+    assert [score(r1(r), greet.split("all")[0], greet, "r1")["accuracy"] for r in ("Hello there", "Hi")] == [1.0, 0.0]
     assert acc("Pi?", "3.14") == 1.0 and acc("Pi?", "3.2") == 0.0
     json.dumps([i.answer for i in items.values()])
 
@@ -250,8 +251,8 @@ def test_jsonl_all_numeric_is_numeric(tmp_path):
         ([{"answer": 1}], r"data.jsonl:1: missing key 'question'"),
         ([{"question": "a", "answer": 1}, {"question": "b", "answer": 2, "verifier": "foo"}], r"data.jsonl:2: unknown verifier 'foo'; use one of exact, numeric, regex, json, json_schema, python:module:function"),
         ([{"question": "a", "answer": 1, "verifier": {"type": "fuzzy"}}], r"data.jsonl:1: unknown verifier 'fuzzy'"),
-        ([{"question": "a", "answer": "x", "verifier": "python:no_such_module_r1lite:f"}], r"data.jsonl:1: cannot import verifier 'python:no_such_module_r1lite:f'"),
-        ([{"question": "a", "answer": "x", "verifier": "python:json:no_such_function"}], r"data.jsonl:1: cannot import verifier"),
+        ([{"question": "a", "answer": "x", "verifier": "python:my_checks:f"}], r"data.jsonl:1: the row names the Python verifier 'python:my_checks:f'.*--task-options verifier=python:my_checks:f"),
+        ([{"question": "a", "answer": "x", "verifier": {"type": "python:my_checks:f"}}], r"data.jsonl:1: the row names the Python verifier"),
         ([{"question": "a", "answer": "[", "verifier": "regex"}], r"data.jsonl:1: 'answer' is not a valid regex"),
         ([{"question": "a", "answer": "many", "verifier": "numeric"}], r"data.jsonl:1: 'answer' 'many' is not a number"),
         ([{"question": "a", "verifier": "json_schema"}], r"data.jsonl:1: missing key 'schema'"),
@@ -264,6 +265,30 @@ def test_jsonl_errors_name_file_and_line(tmp_path, rows, message):
     path = write_jsonl(tmp_path / "data.jsonl", rows)
     with pytest.raises(UsageError, match=message):
         load_task(f"jsonl:{path}")
+
+
+@pytest.mark.parametrize("verifier, message", [
+    ("python:no_such_module_r1lite:f", r"data.jsonl:1: cannot import verifier 'python:no_such_module_r1lite:f'"),
+    ("python:json:no_such_function", r"data.jsonl:1: cannot import verifier"),
+])
+def test_a_python_verifier_option_that_cannot_be_imported_names_it(tmp_path, verifier, message):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"question": "a", "answer": "x"}])
+    with pytest.raises(UsageError, match=message):
+        load_task(f"jsonl:{path}", {"verifier": verifier})
+
+
+def test_a_row_naming_a_python_verifier_is_refused_and_the_answer_never_runs(cli, tmp_path):
+    """A data file must not choose code to run: ``python:builtins:eval`` in a row would execute the
+    model's answer when scored."""
+    marker = tmp_path / "ran"
+    data = write_jsonl(tmp_path / "data.jsonl", [{"question": "q", "answer": {}, "verifier": "python:builtins:eval"}])
+    code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    completions = write_jsonl(tmp_path / "c.jsonl", [{"answer": {}, "completion": r1(code), "prompt": "q"}])
+    r = cli("eval", "--task", f"jsonl:{data}", "--completions", completions, "--out", tmp_path / "scored.jsonl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "data.jsonl:1: the row names the Python verifier 'python:builtins:eval'" in r.stderr + r.stdout
+    assert "--task-options verifier=python:builtins:eval" in r.stderr + r.stdout
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------ reasoning-gym

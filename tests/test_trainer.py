@@ -61,9 +61,9 @@ def _rollout_until(trainer, wanted, what: str) -> list[dict]:
 
 
 def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    trainer = Trainer(small_config(task, tmp_path))
+    trainer = Trainer(small_config(task, tmp_path, task_options=options))
     trainer.setup()
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train_step(_rollout_until(trainer, lambda keep: keep.any(), "varied rewards"))
@@ -88,21 +88,21 @@ def _one_step_weights(task, tmp_path, name, groups=None, **kw):
 def test_micro_batches_and_skipped_groups_leave_the_update_unchanged(varied_task, tmp_path, monkeypatch):
     """Chunking a step into micro-batches, and leaving zero-advantage groups out of the passes
     (beta = 0), give the same gradient as one pass over every group."""
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    groups, skipped = _one_step_weights(task, tmp_path, "skip", micro_batch_size=16)
-    _, chunked = _one_step_weights(task, tmp_path, "chunked", groups, micro_batch_size=4)
+    groups, skipped = _one_step_weights(task, tmp_path, "skip", micro_batch_size=16, task_options=options)
+    _, chunked = _one_step_weights(task, tmp_path, "chunked", groups, micro_batch_size=4, task_options=options)
     monkeypatch.setattr(grpo, "informative_groups", lambda r, g: torch.ones(len(r) // g, dtype=torch.bool))
-    _, full = _one_step_weights(task, tmp_path, "full", groups, micro_batch_size=16)
+    _, full = _one_step_weights(task, tmp_path, "full", groups, micro_batch_size=16, task_options=options)
     assert any(g.abs().sum() > 0 for g in full.values())
     for n in full:
         torch.testing.assert_close(skipped[n], full[n], rtol=1e-4, atol=1e-7, msg=n)
         torch.testing.assert_close(chunked[n], full[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
-def _two_steps(task, tmp_path, name, monkeypatch, force_full: bool):
+def _two_steps(task, options, tmp_path, name, monkeypatch, force_full: bool):
     """A normal step, then a step where every group has equal rewards; the weights after both."""
-    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10, dtype="fp32"))  # exact: fp32
+    trainer = Trainer(small_config(task, tmp_path / name, batch_size=16, max_steps=10, dtype="fp32", task_options=options))  # exact: fp32
     trainer.setup()
     groups = _rollout_until(trainer, lambda keep: keep.any(), "an informative group")
     trainer.train_step(groups)
@@ -118,10 +118,10 @@ def _two_steps(task, tmp_path, name, monkeypatch, force_full: bool):
 def test_a_step_with_no_informative_group_skips_the_passes_and_still_steps_adam(varied_task, tmp_path, monkeypatch):
     """All advantages 0 (beta = 0): no forward/backward, yet the weights move exactly as after a
     computed zero gradient (Adam's momentum from the step before)."""
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    first, skipped, out = _two_steps(task, tmp_path, "skip", monkeypatch, force_full=False)
-    _, full, _ = _two_steps(task, tmp_path, "full", monkeypatch, force_full=True)
+    first, skipped, out = _two_steps(task, options, tmp_path, "skip", monkeypatch, force_full=False)
+    _, full, _ = _two_steps(task, options, tmp_path, "full", monkeypatch, force_full=True)
     assert out["train_tokens"] == 0 and out["entropy"] is None
     assert any(not torch.equal(first[n], skipped[n]) for n in first)  # momentum moved the weights
     for n in full:
@@ -129,13 +129,13 @@ def test_a_step_with_no_informative_group_skips_the_passes_and_still_steps_adam(
 
 
 def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    no_kl = Trainer(small_config(task, tmp_path, beta=0.0))
+    no_kl = Trainer(small_config(task, tmp_path, beta=0.0, task_options=options))
     no_kl.setup()
     assert no_kl.reference is None
     for lora in (False, True):
-        with_kl = Trainer(small_config(task, tmp_path / f"b{lora}", beta=0.05, lora=lora, lora_r=4, max_steps=1))
+        with_kl = Trainer(small_config(task, tmp_path / f"b{lora}", beta=0.05, lora=lora, lora_r=4, max_steps=1, task_options=options))
         with_kl.setup()
         with_kl.grpo_loop()
         assert with_kl.reference.step == 0
@@ -145,9 +145,9 @@ def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
 
 
 def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_path, monkeypatch):
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    trainer = Trainer(small_config(task, tmp_path, beta=0.05, ref_reset_every=2, max_steps=3, save_every=0))
+    trainer = Trainer(small_config(task, tmp_path, beta=0.05, ref_reset_every=2, max_steps=3, save_every=0, task_options=options))
     trainer.setup()
     trainer.grpo_loop()
     rows = read_rows(tmp_path / "run" / "metrics.jsonl")
@@ -161,9 +161,9 @@ def test_training_log_probs_use_the_sampling_temperature(varied_task, tmp_path, 
     under the same distribution."""
     from r1lite.train.policy import completion_logprobs
 
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    trainer = Trainer(small_config(task, tmp_path, temperature=0.5, beta=0.05, dtype="fp32"))
+    trainer = Trainer(small_config(task, tmp_path, temperature=0.5, beta=0.05, dtype="fp32", task_options=options))
     trainer.setup()
     seen = []
     real = grpo.policy_loss
@@ -211,9 +211,9 @@ def test_the_generic_training_path_runs_without_dropout(tmp_path, monkeypatch):
 
 
 def test_dynamic_sampling_drops_zero_variance_groups(varied_task, tmp_path, monkeypatch):
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    trainer = Trainer(small_config(task, tmp_path, dynamic_sampling=True, max_refill_rounds=8))
+    trainer = Trainer(small_config(task, tmp_path, dynamic_sampling=True, max_refill_rounds=8, task_options=options))
     trainer.setup()
     groups, info = trainer.rollout()
     # half the prompts ("fixed" rows) always score 1: their groups must all be gone
@@ -232,8 +232,8 @@ def strip_clock(rows):
 
 
 def test_killed_run_resumes_to_identical_weights_and_metrics(cli, varied_task, tmp_path):
-    task, env = varied_task
-    flags = ["train", *SMALL, "--task", task, "--max-steps", "6", "--save-every", "2"]
+    task, env, options = varied_task
+    flags = ["train", *SMALL, "--task", task, "--task-options", f"verifier={options['verifier']}", "--max-steps", "6", "--save-every", "2"]
     whole = tmp_path / "whole"
     r = cli(*flags, "--out", whole, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -264,9 +264,9 @@ def test_killed_run_resumes_to_identical_weights_and_metrics(cli, varied_task, t
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
-    task, env = varied_task
+    task, env, options = varied_task
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "r1lite", "train", *SMALL, "--task", task, "--max-steps", "50",
+    proc = subprocess.Popen([sys.executable, "-m", "r1lite", "train", *SMALL, "--task", task, "--task-options", f"verifier={options['verifier']}", "--max-steps", "50",
                              "--save-every", "0", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, **env}, cwd=ROOT)
     metrics = out / "metrics.jsonl"
@@ -332,9 +332,9 @@ def test_invalid_configs_fail_before_anything_is_written_or_loaded(cli, tmp_path
 
 def test_a_cut_off_last_metrics_line_is_dropped_on_resume(varied_task, tmp_path, monkeypatch, capsys):
     """A kill while a metrics row is appended leaves half a line: resume drops it and says so."""
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    cfg = small_config(task, tmp_path, max_steps=4, save_every=1)
+    cfg = small_config(task, tmp_path, max_steps=4, save_every=1, task_options=options)
     first = Trainer(cfg)
     first.setup()
     cfg.optim.max_steps = 2  # stop the loop after two steps, as a kill would
@@ -357,10 +357,10 @@ def test_a_full_disk_stops_the_run_in_one_line_and_it_resumes(varied_task, tmp_p
     from r1lite.cli import main
     from r1lite.train import checkpoint
 
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
     out = tmp_path / "run"
-    flags = ["train", *SMALL, "--task", task, "--max-steps", "2", "--save-every", "1", "--eval-items", "0",
+    flags = ["train", *SMALL, "--task", task, "--task-options", f"verifier={options['verifier']}", "--max-steps", "2", "--save-every", "1", "--eval-items", "0",
              "--out", str(out)]
     real_save_file, calls = checkpoint.save_file, []
 
@@ -409,9 +409,9 @@ def test_a_seeded_tiny_run_reproduces_its_pinned_first_steps(varied_task, tmp_pa
 
     if kernels.load() is None:
         pytest.skip("the pinned rollouts were sampled on the CPU kernels, which cannot be built here")
-    task, env = varied_task
+    task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
-    trainer = Trainer(small_config(task, tmp_path, max_steps=4, batch_size=16, dtype="fp32", seed=3, save_every=0))
+    trainer = Trainer(small_config(task, tmp_path, max_steps=4, batch_size=16, dtype="fp32", seed=3, save_every=0, task_options=options))
     trainer.setup()
     trainer.grpo_loop()
     rows = read_rows(tmp_path / "run" / "metrics.jsonl")

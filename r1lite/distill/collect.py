@@ -51,7 +51,7 @@ from r1lite.distill.teachers import (
 )
 from r1lite.distill.traces import STAGES, card_markdown, sibling
 from r1lite.errors import UsageError
-from r1lite.files import append_jsonl, read_jsonl, write_json, write_text
+from r1lite.files import append_jsonl, read_jsonl, writable, write_json, write_text
 
 
 @dataclass
@@ -340,6 +340,8 @@ def collect(cfg: DistillConfig, console) -> dict:
     """Ask the teacher for what the files lack, filter and append each answer, write the card; the card."""
     from r1lite.progress import progress
 
+    for path in (Path(cfg.out), sibling(Path(cfg.out), ".dropped.jsonl"), sibling(Path(cfg.out), ".card.md")):
+        writable(path)  # before the teacher is asked anything
     task = tasks.load_task(cfg.task, cfg.task_options)
     selected, clean, dirty, held_out = select_prompts(cfg, task)
     out, dropped_file = Path(cfg.out), sibling(Path(cfg.out), ".dropped.jsonl")

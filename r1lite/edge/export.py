@@ -32,7 +32,7 @@ from r1lite.edge.chat_format import (
     prompt_format,
 )
 from r1lite.errors import UsageError
-from r1lite.files import atomic_dir, atomic_write, write_text
+from r1lite.files import atomic_dir, atomic_write, disk_full, writable, write_text
 from r1lite.models import TURN_END, load_model, resolve_path, resolve_runtime
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -313,7 +313,13 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
     fallbacks: dict[str, int] = {}
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         f16 = Path(tmp) / "model.f16.gguf"
-        write_gguf_f16(src, f16, facts)
+        try:
+            write_gguf_f16(src, f16, facts)
+        except Exception as e:  # the partial f16 goes with its temporary directory
+            full = disk_full(out, e)
+            if full:
+                raise full from None
+            raise
         if quant == "f16":
             atomic_write(out, lambda t: os.replace(f16, t))
         else:
@@ -325,6 +331,9 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
 
 def run(cfg: ExportConfig, console) -> int:
     out = Path(cfg.out)
+    writable(out, directory=cfg.to == "hf")
+    if cfg.to == "gguf":
+        writable(out.parent / f"{out.name[:-len('.gguf')]}.Modelfile")
     src = load_source(cfg.model)
     if cfg.to == "hf":
         write_hf(src, out)

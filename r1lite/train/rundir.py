@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from r1lite.config import to_dict
+from r1lite import files
 from r1lite.errors import UsageError
 from r1lite.files import read_json
 from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
@@ -48,14 +49,7 @@ def claim(run_dir: Path, resume: bool, force: bool) -> None:
         if taken:
             raise UsageError(f"--out {run_dir} --force: {run_dir / taken[0]} is in the way of the run's own "
                              f"{taken[0]}; move it, or choose another --out")
-    writable(run_dir)
-
-
-def writable(path: Path) -> None:
-    """Refuse an output that cannot be written (read-only, no permission) before any work starts."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write to {path} ({existing} is read-only or not ours); choose another --out")
+    files.writable(run_dir, "--out", directory=True)
 
 
 class RunLock:
