@@ -39,6 +39,8 @@ class Backend:
     name: str
     format_name: str = ""
     """The run's prompt format (r1, plain, ...; "" for a plain model): for a GGUF, as its export recorded it."""
+    context: int = 0
+    """Tokens a sequence may span, prompt and answer (the model's trained context; 0 = not known)."""
 
     def prompt(self, messages: list[dict]) -> tuple[list[int], bool]:
         """Token ids for a conversation with the assistant turn opened, and whether the prompt
@@ -93,11 +95,11 @@ def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: i
         decoder = LlamaCppDecoder(path, max_rows=max_rows)
         stops = sorted(set(stop_token_ids(tokenizer)))
         return Backend(Engine(decoder, tokenizer, stops, max_rows), tokenizer, PromptFormat("", "", "", ""), "llama.cpp",
-                       path.name, gguf_format(path))
+                       path.name, gguf_format(path), decoder.lib.llama_model_n_ctx_train(decoder.model))
     if path.exists() and path.is_file():
         raise UsageError(f"--model {spec}: a file that is not .gguf; pass a GGUF file, a run directory or a model directory")
     runtime = resolve_runtime(device, dtype)
     model, tokenizer = load_model(spec, runtime)
     engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows)
     fmt = run_format(spec)
-    return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name)
+    return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name, model.config.max_position_embeddings)

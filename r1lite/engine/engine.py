@@ -193,6 +193,7 @@ class _Seq:
         self.in_thought = request.thinking  # inside <think> (budget forcing only)
         self.thought = 0  # tokens generated inside <think>
         self.forced: list[int] = []  # tokens the budget writes next
+        self.stop_window = 0  # tokens whose text can hold the longest stop string (set on first use)
 
     @property
     def remaining(self) -> int:
@@ -232,6 +233,9 @@ class Engine:
         self.stats = GenerationStats()
         self.batch: _Batch | None = None
         self.waiting: list[Request] = []
+        self.failed: dict[str, Exception] = {}
+        """Requests whose prefill raised, by id, with the error: they left the engine; the batch
+        running beside them goes on (the step-level caller takes them out of here)."""
         self._ids = itertools.count()
 
     @property
@@ -275,7 +279,7 @@ class Engine:
     def clear(self) -> None:
         """Drop every request, waiting and running, with no last delta (after a step failed: the
         batch's state is unknown)."""
-        self.batch, self.waiting = None, []
+        self.batch, self.waiting, self.failed = None, [], {}
 
     def step(self) -> list[Delta]:
         """Advance every running sequence by one token; see the module docstring."""
@@ -343,7 +347,10 @@ class Engine:
         saved, self.join_at = self.join_at, max(1, self.max_rows // 4)
         try:
             while len(done) < sum(r.n for r in requests):
-                for d in self.step():
+                deltas = self.step()
+                if failed := [e for rid, e in self.failed.items() if rid in mine]:
+                    raise failed[0]
+                for d in deltas:
                     if d.completion is not None and d.request_id in mine:
                         done[(d.request_id, d.sample)] = d.completion
                         if on_progress is not None:
@@ -398,8 +405,9 @@ class Engine:
         """Whether the newest token completed a stop string (searched in the text of the last few
         tokens, enough to hold the longest stop string)."""
         stops = seq.request.sampling.stop
-        window = max(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in stops) + 2
-        tail = self.tokenizer.decode(seq.tokens[-window:])
+        if not seq.stop_window:  # tokenized once per sequence, not at every step
+            seq.stop_window = max(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in stops) + 2
+        tail = self.tokenizer.decode(seq.tokens[-seq.stop_window:])
         return any(t in tail for t in stops)
 
     def _text(self, seq: _Seq) -> str:
@@ -420,7 +428,11 @@ class Engine:
             rows += group[-1].n
         if not group:
             return
-        new = self._prefill(group)
+        try:
+            new = self._prefill(group)
+        except Exception as e:  # these prompts failed (the running batch is untouched): they alone end
+            self.failed.update((r.id, e) for r in group)
+            return
         if self.batch is None:
             self.batch = new
         else:

@@ -27,7 +27,8 @@ class ServeOptions:
     served_model_name: str = opt("", "the name clients send as 'model' (\"\" = the model's name)")
     host: str = opt("127.0.0.1", "address to listen on (127.0.0.1 = this machine only)")
     port: int = opt(8000, "port to listen on")
-    api_key: str = opt("", "bearer key for /v1/* and /metrics (\"\" = $R1LITE_API_KEY; neither = open)")
+    api_key: str = opt("", "bearer key for /v1/* and /metrics (\"\" = --api-key-file, then $R1LITE_API_KEY; none = open)")
+    api_key_file: str = opt("", "a file whose first line is the bearer key (off the command line, which every local user can read)")
     max_body_bytes: int = opt(1 << 20, "largest request body in bytes (larger: 413)")
     max_concurrency: int = opt(32, "requests decoding at once, one batch")
     max_queue: int = opt(64, "requests waiting beyond those (more: 429)")
@@ -45,6 +46,7 @@ class ServeOptions:
     temperature: float = opt(0.6, "when a request names none (0.6 is R1's)")
     top_p: float = opt(0.95, "when a request names none (0.95 is R1's)")
     log_prompts: bool = opt(False, "print each request's messages (off: prompts are not logged)")
+    api_docs: bool = opt(False, "serve /docs, /redoc and /openapi.json (the docs pages load scripts from a CDN)")
     device: str = opt("auto", "PyTorch models: auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "PyTorch models: auto, bf16 or fp32")
 
@@ -64,6 +66,21 @@ class ServeOptions:
             raise UsageError(f"--guard {self.guard}: use on or off")
 
 
+def api_key(given: str, path: str) -> str | None:
+    """The bearer key: ``--api-key``, the first line of ``--api-key-file``, or ``$R1LITE_API_KEY``; None = open."""
+    if given and path:
+        raise UsageError("--api-key and --api-key-file both given: pass one")
+    if path:
+        try:
+            key = Path(path).expanduser().read_text().splitlines()[:1]
+        except OSError as e:
+            raise UsageError(f"--api-key-file {path}: cannot read it ({e.strerror})") from None
+        if not key or not key[0].strip():
+            raise UsageError(f"--api-key-file {path}: the first line is empty; write the key there")
+        return key[0].strip()
+    return given or os.environ.get("R1LITE_API_KEY") or None
+
+
 def build(opts: ServeOptions):
     """The app and its config for ``serve``'s options (tests build it in-process)."""
     from r1lite.edge.backends import open_model
@@ -76,13 +93,29 @@ def build(opts: ServeOptions):
         guard = Guard(GuardPolicy(opts.guard_policy or DEFAULT_POLICY), judge)
     backend = open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency)
     name = opts.served_model_name or (Path(opts.model).name if opts.model not in ("default", "tiny") else opts.model)
-    cfg = ServeConfig(model_name=name, api_key=opts.api_key or os.environ.get("R1LITE_API_KEY") or None,
+    cfg = ServeConfig(model_name=name, api_key=api_key(opts.api_key, opts.api_key_file),
                       max_body_bytes=opts.max_body_bytes, max_concurrency=opts.max_concurrency, max_queue=opts.max_queue,
                       request_timeout=opts.request_timeout, max_tokens_cap=opts.max_tokens_cap,
                       default_max_tokens=opts.max_new_tokens, max_messages=opts.max_messages,
                       max_thinking_tokens=opts.max_thinking_tokens, reasoning_field=opts.reasoning_field,
-                      temperature=opts.temperature, top_p=opts.top_p, log_prompts=opts.log_prompts)
+                      temperature=opts.temperature, top_p=opts.top_p, log_prompts=opts.log_prompts,
+                      api_docs=opts.api_docs)
     return create_app(backend, cfg, guard), cfg
+
+
+def uvicorn_config(app, host: str, port: int, header_seconds: float = 10.0, **kw):
+    """uvicorn's settings for the app: a request's headers must be whole within ``header_seconds``
+    of the connection opening (or of its last response) and within 16 KiB (h11's limit on an
+    incomplete event); an idle keep-alive connection closes after 5 s; the body's own deadline is
+    ``ServeConfig.body_timeout`` (the app's front door)."""
+    from functools import partial
+
+    import uvicorn
+
+    from r1lite.serve.app import HeaderTimeout
+
+    return uvicorn.Config(app, host=host, port=port, http=partial(HeaderTimeout, header_seconds=header_seconds),
+                          timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024, **kw)
 
 
 def run(opts: ServeOptions, console) -> int:
@@ -95,7 +128,8 @@ def run(opts: ServeOptions, console) -> int:
     # uvicorn handles SIGTERM (stop admitting, drain) and then re-raises it to the handler that was
     # there before: this one, so a drained server exits 0 instead of dying by the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level="warning", timeout_graceful_shutdown=int(opts.request_timeout))
+    uvicorn.Server(uvicorn_config(app, opts.host, opts.port, log_level="warning",
+                                  timeout_graceful_shutdown=int(opts.request_timeout))).run()
     if stopped:
         console.print("r1lite serve: stopped on SIGTERM after draining")
     return 0

@@ -13,51 +13,178 @@ Prompts are not logged unless asked.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
+import html
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import logging
+
 import httpx
 from fastapi import FastAPI
-from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi import Request as HTTPRequest
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import generate_latest
+from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from r1lite.edge.backends import Backend
 from r1lite.errors import UsageError
 from r1lite.serve.guard import Guard
 from r1lite.serve.schema import ChatRequest
-from r1lite.serve.service import BadRequest, ChatService, Metrics, ServeConfig, invalid
+from r1lite.serve.service import BadRequest, ChatService, Metrics, ServeConfig, disconnected, invalid
 from r1lite.serve.worker import Worker
 
 PAGE = Path(__file__).with_name("page.html")
+LINGER_BYTES, LINGER_SECONDS = 16 << 20, 5.0
+"""How much of a refused body is read and dropped before the connection closes."""
+log = logging.getLogger("r1lite.serve")
+SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 __all__ = ["ServeConfig", "create_app"]
 
 
-def authorize(request: HTTPRequest, api_key: str | None) -> None:
-    """Pass a request that carries ``Authorization: Bearer <key>`` (any request when no key is set)."""
+def key_ok(header: bytes, api_key: str | None) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <key>`` (constant-time; any header when no key is set)."""
     if api_key is None:
-        return
-    given = request.headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), api_key.encode()):
-        raise BadRequest(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                         code="invalid_api_key", type_="authentication_error")
+        return True
+    token = header[7:] if header[:7].lower() == b"bearer " else b""
+    return hmac.compare_digest(token, api_key.encode())
 
 
-async def oversize(request: HTTPRequest, limit: int) -> BadRequest | None:
-    """The 413 for a body over ``limit`` bytes, by its length header or, chunked, as read."""
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        return BadRequest(413, f"request body of {size} bytes is over the limit of {limit}", code="request_too_large")
-    if request.method == "POST":
-        body = await request.body()  # read (and cache) it: a chunked body has no length header
-        if len(body) > limit:
-            return BadRequest(413, f"request body is over the limit of {limit} bytes", code="request_too_large")
-    return None
+def protected(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/metrics"
+
+
+class FrontDoor:
+    """The first thing a request meets, as ASGI middleware: the API key is checked before any body
+    is read (401), the body is read a chunk at a time and refused once over ``limit`` bytes (413)
+    or not whole within ``body_seconds`` (408); a refused body is read and dropped up to
+    :data:`LINGER_BYTES` (nginx's lingering close) so the client reads the status instead of a
+    reset. The accepted body is handed on whole."""
+
+    def __init__(self, app, api_key: str | None, limit: int, body_seconds: float, reject):
+        self.app, self.api_key, self.limit, self.body_seconds, self.reject = app, api_key, limit, body_seconds, reject
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        body = Body(receive)
+        if protected(scope["path"]) and not key_ok(headers.get(b"authorization", b""), self.api_key):
+            error = BadRequest(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               code="invalid_api_key", type_="authentication_error")
+        elif (size := headers.get(b"content-length", b"")).isdigit() and int(size) > self.limit:
+            error = BadRequest(413, f"request body of {int(size)} bytes is over the limit of {self.limit}", code="request_too_large")
+        else:
+            error = await body.read(self.limit, self.body_seconds)
+            if error is None and body.gone:
+                log.warning("%s %s: the client went away while sending the body", scope["method"], scope["path"])
+                return
+            if error is None:
+                return await self.app(scope, body.replay(), send)
+        if error.status != 408:
+            await body.drop(LINGER_BYTES, LINGER_SECONDS)
+        response = self.reject(error)
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+class Body:
+    """A request's body as it arrives over ASGI ``receive``."""
+
+    def __init__(self, receive):
+        self.receive, self.chunks, self.done, self.gone = receive, [], False, False
+
+    async def read(self, limit: int, seconds: float) -> BadRequest | None:
+        """Read it whole (``gone`` when the client left first): the 413 past ``limit`` bytes, the
+        408 past ``seconds``."""
+        size, deadline = 0, time.monotonic() + seconds
+        while not self.done and not self.gone:
+            try:
+                message = await asyncio.wait_for(self.receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return BadRequest(408, f"the request body did not arrive within {seconds:.0f} s", code="request_timeout")
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            self.done = not message.get("more_body", False)
+            if size > limit:
+                return BadRequest(413, f"request body is over the limit of {limit} bytes", code="request_too_large")
+            self.chunks.append(chunk)
+        return None
+
+    async def drop(self, most: int, seconds: float) -> None:
+        """Read and discard what is left of it, up to ``most`` bytes and ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.done and not self.gone and most > 0:
+            try:
+                message = await asyncio.wait_for(self.receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return
+            self.gone = message["type"] == "http.disconnect"
+            self.done = not message.get("more_body", False)
+            most -= len(message.get("body", b""))
+
+    def replay(self):
+        """An ASGI ``receive`` that gives the whole body once, then waits on the client (its disconnect)."""
+        pending = [{"type": "http.request", "body": b"".join(self.chunks), "more_body": False}]
+
+        async def receive():
+            return pending.pop() if pending else await self.receive()
+        return receive
+
+
+class HeaderTimeout(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on a request's headers: a connection whose next
+    request's headers are not whole ``header_seconds`` after it opened (or after its last response)
+    is closed (uvicorn itself waits on them forever)."""
+
+    def __init__(self, *args, header_seconds: float, **kw):
+        super().__init__(*args, **kw)
+        self.header_seconds, self.header_timer = header_seconds, None
+
+    def arm(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+        waiting_after = self.cycle
+        self.header_timer = self.loop.call_later(self.header_seconds, self.expire, waiting_after)
+
+    def expire(self, waiting_after) -> None:
+        if self.cycle is waiting_after and not self.transport.is_closing():  # no new request began
+            log.warning("closed a connection whose request headers took over %.0f s", self.header_seconds)
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.arm()
+
+    def connection_lost(self, exc) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+        super().connection_lost(exc)
+
+
+def chat_page(model_name: str) -> tuple[str, dict[str, str]]:
+    """The chat page with the model's name escaped into it, and its headers: a Content-Security-Policy
+    that runs the page's own inline script (by its hash) and nothing else, and talks to this server only."""
+    text = PAGE.read_text().replace("{{MODEL}}", html.escape(model_name))
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+                      for s in SCRIPT.findall(text))
+    csp = (f"default-src 'none'; script-src {hashes}; connect-src 'self'; style-src 'unsafe-inline'; "
+           "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return text, {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastAPI:
@@ -75,7 +202,8 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
         worker.stop()
         await service.client.aclose()
 
-    app = FastAPI(title="r1lite", version="1", lifespan=lifespan,
+    docs = {} if cfg.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="r1lite", version="1", lifespan=lifespan, **docs,
                   description="OpenAI-compatible chat completions with the reasoning returned separately.")
 
     @app.exception_handler(BadRequest)
@@ -86,18 +214,23 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
     async def on_invalid(request, e: RequestValidationError):
         return service.reject(invalid(e.errors()))
 
+    @app.exception_handler(HTTPException)
+    async def on_http(request, e: HTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        return service.reject(BadRequest(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code=kind))
+
     @app.exception_handler(UsageError)
     async def on_usage(request, e: UsageError):
         return service.reject(BadRequest(400, str(e)))
 
-    @app.middleware("http")
-    async def limit_body(request: HTTPRequest, call_next):
-        error = await oversize(request, cfg.max_body_bytes)
-        return service.reject(error) if error is not None else await call_next(request)
+    app.add_middleware(FrontDoor, api_key=cfg.api_key, limit=cfg.max_body_bytes, body_seconds=cfg.body_timeout,
+                       reject=service.reject)
+
+    page_text, page_headers = chat_page(cfg.model_name)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return PAGE.read_text().replace("{{MODEL}}", cfg.model_name)
+        return HTMLResponse(page_text, headers=page_headers)
 
     @app.get("/health")
     async def health():
@@ -105,21 +238,19 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
                 "in_flight": worker.in_flight}
 
     @app.get("/v1/models")
-    async def models(request: HTTPRequest):
-        authorize(request, cfg.api_key)
+    async def models():
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "r1lite"}]}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus(request: HTTPRequest):
-        authorize(request, cfg.api_key)
+    async def prometheus():
         metrics.queue.set(worker.queued)
         metrics.in_flight.set(worker.in_flight)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: HTTPRequest):
-        authorize(http, cfg.api_key)
-        return await service.create(body)
+        response = await service.create(body, asyncio.ensure_future(disconnected(http.receive)))
+        return Response(status_code=499) if response is None else response  # None: the client went away
 
     app.state.worker, app.state.metrics, app.state.service = worker, metrics, service
     return app

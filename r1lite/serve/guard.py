@@ -19,7 +19,7 @@ CODES = tuple(f"S{i}" for i in range(1, 15))
 CONTEXT_CHARS = 512
 """The output guard reads each new sentence after this many characters of the answer before it, so
 a pattern that spans a sentence boundary is still seen (the default policy's widest pattern with a
-bounded width spans 210)."""
+bounded width spans 251)."""
 WHITESPACE = re.compile(r"\s")
 
 
@@ -51,6 +51,24 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+NEVER = re.compile(r"(?!)")
+"""A pattern that matches nothing (a category with no patterns on one side)."""
+
+
+def either(patterns: list[re.Pattern]) -> re.Pattern:
+    """One pattern that matches where any of ``patterns`` does: one scan of the text instead of one
+    per pattern (~390 patterns in the default policy). A pattern with a numbered backreference
+    (``\\1``) would point at another pattern's group once joined: such patterns are refused.
+
+    >>> either([re.compile("bomb", re.I), re.compile(r"pipe\\s+bomb", re.I)]).search("a PIPE bomb") is not None
+    True
+    """
+    for p in patterns:
+        if re.search(r"\\[1-9]|\(\?P=", p.pattern):
+            raise UsageError(f"guard pattern {p.pattern!r}: backreferences are not supported (patterns are joined)")
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns), re.I) if patterns else NEVER
+
+
 class GuardPolicy:
     """A compiled guard policy (see the YAML file for its format)."""
 
@@ -72,7 +90,7 @@ class GuardPolicy:
                 allow = [re.compile(p, re.I) for p in spec.get("allow") or []]
             except re.error as e:
                 raise UsageError(f"--guard-policy {path}: category {code}: bad pattern ({e})") from None
-            self.categories.append((code, spec.get("name", code), block, allow))
+            self.categories.append((code, spec.get("name", code), either(block), either(allow)))
         self.pii = {kind: re.compile(p) for kind, p in (data.get("pii") or {}).items()}
 
     def check(self, text: str, allowed: set[str] | None = None) -> Verdict:
@@ -82,9 +100,9 @@ class GuardPolicy:
         flat = " ".join(text.split())
         allowed = set() if allowed is None else allowed
         for code, name, block, allow in self.categories:
-            if code not in allowed and any(p.search(flat) for p in allow):
+            if code not in allowed and allow.search(flat):
                 allowed.add(code)
-            if code not in allowed and any(p.search(flat) for p in block):
+            if code not in allowed and block.search(flat):
                 return Verdict(False, code, name, "policy")
         return SAFE
 

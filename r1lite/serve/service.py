@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -47,7 +48,10 @@ from r1lite.serve.schema import (
 from r1lite.serve.worker import Busy, Draining, Ticket, Worker
 
 SENTENCE_END = re.compile(r"[.!?\n]")
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+"""Bounds on a request's stop strings (OpenAI's: up to 4)."""
 UNSUPPORTED = ("tools", "tool_choice", "logprobs", "top_logprobs")
+log = logging.getLogger("r1lite.serve")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -81,6 +85,10 @@ class ServeConfig:
     top_p: float = 0.95
     log_prompts: bool = False
     """Print each request's messages."""
+    api_docs: bool = False
+    """Serve ``/docs``, ``/redoc`` and ``/openapi.json``."""
+    body_timeout: float = 30.0
+    """Seconds a request's body may take to arrive (then 408)."""
 
 
 class Metrics:
@@ -97,6 +105,16 @@ class Metrics:
         self.queue = Gauge("r1lite_queue_depth", "requests waiting for a generation slot", registry=r)
         self.in_flight = Gauge("r1lite_in_flight", "requests admitted (decoding or waiting)", registry=r)
         self.blocks = Counter("r1lite_guard_blocks", "content guard blocks by category and side", ["category", "side"], registry=r)
+
+
+class ClientGone(Exception):
+    """The client went away before its answer was whole."""
+
+
+async def disconnected(receive) -> None:
+    """Return once the client has gone away (ASGI ``receive``, after the body was read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class BadRequest(Exception):
@@ -121,6 +139,19 @@ def invalid(errors: Sequence[dict]) -> BadRequest:
     return BadRequest(400, f"{param or 'body'}: {first['msg']}", param)
 
 
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (JSON's ``\\ud800`` escape gives a lone surrogate that cannot).
+
+    >>> encodable("ok é"), encodable("a \\ud800 b")
+    (True, False)
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class Turn:
     """One request on its way through the service."""
@@ -137,6 +168,8 @@ class Turn:
     """``time.monotonic()`` when the request arrived."""
     stream: bool
     include_usage: bool
+    gone: asyncio.Future | None = None
+    """Done when the client has gone away (:func:`disconnected`)."""
 
     @property
     def question(self) -> str:
@@ -171,16 +204,29 @@ class ChatService:
         self.client: httpx.AsyncClient | None = None
         """The HTTP client the guard's judge is called with (the app opens it at startup)."""
 
-    async def create(self, body: ChatRequest) -> dict | StreamingResponse:
-        """A chat completion: every step, in order."""
-        self.check(body)
-        turn = self.render(body, self.messages(body))
-        if self.cfg.log_prompts:
-            print(json.dumps({"request": turn.request.id, "messages": turn.messages}), flush=True)
-        verdict = await self.guard_input(turn)
-        if not verdict.safe:
-            return self.refuse_input(turn, verdict)
-        return await self.stream(turn) if turn.stream else await self.full(turn)
+    async def create(self, body: ChatRequest, gone: asyncio.Future | None = None) -> dict | StreamingResponse | None:
+        """A chat completion: every step, in order. ``gone``: done when the client goes away; its
+        generation is then cancelled (None comes back: there is no one to answer)."""
+        streaming = False
+        try:
+            self.check(body)
+            turn = self.render(body, self.messages(body))
+            turn.gone = gone
+            if self.cfg.log_prompts:
+                print(json.dumps({"request": turn.request.id, "messages": turn.messages}), flush=True)
+            verdict = await self.guard_input(turn)
+            if not verdict.safe:
+                return self.refuse_input(turn, verdict)
+            if turn.stream:
+                response = await self.stream(turn)
+                streaming = True  # the stream's events own ``gone`` from here
+                return response
+            return await self.full(turn)
+        except ClientGone:
+            return None
+        finally:
+            if gone is not None and not streaming:
+                gone.cancel()
 
     # -- 1-4: the request ----------------------------------------------------------------------------
 
@@ -203,8 +249,12 @@ class ChatService:
         if body.messages[-1].role == "assistant":
             raise BadRequest(400, "the last message must not be the assistant's", "messages")
         stops = body.stops()
-        if len(stops) > 4 or any(not s for s in stops):
-            raise BadRequest(400, "'stop' takes up to 4 non-empty strings", "stop")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise BadRequest(400, f"'stop' takes up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters", "stop")
+        texts = [(f"messages.{i}.content", m.text()) for i, m in enumerate(body.messages)] + [("stop", s) for s in stops]
+        for param, text in texts:
+            if not encodable(text):
+                raise BadRequest(400, f"{param}: not valid Unicode (a lone surrogate such as \\ud800)", param)
 
     def messages(self, body: ChatRequest) -> list[dict]:
         """The conversation for the prompt (``developer`` is ``system``); with the guard on, PII in
@@ -223,12 +273,23 @@ class ChatService:
         started, created = time.monotonic(), int(time.time())
         budget = thinking_budget(body.model_dump(exclude_none=True), self.cfg.max_thinking_tokens)
         ids, thinking = self.backend.prompt(messages)
+        context = self.backend.context
+        named = body.max_completion_tokens or body.max_tokens
+        if context and len(ids) >= context:
+            raise BadRequest(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
+                             "messages", "context_length_exceeded")
+        if context and named and len(ids) + named > context:
+            raise BadRequest(400, f"the prompt ({len(ids)} tokens) and max_tokens ({named}) are over this model's context "
+                             f"of {context} tokens", "max_tokens", "context_length_exceeded")
         answer_tags = self.backend.format_name == "r1"
         split = Split(thinking=thinking, answer_tags=answer_tags)
         if budget.tokens == 0 and (thinking or answer_tags):
             ids = ids + self.empty_thinking(thinking)
             split = Split(answer_tags=answer_tags, opened=True, closed=True)
-        request = Request(ids, self.sampling(body), seed=body.seed, stream=True, thinking=split.thinking,
+        sampling = self.sampling(body)
+        if context and sampling.max_new_tokens > context - len(ids):  # the default budget, cut to fit
+            sampling = replace(sampling, max_new_tokens=context - len(ids))
+        request = Request(ids, sampling, seed=body.seed, stream=True, thinking=split.thinking,
                           max_thinking_tokens=budget.tokens or None, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
         base = {"id": request.id, "created": created, "model": self.cfg.model_name}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -319,12 +380,18 @@ class ChatService:
     async def next_delta(self, ticket: Ticket, turn: Turn) -> Delta:
         """The request's next delta within its deadline (504 past it; 500 when a step failed)."""
         remaining = self.cfg.request_timeout - (time.monotonic() - turn.started)
-        try:
-            delta = await asyncio.wait_for(ticket.queue.get(), timeout=max(0.01, remaining))
-        except asyncio.TimeoutError:
+        get = asyncio.ensure_future(ticket.queue.get())
+        done, _ = await asyncio.wait([get] + ([turn.gone] if turn.gone is not None else []), timeout=max(0.01, remaining),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if get not in done:
+            get.cancel()
             self.worker.cancel(turn.request.id)
+            if turn.gone is not None and turn.gone.done():
+                self.account(turn, "cancelled", 0)
+                raise ClientGone()
             raise BadRequest(504, f"generation took longer than {self.cfg.request_timeout:.0f} s", code="timeout",
                              type_="server_error") from None
+        delta = get.result()
         if isinstance(delta, BaseException):
             raise BadRequest(500, f"generation failed: {type(delta).__name__}: {delta}", type_="server_error")
         return delta
@@ -363,7 +430,25 @@ class ChatService:
         return StreamingResponse(self.events(turn, head, pieces), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def events(self, turn: Turn, head: Piece, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
-        """The events of a stream: the role, the text as it comes, how it ended, the usage, ``[DONE]``."""
+        """The events of a stream: the role, the text as it comes, how it ended, the usage, ``[DONE]``.
+        A stream the client left is counted once, as ``cancelled``."""
+        counted = False
+        try:
+            async for event in self.stream_events(turn, head, pieces):
+                if event is None:
+                    counted = True
+                else:
+                    yield event
+        except ClientGone:
+            counted = True  # next_delta counted it
+        finally:
+            if turn.gone is not None:
+                turn.gone.cancel()
+            if not counted:
+                self.account(turn, "cancelled", 0)
+
+    async def stream_events(self, turn: Turn, head: Piece, pieces: AsyncIterator[Piece]) -> AsyncIterator[str | None]:
+        """:meth:`events`, with None where the request was counted."""
         yield sse(chunk(turn.base, {"role": "assistant", **self.fields(None, "")}))
         piece, error = head, None
         try:
@@ -386,6 +471,7 @@ class ChatService:
             yield sse(chunk(turn.base, {}, piece.finish))
         completion_tokens = 0 if error is not None else piece.completion_tokens
         self.account(turn, "content_filter" if error is not None else piece.finish, completion_tokens)
+        yield None
         if turn.include_usage:
             yield sse(usage_chunk(turn.base, usage(turn.prompt_tokens, completion_tokens, turn.split.reasoning_tokens)))
         yield DONE
@@ -393,4 +479,5 @@ class ChatService:
     def reject(self, e: BadRequest) -> JSONResponse:
         """A request that ends in an error: counted by its status, answered in OpenAI's shape."""
         self.metrics.requests.labels(str(e.status)).inc()
+        log.warning("rejected %d %s: %s", e.status, e.code or e.type, e.message)
         return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status)

@@ -96,7 +96,11 @@ class Worker:
                 admit, self.incoming = self.incoming[:max(0, room)], self.incoming[max(0, room):]
                 cancels, self.cancels = self.cancels, []
             for ticket in admit:
-                engine.add(ticket.request)
+                try:
+                    engine.add(ticket.request)
+                except Exception as e:  # a request the engine refuses ends alone
+                    self._finish(ticket.request.id, e)
+                    continue
                 running.add(ticket.request.id)
             for rid in cancels:
                 engine.cancel(rid)
@@ -108,7 +112,7 @@ class Worker:
                 continue
             try:
                 deltas = engine.step()
-            except BaseException as e:  # a failed step ends the requests in it with the error
+            except BaseException as e:  # a failed step ends every request in it with the error
                 self.error = e
                 for rid in list(running):
                     engine.cancel(rid)
@@ -116,6 +120,10 @@ class Worker:
                 running.clear()
                 engine.clear()
                 continue
+            for rid, e in engine.failed.items():  # a prompt that failed alone ends alone
+                running.discard(rid)
+                self._finish(rid, e)
+            engine.failed.clear()
             for d in deltas:
                 ticket = self.tickets.get(d.request_id)
                 if ticket is None:
