@@ -29,14 +29,17 @@ def test_save_then_load_restores_everything(tmp_path):
     assert torch.equal(torch.rand(1), rng_draw)  # the RNG is back where it was at save time
 
 
-def test_only_the_latest_complete_checkpoint_is_kept(tmp_path):
+def test_the_latest_complete_checkpoint_and_the_one_before_are_kept(tmp_path):
+    """Two checkpoints stay: the latest, and the one before it as the fallback when the latest is
+    damaged; older ones go."""
     model, opt, sched = tiny_state()
-    for step in (2, 4):
+    for step in (2, 4, 6):
         checkpoint.save(tmp_path, step, model, opt, sched, {})
-    (tmp_path / "checkpoints" / ".step-000006.half-written").mkdir()  # a save killed mid-way
-    assert checkpoint.latest(tmp_path).name == "step-000004"
+    (tmp_path / "checkpoints" / ".step-000008.half-written").mkdir()  # a save killed mid-way
+    assert checkpoint.latest(tmp_path).name == "step-000006"
+    assert checkpoint.before(checkpoint.latest(tmp_path)).name == "step-000004"
     names = {p.name for p in (tmp_path / "checkpoints").iterdir()}
-    assert "step-000002" not in names and "latest" in names
+    assert {"latest", "step-000004", "step-000006"} <= names and "step-000002" not in names
 
 
 def test_no_checkpoint_yet(tmp_path):
