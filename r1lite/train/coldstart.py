@@ -165,8 +165,9 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
             epochs = len(history) / per_epoch
             found = check(epochs)
             if found == "below":
-                weights = snapshot(params) if bars.max_accuracy or not best or score(checks[-1], bars) > best["score"] else None
-                if not best or score(checks[-1], bars) > best["score"]:
+                better = not best or score(checks[-1], bars) > best["score"]
+                weights = snapshot(params) if better or bars.max_accuracy else None  # one copy serves both
+                if better:
                     best = {"score": score(checks[-1], bars), "epochs": checks[-1]["epochs"], "weights": weights}
                 if bars.max_accuracy:
                     anchor = {"epochs": epochs, "weights": weights}
