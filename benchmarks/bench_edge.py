@@ -101,9 +101,9 @@ def accuracy(backend, task, items, fmt: str, prefill: str, max_new_tokens: int) 
     requests = [Request(backend.prompt([{"role": "user", "content": item.question}])[0],
                         Sampling(max_new_tokens=max_new_tokens, temperature=0)) for item in items]
     outputs = backend.engine.generate(requests)
-    from r1lite import tasks
+    from r1lite import prompts
 
-    return sum(tasks.score(o[0].text, item, task, fmt, prefill)["accuracy"] or 0.0 for o, item in zip(outputs, items)) / len(items)
+    return sum(prompts.score(o[0].text, item, task, fmt, prefill)["accuracy"] or 0.0 for o, item in zip(outputs, items)) / len(items)
 
 
 def main() -> None:

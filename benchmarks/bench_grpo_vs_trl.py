@@ -78,7 +78,7 @@ def run_trl(steps: int) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from r1lite import tasks
+    from r1lite import prompts, tasks
     from r1lite.models import load_model, resolve_runtime
 
     runtime = resolve_runtime()
@@ -86,13 +86,13 @@ def run_trl(steps: int) -> dict:
     task = tasks.load_task(SETTINGS["task"])
     items = task.split("train", steps * SETTINGS["prompts_per_step"] * 4, seed=SETTINGS["seed"])
     by_id = {item.id: item for item in items}
-    data = Dataset.from_list([{"prompt": tasks.build_messages(item, task, SETTINGS["format"])[0], "item_id": item.id}
+    data = Dataset.from_list([{"prompt": prompts.build_messages(item, task, SETTINGS["format"])[0], "item_id": item.id}
                               for item in items])
 
     def accuracy_and_format(completions, item_id, **_):
         out = []
         for messages, iid in zip(completions, item_id):
-            s = tasks.score(messages[0]["content"], by_id[iid], task, SETTINGS["format"])
+            s = prompts.score(messages[0]["content"], by_id[iid], task, SETTINGS["format"])
             out.append((s["accuracy"] or 0.0) + 0.1 * s["format"])
         return out
 

@@ -43,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
 
-from r1lite import evaluate, tasks  # noqa: E402
+from r1lite import evaluate, prompts, tasks  # noqa: E402
 from r1lite.config import build, read_yaml  # noqa: E402
 from r1lite.distill import collect  # noqa: E402
 from r1lite.distill.traces import read_pairs, sibling  # noqa: E402
@@ -167,7 +167,7 @@ def smoke_teacher(folder: Path) -> str:
     model, tokenizer = load_model("tiny", resolve_runtime("cpu", "fp32"), seed=1)
     pairs = []
     for item in task.split("train"):
-        messages, prefill = tasks.build_messages(item, task, "r1")
+        messages, prefill = prompts.build_messages(item, task, "r1")
         pairs.append(sft.encode_pair(tokenizer, messages, prefill,
                                      f"<think>{item.question[8:-1]} = {item.answer}</think>\n<answer>{item.answer}</answer>"))
     sft.train_sft(Policy(model), tokenizer, pairs, epochs=8, lr=3e-3, batch_size=8, micro_batch_size=8, seed=0,

@@ -1,7 +1,7 @@
 """Honest evaluation: pass@1, pass@k, maj@k, format rate and lengths, for generated completions or
 for completions another system produced.
 
-The metric is the training reward: both call :func:`r1lite.tasks.score`.
+The metric is the training reward: both call :func:`r1lite.prompts.score`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
 from r1lite.errors import UsageError
@@ -85,8 +85,8 @@ def think_text(completion: str) -> str | None:
 
 def score_row(completion: str, item: tasks.Item, task: tasks.Task, fmt: str, prefill: str = "") -> dict:
     """Accuracy, format, and the answer key majority voting uses, for one completion."""
-    scored = tasks.score(completion, item, task, fmt, prefill)
-    key = tasks.extract_answer(completion, task, fmt, prefill)
+    scored = prompts.score(completion, item, task, fmt, prefill)
+    key = prompts.extract_answer(completion, task, fmt, prefill)
     if key is not None and task.numeric:
         number = tasks.rewards.parse_number(key)
         key = number if number is not None else key.strip()
@@ -262,8 +262,8 @@ class EvalOptions:
     def __post_init__(self):
         if not self.task:
             raise UsageError("eval needs --task (arithmetic, countdown, gsm8k:PATH, jsonl:PATH, gym:NAME, ...)")
-        if self.format not in tasks.FORMATS:
-            raise UsageError(f"--format {self.format}: use one of {', '.join(tasks.FORMATS)}")
+        if self.format not in prompts.FORMATS:
+            raise UsageError(f"--format {self.format}: use one of {', '.join(prompts.FORMATS)}")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split}: use one of {', '.join(SPLITS)}")
         if self.completions:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from r1lite import rewards, tasks
+from r1lite import prompts, rewards, tasks
 from r1lite.distill import collect
 from r1lite.distill.contamination import Contamination
 from r1lite.train import sft
@@ -199,7 +199,7 @@ def test_every_filter_counts_and_every_kept_row_carries_its_provenance(cli, tmp_
         for row in rows:
             p = row["provenance"]
             item = next(i for i in items if i.id == p["prompt_id"])
-            assert row["messages"] == tasks.build_messages(item, tasks.load_task("arithmetic", {"digits": 1}), "r1")[0]
+            assert row["messages"] == prompts.build_messages(item, tasks.load_task("arithmetic", {"digits": 1}), "r1")[0]
             assert p["prompt_sha256"] == collect.prompt_sha256(row["messages"])
             assert rewards.r1_answer(row["completion"]) == str(answer_of(item.question))
             assert (p["task"], p["task_options"], p["split"], p["format"]) == ("arithmetic", {"digits": 1}, "train", "r1")
@@ -358,7 +358,7 @@ def teacher(cli, tiny_model, tmp_path_factory):
     model, tokenizer = tiny_model()
     pairs = []
     for i, item in enumerate(items):
-        messages, prefill = tasks.build_messages(item, task, "r1")
+        messages, prefill = prompts.build_messages(item, task, "r1")
         word = "no" if i % 4 == 3 else "yes"
         pairs.append(sft.encode_pair(tokenizer, messages, prefill, f"<think>Whole numbers are 0, 1, 2 and so on.</think>\n<answer>{word}</answer>"))
     torch.manual_seed(0)

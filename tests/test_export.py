@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.edge.chat_format import jinja_template, ollama_template, prompt_format
 from r1lite.engine import Request, Sampling
 from r1lite.models import load_model, resolve_runtime
@@ -24,7 +24,7 @@ from r1lite.train.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32 = resolve_runtime("cpu", "fp32")
-ROWS = [{"messages": [{"role": "user", "content": f"{tasks.R1_INSTRUCTION} {tasks.NUMBER_HINT}\n\nWhat is {a} + {b}?"}],
+ROWS = [{"messages": [{"role": "user", "content": f"{prompts.R1_INSTRUCTION} {tasks.NUMBER_HINT}\n\nWhat is {a} + {b}?"}],
          "prefill": "", "completion": f"<think>{a} + {b} = {a + b}</think>\n<answer>{a + b}</answer>"}
         for a, b in [(12, 30), (5, 7), (40, 41), (9, 9), (23, 11), (60, 6), (17, 2), (31, 13)]]
 
@@ -114,7 +114,7 @@ def test_gguf_metadata_carries_the_model_card_and_the_run_format(tiny_model, exp
     _, tokenizer = tiny_model()
     assert field("tokenizer.ggml.pre") == "smollm" and field("tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert field("r1lite.prompt_format") == "r1" and json.loads(field("r1lite.evaluations"))["eval_after"]["pass@1"] == 0.5
-    assert tasks.R1_INSTRUCTION in field("tokenizer.chat_template")
+    assert prompts.R1_INSTRUCTION in field("tokenizer.chat_template")
     modelfile = (exported["q8_0"][0].parent / "model.q8_0.Modelfile").read_text()
     assert modelfile.startswith("FROM ./model.q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert ".Thinking" in modelfile and "$.IsThinkSet" in modelfile and "PARAMETER think" not in modelfile

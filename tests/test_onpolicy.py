@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.config import build
 from r1lite.errors import UsageError
 from r1lite.models import resolve_runtime
@@ -25,7 +25,7 @@ def models(tiny_model, tmp_path_factory):
     model, tokenizer = tiny_model(seed=1)
     pairs = []
     for item in task.split("train", 24, seed=0):
-        messages, prefill = tasks.build_messages(item, task, "r1")
+        messages, prefill = prompts.build_messages(item, task, "r1")
         pairs.append(sft.encode_pair(tokenizer, messages, prefill, f"<think>{item.question[8:-1]}</think>\n<answer>{item.answer}</answer>"))
     for name in ("student", "teacher"):
         sft.train_sft(Policy(model), tokenizer, pairs, epochs=10, lr=3e-3, batch_size=8, micro_batch_size=8, seed=0,

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.cost.workload import Workload, lengths_like, step_points
 from r1lite.meter.flops import Weights, decode_flops, train_pass_flops
 from r1lite.meter.hardware import Hardware
@@ -168,7 +168,7 @@ def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
         return []
     evals = [("eval_before", cfg.format, False)]
     if cfg.eval.base_plain:
-        evals += [(tasks.base_eval_key(fmt), fmt, False) for fmt in cfg.eval.base_phrasings]
+        evals += [(prompts.base_eval_key(fmt), fmt, False) for fmt in cfg.eval.base_phrasings]
     if cfg.cold_start.items:
         evals.append(("eval_after_sft", cfg.format, True))
     return evals + [("eval_after", cfg.format, True)]

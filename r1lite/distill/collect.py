@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1lite import __version__, rewards, tasks
+from r1lite import __version__, prompts, rewards, tasks
 from r1lite.config import opt
 from r1lite.distill.contamination import NGRAM, references
 from r1lite.distill.teachers import (
@@ -92,7 +92,7 @@ class DistillConfig:
         need(bool(self.teacher), "distill needs --teacher (an OpenAI-compatible base URL, a local model or FILE.gguf)")
         need(bool(self.task), "distill needs --task (arithmetic, gsm8k:PATH, jsonl:PATH, ...)")
         need(self.out.endswith(".jsonl"), f"--out {self.out or '(none)'}: name the traces file, e.g. --out traces.jsonl")
-        need(self.format in tasks.FORMATS, f"--format {self.format}: use one of {', '.join(tasks.FORMATS)}")
+        need(self.format in prompts.FORMATS, f"--format {self.format}: use one of {', '.join(prompts.FORMATS)}")
         need(self.split in ("train", "all"), f"--split {self.split}: use train or all (the held-out split is never distilled)")
         need(self.limit >= 1 or self.limit == -1, f"--limit {self.limit}: give a positive number of prompts, or -1 for the whole split")
         need(self.samples_per_prompt >= 1, f"--samples-per-prompt {self.samples_per_prompt}: must be >= 1")
@@ -224,7 +224,7 @@ def normalise(obj):
 
 def judge(run: DistillRun, item: tasks.Item, answer: Answer, seen: set[tuple[str, str]]) -> tuple[str, dict]:
     """(stage, row) for one answer: ``kept`` or the filter that dropped it (:data:`STAGES`)."""
-    messages, prefill = tasks.build_messages(item, run.task, run.cfg.format)
+    messages, prefill = prompts.build_messages(item, run.task, run.cfg.format)
     seed = request_seed(run.cfg.seed, item, answer.key[1])
     provenance = run.provenance(item, messages, answer, seed)
     provenance.update({"finish_reason": answer.finish_reason, "usage": answer.usage})
@@ -237,10 +237,10 @@ def judge(run: DistillRun, item: tasks.Item, answer: Answer, seen: set[tuple[str
     thinking, answer_text, field = parts
     completion = build_completion(thinking, answer_text, run.cfg.format)
     checked = completion if run.cfg.format == "r1" else answer_text  # plain: the answer after the thinking
-    scored = tasks.score(checked, item, run.task, run.cfg.format)
+    scored = prompts.score(checked, item, run.task, run.cfg.format)
     provenance.update({"reasoning_field": field,
                        "verifier": {"accuracy": scored["accuracy"], "format": scored["format"],
-                                    "response": tasks.extract_answer(checked, run.task, run.cfg.format)}})
+                                    "response": prompts.extract_answer(checked, run.task, run.cfg.format)}})
     row = {"messages": messages, "prefill": prefill, "completion": completion, "provenance": provenance}
     if scored["accuracy"] != 1.0:
         return "incorrect", {"stage": "incorrect", "raw": raw, **row}
@@ -355,7 +355,7 @@ def collect(cfg: DistillConfig, console) -> dict:
     done = {answered(r) for r in kept} | {answered(r) for r in dropped if r["stage"] != "failed"}
     seen = {(r["provenance"]["prompt_sha256"], r["completion"]) for r in kept}
     by_id = {item.id: item for item in clean}
-    asks = [Ask((item.id, s), tasks.build_messages(item, task, cfg.format)[0], request_seed(cfg.seed, item, s))
+    asks = [Ask((item.id, s), prompts.build_messages(item, task, cfg.format)[0], request_seed(cfg.seed, item, s))
             for item in clean for s in range(cfg.samples_per_prompt) if (item.id, s) not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in (out, dropped_file):
@@ -369,7 +369,7 @@ def collect(cfg: DistillConfig, console) -> dict:
     def on_result(result: Answer | Failure) -> None:
         item = by_id[result.key[0]]
         if isinstance(result, Failure):
-            messages = tasks.build_messages(item, task, cfg.format)[0]
+            messages = prompts.build_messages(item, task, cfg.format)[0]
             row = {"stage": "failed", "failure": {"kind": result.kind, "error": result.error},
                    "provenance": run.provenance(item, messages, result, request_seed(cfg.seed, item, result.key[1]))}
             stage = "failed"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.edge.chat_format import PromptFormat, prompt_format
 from r1lite.engine import Engine, make_engine
 from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
@@ -70,7 +70,7 @@ def gguf_format(path: Path) -> str:
     if field is None:
         return ""
     name = bytes(field.parts[field.data[0]]).decode()
-    return name if name in tasks.FORMATS else ""
+    return name if name in prompts.FORMATS else ""
 
 
 def gguf_tokenizer(path: Path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1lite import tasks
+from r1lite import prompts, tasks
 from r1lite.errors import UsageError
 from r1lite.models import TURN_END, TURN_START
 
@@ -47,7 +47,7 @@ def prompt_format(task: tasks.Task | None, fmt: str, prefill_think: bool) -> Pro
     if task is None:
         return PromptFormat("", "", "", "")
     item = tasks.Item("x", _SENTINEL, None, {})
-    messages, prefill = tasks.build_messages(item, task, fmt, prefill_think=prefill_think)
+    messages, prefill = prompts.build_messages(item, task, fmt, prefill_think=prefill_think)
     prefix, _, suffix = messages[-1]["content"].partition(_SENTINEL)
     return PromptFormat(fmt, prefix, suffix, prefill)
 

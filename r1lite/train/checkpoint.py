@@ -156,6 +156,19 @@ def load(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     return state
 
 
+def load_or_before(path: Path, model, optimizer, scheduler, warn) -> tuple[Path, dict[str, Any]]:
+    """:func:`load` ``path``; when it is damaged, ``warn`` why and load the one before it (kept for
+    this). Returns the checkpoint loaded and its state."""
+    try:
+        return path, load(path, model, optimizer, scheduler)
+    except UsageError as e:
+        fallback = before(path)
+        if fallback is None:
+            raise
+        warn(f"[yellow]{e}[/]\nresuming from the checkpoint before it, {fallback.name}")
+        return fallback, load(fallback, model, optimizer, scheduler)
+
+
 def read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())

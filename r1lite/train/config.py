@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from r1lite.config import opt, part
 from r1lite.errors import UsageError
 from r1lite.meter.hardware import check_price, find_hardware
-from r1lite.tasks import FORMATS
+from r1lite.prompts import FORMATS
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")

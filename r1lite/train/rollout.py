@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from r1lite import rewards, tasks
+from r1lite import prompts, rewards, tasks
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
 from r1lite.prompts import item_prompts
 from r1lite.train import grpo
@@ -61,7 +61,7 @@ def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: lis
                 completions) -> dict:
     """Rewards of one group: each configured function, weighted and summed. ``seen`` holds what
     the step's metrics need (small enough to gather from every rank)."""
-    scored = [tasks.score(c.text, item, task, cfg.format, prefill) for c in completions]
+    scored = [prompts.score(c.text, item, task, cfg.format, prefill) for c in completions]
     accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
     parts: dict[str, list[float]] = {}
     for name in cfg.loss.rewards:

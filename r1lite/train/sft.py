@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lite import rewards, tasks
+from r1lite import prompts, rewards, tasks
 from r1lite.config import opt
 from r1lite.distill.traces import card_notice, read_pairs
 from r1lite.engine import Request, Sampling, derive_seed
@@ -185,17 +185,17 @@ def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *,
     if not task.numeric:
         raise UsageError(f"cold start rewrites plain answers into <answer> blocks and needs a numeric task; {task.name} is not")
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
-    prompts = item_prompts(tokenizer, task, items, phrasing)
-    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16))) for item, p in zip(items, prompts)]
+    prompted = item_prompts(tokenizer, task, items, phrasing)
+    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16))) for item, p in zip(items, prompted)]
     outputs = engine.generate(requests, stats=stats, max_rows=batch_size, on_progress=on_progress)
     rows = []
     for item, completions in zip(items, outputs):
         correct = {rewards.strip_end(c.text).strip(): c for c in completions
-                   if c.finish == "stop" and tasks.score(c.text, item, task, phrasing)["accuracy"] == 1.0}
+                   if c.finish == "stop" and prompts.score(c.text, item, task, phrasing)["accuracy"] == 1.0}
         # The shortest distinct verified samples: cheaper to train on and to sample in RL later.
         for thought in sorted(correct, key=len)[:per_item]:
             c = correct[thought]
-            messages, prefill = tasks.build_messages(item, task, "r1")
+            messages, prefill = prompts.build_messages(item, task, "r1")
             rows.append({
                 "item_id": item.id, "messages": messages, "prefill": prefill, "completion": r1_trace(c.text),
                 "provenance": {"teacher": model_name, "prompt_format": phrasing, "temperature": temperature,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from r1lite import evaluate, report, tasks
+from r1lite import evaluate, prompts, report, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.engine import GenerationStats, make_engine
 from r1lite.errors import UsageError
@@ -39,7 +39,7 @@ from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
 from r1lite.progress import progress
-from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, rollout, rundir
+from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
 from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, make_group_batch, pass_flops
 from r1lite.train.reference import Reference
@@ -111,7 +111,8 @@ class Trainer:
                 write_text(self.run_dir / "config.yaml", dump_yaml(cfg))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.print_header()
+        self.console.print(printout.header(cfg, self.runtime, self.world.size, self.run_dir, self.resume),
+                           highlight=False)
         with self.world.together():
             hardware = CostConfig(hardware=cfg.cost.hardware, watts=cfg.cost.watts,
                                   usd_per_hour=cfg.cost.usd_per_hour).resolve(device_kind(self.runtime))
@@ -138,7 +139,8 @@ class Trainer:
         with self.world.together():
             ckpt = checkpoint.latest(self.run_dir) if self.resume else None
             if ckpt is not None:
-                ckpt, state = self.load_checkpoint(ckpt)
+                ckpt, state = checkpoint.load_or_before(ckpt, self.model, self.optimizer, self.scheduler,
+                                                        self.console.print)
                 self.step, self.data_position = state["step"], state["data_position"]
                 if self.world.main:  # the job's cost so far; the other ranks count their own from here
                     self.meter.load_state_dict(state["cost"])
@@ -154,32 +156,6 @@ class Trainer:
                 self.summary.pop(key, None)
             self.save_summary()
         self._truncate_metrics()
-
-    def print_header(self) -> None:
-        """What runs, on what, and where it goes: a few lines (the whole config is in config.yaml)."""
-        cfg, optim = self.cfg, self.cfg.optim
-        ranks = f", {self.world.size} processes" + (" (FSDP)" if cfg.launch.fsdp else "") if self.world.size > 1 else ""
-        options = " " + " ".join(f"{k}={v}" for k, v in cfg.task_options.items()) if cfg.task_options else ""
-        cold = cfg.cold_start
-        first = (f"cold start on {cold.items} items' own answers, then " if cold.items and not (cold.data or cold.teacher)
-                 else "cold start on a teacher's traces, then " if cold.data or cold.teacher else "")
-        self.console.print(f"[bold]r1lite train[/] → {self.run_dir}{' (resumed)' if self.resume else ''}\n"
-                           f"  model {cfg.model}, task {cfg.task}{options}, format {cfg.format}\n"
-                           f"  {self.runtime.describe()}{ranks}\n"
-                           f"  {first}{optim.max_steps} {'GRPO' if cfg.loss.objective == 'grpo' else 'on-policy distillation'} steps of {optim.prompts_per_step} prompts x "
-                           f"{optim.group_size}, held-out eval on {cfg.eval.items} items\n"
-                           f"  the whole config: {self.run_dir / 'config.yaml'}", highlight=False)
-
-    def load_checkpoint(self, ckpt: Path) -> tuple[Path, dict]:
-        """Load ``ckpt``; when it is damaged, say so and load the one before it (kept for this)."""
-        try:
-            return ckpt, checkpoint.load(ckpt, self.model, self.optimizer, self.scheduler)
-        except UsageError as e:
-            fallback = checkpoint.before(ckpt)
-            if fallback is None:
-                raise
-            self.console.print(f"[yellow]{e}[/]\nresuming from the checkpoint before it, {fallback.name}")
-            return fallback, checkpoint.load(fallback, self.model, self.optimizer, self.scheduler)
 
     def build_model(self):
         """The model to train (with LoRA adapters when configured) and its tokenizer."""
@@ -272,7 +248,7 @@ class Trainer:
         if cfg.eval.base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
             for phrasing in cfg.eval.base_phrasings:
-                results[phrasing] = self.run_eval(tasks.base_eval_key(phrasing), phrasing)
+                results[phrasing] = self.run_eval(prompts.base_eval_key(phrasing), phrasing)
             best = max(results, key=lambda p: results[p]["pass@1"])
             self.summary["eval_base_plain"] = {**results[best], "phrasing": best,
                                                "phrasings": {p: r["pass@1"] for p, r in results.items()}}
@@ -565,22 +541,4 @@ class Trainer:
         path = report.write_report(self.run_dir)
         self.summary["finished"] = True
         self.save_summary()
-        self.print_result(path)
-
-    def print_result(self, report_path: Path) -> None:
-        from rich.table import Table
-
-        table = Table(title=f"{self.task.name} · held-out, greedy")
-        for h in report.TABLE_HEADER:
-            table.add_column(h, justify="left" if not h else "right")
-        for row in report.before_after_table(self.summary):
-            table.add_row(*row)
-        self.console.print(table)
-        line = report.headline(self.summary)
-        if line:
-            self.console.print(line)
-        self.console.print(meter.format_cost(self.summary["cost"]))
-        for row in self.summary["cost_per_point"]:
-            self.console.print(f"{row['stage']}: {row['points']:+.1f} points for {meter.usd(row['usd'])} "
-                               f"({meter.per_point(row)} per point)")
-        self.console.print(f"report: {report_path}")
+        printout.result(self.console, self.summary, self.task.name, path)
