@@ -2,6 +2,7 @@
 integers exactly, the <think> splitter gives the same split however a stream is cut, and the file
 readers turn any bytes into rows or one UsageError, never a traceback."""
 
+import os
 from decimal import Decimal
 
 import pytest
@@ -14,7 +15,9 @@ from r1lite.engine import ThinkSplit
 from r1lite.errors import UsageError
 from r1lite.files import read_jsonl
 
-BOUNDED = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# 150 examples a property in the suite; benchmarks/fuzz.py runs the same properties for minutes.
+BOUNDED = settings(max_examples=int(os.environ.get("R1LITE_FUZZ_EXAMPLES", "150")), deadline=None, database=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
 TAGGED = st.lists(st.one_of(TEXT, st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "<", "</th", "ink>"])),
                   max_size=12).map("".join)
