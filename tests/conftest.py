@@ -1,8 +1,11 @@
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,27 @@ def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 600) ->
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "r1lite", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
+
+
+def run_cli_here(*args: str | Path) -> subprocess.CompletedProcess:
+    """``r1lite ARGS`` inside this process, its output captured: for a command that stops on bad input
+    before any work, without a new interpreter's start (seconds a call). An exception that escapes
+    the command is a traceback on stderr and exit 1, as it would be in a subprocess."""
+    from r1lite.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(ROOT):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own errors and --help
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["r1lite", *argv], code, out.getvalue(), err.getvalue())
 
 
 def free_ports(n: int) -> list[int]:
@@ -66,6 +90,12 @@ def cpu_path(request, monkeypatch):
 def cli():
     """:func:`run_cli`, for tests and for fixtures of any scope."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def quick_cli():
+    """:func:`run_cli_here`: the CLI in this process, for input that is refused before any work."""
+    return run_cli_here
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,13 @@ def test_python_dash_m_and_console_script_both_work(cli):
     assert r.returncode == 0 and "--completions" in r.stdout
 
 
-def test_bad_task_name(cli):
-    assert_one_line_error(cli("eval", "--model", "tiny", "--task", "arithmetik"), "arithmetik", "arithmetic")
+def test_bad_task_name(quick_cli):
+    assert_one_line_error(quick_cli("eval", "--model", "tiny", "--task", "arithmetik"), "arithmetik", "arithmetic")
 
 
-def test_bad_model(cli, tmp_path):
-    assert_one_line_error(cli("eval", "--model", tmp_path, "--task", "arithmetic"), "config.json")
-    assert_one_line_error(cli("eval", "--model", "not a model", "--task", "arithmetic"), "--model")
+def test_bad_model(quick_cli, tmp_path):
+    assert_one_line_error(quick_cli("eval", "--model", tmp_path, "--task", "arithmetic"), "config.json")
+    assert_one_line_error(quick_cli("eval", "--model", "not a model", "--task", "arithmetic"), "--model")
 
 
 def write(path, lines):
@@ -39,25 +39,25 @@ def write(path, lines):
     return path
 
 
-def test_malformed_jsonl_line_names_file_and_line(cli, tmp_path):
+def test_malformed_jsonl_line_names_file_and_line(quick_cli, tmp_path):
     data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2", "answer": '])
-    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "not valid JSON")
+    assert_one_line_error(quick_cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "not valid JSON")
 
 
-def test_missing_answer_names_file_line_and_key(cli, tmp_path):
+def test_missing_answer_names_file_line_and_key(quick_cli, tmp_path):
     data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a"}', '{"question": "q2"}'])
-    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "'answer'")
+    assert_one_line_error(quick_cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:2", "'answer'")
 
 
-def test_unknown_verifier(cli, tmp_path):
+def test_unknown_verifier(quick_cli, tmp_path):
     data = write(tmp_path / "d.jsonl", ['{"question": "q", "answer": "a", "verifier": "fuzzy"}'])
-    assert_one_line_error(cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:1", "fuzzy", "exact")
+    assert_one_line_error(quick_cli("eval", "--model", "tiny", "--task", f"jsonl:{data}"), f"{data}:1", "fuzzy", "exact")
 
 
-def test_completions_missing_field_and_bad_json(cli, tmp_path):
+def test_completions_missing_field_and_bad_json(quick_cli, tmp_path):
     comp = write(tmp_path / "c.jsonl", ['{"answer": 3, "completion": "<think>x</think><answer>3</answer>"}',
                                         '{"answer": 4}'])
-    assert_one_line_error(cli("eval", "--task", "arithmetic", "--completions", comp, "--out", tmp_path / "o.jsonl"),
+    assert_one_line_error(quick_cli("eval", "--task", "arithmetic", "--completions", comp, "--out", tmp_path / "o.jsonl"),
                           f"{comp}:2", "'completion'")
 
 
@@ -129,23 +129,23 @@ def test_cost_reference_reproduces_the_published_arithmetic(cli):
     assert data["usd"] == 5_576_000 and data["total_gpu_hours"] == 2_788_000
 
 
-def test_cost_bad_input_is_one_line_and_exit_2(cli, tmp_path):
-    assert_one_line_error(cli("cost", "--model", "tiny", "--hardware", "TPU"), "--hardware TPU", "H100", "cpu-fp32")
-    assert_one_line_error(cli("cost", "--model", "tiny", "--usd-per-hour", "-1"), "--usd-per-hour -1", "negative")
+def test_cost_bad_input_is_one_line_and_exit_2(quick_cli, tmp_path):
+    assert_one_line_error(quick_cli("cost", "--model", "tiny", "--hardware", "TPU"), "--hardware TPU", "H100", "cpu-fp32")
+    assert_one_line_error(quick_cli("cost", "--model", "tiny", "--usd-per-hour", "-1"), "--usd-per-hour -1", "negative")
     run = tmp_path / "run"  # train refuses them before it writes anything, so the same --out works once fixed
-    assert_one_line_error(cli("train", "--model", "tiny", "--hardware", "tpu", "--out", run), "--hardware tpu")
-    assert_one_line_error(cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", run), "negative")
+    assert_one_line_error(quick_cli("train", "--model", "tiny", "--hardware", "tpu", "--out", run), "--hardware tpu")
+    assert_one_line_error(quick_cli("train", "--model", "tiny", "--usd-per-hour", "-2", "--out", run), "negative")
     assert not run.exists()
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model: tiny\nlearning_rate: 1.0e-5\n")
-    assert_one_line_error(cli("cost", "--config", recipe), "unknown key 'learning_rate'", "lr")
-    assert_one_line_error(cli("train", "--config", recipe), "unknown key 'learning_rate'")
-    assert_one_line_error(cli("cost", "--reference", "gpt-4"), "deepseek-v3", "deepseek-r1")
+    assert_one_line_error(quick_cli("cost", "--config", recipe), "unknown key 'learning_rate'", "lr")
+    assert_one_line_error(quick_cli("train", "--config", recipe), "unknown key 'learning_rate'")
+    assert_one_line_error(quick_cli("cost", "--reference", "gpt-4"), "deepseek-v3", "deepseek-r1")
     empty = tmp_path / "empty-run"
     empty.mkdir()
     (empty / "config.yaml").write_text("model: tiny\n")
-    assert_one_line_error(cli("report", empty), "no metrics.jsonl")
-    assert_one_line_error(cli("report", empty, tmp_path / "missing"), "no metrics.jsonl")
+    assert_one_line_error(quick_cli("report", empty), "no metrics.jsonl")
+    assert_one_line_error(quick_cli("report", empty, tmp_path / "missing"), "no metrics.jsonl")
 
 
 def test_cost_json_writes_the_summary_cost_block_fields(cli):
