@@ -251,7 +251,7 @@ def test_hf_export_is_a_complete_directory_with_a_model_card(cli, sft_run, tmp_p
     (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf/m.f16.gguf"], "is a file, so nothing can be written under it"),
     (["--model", "tiny", "--to", "hf", "--force", "--out", "{tmp}/exists.f16.gguf"], "is an existing file; give a directory"),
 ])
-def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(cli, tiny_model, args, needle, tmp_path):
+def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(quick_cli, tiny_model, args, needle, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = tmp_path / "gpt2"
@@ -259,16 +259,16 @@ def test_bad_export_input_is_one_line_exit_2_and_leaves_nothing(cli, tiny_model,
     tiny_model()[1].save_pretrained(gpt2)
     (tmp_path / "exists.f16.gguf").write_text("old")
     before = {p.name for p in tmp_path.iterdir()}
-    r = cli("export", *[a.format(tmp=tmp_path, gpt2=gpt2) for a in args])
+    r = quick_cli("export", *[a.format(tmp=tmp_path, gpt2=gpt2) for a in args])
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert {p.name for p in tmp_path.iterdir()} == before and (tmp_path / "exists.f16.gguf").read_text() == "old"
 
 
 @pytest.mark.parametrize("content, needle", [(b"not a gguf at all", "not a GGUF file"), (None, "truncated or damaged")])
-def test_chat_refuses_a_broken_gguf_in_one_line(cli, content, needle, exported, tmp_path):
+def test_chat_refuses_a_broken_gguf_in_one_line(quick_cli, content, needle, exported, tmp_path):
     bad = tmp_path / "bad.f16.gguf"
     bad.write_bytes(content if content is not None else exported["q8_0"][0].read_bytes()[:100_000])
-    r = cli("chat", "--model", bad, "--prompt", "hi")
+    r = quick_cli("chat", "--model", bad, "--prompt", "hi")
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 

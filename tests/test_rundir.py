@@ -190,8 +190,8 @@ def test_checkpoint_pruning_deletes_only_the_runs_own_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
-def test_non_finite_config_values_are_refused(cli, tmp_path, value):
-    line = one_line(cli(*TINY, f"--lr={value}", "--out", str(tmp_path / "run")))
+def test_non_finite_config_values_are_refused(quick_cli, tmp_path, value):
+    line = one_line(quick_cli(*TINY, f"--lr={value}", "--out", str(tmp_path / "run")))
     assert "--lr must be a finite number" in line and not (tmp_path / "run").exists()
 
 

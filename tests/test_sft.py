@@ -63,10 +63,10 @@ def test_sft_command_lowers_the_loss_and_saves_a_model(cli, tmp_path):
     assert (out / "final" / "model.safetensors").exists()
 
 
-def test_sft_data_errors_name_the_line(cli, tmp_path):
+def test_sft_data_errors_name_the_line(quick_cli, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"completion": "c"}\n')
-    r = cli("sft", "--model", "tiny", "--data", data, "--out", tmp_path / "o")
+    r = quick_cli("sft", "--model", "tiny", "--data", data, "--out", tmp_path / "o")
     assert r.returncode == 2 and f"{data}:2" in r.stderr and "'prompt'" in r.stderr
 
 
@@ -76,3 +76,21 @@ def test_seeded_sft_reproduces_its_pinned_losses(tiny_model):
     history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
                             autocast=contextlib.nullcontext, device=torch.device("cpu"))
     assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A read-only --out (root passes chmod, so os.access stands in for a read-only filesystem) is
+    one line before the model is loaded, not a traceback after the training."""
+    import os
+
+    from rich.console import Console
+
+    from r1lite import models
+    from r1lite.errors import UsageError
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
+    with pytest.raises(UsageError, match=r"cannot write to .* \(.* is read-only or not ours\); choose another --out"):
+        sft.run(sft.SFTConfig(data=str(data), model="tiny", out=str(tmp_path / "o")), Console(quiet=True))

@@ -282,14 +282,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
     assert "--resume" in stdout
 
 
-def test_resume_with_different_flags_is_refused(cli, tmp_path):
+def test_resume_with_different_flags_is_refused(cli, quick_cli, tmp_path):
     out = tmp_path / "run"
     assert cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
                "--max-new-tokens", "4", "--batch-size", "4", "--group-size", "2", "--out", out).returncode == 0
-    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
-            "--max-new-tokens", "8", "--batch-size", "4", "--group-size", "2", "--out", out, "--resume", out)
+    r = quick_cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
+                  "--max-new-tokens", "8", "--batch-size", "4", "--group-size", "2", "--out", out, "--resume", out)
     assert r.returncode == 2 and "max_new_tokens" in r.stderr and "Traceback" not in r.stderr
-    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--out", out)
+    r = quick_cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--out", out)
     assert r.returncode == 2 and "already holds a run" in r.stderr
 
 
