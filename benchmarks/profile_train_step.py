@@ -22,30 +22,38 @@ from common import RESULTS, add_allow_dirty, commit_fields, machine
 from r1lite.config import build
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig
-from r1lite.train.policy import make_group_batch
+from r1lite.train.policy import make_group_batch, pass_flops
 from r1lite.train.trainer import Trainer
 
 
 def phases(trainer: Trainer, groups: list[dict]) -> dict:
-    """Seconds of forward, backward and optimizer for one train step on ``groups`` (one chunk)."""
-    cfg = trainer.cfg
+    """Seconds of forward, backward and optimizer for one train step on ``groups`` (one chunk), on
+    the trainer's device (each clock read waits for a GPU to finish), its tokens and its FLOPs."""
+    cfg, device = trainer.cfg, trainer.runtime.device
     completions = [c for g in groups for c in g["completions"]]
     G = cfg.optim.group_size
     batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
-                             [c.token_ids for c in completions], trainer.tokenizer.pad_token_id)
-    advantages = grpo.group_advantages(torch.cat([g["reward"] for g in groups]), G, cfg.loss.scale_rewards)
+                             [c.token_ids for c in completions], trainer.tokenizer.pad_token_id).to(device)
+    advantages = grpo.group_advantages(torch.cat([g["reward"] for g in groups]), G, cfg.loss.scale_rewards).to(device)
     weights = grpo.token_weights(batch.completion_mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens)
-    t0 = time.perf_counter()
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    t0 = clock()
     logp, _ = trainer.logprobs(batch.rows(slice(None)))
     loss, _ = grpo.policy_loss(logp, logp.detach(), None, advantages, weights, cfg.loss)
-    t1 = time.perf_counter()
+    t1 = clock()
     loss.backward()
-    t2 = time.perf_counter()
+    t2 = clock()
     torch.nn.utils.clip_grad_norm_(trainer.params, cfg.optim.max_grad_norm)
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
-    t3 = time.perf_counter()
-    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "tokens": batch.tokens}
+    t3 = clock()
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2, "tokens": batch.tokens,
+            "flops": pass_flops(trainer.model, batch, backward=True)}
 
 
 def main() -> None:
