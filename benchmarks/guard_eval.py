@@ -15,11 +15,11 @@ becomes clear over two or three user turns):
   450 English prompts nobody here wrote, scored once after tuning and never tuned on: the
   independent figure, and the set Llama Guard's anchor below is measured on.
 
-Each row is scored the way the server's input guard sees it: through ``ChatService.messages``
-(PII redacted from the user turns) and ``ChatService.guard_input`` (the policy's verdict on what
-that step reads, which today is the last user message only), with the policy alone and no judge.
-A harmful request spread over earlier turns therefore passes unless its last turn is harmful on
-its own; the multi-turn rows measure that.
+Each row is scored the way the server's input guard sees it: its ``messages`` (or ``prompt`` as
+the one user turn) as a ``ChatRequest``, through ``ChatService.messages`` (PII redacted from the
+user turns) and ``ChatService.guard_input`` (the policy's verdict on each user turn alone and on
+all the user turns joined in order: ``Guard.check_input``), with the policy alone and no judge.
+A harmful request spread over several turns is read whole; the multi-turn rows measure that.
 
 For each split: unsafe prompts blocked (the goal: >= 90%), safe prompts blocked (false positives,
 the goal: <= 5%), blocked with the row's own category, precision/recall/F1 of "unsafe", the same
@@ -183,7 +183,7 @@ def main() -> None:
               "policy_sha256": hashlib.sha256(args.policy.read_bytes()).hexdigest(),
               "data_sha256": {name: hashlib.sha256(SPLITS[name].read_bytes()).hexdigest() for name in splits},
               "scored_as": "the server's input guard: ChatService.messages (PII redacted), then ChatService.guard_input "
-                           "(the last user message), policy only, no judge",
+                           "(each user turn alone, then all the user turns joined in order), policy only, no judge",
               "note": "test was written before the policy was tuned and only its aggregate figures were looked at while "
                       "tuning, but by the same hand that tuned it: an upper bound; xstest (XSTest v2, CC BY 4.0) was "
                       "scored once after tuning and never tuned on: the independent figure; dev is the tuning split "

@@ -15,8 +15,9 @@ from pathlib import Path
 from r1lite import prompts, tasks
 from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
-from r1lite.files import read_jsonl, writable, write_json, write_jsonl
+from r1lite.files import read_jsonl, remove_stale_temps, writable, write_json, write_jsonl
 from r1lite.prompts import item_prompts
 
 
@@ -132,18 +133,20 @@ def summarize(rows: list[dict], samples: int) -> dict:
 def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str, samples: int = 1,
              max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
              seed: int = 0, batch_size: int | None = None, prefill_think: bool = False,
-             on_progress=None) -> tuple[list[dict], dict]:
+             on_progress=None, context: int = 0) -> tuple[list[dict], dict]:
     """Generate ``samples`` completions per item and score them. One sample means greedy decoding;
     more use temperature 0.6 and top-p 0.95 unless given (the R1 paper's evaluation setting).
 
     An item's samples draw from a seed fixed by (``seed``, the item), so they do not depend on
-    which other items are evaluated with it or in what batch. ``on_progress(sequences_done)``."""
+    which other items are evaluated with it or in what batch. ``on_progress(sequences_done)``.
+    ``context``: the model's (0 = not known); the longest prompt and ``max_new_tokens`` must fit it."""
     if samples == 1:
         temperature, top_p = (0.0 if temperature is None else temperature), (1.0 if top_p is None else top_p)
     else:
         temperature, top_p = (0.6 if temperature is None else temperature), (0.95 if top_p is None else top_p)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     prompts = item_prompts(tokenizer, task, items, fmt, prefill_think)
+    check_budget(max_new_tokens, context, max((len(p.ids) for p in prompts), default=0))  # before any generation
     stats = GenerationStats()
     requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16)))
                 for item, p in zip(items, prompts)]
@@ -283,8 +286,9 @@ class EvalOptions:
 def run(opts: EvalOptions, console) -> int:
     """``r1lite eval``: score ``opts.completions``, or generate with ``opts.model`` and score."""
     if opts.out:  # before the work: a run must not end by losing its results
-        writable(Path(opts.out))
-        writable(summary_path(Path(opts.out)))
+        for path in (Path(opts.out), summary_path(Path(opts.out))):
+            writable(path)
+            remove_stale_temps(path)  # what a killed eval left while writing it
     task = tasks.load_task(opts.task, opts.task_options)
     if opts.completions:
         out = Path(opts.out)
@@ -306,7 +310,7 @@ def run(opts: EvalOptions, console) -> int:
         rows, summary = evaluate(
             engine, tokenizer, task, items, opts.format, samples=opts.samples, max_new_tokens=opts.max_new_tokens,
             temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed, prefill_think=opts.prefill_think,
-            on_progress=update)
+            on_progress=update, context=model.config.max_position_embeddings)
     summary = {"model": opts.model, "split": opts.split, **summary}
     console.print(summary_table(summary, f"{opts.model} · {task.name} · {opts.format}"))
     if opts.out:

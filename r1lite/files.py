@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -135,6 +137,20 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     fsync_path(path.parent)
 
 
+def remove_stale_temps(path: Path | str) -> list[Path]:
+    """Remove what an atomic write of ``path`` left beside it when its process was killed: the
+    temporary file or directory :func:`atomic_write` and :func:`atomic_dir` name ``.NAME.*.tmp``
+    (``.NAME.*.old``: a replaced directory not yet deleted). Returns what was removed; any other
+    file, hidden or not, stays."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.") and p.name.endswith((".tmp", ".old"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
 def write_bytes(path: Path | str, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -209,3 +225,51 @@ def read_json(path: Path | str, what: str) -> dict:
     if not isinstance(obj, dict):
         raise UsageError(f"{path}: expected a JSON object; {what}")
     return obj
+
+
+class ProcessLock:
+    """One process at a time on what ``path`` guards: an ``flock`` on ``path``, which names its
+    holder while held and is left empty when released. The lock goes with the process, so one left
+    by a killed process is taken over (with a note through ``warn``)."""
+
+    def __init__(self, path: Path, guarded: Path, warn: Callable[[str], Any] = print):
+        self.path, self.guarded, self.warn = Path(path), guarded, warn
+        self.fd: int | None = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ProcessLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise disk_full(self.path, e) or UsageError(f"{self.path}: cannot create the lock file ({e.strerror}); "
+                                                        "choose an output location you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{self.guarded} is in use by another r1lite process ({self.holder()}); wait for it to "
+                             "end, or stop it first") from None
+        before = self.holder()
+        if before:
+            self.warn(f"note: {self.path} was left by {before}, which is no longer running; taking it over")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        except OSError as e:  # a full disk: the lock holds without its note
+            if disk_full(self.path, e) is None:
+                os.close(fd)
+                raise
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an empty lock file: released cleanly
+            os.close(self.fd)
+            self.fd = None

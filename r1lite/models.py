@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from r1lite.errors import UsageError
 
@@ -296,32 +298,66 @@ def embedded_checkpoint() -> Path:
     return target
 
 
+TINY_CONTEXT = 4096  # tokens a sequence of the tiny model may span
+
+
 def tiny_config(vocab_size: int, bos: int, eos: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=TINY_CONTEXT,
         rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
     )
 
 
 def resolve_path(spec: str) -> Path | None:
-    """The local directory a spec names, or None when it is not a local path."""
+    """The local directory a spec names, checked (:func:`check_model_dir`); None when it is not a local path."""
     path = Path(spec).expanduser()
     if (path / "final" / "config.json").exists():  # an r1lite run directory
-        return path / "final"
-    if (path / "config.json").exists() or (path / "adapter_config.json").exists():  # a model, or a LoRA adapter
-        return path
-    if path.exists():
-        raise UsageError(f"--model {spec}: {path} has no config.json; point at a Hugging Face model directory")
-    return None
+        path = path / "final"
+    elif not ((path / "config.json").exists() or (path / "adapter_config.json").exists()):  # a model, or a LoRA adapter
+        if path.exists():
+            raise UsageError(f"--model {spec}: {path} has no config.json; point at a Hugging Face model directory")
+        return None
+    check_model_dir(path)
+    return path
+
+
+MODEL_FIX = "re-export the model or point --model at another directory"
+
+
+def check_model_dir(path: Path) -> None:
+    """One line naming what is wrong with a local model directory, before transformers reads it: a
+    JSON file that is not JSON, a safetensors file cut short or not safetensors, no tokenizer."""
+    for file in path.glob("*.json"):
+        try:
+            json.loads(file.read_bytes())
+        except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise UsageError(f"{file}: not valid JSON ({str(e).splitlines()[0][:80]}); {MODEL_FIX}") from None
+    weights = sorted(path.glob("*.safetensors"))
+    for file in weights:
+        if not safetensors_whole(file):
+            raise UsageError(f"{file}: truncated or not a safetensors file; {MODEL_FIX}")
+    if (path / "config.json").exists() and not any((path / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise UsageError(f"{path}: no tokenizer files (tokenizer.json); {MODEL_FIX}")
+
+
+def safetensors_whole(file: Path) -> bool:
+    """Whether a file is safetensors (a header length, a JSON header) and as long as its header says."""
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:  # 100 MB: safetensors' own limit on a header
+            header = json.loads(f.read(n)) if 8 + n <= size and n <= 100_000_000 else None
+            end = max(t["data_offsets"][1] for name, t in header.items() if name != "__metadata__")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            return False
+    return 8 + n + end <= size
 
 
 def adapter_base(path: Path) -> str:
     """The base model a LoRA adapter directory was trained on (its adapter_config.json)."""
-    import json
-
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise UsageError(f"{path / 'adapter_config.json'}: no base_model_name_or_path; the adapter does not say its base")
@@ -360,13 +396,28 @@ def load_model(spec: str, runtime: Runtime, seed: int = 0):
     return model.to(runtime.device).eval(), tokenizer
 
 
+def spec_context(spec: str) -> int:
+    """Tokens a sequence of a spec's model may span: its config's ``max_position_embeddings``, weights not loaded."""
+    from transformers import AutoConfig
+
+    if spec == "tiny":
+        return TINY_CONTEXT
+    path = embedded_checkpoint() if spec == "default" else resolve_path(spec)
+    if path is not None and (path / "adapter_config.json").exists():
+        return spec_context(adapter_base(path))
+    return _from_pretrained(AutoConfig, path or spec, spec).max_position_embeddings
+
+
 def _from_pretrained(cls, source, spec: str, **kwargs):
     # r1lite prints its own progress; transformers' per-shard bars only add noise to logs
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     if isinstance(source, Path):
-        return cls.from_pretrained(source, **kwargs)
+        try:
+            return cls.from_pretrained(source, **kwargs)
+        except (OSError, ValueError, SafetensorError) as e:  # what check_model_dir cannot see: a missing shard, a bad key
+            raise UsageError(f"{source}: cannot be loaded ({str(e).splitlines()[0][:160]}); {MODEL_FIX}") from None
     if source.count("/") != 1:
         raise UsageError(
             f"--model {spec}: not a local directory, and not a hub id (owner/name); "
@@ -421,6 +472,8 @@ class ModelShape:
     llama_layout: bool = True
     """Whether r1lite's own training forward runs it (else the transformers forward: every prompt
     repeated per completion, :func:`train_pass_flops`)."""
+    context: int = 0
+    """Tokens a sequence may span, prompt and answer (``max_position_embeddings``; 0 = not known)."""
 
     @property
     def body_params(self) -> int:
@@ -452,7 +505,7 @@ class ModelShape:
                    getattr(cfg, "num_key_value_heads", None) or heads,
                    head_dim(cfg),
                    cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
-                   llama_layout)
+                   llama_layout, getattr(cfg, "max_position_embeddings", 0))
 
     @classmethod
     def attention_only(cls, cfg, name: str) -> ModelShape:
@@ -461,8 +514,8 @@ class ModelShape:
         itself (``body_params`` of this shape is not its own)."""
         heads = cfg.num_attention_heads
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
-                   head_dim(cfg), 0, cfg.vocab_size,
-                   bool(getattr(cfg, "tie_word_embeddings", False)), llama_layout=False)
+                   head_dim(cfg), 0, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
+                   llama_layout=False, context=getattr(cfg, "max_position_embeddings", 0))
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -546,3 +546,18 @@ def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher
     summary = json.loads((again / "summary.json").read_text())
     assert summary["cold_start"]["traces"] == 8 and len(summary["cold_start"]["sha256"]) == 64
     assert "teacher terms: fake terms v2" in " ".join(r.stdout.split()) and summary["cost"]["teacher"] is None
+
+
+def test_a_second_distill_on_the_same_traces_is_refused_in_one_line(finished, monkeypatch, capsys):
+    """Two processes on one traces file would each ask for what the file lacks and write it twice."""
+    from r1lite.cli import main
+    from r1lite.files import ProcessLock
+
+    server, out = finished
+    monkeypatch.setenv("RIGHT", "right-key")
+    before, calls = snapshot(out), len(server.calls)
+    with ProcessLock(out.with_name("traces.lock"), out):  # what the first process holds while it runs
+        code = main(["distill", "--teacher", server.url, *TASK, "--limit", "4", "--out", str(out), "--api-key-env", "RIGHT"])
+    err = capsys.readouterr().err
+    assert code == 2 and "in use by another r1lite process" in err and err.count("\n") == 1, err
+    assert snapshot(out) == before and len(server.calls) == calls

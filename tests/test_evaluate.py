@@ -92,3 +92,14 @@ def test_an_exception_in_the_users_verifier_fails_that_item_not_the_run(tmp_path
     assert scored == [1.0, 0.0, 0.0, 0.0] and summary["verifier_errors"] == 2
     err = capsys.readouterr().err
     assert err.count("raised ValueError: cannot read boom") == 1
+
+
+def test_what_a_killed_eval_left_beside_its_output_is_removed_and_nothing_else(quick_cli, tmp_path):
+    out = tmp_path / "scored.jsonl"
+    stale, mine = tmp_path / ".scored.jsonl.x1y2.tmp", tmp_path / ".notes.tmp"
+    stale.write_text("half a file")
+    mine.write_text("the user's")
+    r = quick_cli("eval", "--model", "tiny", "--task", "arithmetic", "--format", "plain", "--limit", "2",
+                  "--max-new-tokens", "4", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.exists() and not stale.exists() and mine.read_text() == "the user's"

@@ -350,3 +350,39 @@ def test_a_full_disk_during_gguf_export_is_one_line_and_leaves_no_file(tmp_path,
     with pytest.raises(DiskFull, match=r"model.f16.gguf: the disk is full .* give --out on another disk"):
         export.write_gguf(export.load_source("tiny"), out, "f16")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("config.yaml", "task: [arithmetic\nformat: r1\n", r"config.yaml:\d+: not valid YAML"),
+    ("config.yaml", "format: r1\n", r"config.yaml: no 'task'"),
+    ("summary.json", "{not json", r"summary.json: not JSON"),
+])
+def test_a_run_directory_with_a_damaged_config_or_summary_is_one_line(tiny_model, tmp_path, name, content, needle):
+    """export reads a run's config.yaml (its prompt format) and summary.json (the model card); serve
+    and chat read its config.yaml: a damaged one is one line naming it, not a traceback."""
+    from r1lite.edge import backends, export
+    from r1lite.errors import UsageError
+
+    run = tmp_path / "run"
+    model, tokenizer = tiny_model()
+    model.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    (run / "config.yaml").write_text("model: tiny\ntask: arithmetic\ntask_options: {}\nformat: r1\n")
+    (run / name).write_text(content)
+    with pytest.raises(UsageError, match=needle):
+        export.load_source(str(run))
+    if name == "config.yaml":
+        with pytest.raises(UsageError, match=needle):
+            backends.run_format(str(run))
+
+
+@pytest.mark.parametrize("to, out", [("hf", "hf"), ("gguf", "model.f16.gguf")])
+def test_what_a_killed_export_left_half_written_is_removed_and_nothing_else(quick_cli, tmp_path, to, out):
+    """A kill mid-write leaves the output's temporary file or directory (.NAME.*.tmp) beside it: the
+    next export of that name removes it; another hidden file stays."""
+    (tmp_path / f".{out}.x1y2.tmp").mkdir()
+    (tmp_path / f".{out}.x1y2.tmp" / "half").write_bytes(b"half")
+    (tmp_path / ".draft.tmp").write_text("mine")
+    r = quick_cli("export", "--model", "tiny", "--to", to, "--out", tmp_path / out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".draft.tmp"]

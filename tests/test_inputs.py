@@ -83,3 +83,56 @@ def test_a_written_directorys_weights_are_readable_by_all_like_its_other_files(t
         (tmp / "config.json").write_text("{}")
     assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {
         "model.safetensors": 0o644, "config.json": 0o644}
+
+
+# ---------------------------------------------------------------------------------------------- damaged model directories
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model saved as a Hugging Face directory, once; tests damage copies of it."""
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model, tokenizer = tiny_model()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def damaged_copy(saved: Path, where: Path, damage: str) -> Path:
+    """A copy of ``saved`` at ``where`` with one damage: a config.json cut off mid-object, the
+    weights cut to half their length, or the tokenizer files gone."""
+    import shutil
+
+    shutil.copytree(saved, where)
+    if damage == "junk config.json":
+        (where / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    elif damage == "truncated weights":
+        weights = where / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    else:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (where / name).unlink()
+    return where
+
+
+DAMAGED = {  # command: (damage, a run directory around the model?, the words the one line must hold)
+    "chat": ("truncated weights", False, "model/model.safetensors: truncated or not a safetensors file"),
+    "eval": ("junk config.json", False, "model/config.json: not valid JSON"),
+    "export": ("no tokenizer", False, "model: no tokenizer files (tokenizer.json)"),
+    "serve": ("truncated weights", True, "run/final/model.safetensors: truncated or not a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("command", list(DAMAGED))
+def test_a_damaged_model_directory_is_one_line_naming_the_file_and_the_fix(command, saved_tiny, cli, free_port, tmp_path):
+    damage, in_run, needle = DAMAGED[command]
+    model = damaged_copy(saved_tiny, tmp_path / ("run/final" if in_run else "model"), damage)
+    spec = model.parent if in_run else model
+    args = {"chat": ["--prompt", "Hi"], "eval": ["--task", "arithmetic", "--limit", "2"],
+            "export": ["--to", "hf", "--out", tmp_path / "out"], "serve": ["--port", free_port(), "--guard", "off"]}[command]
+    r = cli(command, "--model", spec, *args, *(() if command == "export" else ("--device", "cpu", "--dtype", "fp32")),
+            timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, (r.returncode, r.stderr[-3000:])
+    assert needle in lines[0] and lines[0].endswith("re-export the model or point --model at another directory"), lines[0]
+    assert not (tmp_path / "out").exists()

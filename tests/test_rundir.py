@@ -217,3 +217,30 @@ def test_an_update_that_would_break_the_weights_stops_the_run_in_one_line(varied
         from safetensors.torch import load_file
 
         assert all(torch.isfinite(t).all() for t in load_file(ckpt / "weights.safetensors").values())
+
+
+def test_a_lock_left_by_a_run_killed_before_its_config_does_not_block_the_directory(tmp_path):
+    """A kill between taking the lock and writing config.yaml leaves a lock file and nothing else:
+    the same command (no --resume: there is no config to resume) starts the run there again."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "lock").write_text("pid 999999999 on elsewhere\n")
+    rundir.claim(out, resume=False, force=False)
+    (out / "notes.txt").write_text("mine")  # a file of the user's: the directory is theirs again
+    with pytest.raises(UsageError, match="is not empty and holds no r1lite run"):
+        rundir.claim(out, resume=False, force=False)
+    rundir.claim(out, resume=False, force=True)  # the lone lock is not in the way of --force either
+
+
+def test_only_the_runs_own_temporary_files_are_cleaned_up(tmp_path):
+    """A hidden file of the user's beside a --force run is theirs, even when its name ends in .tmp."""
+    (tmp_path / "checkpoints").mkdir()
+    ours = [tmp_path / ".final.x1y2.tmp", tmp_path / ".metrics.jsonl.ab.tmp", tmp_path / ".final.cd.old",
+            tmp_path / "checkpoints" / ".step-000004.ab.tmp", tmp_path / "checkpoints" / ".latest.ef.tmp"]
+    theirs = [tmp_path / ".draft.tmp", tmp_path / ".backup.old", tmp_path / "checkpoints" / ".mine.tmp"]
+    for p in ours[:1]:
+        p.mkdir()
+    for p in ours[1:] + theirs:
+        p.write_text("x")
+    assert sorted(rundir.clean_stale_temps(tmp_path)) == sorted(ours)
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)

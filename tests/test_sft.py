@@ -94,3 +94,37 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, monk
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
     with pytest.raises(UsageError, match=r"cannot write to .* \(.* is read-only or not ours\); choose another --out"):
         sft.run(sft.SFTConfig(data=str(data), model="tiny", out=str(tmp_path / "o")), Console(quiet=True))
+
+
+def test_a_metrics_file_of_the_users_in_out_is_refused_before_any_work(tmp_path, monkeypatch):
+    """sft writes <out>/metrics.jsonl: one already there (no final/ beside it: no sft run finished
+    there) is someone else's, and stays."""
+    from rich.console import Console
+
+    from r1lite import models
+    from r1lite.errors import UsageError
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "metrics.jsonl").write_text('{"mine": true}\n')
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded before --out was checked"))
+    with pytest.raises(UsageError, match=r"metrics.jsonl exists .* choose another --out"):
+        sft.run(sft.SFTConfig(data=str(data), model="tiny", out=str(tmp_path / "o")), Console(quiet=True))
+    assert (tmp_path / "o" / "metrics.jsonl").read_text() == '{"mine": true}\n'
+
+
+def test_what_a_killed_sft_left_half_written_is_removed_and_nothing_else(tmp_path):
+    """A kill while final/ was written leaves .final.*.tmp beside it: the next run removes it; a
+    hidden file of the user's stays."""
+    from rich.console import Console
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n')
+    out = tmp_path / "o"
+    (out / ".final.x1y2.tmp").mkdir(parents=True)
+    (out / ".final.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
+    (out / ".draft.tmp").write_text("mine")
+    assert sft.run(sft.SFTConfig(data=str(data), model="tiny", out=str(out), epochs=1, device="cpu", dtype="fp32"),
+                   Console(quiet=True)) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".draft.tmp", "final", "metrics.jsonl"]

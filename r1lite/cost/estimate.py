@@ -47,6 +47,7 @@ from r1lite.cost.workload import (
     unprobed_workload,
     workload_notes,
 )
+from r1lite.engine.sampling import check_budget
 from r1lite.meter.hardware import Hardware
 from r1lite.meter.meter import cost_report, human_seconds
 from r1lite.models import ModelShape
@@ -137,15 +138,21 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
     datasheet one, each a cost block, keyed by method."""
     from r1lite.meter.flops import full_weights, lora_weights
     from r1lite.meter.hardware import CostConfig
-    from r1lite.models import device_kind, load_tokenizer, resolve_runtime
+    from r1lite.models import device_kind, load_tokenizer, resolve_runtime, spec_context
 
     runtime = resolve_runtime(cfg.launch.device, cfg.launch.dtype)
     chosen = pricing.resolve(device_kind(runtime))
     here = CostConfig().resolve(device_kind(runtime)).name
     shape = known_shape(cfg.model)
+    loaded = shape is None  # a model this machine loads: the probe runs it, or its config gives the shape
+    if loaded and not probe:
+        shape = loadable_shape(cfg.model)
+    # before the probe runs anything or a step is counted: the budget must fit the model's context
+    check_budget(cfg.sampling.max_new_tokens, spec_context(cfg.model) if shape is None else shape.context,
+                 flag="max_new_tokens")
     notes: list[str] = []
     measured = None
-    if shape is None and probe:
+    if shape is None:
         from r1lite.cost.probe import run_probe
 
         measured = run_probe(cfg, console)
@@ -156,8 +163,6 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
             notes.append(f"the probe measured the workload on this machine ({here}); the time is the datasheet's "
                          f"for {chosen.name}")
     else:
-        loaded = shape is None
-        shape = shape or loadable_shape(cfg.model)
         optim = cfg.optim
         weights = lora_weights(shape, optim.lora_r, list(optim.lora_targets)) if optim.lora else full_weights(shape)
         flops = plain_decode_flops(shape, weights)

@@ -51,7 +51,7 @@ from r1lite.distill.teachers import (
 )
 from r1lite.distill.traces import STAGES, card_markdown, sibling
 from r1lite.errors import UsageError
-from r1lite.files import append_jsonl, read_jsonl, writable, write_json, write_text
+from r1lite.files import ProcessLock, append_jsonl, read_jsonl, writable, write_json, write_text
 
 
 @dataclass
@@ -75,9 +75,9 @@ class DistillConfig:
     teacher_model: str = opt("", "endpoint model id (\"\" = the one model the endpoint lists)")
     api_key_env: str = opt("", "environment variable that holds the endpoint's key, e.g. DEEPSEEK_API_KEY (\"\" = no key)")
     concurrency: int = opt(8, "requests in flight at once (a local teacher: sequences decoded together)")
-    timeout: float = opt(600.0, "seconds one request may take before it is retried")
+    timeout: float = opt(600.0, "seconds one request may take, from sending it to the answer's last byte, before it is retried")
     max_retries: int = opt(5, "retries of a request that timed out, got 429 or 5xx, or a malformed answer")
-    backoff: float = opt(1.0, "seconds before the first retry, doubled for each further one (a Retry-After header wins)")
+    backoff: float = opt(1.0, "seconds before the first retry, doubled for each further one (a Retry-After header wins, up to 60 s)")
     decontaminate: list = opt([], "JSONL files (rows with question, problem or prompt) whose texts no kept question may share an 8-gram with")
     teacher_usd_per_mtok: str = opt("", "teacher prices as IN,OUT US dollars per million prompt and completion tokens (\"\" = no cost)")
     teacher_terms: str = opt("", "the teacher's terms or licence, recorded in the card and shown wherever the traces are used")
@@ -338,13 +338,21 @@ def select_prompts(cfg: DistillConfig, task: tasks.Task) -> tuple[list[tasks.Ite
 
 def collect(cfg: DistillConfig, console) -> dict:
     """Ask the teacher for what the files lack, filter and append each answer, write the card; the card."""
-    from r1lite.progress import progress
-
     for path in (Path(cfg.out), sibling(Path(cfg.out), ".dropped.jsonl"), sibling(Path(cfg.out), ".card.md")):
         writable(path)  # before the teacher is asked anything
     task = tasks.load_task(cfg.task, cfg.task_options)
     selected, clean, dirty, held_out = select_prompts(cfg, task)
     out, dropped_file = Path(cfg.out), sibling(Path(cfg.out), ".dropped.jsonl")
+    # One process at a time on these files: a second would ask for what the first is asking for.
+    with ProcessLock(sibling(out, ".lock"), out, console.print):
+        return collect_into(cfg, console, task, (selected, clean, dirty, held_out), out, dropped_file)
+
+
+def collect_into(cfg: DistillConfig, console, task, picked: tuple, out: Path, dropped_file: Path) -> dict:
+    """:func:`collect` once it holds the files."""
+    from r1lite.progress import progress
+
+    selected, clean, dirty, held_out = picked
     kept, dropped = read_rows(out), read_rows(dropped_file)
     teacher = open_teacher(cfg)
     teacher.preflight()

@@ -8,11 +8,14 @@ result down before the next one arrives. Two kinds, one interface (``identity``,
 - :class:`EndpointTeacher` — any OpenAI-compatible ``/chat/completions``: the DeepSeek API, vLLM,
   SGLang, llama.cpp's server, Ollama, ``r1lite serve``. One pre-flight request first, never
   retried: a refused connection, a DNS failure, a refused key or an unknown model stops the run
-  before anything is written. Then requests run ``concurrency`` at a time; timeouts, 429 and 5xx
-  answers and dropped connections are retried with exponential backoff (``backoff · 2^attempt``
-  seconds, or the server's ``Retry-After`` when it sends one); an answer that is not the expected
-  JSON is retried too. After ``max_retries`` retries the ask is a failure for that prompt. Other
-  4xx answers (a prompt too long, say) are failures at once: asking again cannot help.
+  before anything is written. Then requests run ``concurrency`` at a time, each within ``timeout``
+  seconds from sending to the answer's last byte (a teacher that trickles bytes cannot hold one
+  longer); timeouts, 429 and 5xx answers and dropped connections are retried with exponential
+  backoff (``backoff · 2^attempt`` seconds, or the server's ``Retry-After`` when it sends one, at
+  most :data:`MAX_WAIT_SECONDS`); an answer that is not the expected JSON is retried too. After
+  ``max_retries`` retries the ask is a failure for that prompt. Other 4xx answers (a prompt too
+  long, say) are failures at once: asking again cannot help; so is an answer over
+  :data:`MAX_ANSWER_BYTES`, of which no more is read.
 - :class:`LocalTeacher` — a model ``--model`` takes (``default``, a run directory, a Hugging Face
   directory, a GGUF file on llama.cpp) through :mod:`r1lite.engine`: each ask's tokens depend only
   on its seed, so a local teacher's traces can be reproduced exactly.
@@ -27,15 +30,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import urlsplit, urlunsplit
 
 from r1lite.errors import UsageError
 
-MAX_WAIT_SECONDS = 600.0
-"""The longest a retry waits, whatever a ``Retry-After`` header asks for."""
+MAX_WAIT_SECONDS = 60.0
+"""The longest a retry waits: a ``Retry-After`` header asking for more is capped at 60 s, so a
+teacher cannot park a run for ten minutes per request (a prompt refused through every retry fails)."""
+MAX_ANSWER_BYTES = 4 * 2**20
+"""The most an answer's body may take, 4 MiB (the text of a 64k-token answer is about 0.25 MiB): a
+longer one fails its request as ``too_large`` at once, the rest never read."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,15 @@ class Failure:
 
     key: tuple[str, int]
     kind: str
-    """timeout, connection, http_<status> or malformed."""
+    """timeout, connection, http_<status>, malformed or too_large."""
     error: str
     """The last error, one line."""
     attempts: int
     timestamp: str = field(default_factory=lambda: now())
+
+
+class TooLarge(Exception):
+    """An answer over :data:`MAX_ANSWER_BYTES`."""
 
 
 def now() -> str:
@@ -185,7 +197,7 @@ class EndpointConfig:
     key_source: str
     """Where the key came from (``$NAME``), for error messages."""
     timeout: float
-    """Seconds one request may take before it is retried."""
+    """Seconds one request may take, from sending it to the answer's last byte, before it is retried."""
     max_retries: int
     backoff: float
     """Seconds before the first retry; doubled for each further one."""
@@ -288,27 +300,46 @@ class EndpointTeacher:
         kind, error = "", ""
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = None
-            try:
-                r = await client.post(f"{self.base}/chat/completions", json=body)
-            except httpx.TimeoutException:
-                kind, error = "timeout", f"no answer within {self.cfg.timeout:g} s"
+            try:  # the deadline is the whole request's: httpx's own timeout bounds each read only
+                status, headers, data = await asyncio.wait_for(self._post(client, body), self.cfg.timeout)
+            except (TimeoutError, httpx.TimeoutException):
+                kind, error = "timeout", f"no whole answer within {self.cfg.timeout:g} s"
+            except TooLarge as e:
+                return Failure(ask.key, "too_large", str(e), attempt + 1)
             except httpx.TransportError as e:
                 kind, error = "connection", reason(e)
             else:
-                if r.status_code == 200:
+                if status == 200:
                     try:
-                        content, fields, finish, usage, reported = parse_choice(r.json())
+                        content, fields, finish, usage, reported = parse_choice(json.loads(data))
                         return Answer(ask.key, content, fields, finish, usage, reported, attempt + 1)
-                    except ValueError as e:  # json.JSONDecodeError is a ValueError
+                    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
                         kind, error = "malformed", f"malformed answer: {str(e).splitlines()[0][:160]}"
                 else:
-                    kind, error = f"http_{r.status_code}", f"HTTP {r.status_code}: {' '.join(r.text.split())[:160]}"
-                    if r.status_code != 429 and r.status_code < 500:
+                    text = data.decode(errors="replace")
+                    kind, error = f"http_{status}", f"HTTP {status}: {' '.join(text.split())[:160]}"
+                    if status != 429 and status < 500:
                         return Failure(ask.key, kind, error, attempt + 1)
-                    retry_after = retry_after_seconds(r.headers.get("retry-after"))
+                    retry_after = retry_after_seconds(headers.get("retry-after"))
             if attempt < self.cfg.max_retries:
                 await asyncio.sleep(backoff_seconds(attempt, self.cfg.backoff, retry_after))
         return Failure(ask.key, kind, error, self.cfg.max_retries + 1)
+
+    async def _post(self, client, body: dict) -> tuple[int, Mapping[str, str], bytes]:
+        """One chat request: its status, headers and body, read as it streams in and given up
+        (:class:`TooLarge`) past :data:`MAX_ANSWER_BYTES`, declared or sent."""
+        async with client.stream("POST", f"{self.base}/chat/completions", json=body) as r:
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+                raise TooLarge(f"the answer declares {int(declared):,} bytes, over the {MAX_ANSWER_BYTES // 2**20} MiB "
+                               "an answer may take; not read")
+            data = bytearray()
+            async for chunk in r.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_ANSWER_BYTES:
+                    raise TooLarge(f"the answer is over the {MAX_ANSWER_BYTES // 2**20} MiB an answer may take; "
+                                   "stopped reading it")
+            return r.status_code, r.headers, bytes(data)
 
 
 def reason(e: Exception) -> str:
@@ -327,9 +358,11 @@ class LocalTeacher:
 
     def __init__(self, spec: str, sampling: TeacherSampling, concurrency: int, device: str, dtype: str):
         from r1lite.edge.backends import open_model
+        from r1lite.engine.sampling import check_budget
 
         self.spec, self.sampling = spec, sampling
         self.backend = open_model(spec, device, dtype, max_rows=concurrency)
+        check_budget(sampling.max_tokens, self.backend.context)
 
     @property
     def identity(self) -> dict:
@@ -344,16 +377,19 @@ class LocalTeacher:
         return self.backend.engine.stats
 
     def run(self, asks: Iterable[Ask], on_result: Callable[[Answer | Failure], None]) -> None:
-        """Every ask joins the engine's running batch; each result is handed on as its sequence ends."""
+        """Every ask joins the engine's running batch; each result is handed on as its sequence ends.
+        The longest prompt and the token budget must fit the model's context, checked before any is asked."""
         from r1lite.engine import Request, Sampling
+        from r1lite.engine.sampling import check_budget
         from r1lite.prompts import encode_messages
 
         engine, tokenizer = self.backend.engine, self.backend.tokenizer
         s = self.sampling
         sampling = Sampling(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+        encoded = [(ask, encode_messages(tokenizer, ask.messages)) for ask in asks]
+        check_budget(s.max_tokens, self.backend.context, max((len(ids) for _, ids in encoded), default=0))
         pending: dict[str, tuple[Ask, int]] = {}
-        for ask in asks:
-            ids = encode_messages(tokenizer, ask.messages)
+        for ask, ids in encoded:
             pending[engine.add(Request(ids, sampling, n=1, seed=ask.seed))] = (ask, len(ids))
         saved, engine.join_at = engine.join_at, max(1, engine.max_rows // 4)  # as generate() batches
         try:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from r1lite import prompts, tasks
+from r1lite.config import read_yaml
 from r1lite.edge.chat_format import PromptFormat, prompt_format
 from r1lite.engine import Engine, make_engine
 from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
@@ -52,14 +51,27 @@ class Backend:
         return ids, text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
 
 
-def run_format(spec: str) -> PromptFormat:
-    """The prompt format of a run directory (its config.yaml), or none."""
-    config_file = Path(spec).expanduser() / "config.yaml"
-    if not config_file.exists():
-        return PromptFormat("", "", "", "")
-    config = yaml.safe_load(config_file.read_text()) or {}
+def run_config(run_dir: Path) -> dict:
+    """A run directory's config.yaml, or one line naming it when it is not a run's config."""
+    config = read_yaml(run_dir / "config.yaml")
+    if "task" not in config:
+        raise UsageError(f"{run_dir / 'config.yaml'}: no 'task' key, so not a run's config; restore it from a copy of "
+                         "the run, or point --model at the run's final/ directory")
+    return config
+
+
+def config_format(config: dict) -> PromptFormat:
+    """The prompt format a run's config names (its task, format and prefill)."""
     task = tasks.load_task(config["task"], config.get("task_options"))
     return prompt_format(task, config.get("format", "r1"), bool(config.get("prefill_think")))
+
+
+def run_format(spec: str) -> PromptFormat:
+    """The prompt format of a run directory (its config.yaml), or none."""
+    run_dir = Path(spec).expanduser()
+    if not (run_dir / "config.yaml").exists():
+        return PromptFormat("", "", "", "")
+    return config_format(run_config(run_dir))
 
 
 def gguf_format(path: Path) -> str:

@@ -10,6 +10,7 @@ from r1lite.config import opt
 from r1lite.edge.backends import Backend, open_model
 from r1lite.engine import Request, Sampling
 from r1lite.engine.engine import THINK_OPEN, ThinkSplit
+from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
 
 
@@ -35,8 +36,10 @@ class ThoughtPrinter:
 
 
 def reply(backend: Backend, messages: list[dict], sampling: Sampling, budget: int | None, seed: int, console) -> str:
-    """Stream one answer to ``messages``; return the answer's text (the thinking left out)."""
+    """Stream one answer to ``messages``; return the answer's text (the thinking left out). The
+    conversation and ``sampling.max_new_tokens`` must fit the model's context."""
     ids, thinking = backend.prompt(messages)
+    check_budget(sampling.max_new_tokens, backend.context, len(ids))
     engine = backend.engine
     engine.add(Request(ids, sampling, seed=seed, stream=True, max_thinking_tokens=budget, thinking=thinking))
     printer = ThoughtPrinter(console, thinking)
@@ -70,6 +73,7 @@ class ChatConfig:
 
 def run(cfg: ChatConfig, console) -> int:
     backend = open_model(cfg.model, cfg.device, cfg.dtype, max_rows=4)
+    check_budget(cfg.max_new_tokens, backend.context)  # before the first question, not after it
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     history: list[dict] = []
     if cfg.prompt:

@@ -23,16 +23,24 @@ from pathlib import Path
 import torch
 import yaml
 
-from r1lite import __version__, models, tasks
+from r1lite import __version__, models
 from r1lite.config import opt
+from r1lite.edge.backends import config_format, run_config
 from r1lite.edge.chat_format import (
     PromptFormat,
     jinja_template,
     modelfile,
-    prompt_format,
 )
 from r1lite.errors import UsageError
-from r1lite.files import atomic_dir, atomic_write, disk_full, writable, write_text
+from r1lite.files import (
+    atomic_dir,
+    atomic_write,
+    disk_full,
+    read_json,
+    remove_stale_temps,
+    writable,
+    write_text,
+)
 from r1lite.models import TURN_END, load_model, resolve_path, resolve_runtime
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -99,10 +107,11 @@ def load_source(spec: str) -> Source:
         raise UsageError(f"--model {spec}: export supports {', '.join(ARCHITECTURES)}; this model is {cfg.model_type}")
     config, summary, fmt = {}, {}, PromptFormat("", "", "", "")
     if run_dir is not None:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-        task = tasks.load_task(config["task"], config.get("task_options"))
-        fmt = prompt_format(task, config.get("format", "r1"), bool(config.get("prefill_think")))
+        config = run_config(run_dir)
+        fmt = config_format(config)
+        if (run_dir / "summary.json").exists():
+            summary = read_json(run_dir / "summary.json", "restore it from a copy of the run, or export the run's final/ "
+                                                          "directory (its model card then names no evaluations)")
     return Source(model, tokenizer, spec, run_dir, config, summary, fmt)
 
 
@@ -311,7 +320,8 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
     """The GGUF at ``out`` (temporary name, renamed at the end) and its Modelfile; the fallbacks."""
     facts = card_facts(src, quant.upper())
     fallbacks: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    # named .NAME.*.tmp, as files.remove_stale_temps finds it after a kill
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp") as tmp:
         f16 = Path(tmp) / "model.f16.gguf"
         try:
             write_gguf_f16(src, f16, facts)
@@ -332,8 +342,11 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
 def run(cfg: ExportConfig, console) -> int:
     out = Path(cfg.out)
     writable(out, directory=cfg.to == "hf")
+    modelfile_path = out.parent / f"{out.name[:-len('.gguf')]}.Modelfile"
     if cfg.to == "gguf":
-        writable(out.parent / f"{out.name[:-len('.gguf')]}.Modelfile")
+        writable(modelfile_path)
+    for stale in remove_stale_temps(out) + (remove_stale_temps(modelfile_path) if cfg.to == "gguf" else []):
+        console.print(f"removed {stale}, left by an export that was cut off")
     src = load_source(cfg.model)
     if cfg.to == "hf":
         write_hf(src, out)

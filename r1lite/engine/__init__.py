@@ -14,9 +14,10 @@ prefill and generated tokens and the FLOPs the decoder computed. Backends implem
 interface: :class:`Engine` over r1lite's decoders (:mod:`r1lite.engine.decoders`: our CPU
 kernels, PyTorch, the generic transformers forward).
 
-Modules: ``sampling`` (settings and the per-sequence draw), ``decoders`` (forward passes over a
-KV cache), ``kernels`` (the x86-64 CPU kernels, compiled on first use), ``engine`` (the loop, and
-:class:`ThinkSplit`: streamed text cut at its ``<think>`` block, for ``chat`` and ``serve``).
+Modules: ``sampling`` (settings, the token budget against the model's context, the per-sequence
+draw), ``decoders`` (forward passes over a KV cache), ``kernels`` (the x86-64 CPU kernels, compiled
+on first use), ``engine`` (the loop, and :class:`ThinkSplit`: streamed text cut at its ``<think>``
+block, for ``chat`` and ``serve``).
 """
 
 from r1lite.engine.decoders import HFDecoder, LlamaDecoder, make_decoder

@@ -54,6 +54,37 @@ class Sampling:
 
 
 # ---------------------------------------------------------------------------------------------
+# The token budget against the model's context
+
+
+def over_context(max_new_tokens: int, context: int, prompt_tokens: int = 0) -> str | None:
+    """Why a prompt of ``prompt_tokens`` and up to ``max_new_tokens`` new tokens do not fit a context
+    of ``context`` tokens (0 = not known: anything fits), with the largest budget that does; None
+    when they fit. A prompt not known yet counts as one token.
+
+    >>> over_context(10_000_000, 8192, 500)
+    "the model's context is 8192 tokens and the prompt takes 500; ask for at most 7692"
+    >>> over_context(7692, 8192, 500), over_context(10**9, 0)
+    (None, None)
+    """
+    prompt = max(prompt_tokens, 1)
+    if not context or prompt + max_new_tokens <= context:
+        return None
+    if prompt >= context:
+        return f"the prompt is {prompt} tokens, the model's whole context {context}; shorten the prompt"
+    took = f"the prompt takes {prompt}" if prompt_tokens else "a prompt takes at least 1"
+    return f"the model's context is {context} tokens and {took}; ask for at most {context - prompt}"
+
+
+def check_budget(max_new_tokens: int, context: int, prompt_tokens: int = 0, flag: str = "--max-new-tokens") -> None:
+    """Refuse a token budget that does not fit the model's context (:func:`over_context`) in one
+    line naming ``flag`` (the flag or recipe key that set it), before any work."""
+    problem = over_context(max_new_tokens, context, prompt_tokens)
+    if problem:
+        raise UsageError(f"{flag} {max_new_tokens}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------
 # Per-sequence random numbers
 
 _MASK = (1 << 64) - 1

@@ -158,24 +158,25 @@ def train_flops(n_params: int, tokens: float, n_layers: int, d_model: int, conte
 # Shapes of models that need not be here
 
 
-def _shape(name: str, layers: int, hidden: int, heads: int, kv: int, ff: int, vocab: int, tied: bool,
+def _shape(name: str, layers: int, hidden: int, heads: int, kv: int, ff: int, vocab: int, tied: bool, context: int,
            head_dim: int | None = None) -> ModelShape:
-    return ModelShape(name, layers, hidden, heads, kv, head_dim or hidden // heads, ff, vocab, tied)
+    return ModelShape(name, layers, hidden, heads, kv, head_dim or hidden // heads, ff, vocab, tied, context=context)
 
 
 SHAPES: dict[str, ModelShape] = {s.name: s for s in [
-    _shape("SmolLM2-135M", 30, 576, 9, 3, 1536, 49152, True),
-    _shape("SmolLM2-360M", 32, 960, 15, 5, 2560, 49152, True),
-    _shape("SmolLM2-1.7B", 24, 2048, 32, 32, 8192, 49152, True),
-    _shape("Qwen2.5-0.5B", 24, 896, 14, 2, 4864, 151936, True),
-    _shape("Qwen2.5-1.5B", 28, 1536, 12, 2, 8960, 151936, True),
-    _shape("Qwen2.5-7B", 28, 3584, 28, 4, 18944, 152064, False),
-    _shape("Qwen3-0.6B", 28, 1024, 16, 8, 3072, 151936, True, head_dim=128),
-    _shape("Qwen3-1.7B", 28, 2048, 16, 8, 6144, 151936, True, head_dim=128),
-    _shape("Qwen3-8B", 36, 4096, 32, 8, 12288, 151936, False, head_dim=128),
+    _shape("SmolLM2-135M", 30, 576, 9, 3, 1536, 49152, True, 8192),
+    _shape("SmolLM2-360M", 32, 960, 15, 5, 2560, 49152, True, 8192),
+    _shape("SmolLM2-1.7B", 24, 2048, 32, 32, 8192, 49152, True, 8192),
+    _shape("Qwen2.5-0.5B", 24, 896, 14, 2, 4864, 151936, True, 32768),
+    _shape("Qwen2.5-1.5B", 28, 1536, 12, 2, 8960, 151936, True, 32768),
+    _shape("Qwen2.5-7B", 28, 3584, 28, 4, 18944, 152064, False, 32768),
+    _shape("Qwen3-0.6B", 28, 1024, 16, 8, 3072, 151936, True, 40960, head_dim=128),
+    _shape("Qwen3-1.7B", 28, 2048, 16, 8, 6144, 151936, True, 40960, head_dim=128),
+    _shape("Qwen3-8B", 36, 4096, 32, 8, 12288, 151936, False, 40960, head_dim=128),
 ]}
 """Built-in shapes, from each model's ``config.json`` on the Hugging Face hub (the -Instruct
-variants share their base's shape)."""
+variants share their base's shape). The context is the -Instruct config's ``max_position_embeddings``
+(Qwen2.5: 32,768, where some base configs say 131,072)."""
 
 
 def table_shape(spec: str) -> ModelShape | None:

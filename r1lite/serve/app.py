@@ -36,7 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from r1lite.edge.backends import Backend
 from r1lite.errors import UsageError
 from r1lite.serve.guard import Guard
-from r1lite.serve.schema import ChatRequest
+from r1lite.serve.schema import ChatCompletion, ChatRequest, ErrorResponse, Health, ModelList
 from r1lite.serve.service import BadRequest, ChatService, Metrics, ServeConfig, disconnected, invalid
 from r1lite.serve.worker import Worker
 
@@ -45,6 +45,18 @@ LINGER_BYTES, LINGER_SECONDS = 16 << 20, 5.0
 """How much of a refused body is read and dropped before the connection closes."""
 log = logging.getLogger("r1lite.serve")
 SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+REFUSED = {"4XX": {"model": ErrorResponse, "description": "Refused: a missing or wrong key (401, on /v1/* and /metrics), "
+                   "a bad request (400), a body over the limit (413) or too slow (408), a full server (429)"}}
+"""The errors a route may answer, as the published schema has them (the front door's come before any route)."""
+FAILED = {"5XX": {"model": ErrorResponse, "description": "Generation failed (500), the server is shutting down (503), "
+                  "the request took longer than its deadline (504)"}}
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "pattern": r"^(\{.*\}|\[DONE\])$",
+    "description": "a chat.completion.chunk as JSON (an error object where generation failed), then [DONE]"}}}
+"""One event of a streamed chat completion."""
+CHAT = {200: {"model": ChatCompletion, "description": "The completion; with stream, server-sent events",
+              "content": {"text/event-stream": {"itemSchema": SSE_EVENT}}}}
+METRICS = {200: {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 __all__ = ["ServeConfig", "create_app"]
 
@@ -217,7 +229,9 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
     @app.exception_handler(HTTPException)
     async def on_http(request, e: HTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return service.reject(BadRequest(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code=kind))
+        response = service.reject(BadRequest(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code=kind))
+        response.headers.update(e.headers or {})  # a 405 names the allowed methods (Allow, RFC 9110)
+        return response
 
     @app.exception_handler(UsageError)
     async def on_usage(request, e: UsageError):
@@ -232,22 +246,22 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
     async def page():
         return HTMLResponse(page_text, headers=page_headers)
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses=REFUSED)
     async def health():
         return {"status": "draining" if worker.draining else "ok", "model": cfg.model_name, "backend": backend.kind,
                 "in_flight": worker.in_flight}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=REFUSED)
     async def models():
         return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "r1lite"}]}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=Response, responses=METRICS | REFUSED)
     async def prometheus():
         metrics.queue.set(worker.queued)
         metrics.in_flight.set(worker.in_flight)
         return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=None, responses=CHAT | REFUSED | FAILED)
     async def chat(body: ChatRequest, http: HTTPRequest):
         response = await service.create(body, asyncio.ensure_future(disconnected(http.receive)))
         return Response(status_code=499) if response is None else response  # None: the client went away

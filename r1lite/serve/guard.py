@@ -171,13 +171,46 @@ class Guard:
         ``conversation`` (default: ``text`` as the user's turn)."""
         verdict = self.policy.check(text, allowed)
         if verdict.safe and self.judge is not None:
-            try:
-                verdict = await self.judge.check(client, conversation or [{"role": "user", "content": text}])
-            except Exception as e:  # an unreachable or garbled judge fails closed, and says why
-                return Verdict(False, "judge_error", f"the guard judge failed: {type(e).__name__}", "judge")
-            if not verdict.safe:
-                verdict = Verdict(False, verdict.code, self.names.get(verdict.code, verdict.code), "judge")
+            verdict = await self.judged(client, conversation or [{"role": "user", "content": text}])
         return verdict
+
+    async def check_input(self, client, messages: list[dict]) -> Verdict:
+        """The verdict on a request's conversation: the policy's on each of :func:`user_texts` (the
+        first that blocks), then the judge's, once, on the user's turns joined as one user turn."""
+        texts = user_texts(messages)
+        for text in texts:
+            verdict = self.policy.check(text)
+            if not verdict.safe:
+                return verdict
+        if self.judge is None:
+            return SAFE
+        whole = texts[-1] if texts else ""  # the user turns joined
+        return await self.judged(client, [{"role": "user", "content": whole}])
+
+    async def judged(self, client, conversation: list[dict]) -> Verdict:
+        """The judge's verdict on ``conversation``, named by the policy's category names."""
+        try:
+            verdict = await self.judge.check(client, conversation)
+        except Exception as e:  # an unreachable or garbled judge fails closed, and says why
+            return Verdict(False, "judge_error", f"the guard judge failed: {type(e).__name__}", "judge")
+        if not verdict.safe:
+            verdict = Verdict(False, verdict.code, self.names.get(verdict.code, verdict.code), "judge")
+        return verdict
+
+
+def user_texts(messages: list[dict]) -> list[str]:
+    """What the input guard reads in a conversation: each user turn alone, the latest first (an
+    ``allow`` phrase in one turn cannot let another turn through), then, last, all the user turns
+    joined in order, the whole request (one split across turns is read as one text); each distinct
+    text once, so a conversation is read at most twice over.
+
+    >>> user_texts([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])
+    ['c', 'a', 'a\\nc']
+    >>> user_texts([{"role": "system", "content": "s"}, {"role": "user", "content": "only"}])
+    ['only']
+    """
+    turns = [m["content"] for m in messages if m["role"] == "user"]
+    return list(dict.fromkeys([*reversed(turns), "\n".join(turns)] if turns else []))
 
 
 def tail(text: str, size: int = CONTEXT_CHARS) -> str:

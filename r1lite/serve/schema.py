@@ -71,6 +71,93 @@ class ChatRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+# -- what goes back: the shapes below are the published OpenAPI schema; the functions build them -------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, 4xx and 5xx (OpenAI's shape: :func:`error_body`)."""
+
+    error: ErrorDetail
+
+
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    reasoning_content: str | None
+    """The thinking (DeepSeek's field); None when there was none."""
+    reasoning: str | None = None
+    """The same, under vLLM's and Ollama's name (``--reasoning-field both`` only)."""
+
+
+class Choice(BaseModel):
+    index: int
+    message: AnswerMessage
+    finish_reason: Literal["stop", "length", "cancelled", "content_filter"]
+
+
+class TokenDetails(BaseModel):
+    reasoning_tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    completion_tokens_details: TokenDetails
+
+
+class ContentFilter(BaseModel):
+    """Why the guard refused: on the way in (``input``) or out (``output``), the category, by whom."""
+
+    blocked: Literal[True]
+    side: Literal["input", "output"]
+    category: str
+    """``S1``..``S14``, or ``judge_error`` (the judge failed: the guard fails closed)."""
+    name: str
+    by: Literal["policy", "judge"]
+
+
+class ChatCompletion(BaseModel):
+    """A whole chat completion (:func:`completion`); with ``stream`` the same as server-sent events
+    of ``chat.completion.chunk`` s (:func:`chunk`)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    content_filter: ContentFilter | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "draining"]
+    model: str
+    backend: str
+    """``torch`` or ``llama.cpp``."""
+    in_flight: int
+    """Requests admitted (decoding or waiting)."""
+
+
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error shape."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}

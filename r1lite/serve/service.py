@@ -5,7 +5,8 @@ request); the route in :mod:`r1lite.serve.app` authenticates and calls :meth:`Ch
 2. :meth:`~ChatService.messages`: the conversation, PII redacted from the user's turns;
 3. :meth:`~ChatService.render` the prompt as the run renders it, the thinking budget, the sampling
    settings: a :class:`Turn`;
-4. :meth:`~ChatService.guard_input`: the guard's verdict on the last user message;
+4. :meth:`~ChatService.guard_input`: the guard's verdict on the user's turns, each alone and all
+   joined (:meth:`r1lite.serve.guard.Guard.check_input`);
 5. :meth:`~ChatService.generate`: the engine's deltas from the worker, split into reasoning and
    answer (:class:`r1lite.serve.reasoning.Split`), held back to the end of a sentence, each new
    sentence guarded once (:class:`r1lite.serve.guard.AnswerGuard`): :class:`Piece` s;
@@ -32,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from r1lite.edge.backends import Backend
 from r1lite.engine import Completion, Delta, Request, Sampling
 from r1lite.engine.engine import CLOSE_THINKING, THINK_OPEN
+from r1lite.engine.sampling import over_context
 from r1lite.serve.guard import SAFE, AnswerGuard, Guard, Verdict
 from r1lite.serve.reasoning import Split, thinking_budget
 from r1lite.serve.schema import (
@@ -173,7 +175,7 @@ class Turn:
 
     @property
     def question(self) -> str:
-        """The last user message: what the input guard reads and the answer replies to."""
+        """The last user message: what the answer replies to (the output guard's judge reads it)."""
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
 
@@ -278,9 +280,8 @@ class ChatService:
         if context and len(ids) >= context:
             raise BadRequest(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
                              "messages", "context_length_exceeded")
-        if context and named and len(ids) + named > context:
-            raise BadRequest(400, f"the prompt ({len(ids)} tokens) and max_tokens ({named}) are over this model's context "
-                             f"of {context} tokens", "max_tokens", "context_length_exceeded")
+        if named and (problem := over_context(named, context, len(ids))):  # the check chat, eval and distill make
+            raise BadRequest(400, f"'max_tokens' {named}: {problem}", "max_tokens", "context_length_exceeded")
         answer_tags = self.backend.format_name == "r1"
         split = Split(thinking=thinking, answer_tags=answer_tags)
         if budget.tokens == 0 and (thinking or answer_tags):
@@ -308,10 +309,11 @@ class ChatService:
                         top_p=cfg.top_p if body.top_p is None else body.top_p)
 
     async def guard_input(self, turn: Turn) -> Verdict:
-        """The guard's verdict on the last user message (safe with the guard off)."""
+        """The guard's verdict on the conversation's user turns, each alone and all joined, so a
+        request split across turns is read whole (safe with the guard off)."""
         if self.guard is None:
             return SAFE
-        return self.tally(await self.guard.check(self.client, turn.question), "input")
+        return self.tally(await self.guard.check_input(self.client, turn.messages), "input")
 
     def tally(self, verdict: Verdict, side: str) -> Verdict:
         if not verdict.safe:

@@ -10,10 +10,8 @@ dies; a lock file left by a process that is gone is taken over with a note.
 
 from __future__ import annotations
 
-import fcntl
-import os
+import re
 import shutil
-import socket
 from pathlib import Path
 
 import yaml
@@ -31,6 +29,22 @@ WHERE_KEYS = ("out",)
 """Config keys that say where a run is, not what it computes: a moved or copied run resumes."""
 
 
+TEMP_PREFIXES = (*(f".{name.split('.')[0]}." for name in RUN_NAMES), ".step-", ".latest.")
+"""How the temporary files of the run's own writes begin (``files.atomic_write``: ``.NAME.*.tmp``)."""
+
+
+def own_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file or directory of one of the run's own writes, as a kill
+    leaves it (``.final.x1y2.tmp``, ``.final.x1y2.old``); a hidden file of the user's is not."""
+    return path.name.startswith(TEMP_PREFIXES) and path.name.endswith((".tmp", ".old"))
+
+
+def own_lock(run_dir: Path) -> bool:
+    """Whether ``<run>/lock`` is r1lite's (empty, or naming a process): a run killed after taking
+    it and before writing config.yaml leaves it and nothing else."""
+    return (run_dir / "lock").is_file() and re.fullmatch(r"(pid \d+ on \S*)?", holder(run_dir / "lock")) is not None
+
+
 def claim(run_dir: Path, resume: bool, force: bool) -> None:
     """Refuse, before anything is written, an ``--out`` the run could not use without losing a file."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -41,63 +55,36 @@ def claim(run_dir: Path, resume: bool, force: bool) -> None:
     if not resume and holds_run:
         raise UsageError(f"{run_dir} already holds a run; continue it with --resume {run_dir} (same flags), or choose "
                          "another --out")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+    leftover = {"lock"} if run_dir.is_dir() and own_lock(run_dir) else set()  # a run killed before its config
+    if not resume and run_dir.is_dir() and any(p.name not in leftover and not own_temp(p) for p in run_dir.iterdir()):
         if not force:
             raise UsageError(f"--out {run_dir} is not empty and holds no r1lite run; choose a new or empty directory, or "
                              "add --force to write the run beside the files there (none is changed or deleted)")
-        taken = [name for name in RUN_NAMES if (run_dir / name).exists()]
+        taken = [name for name in RUN_NAMES if name not in leftover and (run_dir / name).exists()]
         if taken:
             raise UsageError(f"--out {run_dir} --force: {run_dir / taken[0]} is in the way of the run's own "
                              f"{taken[0]}; move it, or choose another --out")
     files.writable(run_dir, "--out", directory=True)
 
 
-class RunLock:
-    """One process per run directory: an ``flock`` on ``<run>/lock``, which names its holder."""
+class RunLock(files.ProcessLock):
+    """One process per run directory: :class:`r1lite.files.ProcessLock` on ``<run>/lock``."""
 
     def __init__(self, run_dir: Path, console):
-        self.path = run_dir / "lock"
-        self.console = console
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(f"{self.path.parent} is in use by another r1lite process ({holder(self.path)}); wait for "
-                             "it to end, or stop it first") from None
-        before = holder(self.path)
-        if before:
-            self.console.print(f"[yellow]note[/]: {self.path} was left by {before}, which is no longer running; "
-                               "taking it over")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an empty lock file: released cleanly
-            os.close(self.fd)
-            self.fd = None
+        super().__init__(run_dir / "lock", run_dir, lambda line: console.print(f"[yellow]{line}[/]"))
 
 
 def holder(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
+    """Who holds the lock at ``path`` ("" when no one does)."""
+    return files.ProcessLock(path, path.parent).holder()
 
 
 def clean_stale_temps(run_dir: Path) -> list[Path]:
-    """Remove the temporary files and directories an atomic write left when its process was killed
-    (``.NAME.*.tmp``, ``.NAME.*.old``), at the top of the run and in ``checkpoints/``; they are only
-    ever r1lite's own, named so by :func:`r1lite.files.atomic_dir` and ``atomic_write``."""
+    """Remove the temporary files and directories an atomic write of the run's own names left when
+    its process was killed (:func:`own_temp`), at the top of the run and in ``checkpoints/``; any
+    other file, hidden or not, is the user's and stays."""
     stale = [p for folder in (run_dir, run_dir / "checkpoints") if folder.is_dir() for p in folder.iterdir()
-             if p.name.startswith(".") and p.name.endswith((".tmp", ".old"))]
+             if own_temp(p)]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return stale

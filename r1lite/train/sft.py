@@ -65,13 +65,18 @@ def run(cfg: SFTConfig, console) -> int:
     """``r1lite sft``: fine-tune ``cfg.model`` on ``cfg.data`` and save ``<out>/final``."""
     from pathlib import Path
 
-    from r1lite.files import atomic_dir, write_jsonl
+    from r1lite.files import atomic_dir, remove_stale_temps, writable, write_jsonl
     from r1lite.models import load_model, resolve_runtime
     from r1lite.progress import progress
 
     out = Path(cfg.out)
     if (out / "final").exists():
         raise UsageError(f"{out}/final exists; choose another --out")
+    if (out / "metrics.jsonl").exists():  # sft writes it after final/: with no final/ beside it, it is not ours
+        raise UsageError(f"{out / 'metrics.jsonl'} exists and no finished sft run wrote it; choose another --out")
+    writable(out, directory=True)  # before the work: a run must not end by losing its model
+    for stale in remove_stale_temps(out / "final") + remove_stale_temps(out / "metrics.jsonl"):
+        console.print(f"removed {stale}, left by a write that was cut off")
     runtime = resolve_runtime(cfg.device, cfg.dtype)
     rows = read_pairs(cfg.data)
     notice = card_notice(cfg.data)  # traces r1lite distill wrote: say whose they are, and on what terms
@@ -87,10 +92,10 @@ def run(cfg: SFTConfig, console) -> int:
                             micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
                             device=runtime.device,
                             on_step=lambda r: update(len(r["history"]), f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
-    write_jsonl(out / "metrics.jsonl", history)
     with atomic_dir(out / "final") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    write_jsonl(out / "metrics.jsonl", history)
     console.print(f"model: {out / 'final'}")
     return 0
 

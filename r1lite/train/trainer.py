@@ -30,6 +30,7 @@ import torch
 from r1lite import evaluate, prompts, report, tasks
 from r1lite.config import dump_yaml, to_dict
 from r1lite.engine import GenerationStats, make_engine
+from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
 from r1lite.files import (
     DiskFull, append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl, write_text,
@@ -37,7 +38,7 @@ from r1lite.files import (
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
-from r1lite.models import device_kind, load_model, resolve_runtime, stop_token_ids
+from r1lite.models import device_kind, load_model, resolve_runtime, spec_context, stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
@@ -78,6 +79,7 @@ class Trainer:
             rundir.claim(self.run_dir, resume, force)
             self.summary = rundir.check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
+            check_budget(cfg.sampling.max_new_tokens, spec_context(cfg.model), flag="max_new_tokens")
             self.distill_cfg = coldstart.distill_config(cfg) if cfg.cold_start.teacher else None
             if cfg.cold_start.items and not (cfg.cold_start.data or cfg.cold_start.teacher) and not self.task.numeric:
                 raise UsageError(f"cold_start_items={cfg.cold_start.items}: the cold start rewrites plain answers into "
