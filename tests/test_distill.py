@@ -51,7 +51,20 @@ class Quiet(ThreadingHTTPServer):
         pass
 
 
-class FakeTeacher:
+class Loopback:
+    """A threaded HTTP server on 127.0.0.1 for a handler class; ``url`` is its ``…/v1``."""
+
+    def start(self, handler) -> None:
+        self.server = Quiet(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeTeacher(Loopback):
     """An OpenAI-compatible server on loopback answering from a script: ``respond(question, attempt)``
     → (status, headers, body: dict or bytes, delay seconds). Records every chat request."""
 
@@ -94,16 +107,10 @@ class FakeTeacher:
                 time.sleep(delay)
                 self.send(status, reply, headers)
 
-        self.server = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.start(Handler)
 
     def asked(self) -> list[str]:
         return [q for _, q, _ in self.calls]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def answer_of(question: str) -> int:
@@ -372,7 +379,7 @@ def teacher(cli, tiny_model, tmp_path_factory):
     return {"hf": folder / "hf", "gguf": gguf, "items": items, "task": ("--task", f"jsonl:{data}")}
 
 
-class CountingProxy:
+class CountingProxy(Loopback):
     """A loopback proxy in front of a teacher server: forwards every request, counts the chat
     requests by (question, seed), and holds each for ``delay`` seconds (so a run can be killed mid-way)."""
 
@@ -404,13 +411,7 @@ class CountingProxy:
                 time.sleep(delay)
                 self.relay(client.post(self.path, content=raw, headers={"Content-Type": "application/json"}))
 
-        self.server = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.start(Handler)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from r1lite.distill.teachers import (
     backoff_seconds,
     retry_after_seconds,
 )
-from tests.test_distill import Quiet, chat
+from tests.test_distill import Loopback, chat
 
 CPU = ("--device", "cpu", "--dtype", "fp32")
 AT_MOST = "ask for at most"
@@ -73,7 +73,7 @@ def test_a_token_budget_over_the_model_s_context_is_one_line_before_any_work(cas
 # ---------------------------------------------------------------------------------------------- a teacher's answer
 
 
-class StreamingTeacher:
+class StreamingTeacher(Loopback):
     """A chat endpoint on loopback whose every answer is ``pieces`` written one after the other,
     ``gap`` seconds apart, with no Content-Length (the body ends when the connection closes) unless
     ``declare`` gives one. ``finished`` is set once every piece went out."""
@@ -99,13 +99,7 @@ class StreamingTeacher:
                     time.sleep(gap)
                 outer.finished.set()
 
-        self.server = Quiet(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.start(Handler)
 
 
 def ask_once(url: str, timeout: float):
