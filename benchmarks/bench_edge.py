@@ -124,13 +124,10 @@ def main() -> None:
 
     from r1lite import tasks
     from r1lite.edge.backends import open_model
-    from r1lite.edge.export import load_source, quantize, write_gguf
-    from r1lite.models import (
-        EMBEDDED_GGUF,
-        EMBEDDED_PACKAGE,
-        embedded_checkpoint,
-        resolve_path,
-    )
+    from r1lite.edge.export import load_source, write_gguf
+    from r1lite.edge.gguf_file import quantize
+    from r1lite.models import resolve_path
+    from r1lite.packaged import EMBEDDED_GGUF, EMBEDDED_PACKAGE, embedded_checkpoint
 
     src = load_source(args.model)
     hf_dir = embedded_checkpoint() if args.model == "default" else resolve_path(args.model)

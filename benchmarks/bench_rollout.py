@@ -1,6 +1,6 @@
 """Tokens/s of r1lite's generation loop against transformers ``generate``, and the roofline.
 
-Same model (the embedded SmolLM2-135M-Instruct), same prompts (held-out arithmetic prompts in the
+Same model (the embedded SmolLM2-135M-Instruct, or --model: gemma3-270m), same prompts (held-out arithmetic prompts in the
 R1 format), exactly --new-tokens new tokens per sequence (EOS ignored: r1lite's ``ignore_eos``,
 transformers' ``min_new_tokens``), sampling at temperature 1 with no top-k/top-p on both sides, at
 batch 1, 16, 64, one row per precision of the weights:
@@ -17,7 +17,12 @@ the runs and after each batch, the best counting. A decode step at
 batch B must move the weights and the KV cache once and do ~2·N·B FLOPs, so its limit is
 ``max(bytes / bandwidth, flops / peak)``; tokens/s limit = B / that.
 
+Where a decode step's time goes, per batch: the vocabulary head (final norm and product), the
+attention (r1lite's Gemma and torch-path decoders: every layer's, in torch) and the rest of the
+body, timed on one step of r1lite's decoder after prefilling the batch's prompts (best of 5).
+
     python benchmarks/bench_rollout.py            # writes benchmarks/results/rollout-<cpu kind>.json
+    python benchmarks/bench_rollout.py --model gemma3-270m   # rollout-gemma3-270m-<cpu kind>.json
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from common import RESULTS, add_allow_dirty, best_of, commit_fields, machine
 
 from r1lite import tasks
 from r1lite.engine import Request, Sampling, make_engine
-from r1lite.models import left_pad, load_model, resolve_runtime, stop_token_ids
+from r1lite.models import left_pad, load_model, resolve_runtime
+from r1lite.packaged import stop_token_ids
 from r1lite.prompts import item_prompts
 
 
@@ -98,6 +104,48 @@ def r1lite_generate(engine, prompts, new_tokens: int) -> float:
     return len(prompts) * new_tokens / seconds
 
 
+def step_split(engine, prompts: list[list[int]], repeats: int = 5) -> dict | None:
+    """Milliseconds of one decode step of r1lite's decoder at this batch (after prefilling
+    ``prompts``), split into the vocabulary head, attention and the rest of the body; None for a
+    decoder without a separate head (the transformers forward)."""
+    decoder = engine.decoder
+    if getattr(decoder, "head", None) is None:
+        return None
+    engine.clear()
+    for p in prompts:
+        engine.add(Request(p, Sampling(max_new_tokens=8)))
+    engine._admit()
+    b = engine.batch
+    tokens = torch.zeros(len(prompts), 1, dtype=torch.long, device=engine.device)
+    attention = [0.0]
+    name = "_attend" if hasattr(decoder, "_attend") else "_attention"
+    inner = getattr(decoder, name)
+    fused = getattr(decoder, "_step", None) is not None  # Llama's one-call step: attention inside it
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = inner(*a, **k)
+        attention[0] += time.perf_counter() - t
+        return out
+
+    setattr(decoder, name, timed)
+    try:
+        best = (float("inf"), 0.0)
+        for _ in range(repeats + 1):  # the first call warms up
+            attention[0] = 0.0
+            t = time.perf_counter()
+            decoder.forward(b.cache, tokens, b.pos[:, None], b.col, b.valid, b.shared)
+            best = min(best, (time.perf_counter() - t, attention[0]))
+    finally:
+        delattr(decoder, name)
+    last = torch.randn(decoder.config.hidden_size, len(prompts), dtype=decoder.compute, device=engine.device)
+    head = best_of(lambda: decoder.head(last, "rmsnorm", decoder.norm, decoder.eps, transposed=True), repeats)
+    engine.clear()
+    step, attend = best
+    return {"step_ms": 1e3 * step, "head_ms": 1e3 * head, "head_share": head / step,
+            "attention_ms": None if fused else 1e3 * attend, "rest_of_body_ms": 1e3 * (step - head - (0 if fused else attend))}
+
+
 def compute_name(decoder) -> str:
     """The precision of the decoder's products: "bfloat16 products" (fp32 sums), or its compute dtype."""
     if getattr(decoder, "bf16_products", False):
@@ -112,8 +160,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side and batch, interleaved; the best counts")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--model", default="default", help="default, or a directory (e.g. a random model of the same shape)")
-    p.add_argument("--out", type=Path, help="default: benchmarks/results/rollout-<cpu kind>.json (or -<gpu>.json)")
+    p.add_argument("--model", default="default", help="default, gemma3-270m, or a directory (e.g. a random model of the "
+                   "same shape)")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/rollout-<cpu kind>.json (or -<gpu>.json); "
+                   "another model than default: rollout-<model>-<cpu kind>.json")
     add_allow_dirty(p)
     args = p.parse_args()
     commit = commit_fields("bench_rollout", args.allow_dirty)
@@ -149,22 +199,29 @@ def main() -> None:
                 hf = max(hf, hf_generate(reference, tokenizer, prompts, args.new_tokens, eos))
                 ours = max(ours, r1lite_generate(engine, prompts, args.new_tokens))
             print(f"  batch {batch:3d}: transformers {hf:7.1f} tok/s  r1lite {ours:7.1f} tok/s  ({ours / hf:.2f}x)", flush=True)
-            measured.append((batch, context, hf, ours))
+            split = step_split(engine, prompts)
+            if split is not None:
+                attention = "in the fused step" if split["attention_ms"] is None else f"{split['attention_ms']:.1f} ms"
+                print(f"             a decode step {split['step_ms']:.1f} ms: head {split['head_ms']:.1f} ms "
+                      f"({split['head_share']:.0%}), attention {attention}, rest of the body {split['rest_of_body_ms']:.1f} ms",
+                      flush=True)
+            measured.append((batch, context, hf, ours, split))
             peak, bw = max(peak, peak_flops(dtype, base.device)), max(bw, bandwidth(base.device))
         print(f"  peak {peak / 1e9:.0f} GFLOP/s ({name}), bandwidth {bw / 1e9:.1f} GB/s", flush=True)
         rows = []
-        for batch, context, hf, ours in measured:
+        for batch, context, hf, ours, split in measured:
             limit = decode_limit(model, batch, context, dtype, peak, bw)
             rows.append({"batch": batch, "transformers_tokens_per_s": hf, "r1lite_tokens_per_s": ours, "speedup": ours / hf,
                          "roofline_tokens_per_s": limit["tokens_per_s"], "fraction_of_roofline": ours / limit["tokens_per_s"],
-                         "bound": limit["bound"], "mean_context": context})
+                         "bound": limit["bound"], "mean_context": context, "decode_step_split": split})
             print(f"  batch {batch:3d}: roofline {limit['tokens_per_s']:7.1f} tok/s ({limit['bound']}-bound) -> "
                   f"r1lite at {ours / limit['tokens_per_s']:.0%}", flush=True)
         result["rows"].append({"weights": name, "transformers_dtype": str(hf_dtype).removeprefix("torch."),
                                "r1lite_compute": products,
                                "peak_flops": peak, "bandwidth_bytes_per_s": bw, "results": rows})
     kind = cpu_kind() if base.device.type == "cpu" else torch.cuda.get_device_name().replace(" ", "-").lower()
-    out = args.out or RESULTS / f"rollout-{kind}.json"
+    tag = "" if args.model == "default" else f"{Path(args.model).name}-"
+    out = args.out or RESULTS / f"rollout-{tag}{kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -91,7 +91,8 @@ def train_run(recipe: dict, out: Path, **overrides) -> dict:
 def measure(model_dir: str, task: tasks.Task, items: list, args) -> dict:
     """Greedy pass@1 and format rate, maj@8 at R1's sampling, on the held-out items."""
     from r1lite.engine import make_engine
-    from r1lite.models import load_model, resolve_runtime, stop_token_ids
+    from r1lite.models import load_model, resolve_runtime
+    from r1lite.packaged import stop_token_ids
 
     runtime = resolve_runtime()
     model, tokenizer = load_model(model_dir, runtime)

@@ -1,7 +1,7 @@
 """What the GPU check runs on: the carried folder (``--prepare``) and random models built from it.
 
 The carried folder holds no weights: SmolLM2-135M's tokenizer and config (copied from the embedded
-model, :func:`r1lite.models.embedded_checkpoint`), and the configs of Qwen2.5-0.5B and Qwen3-0.6B
+model, :func:`r1lite.packaged.embedded_checkpoint`), and the configs of Qwen2.5-0.5B and Qwen3-0.6B
 written from their published values. The weights are random, drawn on the device from those
 configs: rollout speed does not depend on the values, and parity compares r1lite with transformers
 on the same weights. SmolLM2's tokenizer serves every shape (parity and speed work on token ids; a
@@ -74,7 +74,8 @@ def prepare(folder: Path) -> dict:
     """Fill ``folder`` with what the check reads (run here: it needs the embedded model); returns
     its manifest, also written as ``MANIFEST.json``."""
     from r1lite.meter.flops import SHAPES
-    from r1lite.models import ModelShape, embedded_checkpoint
+    from r1lite.models import ModelShape
+    from r1lite.packaged import embedded_checkpoint
 
     source = embedded_checkpoint()
     folder.mkdir(parents=True, exist_ok=True)

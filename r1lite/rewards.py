@@ -29,6 +29,7 @@ END_TOKENS = (
     "<|eot_id|>",
     "<|end_of_text|>",
     "<｜end▁of▁sentence｜>",
+    "<end_of_turn>",
 )
 """End-of-turn tokens that a decoder may leave at the end of a completion."""
 

@@ -186,3 +186,20 @@ def chromium_browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Every ``load_model`` r1lite can call raises: for refusals that must come before a model loads.
+    The modules that bind the name at import are imported first, so none keeps the stand-in after
+    the test."""
+    import importlib
+
+    def refuse(*args, **kw):
+        raise AssertionError("a model loaded before the refusal")
+
+    modules = [importlib.import_module(name) for name in ("r1lite.models", "r1lite.edge.export", "r1lite.edge.backends",
+                                                           "r1lite.train.onpolicy", "r1lite.train.trainer", "r1lite.evaluate")]
+    for module in modules:  # all imported before any is patched: none binds the stand-in
+        if hasattr(module, "load_model"):
+            monkeypatch.setattr(module, "load_model", refuse)

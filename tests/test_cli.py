@@ -220,8 +220,10 @@ def flat_keys(command: str) -> dict:
 
 def spellings(key) -> set[str]:
     """The option strings a flat key may have: its flag and its old spellings (and their --no- forms)."""
+    from r1lite.config import _base
+
     names = [n.replace("_", "-") for n in (key.name, *key.old)]
-    return {"--" + n for n in names} | ({"--no-" + n for n in names} if key.type is bool else set())
+    return {"--" + n for n in names} | ({"--no-" + n for n in names} if _base(key.type)[0] is bool else set())
 
 
 def test_every_command_s_flags_are_exactly_its_config_fields():
@@ -312,3 +314,28 @@ def test_a_cold_start_from_a_teacher_sets_distill_s_keys_by_their_names(capsys):
     cfg = distill_config(build(GRPOConfig, {"model": "tiny", "cold_start_teacher": "tiny", "cold_start_items": 6,
                                             "max_new_tokens": 48}))
     assert (cfg.limit, cfg.max_new_tokens) == (6, 48) and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", [["eval", "--model", "tiny-gemma3", "--task", "arithmetic"],
+                                     ["train", "--model", "tiny-gemma3", "--max-steps", "1"]])
+def test_r1_zero_with_a_plain_format_is_refused_before_any_model_loads(command, quick_cli, tmp_path, no_model_loads):
+    out = ["--out", tmp_path / ("rows.jsonl" if command[0] == "eval" else "run")]
+    for fmt in ("plain", "plain:2"):
+        r = quick_cli(*command, *out, "--template", "r1_zero", "--format", fmt)
+        assert_one_line_error(r, "template r1_zero", f"format {fmt}", "r1 format only")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_a_base_model_under_r1_zero_end_to_end(quick_cli, tmp_path):
+    """tiny-gemma3's template is r1_zero (auto), recorded in the summary and on every row; a random
+    model writes no </answer>, so its completions run to the budget."""
+    out = tmp_path / "rows.jsonl"
+    r = quick_cli("eval", "--model", "tiny-gemma3", "--task", "arithmetic", "--limit", "4", "--max-new-tokens", "16",
+                  "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "template r1_zero" in " ".join(r.stdout.split())  # rich wraps the line
+    summary = json.loads((tmp_path / "rows.jsonl.summary.json").read_text())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (summary["template"], summary["format"], summary["n_items"]) == ("r1_zero", "r1", 4)
+    assert len(rows) == 4 and {row["template"] for row in rows} == {"r1_zero"}
+    assert all(row["completion_tokens"] <= 16 for row in rows)

@@ -20,13 +20,8 @@ from r1lite.engine import (
 )
 from r1lite.engine import engine as engine_module
 from r1lite.engine.sampling import sample_rows
-from r1lite.models import (
-    cpu_bf16_flags,
-    left_pad,
-    load_model,
-    resolve_runtime,
-    stop_token_ids,
-)
+from r1lite.models import cpu_bf16_flags, left_pad, load_model, resolve_runtime
+from r1lite.packaged import stop_token_ids
 from r1lite.prompts import encode_messages
 from r1lite.rewards import END_TOKENS
 

@@ -125,7 +125,7 @@ def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp,
     quantized by llama.cpp's quantizer (Q8_0)."""
     from gguf import GGUFReader
 
-    from r1lite.edge.export import quantize
+    from r1lite.edge.gguf_file import quantize
 
     converter = ROOT / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
     if not converter.exists():
@@ -145,17 +145,59 @@ def test_our_gguf_matches_llama_cpps_own_converter(sft_run, exported, llama_cpp,
     assert layout(exported["q8_0"][0]) == layout(ref8)
 
 
-@pytest.mark.parametrize("fmt, prefill", [("r1", False), ("r1", True), ("plain", False), ("plain:2", False)])
-def test_the_exported_template_renders_r1lites_own_prompt(tiny_model, fmt, prefill):
+@pytest.mark.parametrize("fmt, prefill, template", [("r1", False, "chat"), ("r1", True, "chat"), ("plain", False, "chat"),
+                                                     ("plain:2", False, "chat"), ("r1", False, "r1_zero"), ("r1", True, "r1_zero")])
+def test_the_exported_template_renders_r1lites_own_prompt(tiny_model, fmt, prefill, template):
     from jinja2 import Template
 
     _, tokenizer = tiny_model()
     task = tasks.load_task("arithmetic")
     item = task.split("test", 1)[0]
-    ours = tokenizer.decode(item_prompts(tokenizer, task, [item], fmt, prefill)[0].ids)
-    template = jinja_template(tokenizer, prompt_format(task, fmt, prefill))
-    rendered = Template(template).render(messages=[{"role": "user", "content": item.question}], add_generation_prompt=True)
+    ours = tokenizer.decode(item_prompts(tokenizer, task, [item], fmt, prefill, template=template)[0].ids)
+    jinja = jinja_template(tokenizer, prompt_format(task, fmt, prefill, template))
+    rendered = Template(jinja).render(messages=[{"role": "user", "content": item.question}], add_generation_prompt=True,
+                                      bos_token=tokenizer.bos_token)
     assert rendered == ours
+
+
+@pytest.mark.parametrize("task_name", ["arithmetic", None])
+def test_the_r1_zero_template_renders_r1lites_conversations_in_jinja_and_go(tiny_model, tmp_path, task_name):
+    """Multi-turn, system and thinking-off conversations in the R1 paper's template: the Jinja one as
+    r1lite renders them (past the bos, which Ollama adds itself), and Go's as the Jinja one."""
+    from jinja2 import Template
+
+    from r1lite.prompts import r1_zero_text
+
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
+    _, tokenizer = tiny_model()
+    task = tasks.load_task(task_name) if task_name else None
+    fmt = prompt_format(task, "r1", True, "r1_zero")
+    (tmp_path / "template.txt").write_text(ollama_template(tokenizer, fmt))
+    (tmp_path / "main.go").write_text(GO_PROGRAM)
+    conversations = {
+        "first turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}]},
+        "think off": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}], "IsThinkSet": True, "Think": False},
+        "second turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"},
+                                     {"Role": "assistant", "Content": "<think>2 + 2 = 4</think> <answer>4</answer>"},
+                                     {"Role": "user", "Content": "And 3 + 3?"}]},
+        "system": {"System": "Be brief.", "Messages": [{"Role": "user", "Content": "Hi"}]},
+    }
+    for name, data in conversations.items():
+        (tmp_path / "data.json").write_text(json.dumps(data))
+        r = subprocess.run([go, "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
+                                "GO111MODULE": "off", "GOFLAGS": ""})
+        assert r.returncode == 0, r.stderr
+        messages = ([{"role": "system", "content": data["System"]}] if data.get("System") else []) + [
+            {"role": m["Role"].lower(), "content": m["Content"]} for m in data["Messages"]]
+        jinja = Template(jinja_template(tokenizer, fmt)).render(messages=messages, add_generation_prompt=True, bos_token="<s>",
+                                                               **({"enable_thinking": False} if name == "think off" else {}))
+        wrapped = [{**m, "content": fmt.prefix + m["content"] + fmt.suffix} if m["role"] == "user" else m for m in messages]
+        ours = "<s>" + r1_zero_text(wrapped) + (" <think> </think>" if name == "think off" else " " + fmt.prefill)
+        assert jinja == ours, name
+        assert r.stdout == jinja.removeprefix("<s>") or task is None, name
 
 
 def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tiny_model, tmp_path):
@@ -244,7 +286,7 @@ def test_hf_export_is_a_complete_directory_with_a_model_card(cli, sft_run, tmp_p
 
 @pytest.mark.parametrize("args, needle", [
     (["--model", "/no/such/model", "--out", "{tmp}/m.f16.gguf"], "no such model"),
-    (["--model", "{gpt2}", "--out", "{tmp}/m.f16.gguf"], "export supports llama, qwen2, qwen3; this model is gpt2"),
+    (["--model", "{gpt2}", "--out", "{tmp}/m.f16.gguf"], "export supports llama, qwen2, qwen3, gemma3_text; this model is gpt2"),
     (["--model", "tiny", "--quant", "q3_k", "--out", "{tmp}/m.q3_k.gguf"], "--quant q3_k"),
     (["--model", "tiny", "--quant", "q8_0", "--out", "{tmp}/model.gguf"], "name it e.g."),
     (["--model", "tiny", "--out", "{tmp}/exists.f16.gguf"], "exists; pass --force"),

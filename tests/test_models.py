@@ -4,13 +4,11 @@ import pytest
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.models import (
+from r1lite.models import load_model, load_tokenizer, resolve_runtime
+from r1lite.packaged import (
     TURN_END,
     check_special_tokens,
     embedded_checkpoint,
-    load_model,
-    load_tokenizer,
-    resolve_runtime,
     stop_token_ids,
 )
 

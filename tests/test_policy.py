@@ -122,7 +122,7 @@ def test_embedding_gradient_is_dense_and_exact_tied_or_not(tied):
     embedding keeps the dense path. Either way the weights get the reference gradient."""
     from transformers import LlamaForCausalLM
 
-    from r1lite.models import tiny_config
+    from r1lite.packaged import tiny_config
 
     _, tokenizer = load_model("tiny", FP32)
     cfg = tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)

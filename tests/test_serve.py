@@ -242,7 +242,7 @@ def test_reasoning_tokens_are_counted_from_token_ids_and_streamed_as_events(scri
     out = asyncio.run(events())
     assert out[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(e[len("data: "):]) for e in out[:-1]]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning_content": None}
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "reasoning_content": None, "reasoning": None}
     deltas = [c["choices"][0]["delta"] for c in chunks[1:-2]]
     assert "".join(d["reasoning_content"] or "" for d in deltas) == "a b"
     assert "".join(d["content"] or "" for d in deltas) == "ok."
@@ -293,7 +293,7 @@ def test_the_splitter_holds_a_tag_cut_mid_stream_for_serve_and_chat():
 
 def test_a_delta_as_a_server_sent_event():
     base = {"id": "chatcmpl-1", "created": 7, "model": "m"}
-    assert schema.sse(schema.chunk(base, schema.message_fields("so", None, both=True))) == (
+    assert schema.sse(schema.chunk(base, schema.message_fields("so", None, "both"))) == (
         'data: {"id": "chatcmpl-1", "created": 7, "model": "m", "object": "chat.completion.chunk", "choices": '
         '[{"index": 0, "delta": {"content": null, "reasoning_content": "so", "reasoning": "so"}, "finish_reason": null}]}\n\n')
 
@@ -351,6 +351,20 @@ def test_budget_zero_means_no_thinking_and_no_budget_means_content_not_an_empty_
     endless = ask(server, max_tokens=12)  # the tiny model never closes <think>: the text is the answer
     assert endless.choices[0].message.model_extra["reasoning_content"] is None
     assert endless.choices[0].message.content and endless.choices[0].finish_reason == "length"
+
+
+def test_structured_output_thinks_then_answers_json_on_both_backends(server):
+    """``response_format`` on PyTorch and on llama.cpp alike (the engine masks the logits either
+    decoder returns); more in test_grammar.py."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"sum": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["sum"], "additionalProperties": False}
+    r = ask(server, max_tokens=64, extra_body={"max_thinking_tokens": 16},
+            response_format={"type": "json_schema", "json_schema": {"name": "sum", "schema": schema, "strict": True}})
+    message = r.choices[0].message
+    assert r.choices[0].finish_reason == "stop" and message.model_extra["reasoning_content"]
+    jsonschema.validate(json.loads(message.content), schema)
 
 
 def test_the_reasoning_alias_for_vllm_and_ollama_clients(thinking_run, free_port):

@@ -304,7 +304,7 @@ def test_stop_strings_are_bounded(served):
 
 def test_the_engine_tokenizes_stop_strings_once_per_sequence(tiny_model):
     from r1lite.engine import Request, Sampling, make_engine
-    from r1lite.models import stop_token_ids
+    from r1lite.packaged import stop_token_ids
 
     model, tokenizer = tiny_model()
     engine = make_engine(model, tokenizer, model.dtype, stop_token_ids(tokenizer, model), 4)
@@ -325,7 +325,7 @@ def test_a_prompt_that_fails_its_prefill_fails_alone(tiny_model):
     import asyncio
 
     from r1lite.engine import Request, Sampling, make_engine
-    from r1lite.models import stop_token_ids
+    from r1lite.packaged import stop_token_ids
     from r1lite.serve.worker import Worker
 
     model, tokenizer = tiny_model()

@@ -25,7 +25,7 @@ EXAMPLES = 25
 """Generated requests per route and mode (a few seconds a route on a 2-core CPU)."""
 MAX_TOKENS = 8
 """The server's --max-tokens-cap here: a generated request asks for at most this many tokens."""
-ROUTES = ["GET /health", "GET /metrics", "GET /v1/models", "POST /v1/chat/completions"]
+ROUTES = ["GET /health", "GET /metrics", "GET /v1/models", "POST /v1/chat/completions", "POST /v1/responses"]
 CONFORMS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 BOUNDED = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
@@ -93,3 +93,16 @@ def test_a_method_a_route_does_not_take_gets_405_naming_the_ones_it_does(operati
         response = op.Case(method=other).call(headers=AUTH)
         assert response.status_code == 405 and response.headers.get("allow") == [op.method.upper()], label
         assert response.json()["error"]["code"] == "method_not_allowed", label
+
+
+@pytest.mark.parametrize("label, body", [
+    ("POST /v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("POST /v1/responses", {"input": "hi", "reasoning": {"effort": "minimal"}}),
+])
+def test_a_streamed_answer_fits_the_schema(operations, label, body):
+    """Generated requests seldom stream: one that does, each of its events checked against the
+    published event schema."""
+    case = operations[label].Case(body={"model": MODEL, "stream": True, **body}, media_type="application/json")
+    response = case.call(headers=AUTH)
+    assert response.status_code == 200 and response.headers["content-type"][0].startswith("text/event-stream")
+    case.validate_response(response, checks=CONFORMS)

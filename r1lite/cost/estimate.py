@@ -50,6 +50,7 @@ from r1lite.cost.workload import (
 from r1lite.engine.sampling import check_budget
 from r1lite.meter.hardware import Hardware
 from r1lite.meter.meter import cost_report, human_seconds
+from r1lite.packaged import named
 from r1lite.models import ModelShape
 from r1lite.train.config import GRPOConfig
 
@@ -109,24 +110,19 @@ def known_shape(spec: str) -> ModelShape | None:
     if path.is_file() or (path.is_dir() and (path / "config.json").exists()
                           and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin"))):
         return config_shape(path)
-    return None if spec in ("default", "tiny") or path.exists() else table_shape(spec)
+    return None if named(spec) or path.exists() else table_shape(spec)
 
 
 def loadable_shape(spec: str) -> ModelShape:
     """The shape of a model this machine can load, read from its config alone."""
     from r1lite.errors import UsageError
     from r1lite.meter.flops import SHAPES, config_shape
-    from r1lite.models import (
-        embedded_checkpoint,
-        load_tokenizer,
-        resolve_path,
-        tiny_config,
-    )
+    from r1lite.models import load_tokenizer, resolve_path
+    from r1lite.packaged import checkpoint, named, tiny_model
 
-    if spec == "tiny":
-        tokenizer = load_tokenizer("tiny")
-        return ModelShape.from_config(tiny_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id), "tiny")
-    path = embedded_checkpoint() if spec == "default" else resolve_path(spec)
+    if spec.startswith("tiny") and named(spec):
+        return ModelShape.from_config(tiny_model(spec, load_tokenizer(spec), 0).config, spec)
+    path = checkpoint(spec) if named(spec) else resolve_path(spec)
     if path is None:
         raise UsageError(f"--model {spec} --no-probe: its shape is unknown here; pass a local model directory, a "
                          f"config.json, or a built-in shape ({', '.join(SHAPES)})")

@@ -37,7 +37,7 @@ from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
 from r1lite.meter.flops import Weights
 from r1lite.models import ModelShape
-from r1lite.prompts import item_prompts
+from r1lite.prompts import item_prompts, stop_strings
 from r1lite.train import grpo, rollout, sft
 from r1lite.train.config import GRPOConfig
 
@@ -68,8 +68,8 @@ def probe_config(cfg: GRPOConfig, out: str) -> GRPOConfig:
     the cold start's phrasing and temperature (see the module docstring)."""
     changes: dict = {"out": out, "dynamic_sampling": False}
     if cfg.cold_start.items:
-        changes.update(format=cfg.cold_start.format, prefill_think=False, temperature=cfg.cold_start.temperature,
-                       cold_start_items=0)
+        changes.update(format=cfg.cold_start.format, template="chat", prefill_think=False,  # as the cold start samples
+                       temperature=cfg.cold_start.temperature, cold_start_items=0)
     return with_values(cfg, **changes)
 
 
@@ -99,7 +99,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
     from r1lite.train.trainer import Trainer
 
     if cfg.model == "default":  # its one-time cache build is not a run's setup: out of the timing
-        from r1lite.models import embedded_checkpoint
+        from r1lite.packaged import embedded_checkpoint
 
         embedded_checkpoint()
     start = time.perf_counter()
@@ -199,11 +199,12 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     trainer.sync_engine()
     by_format, rewards = {}, []
     for fmt in sorted(set(wanted.values())):
-        prompts = (item_prompts(trainer.tokenizer, trainer.task, items, fmt, cfg.prefill_think and fmt == "r1")
-                   if items else [])
+        prompts = (item_prompts(trainer.tokenizer, trainer.task, items, fmt, cfg.prefill_think and fmt == "r1",
+                                cfg.template if fmt == "r1" else "chat") if items else [])
         ids = [p.ids for p in prompts] or [g["prompt"] for g in groups]  # no held-out items: the recipe's format only
         console.print(f"probe: greedy answers of the untrained model to {len(ids)} prompts ({fmt})")
-        greedy = Sampling(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0)  # as evaluations decode
+        greedy = Sampling(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0,  # as evaluations decode
+                          stop=stop_strings(cfg.template if fmt == "r1" else "chat", fmt))
         outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.sampling.eval_batch_size)
         by_format[fmt] = [len(c[0].token_ids) for c in outputs]
         if prompts and fmt == wanted.get("greedy"):

@@ -149,17 +149,19 @@ def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
     evals = {}
     if cfg.eval.items:
         items = task.split("test", cfg.eval.items, seed=cfg.eval.seed)
-        for fmt in {cfg.format, *(cfg.eval.base_phrasings if cfg.eval.base_plain else [])}:
-            evals[fmt] = [p.ids for p in item_prompts(tokenizer, task, items, fmt, cfg.prefill_think and fmt == "r1")]
+        for fmt in {fmt for _, fmt, _ in eval_phases(cfg)}:
+            evals[fmt] = [p.ids for p in item_prompts(tokenizer, task, items, fmt, cfg.prefill_think and fmt == "r1",
+                                                      cfg.template if fmt == "r1" else "chat")]
     cold = task.split("train", cfg.cold_start.items, seed=cfg.seed + 1) if cfg.cold_start.items else []
     train = task.split("train", 2 * cfg.optim.prompts_per_step, seed=cfg.seed)
     check = (task.split("train", cfg.cold_start.check_items, seed=cfg.seed + 2)
              if cfg.cold_start.items and cfg.cold_start.checks else [])
     return RunPrompts(
         evals, [p.ids for p in item_prompts(tokenizer, task, cold, cfg.cold_start.format)],
-        [p.ids for p in item_prompts(tokenizer, task, cold, "r1")],
-        [p.ids for p in item_prompts(tokenizer, task, train, cfg.format, cfg.prefill_think)],
-        [p.ids for p in item_prompts(tokenizer, task, check, cfg.format, cfg.prefill_think and cfg.format == "r1")])
+        [p.ids for p in item_prompts(tokenizer, task, cold, "r1", template=cfg.template)],
+        [p.ids for p in item_prompts(tokenizer, task, train, cfg.format, cfg.prefill_think, cfg.template)],
+        [p.ids for p in item_prompts(tokenizer, task, check, cfg.format, cfg.prefill_think and cfg.format == "r1",
+                                     cfg.template)])
 
 
 def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
@@ -167,7 +169,7 @@ def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
     if not cfg.eval.items:
         return []
     evals = [("eval_before", cfg.format, False)]
-    if cfg.eval.base_plain:
+    if cfg.eval.base_plain and cfg.template != "r1_zero":  # the trainer skips them under r1_zero
         evals += [(prompts.base_eval_key(fmt), fmt, False) for fmt in cfg.eval.base_phrasings]
     if cfg.cold_start.items:
         evals.append(("eval_after_sft", cfg.format, True))

@@ -64,6 +64,10 @@ class DistillConfig:
     task_options: dict = opt({}, "task options, e.g. digits=3")
     out: str = opt("", "traces JSONL; the card goes to <stem>.card.md and <stem>.card.json")
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")
+    template: str = opt("auto", "prompt template of the traces' messages (the student's): chat (the R1 instruction "
+                                "in a chat turn), r1_zero (the R1 paper's plain template: the turn is the question "
+                                "and its hint; r1 format only) or auto (the teacher's); the teacher is asked in its "
+                                "own (an endpoint: chat)")
     split: str = opt("train", "which prompts: train or all (the held-out test split is what decontamination removes)")
     limit: int = opt(100, "prompts to draw from the split (-1 = the whole split of a file task)", old=("n",))
     samples_per_prompt: int = opt(1, "answers asked per prompt, each with its own seed")
@@ -93,6 +97,7 @@ class DistillConfig:
         need(bool(self.task), "distill needs --task (arithmetic, gsm8k:PATH, jsonl:PATH, ...)")
         need(self.out.endswith(".jsonl"), f"--out {self.out or '(none)'}: name the traces file, e.g. --out traces.jsonl")
         need(self.format in prompts.FORMATS, f"--format {self.format}: use one of {', '.join(prompts.FORMATS)}")
+        self.template = prompts.resolve_template(self.template, "" if self.endpoint else self.teacher, self.format)
         need(self.split in ("train", "all"), f"--split {self.split}: use train or all (the held-out split is never distilled)")
         need(self.limit >= 1 or self.limit == -1, f"--limit {self.limit}: give a positive number of prompts, or -1 for the whole split")
         need(self.samples_per_prompt >= 1, f"--samples-per-prompt {self.samples_per_prompt}: must be >= 1")
@@ -109,6 +114,13 @@ class DistillConfig:
     @property
     def endpoint(self) -> bool:
         return self.teacher.startswith(("http://", "https://"))
+
+    @property
+    def teacher_template(self) -> str:
+        """The template the teacher is asked in, whatever the traces record: its own (chat for an
+        endpoint, which applies its chat template; a base model's r1_zero), so an instruct teacher
+        gets the R1 instruction and a base teacher the paper's template."""
+        return prompts.resolve_template("auto", "" if self.endpoint else self.teacher, self.format)
 
     def prices(self) -> tuple[float, float] | None:
         """(USD per million prompt tokens, per million completion tokens), or None."""
@@ -205,7 +217,7 @@ class DistillRun:
         """What every row of the files must share with this run."""
         c = self.cfg  # "max_tokens" below: the name rows already written carry, so they still resume
         return {"teacher": self.teacher, "task": self.task.name, "task_options": normalise(c.task_options),
-                "split": c.split, "format": c.format,
+                "split": c.split, "format": c.format, "template": c.template,
                 "sampling": {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_new_tokens, "seed": c.seed}}
 
     def provenance(self, item: tasks.Item, messages: list[dict], result: Answer | Failure, seed: int) -> dict:
@@ -224,7 +236,7 @@ def normalise(obj):
 
 def judge(run: DistillRun, item: tasks.Item, answer: Answer, seen: set[tuple[str, str]]) -> tuple[str, dict]:
     """(stage, row) for one answer: ``kept`` or the filter that dropped it (:data:`STAGES`)."""
-    messages, prefill = prompts.build_messages(item, run.task, run.cfg.format)
+    messages, prefill = prompts.build_messages(item, run.task, run.cfg.format, template=run.cfg.template)
     seed = request_seed(run.cfg.seed, item, answer.key[1])
     provenance = run.provenance(item, messages, answer, seed)
     provenance.update({"finish_reason": answer.finish_reason, "usage": answer.usage})
@@ -268,7 +280,7 @@ def check_same_run(run: DistillRun, path: Path, rows: list[dict]) -> None:
         if not isinstance(provenance, dict) or "prompt_id" not in provenance:
             raise UsageError(f"{path}:{n} was not written by r1lite distill (no provenance); choose another --out")
         for key, want in identity.items():
-            got = provenance.get(key)
+            got = provenance.get(key, "chat" if key == "template" else None)  # rows from before templates: chat
             if key == "sampling" and isinstance(got, dict):
                 got = {k: got.get(k) for k in want}
             if got != want:
@@ -314,7 +326,8 @@ def open_teacher(cfg: DistillConfig) -> EndpointTeacher | LocalTeacher:
                                               cfg.max_retries, cfg.backoff, cfg.concurrency), cfg.sampling())
     if cfg.teacher_model or cfg.api_key_env:
         raise UsageError("--teacher-model and --api-key-env are for endpoint teachers (a URL); drop them for a local model")
-    return LocalTeacher(cfg.teacher, cfg.sampling(), cfg.concurrency, cfg.device, cfg.dtype)
+    return LocalTeacher(cfg.teacher, cfg.sampling(), cfg.concurrency, cfg.device, cfg.dtype, cfg.teacher_template,
+                        cfg.format)
 
 
 def select_prompts(cfg: DistillConfig, task: tasks.Task) -> tuple[list[tasks.Item], list[tasks.Item], Counter, str]:
@@ -363,7 +376,8 @@ def collect_into(cfg: DistillConfig, console, task, picked: tuple, out: Path, dr
     done = {answered(r) for r in kept} | {answered(r) for r in dropped if r["stage"] != "failed"}
     seen = {(r["provenance"]["prompt_sha256"], r["completion"]) for r in kept}
     by_id = {item.id: item for item in clean}
-    asks = [Ask((item.id, s), prompts.build_messages(item, task, cfg.format)[0], request_seed(cfg.seed, item, s))
+    asks = [Ask((item.id, s), prompts.build_messages(item, task, cfg.format, template=cfg.teacher_template)[0],
+                request_seed(cfg.seed, item, s))
             for item in clean for s in range(cfg.samples_per_prompt) if (item.id, s) not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in (out, dropped_file):
@@ -377,7 +391,7 @@ def collect_into(cfg: DistillConfig, console, task, picked: tuple, out: Path, dr
     def on_result(result: Answer | Failure) -> None:
         item = by_id[result.key[0]]
         if isinstance(result, Failure):
-            messages = prompts.build_messages(item, task, cfg.format)[0]
+            messages = prompts.build_messages(item, task, cfg.format, template=cfg.template)[0]
             row = {"stage": "failed", "failure": {"kind": result.kind, "error": result.error},
                    "provenance": run.provenance(item, messages, result, request_seed(cfg.seed, item, result.key[1]))}
             stage = "failed"
@@ -460,6 +474,7 @@ def make_card(run: DistillRun, selected: list, clean: list, dirty: Counter, held
         "traces": Path(cfg.out).name, "dropped": sibling(Path(cfg.out), ".dropped.jsonl").name,
         "teacher": {**run.teacher, "terms": cfg.teacher_terms or None},
         "task": run.task.name, "task_options": normalise(cfg.task_options), "split": cfg.split, "format": cfg.format,
+        "template": cfg.template,
         "sampling": run.identity["sampling"], "samples_per_prompt": cfg.samples_per_prompt,
         "decontamination": {"ngram": NGRAM, "held_out_split": held_out, "files": list(cfg.decontaminate)},
         "counts": counts, "acceptance_rate": counts["kept"] / counts["answered"] if counts["answered"] else 0.0,

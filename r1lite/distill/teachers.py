@@ -21,7 +21,8 @@ result down before the next one arrives. Two kinds, one interface (``identity``,
   on its seed, so a local teacher's traces can be reproduced exactly.
 
 Both send the messages as they are: the teacher's own chat template renders them (for a local
-model, its tokenizer's template). A GGUF that ``r1lite export`` made from a run applies the run's
+model, its tokenizer's template; a local base model whose template is r1_zero, the R1 paper's plain
+template: :func:`r1lite.prompts.resolve_template`, with ``</answer>`` as a stop). A GGUF that ``r1lite export`` made from a run applies the run's
 prompt format in its template, so give such a teacher ``--format`` prompts without that format
 (or export the run's ``final/`` directory, whose template adds nothing).
 """
@@ -356,11 +357,14 @@ def reason(e: Exception) -> str:
 class LocalTeacher:
     """A model ``--model`` takes, through the engine (PyTorch, or llama.cpp for a GGUF)."""
 
-    def __init__(self, spec: str, sampling: TeacherSampling, concurrency: int, device: str, dtype: str):
+    def __init__(self, spec: str, sampling: TeacherSampling, concurrency: int, device: str, dtype: str,
+                 template: str = "chat", fmt: str = "r1"):
         from r1lite.edge.backends import open_model
         from r1lite.engine.sampling import check_budget
+        from r1lite.prompts import stop_strings
 
         self.spec, self.sampling = spec, sampling
+        self.template, self.stop = template, stop_strings(template, fmt)  # how an ask's messages become its prompt
         self.backend = open_model(spec, device, dtype, max_rows=concurrency)
         check_budget(sampling.max_tokens, self.backend.context)
 
@@ -385,8 +389,8 @@ class LocalTeacher:
 
         engine, tokenizer = self.backend.engine, self.backend.tokenizer
         s = self.sampling
-        sampling = Sampling(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
-        encoded = [(ask, encode_messages(tokenizer, ask.messages)) for ask in asks]
+        sampling = Sampling(max_new_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, stop=self.stop)
+        encoded = [(ask, encode_messages(tokenizer, ask.messages, template=self.template)) for ask in asks]
         check_budget(s.max_tokens, self.backend.context, max((len(ids) for _, ids in encoded), default=0))
         pending: dict[str, tuple[Ask, int]] = {}
         for ask, ids in encoded:

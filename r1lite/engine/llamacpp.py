@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from r1lite import gguf_header
 from r1lite.errors import UsageError
 
 LOG_LINES: list[tuple[int, str]] = []
@@ -71,11 +73,11 @@ def check_gguf(path: Path) -> None:
     if magic != b"GGUF":
         raise UsageError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
-        from gguf import GGUFReader
-
-        GGUFReader(path)  # reads the header and every tensor's extent: a truncated file fails here
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors on a cut-off file
+        _, end, size = gguf_header.walk(path)
+    except (struct.error, ValueError, KeyError, OverflowError) as e:  # cut short, or an unknown type: damaged
         raise UsageError(f"{path}: truncated or damaged GGUF file ({type(e).__name__}: {str(e)[:120]}); export it again") from None
+    if size < end:
+        raise UsageError(f"{path}: truncated or damaged GGUF file ({size} bytes, its tensors end at byte {end}); export it again")
 
 
 class LlamaCppDecoder:

@@ -69,11 +69,46 @@ def lora_weights(shape: ModelShape, rank: int, targets: list[str]) -> Weights:
 # As computed
 
 
+def _capped_sum(first: int, last: int, cap: int) -> int:
+    """``sum(min(k, cap) for k in range(first, last + 1))``, in closed form.
+
+    >>> _capped_sum(3, 10, 6), sum(min(k, 6) for k in range(3, 11))  # 3 + 4 + 5 + 6 x 5
+    (42, 42)
+    """
+    if last < first:
+        return 0
+    below = max(0, min(last, cap) - first + 1)  # terms first.. up to cap, each k
+    low = first + below - 1
+    return (first + low) * below // 2 + cap * (last - first + 1 - below)
+
+
 def attention_flops(shape: ModelShape, rows: int, T: int, start: int, causal_only: bool) -> float:
     """QKᵀ and AV of ``T`` new queries per row after ``start`` cached columns: over every column
-    (masked ones are computed too, the PyTorch path), or the causal ones only (r1lite's kernel)."""
-    pairs = rows * (T * start + T * (T + 1) // 2 if causal_only else T * (start + T))
-    return float(4 * shape.n_layers * shape.n_heads * shape.head_dim * pairs)
+    (masked ones are computed too, the PyTorch path), or the causal ones only (r1lite's kernel).
+
+    Local layers (:attr:`ModelShape.local_layers`) see at most ``sliding_window`` keys: causal,
+    query t over min(start + t + 1, W) keys; every column, over the columns the window of the
+    batch's first query reaches, min(start + T, W - 1 + T) (the Gemma decoder's slice of the cache).
+
+    The tiny Gemma 3's shape (4 layers, 3 local with W = 8; 4 heads of 16): one decode step of one
+    row after 100 columns, global 101 pairs, local 8: 4 x 4 x 16 x (101 + 3 x 8) = 32,000.
+
+    >>> from types import SimpleNamespace as C
+    >>> g = ModelShape.from_config(C(model_type="gemma3_text", num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
+    ...     num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=100, sliding_window=8,
+    ...     layer_types=["sliding_attention"] * 3 + ["full_attention"]), "g")
+    >>> attention_flops(g, 1, 1, 100, causal_only=False), attention_flops(g, 1, 1, 100, causal_only=True)
+    (32000.0, 32000.0)
+    >>> # a prefill of 4 after 6: global 7 + 8 + 9 + 10 keys, local 7 + 8 + 8 + 8; 256 x (34 + 3 x 31)
+    >>> attention_flops(g, 1, 4, 6, causal_only=True)
+    32512.0
+    """
+    total = T * start + T * (T + 1) // 2 if causal_only else T * (start + T)
+    n_local = len(shape.local_layers) if shape.sliding_window else 0
+    W = shape.sliding_window
+    local = (_capped_sum(start + 1, start + T, W) if causal_only else T * min(start + T, W - 1 + T)) if n_local else 0
+    pairs = rows * ((shape.n_layers - n_local) * total + n_local * local)
+    return float(4 * shape.n_heads * shape.head_dim * pairs)
 
 
 def decode_flops(shape: ModelShape, body_params: int, rows: int, T: int, start: int, *, body_columns: int,
@@ -105,14 +140,36 @@ def train_pass_flops(shape: ModelShape, weights: Weights, P: int, Lp: int, N: in
     and weight gradients), once for frozen ones (LoRA's base); attention twice; the head three
     times (its logits recomputed, then both gradients; the weight gradient only if it trains).
     The transformers path (not :attr:`ModelShape.llama_layout`) runs every prompt per completion.
+    Local attention layers (:attr:`ModelShape.local_layers`) count each query over at most
+    ``sliding_window`` keys: the pairs the window attends (transformers' SDPA on a CPU computes the
+    masked scores beyond it as well; flash attention on a GPU skips them).
+
+    >>> from types import SimpleNamespace as C
+    >>> g = ModelShape.from_config(C(model_type="gemma3_text", num_hidden_layers=4, hidden_size=64, num_attention_heads=4,
+    ...     num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=100, sliding_window=8,
+    ...     layer_types=["sliding_attention"] * 3 + ["full_attention"]), "g")
+    >>> w = Weights(1000, 0, True)
+    >>> # 1 completion of 20 tokens after a 10-token prompt: 30 positions; attention global 30 x 30,
+    >>> # local 30 x 8 per head: 4 x 16 x 4 x (900 + 3 x 240) = 414,720; layers 2 x 1000 x 30; head 2 x 100 x 64 x 20
+    >>> train_pass_flops(g, w, 1, 10, 1, 20, 20, backward=False)
+    730720.0
     """
     H, D = shape.n_heads, shape.head_dim
+    W = shape.sliding_window or None
+    n_local = len(shape.local_layers) if W else 0
+
+    def keys(n: int) -> int:  # keys a local layer's query sees out of n
+        return min(n, W) if W else n
+
     if shape.llama_layout:
-        positions, pairs = Lx + P * Lp + M, H * (Lx * Lx + P * Lp * (Lx + Lp) + N * Lc * (Lx + Lp + Lc))
+        positions = Lx + P * Lp + M
+        full = H * (Lx * Lx + P * Lp * (Lx + Lp) + N * Lc * (Lx + Lp + Lc))
+        windowed = H * (Lx * keys(Lx) + P * Lp * keys(Lx + Lp) + N * Lc * keys(Lx + Lp + Lc))
     else:
-        positions, pairs = N * (Lx + Lp + Lc), N * H * (Lx + Lp + Lc) ** 2
+        positions, full = N * (Lx + Lp + Lc), N * H * (Lx + Lp + Lc) ** 2
+        windowed = N * H * (Lx + Lp + Lc) * keys(Lx + Lp + Lc)
     layers = 2 * weights.total * positions
-    attention = 4 * shape.n_layers * D * pairs
+    attention = 4 * D * ((shape.n_layers - n_local) * full + n_local * windowed)
     head = 2 * shape.vocab_size * shape.hidden_size * M
     if not backward:
         return float(layers + attention + head)

@@ -2,7 +2,8 @@
 with the reasoning returned separately, a thinking budget, a content guard, limits, and a web chat
 page. Modules: ``app`` (routes, limits, the request's life), ``worker`` (the engine's step loop in
 a thread), ``reasoning`` (the reasoning/answer split, the budget controls), ``guard`` (policy,
-PII redaction, judge), ``schema`` (the request body), ``page.html``, ``guard_policy.yaml``.
+PII redaction, judge), ``schema`` (the request bodies), ``responses`` (``/v1/responses`` over the chat
+completion's steps), ``page.html``, ``guard_policy.yaml``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from r1lite.config import opt
 from r1lite.errors import UsageError
+from r1lite.packaged import named
 
-REASONING_FIELDS = ("reasoning_content", "both")
+REASONING_FIELDS = ("reasoning_content", "reasoning", "both")
 
 
 @dataclass
@@ -37,8 +39,11 @@ class ServeOptions:
     max_new_tokens: int = opt(256, "token budget of a request that names no max_tokens", old=("default_max_tokens",))
     max_messages: int = opt(64, "most messages in a request")
     max_thinking_tokens: int | None = opt(None, "thinking budget when a request names none (unset = no limit; 0 = no thinking)")
-    reasoning_field: str = opt("reasoning_content", "reasoning_content, or both: adds vLLM's and Ollama's 'reasoning' "
-                                                    "beside DeepSeek's 'reasoning_content'")
+    template: str = opt("auto", "prompt template: chat (the model's chat template), r1_zero (the R1 paper's plain "
+                                "template for base models) or auto (a run's or a GGUF's own; r1_zero for gemma3-270m "
+                                "and tiny-gemma3, chat otherwise)")
+    reasoning_field: str = opt("both", "where chat completions put the thinking: reasoning_content (DeepSeek's), "
+                                       "reasoning (vLLM's and Ollama's) or both")
     guard: str = opt("on", "content guard on input and output: on or off")
     guard_policy: str = opt("", "the guard's policy YAML (\"\" = r1lite's own)")
     guard_judge: str = opt("", "an OpenAI-compatible endpoint running Llama Guard, its base URL (\"\" = no judge)")
@@ -61,9 +66,11 @@ class ServeOptions:
         if self.max_new_tokens > self.max_tokens_cap:
             raise UsageError(f"--max-new-tokens {self.max_new_tokens} is over --max-tokens-cap {self.max_tokens_cap}")
         if self.reasoning_field not in REASONING_FIELDS:
-            raise UsageError(f"--reasoning-field {self.reasoning_field}: use {' or '.join(REASONING_FIELDS)}")
+            raise UsageError(f"--reasoning-field {self.reasoning_field}: use {', '.join(REASONING_FIELDS[:-1])} or {REASONING_FIELDS[-1]}")
         if self.guard not in ("on", "off"):
             raise UsageError(f"--guard {self.guard}: use on or off")
+        if self.template not in ("auto", "chat", "r1_zero"):
+            raise UsageError(f"--template {self.template}: use auto, chat or r1_zero")
 
 
 def api_key(given: str, path: str) -> str | None:
@@ -91,8 +98,8 @@ def build(opts: ServeOptions):
     if opts.guard == "on":
         judge = Judge(opts.guard_judge, opts.guard_judge_model) if opts.guard_judge else None
         guard = Guard(GuardPolicy(opts.guard_policy or DEFAULT_POLICY), judge)
-    backend = open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency)
-    name = opts.served_model_name or (Path(opts.model).name if opts.model not in ("default", "tiny") else opts.model)
+    backend = open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency, template=opts.template)
+    name = opts.served_model_name or (Path(opts.model).name if not named(opts.model) else opts.model)
     cfg = ServeConfig(model_name=name, api_key=api_key(opts.api_key, opts.api_key_file),
                       max_body_bytes=opts.max_body_bytes, max_concurrency=opts.max_concurrency, max_queue=opts.max_queue,
                       request_timeout=opts.request_timeout, max_tokens_cap=opts.max_tokens_cap,

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible app: ``POST /v1/chat/completions`` (JSON or SSE), ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus), ``GET /`` (the chat page).
+"""The OpenAI-compatible app: ``POST /v1/chat/completions`` (JSON or SSE), ``POST /v1/responses``
+(the Responses API, stateless: :mod:`r1lite.serve.responses`), ``GET /v1/models``, ``GET /health``,
+``GET /metrics`` (Prometheus), ``GET /`` (the chat page).
 
 The routes are thin: the app authenticates (bearer key, constant-time compare), limits the body's
 size, turns errors into OpenAI's shape, and hands a chat request to the
@@ -35,8 +36,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from r1lite.edge.backends import Backend
 from r1lite.errors import UsageError
+from r1lite.serve import responses
 from r1lite.serve.guard import Guard
-from r1lite.serve.schema import ChatCompletion, ChatRequest, ErrorResponse, Health, ModelList
+from r1lite.serve.schema import ChatCompletion, ChatRequest, ErrorResponse, Health, ModelList, ResponseObject, ResponsesRequest
 from r1lite.serve.service import BadRequest, ChatService, Metrics, ServeConfig, disconnected, invalid
 from r1lite.serve.worker import Worker
 
@@ -56,6 +58,12 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
 """One event of a streamed chat completion."""
 CHAT = {200: {"model": ChatCompletion, "description": "The completion; with stream, server-sent events",
               "content": {"text/event-stream": {"itemSchema": SSE_EVENT}}}}
+RESPONSE_EVENT = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "pattern": r"^(response\.[a-z_.]+|error)$"},
+    "data": {"type": "string", "pattern": r"^\{.*\}$", "description": "the event as JSON: its type, its fields, its sequence_number"}}}
+"""One event of a streamed response."""
+RESPONSE = {200: {"model": ResponseObject, "description": "The response; with stream, the Responses API's server-sent events",
+                  "content": {"text/event-stream": {"itemSchema": RESPONSE_EVENT}}}}
 METRICS = {200: {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
 __all__ = ["ServeConfig", "create_app"]
@@ -203,6 +211,7 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
     worker = Worker(backend.engine, cfg.max_concurrency, cfg.max_queue)
     metrics = Metrics()
     service = ChatService(backend, cfg, guard, worker, metrics)
+    responder = responses.Responses(service)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -216,7 +225,7 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
 
     docs = {} if cfg.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="r1lite", version="1", lifespan=lifespan, **docs,
-                  description="OpenAI-compatible chat completions with the reasoning returned separately.")
+                  description="OpenAI-compatible chat completions and responses with the reasoning returned separately.")
 
     @app.exception_handler(BadRequest)
     async def on_bad_request(request, e: BadRequest):
@@ -224,7 +233,8 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request, e: RequestValidationError):
-        return service.reject(invalid(e.errors()))
+        tell = responses.invalid if request.url.path == "/v1/responses" else invalid
+        return service.reject(tell(e.errors()))
 
     @app.exception_handler(HTTPException)
     async def on_http(request, e: HTTPException):
@@ -264,6 +274,11 @@ def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastA
     @app.post("/v1/chat/completions", response_model=None, responses=CHAT | REFUSED | FAILED)
     async def chat(body: ChatRequest, http: HTTPRequest):
         response = await service.create(body, asyncio.ensure_future(disconnected(http.receive)))
+        return Response(status_code=499) if response is None else response  # None: the client went away
+
+    @app.post("/v1/responses", response_model=None, responses=RESPONSE | REFUSED | FAILED)
+    async def respond(body: ResponsesRequest, http: HTTPRequest):
+        response = await responder.create(body, asyncio.ensure_future(disconnected(http.receive)))
         return Response(status_code=499) if response is None else response  # None: the client went away
 
     app.state.worker, app.state.metrics, app.state.service = worker, metrics, service

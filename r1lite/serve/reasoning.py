@@ -5,7 +5,7 @@ DeepSeek's API convention: ``reasoning_content`` carries the thinking (the text 
 split inside the thinking (the opener is never in the output). For a run in the R1 format the
 answer is the inside of its ``<answer>…</answer>`` block: the tags are markup and are left out.
 A thinking block that never closes is the answer after all (``Split.finish`` says so), so a
-client never gets an empty answer. The cut itself is the engine's :class:`ThinkSplit`, the one
+client never gets an empty answer; except for structured output, whose answer is JSON or nothing. The cut itself is the engine's :class:`ThinkSplit`, the one
 ``r1lite chat`` uses too.
 """
 
@@ -31,11 +31,15 @@ class Split:
     (('a b', ''), ('', ' 42'), 5)
     """
 
-    def __init__(self, thinking: bool = False, answer_tags: bool = False, opened: bool = False, closed: bool = False):
+    def __init__(self, thinking: bool = False, answer_tags: bool = False, opened: bool = False, closed: bool = False,
+                 structured: bool = False):
         self.cut = ThinkSplit(thinking, (ANSWER_OPEN, ANSWER_CLOSE) if answer_tags else (), opened, closed)
         self.reasoning = ""
         self.content = ""
         self.reasoning_tokens = 0
+        self.structured = structured
+        """The answer is JSON (structured output): the whitespace before it (after ``</think>``) is
+        left out, so ``content`` is exactly the JSON, and thinking that never closed stays reasoning."""
 
     @property
     def thinking(self) -> bool:
@@ -50,6 +54,8 @@ class Split:
         pieces = self.cut.feed(text, final)
         r = "".join(piece for kind, piece in pieces if kind == "thinking")
         c = "".join(piece for kind, piece in pieces if kind == "answer")
+        if self.structured and not self.content:
+            c = c.lstrip()
         self.reasoning += r
         self.content += c
         return r, c
@@ -58,7 +64,7 @@ class Split:
         """At the end of generation: when a thinking block opened and never closed, its text is the
         answer (returned, and moved to ``content``; no token was reasoning after all); otherwise ""."""
         self.feed("", final=True)
-        if self.cut.opened and not self.cut.closed and self.reasoning:
+        if self.cut.opened and not self.cut.closed and self.reasoning and not self.structured:
             moved, self.reasoning, self.reasoning_tokens = self.reasoning, "", 0
             self.content += moved
             return moved

@@ -3,7 +3,9 @@ request); the route in :mod:`r1lite.serve.app` authenticates and calls :meth:`Ch
 
 1. :meth:`~ChatService.check` the request against the server's limits (:class:`BadRequest`);
 2. :meth:`~ChatService.messages`: the conversation, PII redacted from the user's turns;
-3. :meth:`~ChatService.render` the prompt as the run renders it, the thinking budget, the sampling
+3. :meth:`~ChatService.structure`: a ``response_format`` compiled to the grammar the answer is
+   held to (structured output: the thinking runs free, the answer is masked to the schema);
+   :meth:`~ChatService.render` the prompt as the run renders it, the thinking budget, the sampling
    settings: a :class:`Turn`;
 4. :meth:`~ChatService.guard_input`: the guard's verdict on the user's turns, each alone and all
    joined (:meth:`r1lite.serve.guard.Guard.check_input`);
@@ -33,7 +35,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from r1lite.edge.backends import Backend
 from r1lite.engine import Completion, Delta, Request, Sampling
 from r1lite.engine.engine import CLOSE_THINKING, THINK_OPEN
+from r1lite.engine.grammar import Grammar, GrammarError
+from r1lite.engine.grammar import check as check_format
 from r1lite.engine.sampling import over_context
+from r1lite.errors import UsageError
 from r1lite.serve.guard import SAFE, AnswerGuard, Guard, Verdict
 from r1lite.serve.reasoning import Split, thinking_budget
 from r1lite.serve.schema import (
@@ -81,8 +86,8 @@ class ServeConfig:
     """Most messages in a request."""
     max_thinking_tokens: int | None = None
     """Thinking budget of a request that names none (None = no limit; 0 = no thinking)."""
-    reasoning_field: str = "reasoning_content"
-    """``both`` adds vLLM's and Ollama's ``reasoning`` beside ``reasoning_content``."""
+    reasoning_field: str = "both"
+    """Where the thinking goes: ``reasoning_content`` (DeepSeek's), ``reasoning`` (vLLM's and Ollama's) or ``both``."""
     temperature: float = 0.6
     top_p: float = 0.95
     log_prompts: bool = False
@@ -172,6 +177,8 @@ class Turn:
     include_usage: bool
     gone: asyncio.Future | None = None
     """Done when the client has gone away (:func:`disconnected`)."""
+    structured: bool = False
+    """The request asked for a ``response_format``: its answer is JSON (a refusal is ``refusal``)."""
 
     @property
     def question(self) -> str:
@@ -212,7 +219,8 @@ class ChatService:
         streaming = False
         try:
             self.check(body)
-            turn = self.render(body, self.messages(body))
+            grammar = await self.structure(body)
+            turn = self.render(body, self.messages(body), grammar)
             turn.gone = gone
             if self.cfg.log_prompts:
                 print(json.dumps({"request": turn.request.id, "messages": turn.messages}), flush=True)
@@ -269,9 +277,42 @@ class ChatService:
             out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
         return out
 
-    def render(self, body: ChatRequest, messages: list[dict]) -> Turn:
+    async def structure(self, body: ChatRequest) -> Grammar | None:
+        """The grammar a ``response_format`` asks for (None: free text), compiled off the event loop:
+        a 400 naming a schema that is invalid or that the grammar library cannot honour."""
+        spec = body.response_format.spec() if body.response_format is not None else None
+        if spec is None:
+            return None
+        if spec["type"] == "json_schema" and "json_schema" not in spec:
+            raise BadRequest(400, "'response_format' of type json_schema needs 'json_schema': {\"name\", \"schema\"}",
+                             "response_format.json_schema")
+        try:
+            check_format(spec)  # the schema itself, whatever the backend
+        except GrammarError as e:
+            raise BadRequest(400, str(e), e.param, "invalid_response_format") from None
+        compile_ = getattr(self.backend.engine, "compile", None)
+        if compile_ is None:
+            raise BadRequest(400, "'response_format': structured output is not supported by this backend",
+                             "response_format", "unsupported_parameter")
+        try:
+            return await asyncio.to_thread(compile_, spec, self.backend.format_name == "r1")
+        except GrammarError as e:
+            raise BadRequest(400, str(e), e.param, "invalid_response_format") from None
+        except UsageError as e:  # no llguidance, a tokenizer it cannot read
+            raise BadRequest(400, str(e), "response_format", "unsupported_parameter") from None
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - the library's own failure (a Rust panic is a BaseException): the schema's fault, never a 5xx
+            name = spec.get("json_schema", {}).get("name", "json_object")
+            raise BadRequest(400, f"'response_format' schema '{name}' could not be compiled: {type(e).__name__}: {str(e)[:200]}",
+                             "response_format", "invalid_response_format") from None
+
+    def render(self, body: ChatRequest, messages: list[dict], grammar: Grammar | None = None) -> Turn:
         """The prompt as the run renders it, with the request's thinking budget and sampling; a
-        budget of 0 closes an empty thinking block in the prompt itself."""
+        budget of 0 closes an empty thinking block in the prompt itself. A structured request
+        (``grammar``) with a budget other than 0 thinks first: ``<think>`` is opened in the prompt
+        when the prompt does not open it; its answer is masked from ``</think>`` on (from the first
+        token with a budget of 0)."""
         started, created = time.monotonic(), int(time.time())
         budget = thinking_budget(body.model_dump(exclude_none=True), self.cfg.max_thinking_tokens)
         ids, thinking = self.backend.prompt(messages)
@@ -282,19 +323,23 @@ class ChatService:
                              "messages", "context_length_exceeded")
         if named and (problem := over_context(named, context, len(ids))):  # the check chat, eval and distill make
             raise BadRequest(400, f"'max_tokens' {named}: {problem}", "max_tokens", "context_length_exceeded")
-        answer_tags = self.backend.format_name == "r1"
-        split = Split(thinking=thinking, answer_tags=answer_tags)
+        answer_tags, structured = self.backend.format_name == "r1", grammar is not None
+        split = Split(thinking=thinking, answer_tags=answer_tags, structured=structured)
         if budget.tokens == 0 and (thinking or answer_tags):
             ids = ids + self.empty_thinking(thinking)
-            split = Split(answer_tags=answer_tags, opened=True, closed=True)
+            split = Split(answer_tags=answer_tags, opened=True, closed=True, structured=structured)
+        elif structured and budget.tokens != 0 and not thinking:  # think first, then answer to the grammar
+            ids = ids + self.backend.tokenizer.encode(THINK_OPEN, add_special_tokens=False)
+            split = Split(thinking=True, answer_tags=answer_tags, structured=True)
         sampling = self.sampling(body)
         if context and sampling.max_new_tokens > context - len(ids):  # the default budget, cut to fit
             sampling = replace(sampling, max_new_tokens=context - len(ids))
         request = Request(ids, sampling, seed=body.seed, stream=True, thinking=split.thinking,
-                          max_thinking_tokens=budget.tokens or None, id=f"chatcmpl-{uuid.uuid4().hex[:24]}")
+                          max_thinking_tokens=budget.tokens or None, id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                          grammar=grammar)
         base = {"id": request.id, "created": created, "model": self.cfg.model_name}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return Turn(request, split, messages, len(ids), base, started, body.stream, include_usage)
+        return Turn(request, split, messages, len(ids), base, started, body.stream, include_usage, structured=structured)
 
     def empty_thinking(self, opened: bool) -> list[int]:
         """The tokens of an empty, closed thinking block (without the opener when the prompt has it)."""
@@ -304,7 +349,7 @@ class ChatService:
     def sampling(self, body: ChatRequest) -> Sampling:
         cfg = self.cfg
         return Sampling(max_new_tokens=body.max_completion_tokens or body.max_tokens or cfg.default_max_tokens,
-                        stop=tuple(body.stops()),
+                        stop=tuple(dict.fromkeys([*body.stops(), *getattr(self.backend, "stop", ())])),  # r1_zero's </answer>
                         temperature=cfg.temperature if body.temperature is None else body.temperature,
                         top_p=cfg.top_p if body.top_p is None else body.top_p)
 
@@ -325,12 +370,17 @@ class ChatService:
         text = self.guard.policy.refusal_text(verdict)
         return text, {"blocked": True, "side": side, "category": verdict.code, "name": verdict.name, "by": verdict.by}
 
+    def refused(self, turn: Turn, text: str) -> dict:
+        """A refusal's message fields: in ``content``, or, for a structured request, in ``refusal``
+        with ``content`` null (OpenAI's shape for structured outputs)."""
+        return {**self.fields(None, None), "refusal": text} if turn.structured else self.fields(None, text)
+
     def refuse_input(self, turn: Turn, verdict: Verdict) -> dict | StreamingResponse:
         text, info = self.refusal(verdict, "input")
         self.metrics.requests.labels("content_filter").inc()
         if not turn.stream:
-            return completion(turn.base, self.fields(None, text), "content_filter", usage(turn.prompt_tokens, 0, 0), info)
-        first = chunk(turn.base, {"role": "assistant", **self.fields(None, text)}, "content_filter", {"content_filter": info})
+            return completion(turn.base, self.refused(turn, text), "content_filter", usage(turn.prompt_tokens, 0, 0), info)
+        first = chunk(turn.base, {"role": "assistant", **self.refused(turn, text)}, "content_filter", {"content_filter": info})
         return StreamingResponse(iter([sse(first), DONE]), media_type="text/event-stream")
 
     # -- 5: generation -------------------------------------------------------------------------------
@@ -407,7 +457,7 @@ class ChatService:
         self.metrics.latency.observe(time.monotonic() - turn.started)
 
     def fields(self, reasoning: str | None, content: str | None) -> dict:
-        return message_fields(reasoning, content, both=self.cfg.reasoning_field == "both")
+        return message_fields(reasoning, content, self.cfg.reasoning_field)
 
     async def full(self, turn: Turn) -> dict:
         """The whole answer as one chat completion."""
@@ -418,9 +468,10 @@ class ChatService:
         self.account(turn, last.finish, last.completion_tokens)
         if last.blocked is not None:
             text, info = self.refusal(last.blocked, "output")
-            return completion(turn.base, self.fields(None, text), last.finish,
+            return completion(turn.base, self.refused(turn, text), last.finish,
                               usage(turn.prompt_tokens, last.completion_tokens, 0), info)
-        return completion(turn.base, self.fields(turn.split.reasoning or None, turn.split.content), last.finish,
+        fields = self.fields(turn.split.reasoning or None, turn.split.content)
+        return completion(turn.base, {**fields, "refusal": None} if turn.structured else fields, last.finish,
                           usage(turn.prompt_tokens, last.completion_tokens, turn.split.reasoning_tokens))
 
     async def stream(self, turn: Turn) -> StreamingResponse:
@@ -468,7 +519,7 @@ class ChatService:
             yield sse(error_body(error.message, error.type, error.param, error.code))
         elif piece.blocked is not None:
             text, info = self.refusal(piece.blocked, "output")
-            yield sse(chunk(turn.base, self.fields(None, text), "content_filter", {"content_filter": info}))
+            yield sse(chunk(turn.base, self.refused(turn, text), "content_filter", {"content_filter": info}))
         else:
             yield sse(chunk(turn.base, {}, piece.finish))
         completion_tokens = 0 if error is not None else piece.completion_tokens

@@ -40,7 +40,9 @@ def self_sampled(cfg, engine, tokenizer, task: tasks.Task, world: World, meter, 
                  run_dir: Path) -> tuple[list[dict], dict]:
     """The model's own verified answers to a plain prompt, rewritten in the R1 format (and written to
     ``cold_start.jsonl``), with what the summary records about them. ``engine`` holds the weights
-    to sample."""
+    to sample. Under template r1_zero the plain prompt is still rendered as under chat (a base
+    model: the bare question), and the traces are learnt in the paper's template
+    (:func:`r1lite.train.sft.self_traces`)."""
     items = task.split("train", cfg.cold_start.items, seed=cfg.seed + 1)
     mine = items[world.span(len(items))]
     stats = GenerationStats()
@@ -50,7 +52,8 @@ def self_sampled(cfg, engine, tokenizer, task: tasks.Task, world: World, meter, 
                                  samples=cfg.cold_start.samples, temperature=cfg.cold_start.temperature,
                                  max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
                                  per_item=cfg.cold_start.per_item, model_name=cfg.model,
-                                 batch_size=cfg.sampling.eval_batch_size, stats=stats, on_progress=update)
+                                 batch_size=cfg.sampling.eval_batch_size, stats=stats, on_progress=update,
+                                 template=cfg.template)
     meter.add_flops("cold_start_sampling", stats.flops)
     traces = world.gather_lists(traces)
     if world.main:
@@ -128,7 +131,8 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
     of the check before it (the anchor; at first the SFT's start); at the cap below the bars, the
     best-checked weights go on. Returns what the summary records, and the FLOPs of the SFT steps."""
     bars = Bars(cfg.cold_start.min_format, cfg.cold_start.min_accuracy, cfg.cold_start.max_accuracy)
-    pairs = [sft.encode_pair(phase.tokenizer, t["messages"], t["prefill"], t["completion"]) for t in traces]
+    pairs = [sft.encode_pair(phase.tokenizer, t["messages"], t["prefill"], t["completion"], cfg.template)
+             for t in traces]
     per_epoch = -(-len(pairs) // cfg.cold_start.batch_size)
     first, cap = cfg.cold_start.epochs * per_epoch, cfg.cold_start.max_epochs * per_epoch
     interval = sft.check_steps(per_epoch, cfg.cold_start.check_every)
@@ -225,7 +229,7 @@ def put(params: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
 
 # A cold start from a teacher's traces
 
-RUN_KEYS = ("teacher", "task", "task_options", "format", "split", "limit", "samples_per_prompt", "temperature",
+RUN_KEYS = ("teacher", "task", "task_options", "format", "template", "split", "limit", "samples_per_prompt", "temperature",
             "max_new_tokens", "seed", "out", "device", "dtype")
 """DistillConfig fields a training run sets from its own config (distill_options may set the others)."""
 
@@ -239,7 +243,7 @@ def distill_config(cfg) -> DistillConfig:
         raise UsageError(f"distill_options: '{fixed[0]}' follows from the run's own keys (cold_start_*, task, format, "
                          "max_new_tokens, seed, out); set those instead")
     run_keys = {"teacher": cfg.cold_start.teacher, "task": cfg.task, "task_options": cfg.task_options,
-                "format": cfg.format, "split": "train", "limit": cfg.cold_start.items,
+                "format": cfg.format, "template": cfg.template, "split": "train", "limit": cfg.cold_start.items,
                 "samples_per_prompt": cfg.cold_start.samples, "temperature": cfg.cold_start.temperature,
                 "max_new_tokens": cfg.sampling.max_new_tokens, "seed": cfg.seed + 1,
                 "out": str(Path(cfg.out) / "distill.jsonl"), "device": cfg.launch.device, "dtype": cfg.launch.dtype}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from r1lite import prompts
 from r1lite.config import opt, part
 from r1lite.errors import UsageError
 from r1lite.meter.hardware import check_price, find_hardware
@@ -325,7 +326,8 @@ class GRPOConfig:
     task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
     task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")
-    prefill_think: bool = opt(False, "open the assistant turn with <think> (r1 format)")
+    template: str = opt("auto", prompts.TEMPLATE_HELP + "; the run records the one it used")
+    prefill_think: bool | None = opt(None, prompts.PREFILL_HELP)
     out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
     save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
     seed: int = opt(0, "seed for data order, sampling and initialisation")
@@ -345,6 +347,10 @@ class GRPOConfig:
             raise UsageError(f"format '{self.format}' is unknown; use one of {', '.join(FORMATS)}")
         if self.algorithm not in ALGORITHMS:
             raise UsageError(f"algorithm '{self.algorithm}' is unknown; use one of {', '.join(ALGORITHMS)}")
+        # Resolved here, so config.yaml records what the run used (a resume, chat, serve and export read it).
+        self.template = prompts.resolve_template(self.template, self.model, self.format)
+        if self.prefill_think is None:
+            self.prefill_think = prompts.default_prefill(self.template, self.format)
         if self.prefill_think and self.format != "r1":
             raise UsageError("prefill_think needs format r1")
         if self.save_every < 0:

@@ -21,7 +21,8 @@ def header(cfg: GRPOConfig, runtime, ranks: int, run_dir: Path, resumed: bool) -
              else "cold start on a teacher's traces, then " if cold.data or cold.teacher else "")
     steps = "GRPO" if cfg.loss.objective == "grpo" else "on-policy distillation"
     return (f"[bold]r1lite train[/] → {run_dir}{' (resumed)' if resumed else ''}\n"
-            f"  model {cfg.model}, task {cfg.task}{options}, format {cfg.format}\n"
+            f"  model {cfg.model}, task {cfg.task}{options}, format {cfg.format}, template {cfg.template}"
+            f"{' (<think> pre-filled)' if cfg.prefill_think else ''}\n"
             f"  {runtime.describe()}{processes}\n"
             f"  {first}{optim.max_steps} {steps} steps of {optim.prompts_per_step} prompts x "
             f"{optim.group_size}, held-out eval on {cfg.eval.items} items\n"

@@ -31,8 +31,9 @@ def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: W
     items (the same on every rank). Returns this rank's kept groups and ``info``: every rank's
     groups as ``seen`` (rewards and lengths), ``groups_sampled``, ``groups_kept``, ``rollout_tokens``."""
     s = cfg.sampling
+    stops = tuple(dict.fromkeys([*s.stop, *prompts.stop_strings(cfg.template, cfg.format)]))  # r1_zero: </answer>
     sampling = Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                        stop=tuple(s.stop))
+                        stop=stops)
     groups: list[dict] = []  # this rank's kept groups
     seen: list[dict] = []  # every rank's groups, kept or not
     kept = rounds = 0
@@ -40,11 +41,11 @@ def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: W
     while kept < P:
         items = next_items(P - kept)
         share = world.span(len(items))
-        prompts = item_prompts(tokenizer, task, items[share], cfg.format, cfg.prefill_think)
+        prompted = item_prompts(tokenizer, task, items[share], cfg.format, cfg.prefill_think, cfg.template)
         requests = [Request(p.ids, sampling, n=G, seed=derive_seed(cfg.seed, step, rounds, i))
-                    for i, p in zip(range(share.start, share.stop), prompts)]
+                    for i, p in zip(range(share.start, share.stop), prompted)]
         outputs = engine.generate(requests, stats=stats)
-        mine = [score_group(cfg, task, item, p.ids, p.prefill, c) for item, p, c in zip(items[share], prompts, outputs)]
+        mine = [score_group(cfg, task, item, p.ids, p.prefill, c) for item, p, c in zip(items[share], prompted, outputs)]
         keep = [not cfg.loss.dynamic_sampling or bool(grpo.informative_groups(g["reward"], G)[0]) for g in mine]
         groups += [g for g, k in zip(mine, keep) if k]
         round_seen = world.gather_lists([(g["seen"], k) for g, k in zip(mine, keep)])
@@ -60,13 +61,16 @@ def sample_groups(engine, tokenizer, task: tasks.Task, cfg: GRPOConfig, world: W
 def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: list[int], prefill: str,
                 completions) -> dict:
     """Rewards of one group: each configured function, weighted and summed. ``seen`` holds what
-    the step's metrics need (small enough to gather from every rank)."""
-    scored = [prompts.score(c.text, item, task, cfg.format, prefill) for c in completions]
+    the step's metrics need (small enough to gather from every rank). Under template r1_zero each
+    text is scored up to its ``</answer>`` (:func:`r1lite.prompts.stopped_text`)."""
+    stops = prompts.stop_strings(cfg.template, cfg.format)
+    texts = [prompts.stopped_text(c.text, stops) for c in completions]
+    scored = [prompts.score(text, item, task, cfg.format, prefill) for text in texts]
     accuracy = [s["accuracy"] or 0.0 for s in scored]  # None (unusable gold) counts 0
     parts: dict[str, list[float]] = {}
     for name in cfg.loss.rewards:
         if name == "format_partial":
-            parts[name] = [rewards.format_partial(prefill + c.text) for c in completions]
+            parts[name] = [rewards.format_partial(prefill + text) for text in texts]
         else:
             parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
     weights = dict(cfg.loss.rewards)

@@ -102,6 +102,7 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
                          "copy of the run, or start a new run in another --out") from None
     if not isinstance(saved, dict):
         raise UsageError(f"{config_path}: not a run's config (a mapping of keys); restore it, or start a new run")
+    saved.setdefault("template", "chat")  # a run from before templates used the chat template
     now = to_dict(cfg)
     ignored = set(LAUNCH_KEYS) | set(WHERE_KEYS)
     diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in ignored]

@@ -24,6 +24,7 @@ from r1lite.config import opt
 from r1lite.distill.traces import card_notice, read_pairs
 from r1lite.engine import Request, Sampling, derive_seed
 from r1lite.errors import UsageError
+from r1lite.packaged import carry_source
 from r1lite.prompts import encode_messages, item_prompts
 from r1lite.train.distributed import World
 from r1lite.train.policy import (
@@ -48,6 +49,9 @@ class SFTConfig:
     batch_size: int = opt(8, "examples per optimizer step")
     micro_batch_size: int = opt(8, "examples per forward/backward (memory only)")
     seed: int = opt(0, "seed for the data order")
+    template: str = opt("auto", "how each row's messages become the prompt: chat (the model's chat template), r1_zero "
+                                "(the R1 paper's plain template, for base models) or auto (r1_zero for gemma3-270m, "
+                                "tiny-gemma3 and runs trained with it, chat otherwise)")
     device: str = opt("auto", "auto, cpu or cuda[:N]")
     dtype: str = opt("auto", "auto (bf16 where fast), bf16 or fp32")
 
@@ -59,6 +63,7 @@ class SFTConfig:
                 raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise UsageError(f"lr={self.lr} must be > 0")
+        self.template = prompts.resolve_template(self.template, self.model)
 
 
 def run(cfg: SFTConfig, console) -> int:
@@ -84,8 +89,9 @@ def run(cfg: SFTConfig, console) -> int:
         console.print(notice, highlight=False)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, runtime, seed=cfg.seed)
-    pairs = [encode_pair(tokenizer, m, p, c) for m, p, c in rows]
-    console.print(f"r1lite sft: {len(pairs)} examples x {cfg.epochs} epochs on {runtime.describe()}")
+    pairs = [encode_pair(tokenizer, m, p, c, cfg.template) for m, p, c in rows]
+    console.print(f"r1lite sft: {len(pairs)} examples x {cfg.epochs} epochs, template {cfg.template}, on "
+                  f"{runtime.describe()}")
     steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
     with progress(console, "SFT", steps, "steps") as update:
         history = train_sft(Policy(model), tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
@@ -95,15 +101,22 @@ def run(cfg: SFTConfig, console) -> int:
     with atomic_dir(out / "final") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        carry_source(cfg.model, tmp)  # a packaged base's origin and terms (Gemma's) go with the weights
     write_jsonl(out / "metrics.jsonl", history)
     console.print(f"model: {out / 'final'}")
     return 0
 
 
-def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str) -> tuple[list[int], list[int]]:
-    """Prompt ids (chat template, assistant turn opened, prefill) and completion ids ending in eos."""
-    prompt = encode_messages(tokenizer, messages, prefill)
-    body = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
+def encode_pair(tokenizer, messages: list[dict], prefill: str, completion: str,
+                template: str = "chat") -> tuple[list[int], list[int]]:
+    """Prompt ids (the template, assistant turn opened, prefill) and completion ids ending in eos.
+    Under r1_zero with nothing pre-filled the completion starts with the space after ``Assistant:``
+    (:func:`r1lite.prompts.completion_start`), as the model writes it."""
+    prompt = encode_messages(tokenizer, messages, prefill, template)
+    start = prompts.completion_start(template, prefill)
+    if completion[:1].isspace():
+        start = ""
+    body = tokenizer.encode(start + completion, add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt, body
 
 
@@ -184,9 +197,15 @@ def r1_trace(plain_completion: str) -> str:
 
 def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *, phrasing: str, samples: int,
                 temperature: float, max_new_tokens: int, seed: int, per_item: int, model_name: str,
-                batch_size: int | None = None, stats=None, on_progress=None) -> list[dict]:
+                batch_size: int | None = None, stats=None, on_progress=None, template: str = "chat") -> list[dict]:
     """Rejection-sample the model on ``items`` with a plain prompt and rewrite the verified-correct
-    completions in the R1 format. Each row records where it came from (provenance)."""
+    completions in the R1 format, whose messages are those of ``template``. Each row records where
+    it came from (provenance).
+
+    The plain prompt is rendered as under template chat whatever ``template`` is: the model's chat
+    template, or for a base model without one the bare question and hint on a line of their own
+    (after its bos), which a base model continues with an answer. Only the traces learnt from
+    take the run's template."""
     if not task.numeric:
         raise UsageError(f"cold start rewrites plain answers into <answer> blocks and needs a numeric task; {task.name} is not")
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
@@ -200,7 +219,7 @@ def self_traces(engine, tokenizer, task: tasks.Task, items: list[tasks.Item], *,
         # The shortest distinct verified samples: cheaper to train on and to sample in RL later.
         for thought in sorted(correct, key=len)[:per_item]:
             c = correct[thought]
-            messages, prefill = prompts.build_messages(item, task, "r1")
+            messages, prefill = prompts.build_messages(item, task, "r1", template=template)
             rows.append({
                 "item_id": item.id, "messages": messages, "prefill": prefill, "completion": r1_trace(c.text),
                 "provenance": {"teacher": model_name, "prompt_format": phrasing, "temperature": temperature,

@@ -38,7 +38,8 @@ from r1lite.files import (
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
-from r1lite.models import device_kind, load_model, resolve_runtime, spec_context, stop_token_ids
+from r1lite.models import device_kind, llama_config, load_model, resolve_runtime, spec_config, spec_context
+from r1lite.packaged import carry_source, stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
@@ -95,6 +96,10 @@ class Trainer:
         if size > 1 and (cfg.cold_start.teacher or cfg.loss.objective != "grpo"):
             raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
                              "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
+        if cfg.launch.fsdp and not llama_config(spec_config(cfg.model)):
+            raise UsageError(f"--fsdp shards Llama-family models (llama, mistral, qwen2, qwen3) layer by layer; "
+                             f"{cfg.model} is {spec_config(cfg.model).model_type}: drop --fsdp (plain torchrun data "
+                             "parallelism runs it)")
         if cfg.launch.fsdp and size == 1:
             raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
                              "launch it with torchrun --nproc-per-node N, or drop --fsdp")
@@ -232,7 +237,8 @@ class Trainer:
         shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
                                   max_new_tokens=self.cfg.sampling.max_new_tokens, seed=self.cfg.seed,
                                   batch_size=self.cfg.sampling.eval_batch_size,
-                                  prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress)
+                                  prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress,
+                                  template=self.cfg.template if fmt == "r1" else "chat")
         self.meter.add_flops(phase, shard[1]["flops"])
         return evaluate.combine(self.world.gather(shard))[1]
 
@@ -247,7 +253,10 @@ class Trainer:
         if self.step > 0 or self.summary.get("cold_start_done"):
             return
         self.run_eval("eval_before", cfg.format)
-        if cfg.eval.base_plain and "eval_base_plain" not in self.summary and self.eval_items:
+        if cfg.eval.base_plain and cfg.template == "r1_zero":
+            self.console.print("eval_base_plain: skipped under template r1_zero (its prompts are the paper's template "
+                               "in the r1 format; plain phrasings are not an alternative to them)")
+        elif cfg.eval.base_plain and "eval_base_plain" not in self.summary and self.eval_items:
             results = {}
             for phrasing in cfg.eval.base_phrasings:
                 results[phrasing] = self.run_eval(prompts.base_eval_key(phrasing), phrasing)
@@ -531,7 +540,9 @@ class Trainer:
             with atomic_dir(final) as tmp:
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-        self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format, "steps": self.step,
+                carry_source(cfg.model, tmp)  # a packaged base's origin and terms (Gemma's) go with the weights
+        self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format,
+                             "template": cfg.template, "steps": self.step,
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
                              "cost": job_cost})
         self.summary["cost_per_point"] = meter.cost_per_point(self.summary)
