@@ -177,7 +177,7 @@ def _serve_parser(sub) -> None:
     from r1lite.serve import ServeOptions
 
     add_command(sub, "serve", "an OpenAI-compatible server with reasoning_content, a thinking budget and a guard",
-                "Serve a model (FILE.gguf on llama.cpp, or default, tiny, a run directory, a model directory on "
+                "Serve a model (FILE.gguf on llama.cpp, or default, gemma3-270m, tiny, tiny-gemma3, a run directory, a model directory on "
                 "PyTorch) at /v1/chat/completions, with a chat page at /.", ServeOptions)
 
 

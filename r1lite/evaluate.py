@@ -263,7 +263,8 @@ class EvalOptions:
     """``r1lite eval``: flags are these fields. Generate and score (``model``), or score a JSONL of
     completions produced elsewhere (``completions``)."""
 
-    model: str = opt("", "default, tiny, a local HF directory, a run directory, or a hub id (\"\" with --completions)")
+    model: str = opt("", "default, gemma3-270m, tiny, tiny-gemma3, a local HF directory, a run directory, or a hub id "
+                         "(\"\" with --completions)")
     task: str = opt("", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
     task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>), plain, plain:1 or plain:2")

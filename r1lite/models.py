@@ -312,7 +312,7 @@ def _from_pretrained(cls, source, spec: str, **kwargs):
     if source.count("/") != 1:
         raise UsageError(
             f"--model {spec}: not a local directory, and not a hub id (owner/name); "
-            "use default, tiny, a directory with config.json, or owner/name"
+            "use default, gemma3-270m, tiny, tiny-gemma3, a directory with config.json, or owner/name"
         )
     try:  # already in the local hub cache: no network needed
         return cls.from_pretrained(source, local_files_only=True, **kwargs)

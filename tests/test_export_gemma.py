@@ -171,10 +171,23 @@ def test_serve_runs_a_gemma_gguf_on_llama_cpp(ggufs, free_port):
     meta = metadata(ggufs["named"])
     assert meta["tokenizer.chat_template"].startswith("{{ bos_token }}") and "A conversation between User" in meta["tokenizer.chat_template"]
     assert meta["r1lite.template"] == "r1_zero"
-    server = Server(serve_args(ggufs["named"], max_new_tokens=8), free_port())
-    try:
-        reply = server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 3 + 4?"}],
-                                                        max_tokens=8)
-        assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
-    finally:
-        server.close()
+    replies = []
+    for model in (ggufs["named"], "tiny-gemma3"):  # llama.cpp, then the PyTorch backend
+        server = Server(serve_args(model, max_new_tokens=8), free_port())
+        try:
+            reply = server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 3 + 4?"}],
+                                                            max_tokens=8, temperature=0)
+            assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens >= 1
+            replies.append((reply.choices[0].message.content, reply.usage.prompt_tokens))
+        finally:
+            server.close()
+    assert replies[0] == replies[1]  # the same prompt tokens and greedy answer on both backends
+
+
+def test_chat_prints_the_same_greedy_answer_on_both_backends(cli, ggufs):
+    outputs = []
+    for model in ("tiny-gemma3", ggufs["named"]):
+        r = cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--temperature", "0", "--max-new-tokens", "12")
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append(r.stdout)
+    assert outputs[0] == outputs[1] and outputs[0].strip()

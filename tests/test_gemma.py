@@ -143,3 +143,18 @@ def test_cost_estimates_a_gemma_recipe(quick_cli):
     r = quick_cli("cost", "--model", "tiny-gemma3", "--task", "arithmetic", "--no-probe", "--max-steps", "4")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "FLOP" in r.stdout or "flop" in r.stdout.lower()
+
+
+def test_cost_reads_a_gemma_config_json(quick_cli, tmp_path):
+    """A Gemma config names its activation hidden_activation; the estimate reads it and counts the
+    local layers' attention over at most the window."""
+    config = spec_config("tiny-gemma3").to_dict()
+    config.pop("hidden_act", None)
+    assert "hidden_activation" in config
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    r = quick_cli("cost", "--model", tmp_path / "config.json", "--task", "arithmetic", "--no-probe", "--max-steps", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from r1lite.meter.flops import config_shape
+
+    shape = config_shape(tmp_path / "config.json")
+    assert shape.sliding_window == packaged.TINY_GEMMA_WINDOW and not shape.llama_layout

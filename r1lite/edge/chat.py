@@ -71,7 +71,7 @@ def reply(backend: Backend, messages: list[dict], sampling: Sampling, budget: in
 class ChatConfig:
     """``r1lite chat``: flags are these fields."""
 
-    model: str = opt("", "FILE.gguf (llama.cpp), default, tiny, a run directory or a model directory")
+    model: str = opt("", "FILE.gguf (llama.cpp), default, gemma3-270m, tiny, tiny-gemma3, a run directory or a model directory")
     prompt: str = opt("", "answer this once and exit (\"\" = interactive)")
     max_thinking_tokens: int | None = opt(None, "thinking budget in tokens, the forced close included (unset = no limit)")
     max_new_tokens: int = opt(512, "token budget of an answer, thinking included")
@@ -87,7 +87,8 @@ class ChatConfig:
 
     def __post_init__(self):
         if not self.model:
-            raise UsageError("chat needs --model (FILE.gguf, default, tiny, a run directory or a model directory)")
+            raise UsageError("chat needs --model (FILE.gguf, default, gemma3-270m, tiny, tiny-gemma3, a run directory "
+                             "or a model directory)")
         if self.max_thinking_tokens is not None and self.max_thinking_tokens < 0:
             raise UsageError(f"--max-thinking-tokens {self.max_thinking_tokens}: give a number of tokens >= 0 (omit it for no limit)")
         if self.template != "auto":

@@ -71,7 +71,7 @@ BASE_MODELS = {"default": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
 class ExportConfig:
     """``r1lite export``: flags are these fields."""
 
-    model: str = opt("", "what to export: default, tiny, a run directory, or a Hugging Face directory")
+    model: str = opt("", "what to export: default, gemma3-270m, tiny, tiny-gemma3, a run directory, or a Hugging Face directory")
     to: str = opt("gguf", "file type: hf (a directory: safetensors, tokenizer, model card) or gguf (one file)",
                   old=("format",))
     quant: str = opt("f16", "GGUF scheme: f16, q8_0, q4_0 or q4_k_m (llama.cpp's quantizer)")
@@ -81,7 +81,7 @@ class ExportConfig:
 
     def __post_init__(self):
         if not self.model:
-            raise UsageError("export needs --model (default, tiny, a run directory or a Hugging Face directory)")
+            raise UsageError("export needs --model (default, gemma3-270m, tiny, tiny-gemma3, a run directory or a Hugging Face directory)")
         if self.to not in ("hf", "gguf"):
             raise UsageError(f"--to {self.to}: use hf or gguf")
         if self.quant not in QUANTS:

@@ -258,8 +258,10 @@ def config_shape(path: Path) -> ModelShape:
         cfg = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise UsageError(f"{file}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    missing = [k for k in ("model_type", "hidden_act", "num_hidden_layers", "hidden_size", "num_attention_heads",
+    missing = [k for k in ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads",
                            "intermediate_size", "vocab_size") if k not in cfg]
+    if "hidden_act" not in cfg and "hidden_activation" not in cfg:  # Gemma names it hidden_activation
+        missing.insert(1, "hidden_act")
     if missing:
         raise UsageError(f"{file}: missing {', '.join(missing)}; the estimate needs a decoder's config.json")
 

@@ -25,7 +25,7 @@ class ServeOptions:
     """``r1lite serve``: flags are these fields (the app's own :class:`r1lite.serve.app.ServeConfig`
     is built from them)."""
 
-    model: str = opt("", "FILE.gguf, default, tiny, a run directory or a model directory")
+    model: str = opt("", "FILE.gguf, default, gemma3-270m, tiny, tiny-gemma3, a run directory or a model directory")
     served_model_name: str = opt("", "the name clients send as 'model' (\"\" = the model's name)")
     host: str = opt("127.0.0.1", "address to listen on (127.0.0.1 = this machine only)")
     port: int = opt(8000, "port to listen on")
@@ -57,7 +57,8 @@ class ServeOptions:
 
     def __post_init__(self):
         if not self.model:
-            raise UsageError("serve needs --model (FILE.gguf, default, tiny, a run directory or a model directory)")
+            raise UsageError("serve needs --model (FILE.gguf, default, gemma3-270m, tiny, tiny-gemma3, a run directory "
+                             "or a model directory)")
         for key in ("max_body_bytes", "max_concurrency", "max_tokens_cap", "max_new_tokens", "max_messages"):
             if getattr(self, key) < 1:
                 raise UsageError(f"--{key.replace('_', '-')} {getattr(self, key)}: must be >= 1")

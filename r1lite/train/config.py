@@ -322,7 +322,8 @@ class GRPOConfig:
     ``cfg.cold_start.lr``)."""
 
     # what to train
-    model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), tiny, a local HF directory or a hub id")
+    model: str = opt("default", "model: default (embedded SmolLM2-135M-Instruct), gemma3-270m (Gemma 3 270M base; make "
+                                "gemma), tiny, tiny-gemma3, a local HF directory or a hub id")
     task: str = opt("arithmetic", "task spec: arithmetic, countdown, gsm8k:PATH, math:PATH, svamp:PATH, jsonl:PATH, gym:NAME")
     task_options: dict = opt({}, "task options, e.g. digits=3 or ops=+-", old=("task_opt",))
     format: str = opt("r1", "prompt format: r1 (<think>/<answer>) or plain")

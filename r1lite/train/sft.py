@@ -42,7 +42,7 @@ class SFTConfig:
     """A supervised fine-tuning run on a JSONL of prompt/completion pairs."""
 
     data: str = opt("", "JSONL with 'prompt' (or chat 'messages') and 'completion' per row")
-    model: str = opt("default", "model to fine-tune: default, tiny, a local HF directory or a hub id")
+    model: str = opt("default", "model to fine-tune: default, gemma3-270m, tiny, tiny-gemma3, a local HF directory or a hub id")
     out: str = opt("runs/sft", "run directory; the model goes to <out>/final")
     epochs: int = opt(2, "passes over the data")
     lr: float = opt(2e-5, "learning rate (AdamW, constant)")
