@@ -237,17 +237,7 @@ def test_a_sequence_gets_the_same_logits_bit_for_bit_in_any_batch(cpu_path, weig
     prompts = prompts_for(tokenizer, QUESTIONS[:4] + LONG_QUESTIONS[:2])
     s = Sampling(max_new_tokens=12, temperature=1.0)
     stops = stop_token_ids(tokenizer, model)
-    seen: dict[tuple[int, int], bytes] = {}
-    mismatched = []
-
-    def recording(logits, settings, keys, steps):
-        for r, (key, step) in enumerate(zip(keys, steps)):
-            row = logits[r].numpy().tobytes()
-            if seen.setdefault((key, step), row) != row:
-                mismatched.append((key, step))
-        return sample_rows(logits, settings, keys, steps)
-
-    monkeypatch.setattr(engine_module, "sample_rows", recording)
+    seen, mismatched = record_logits(monkeypatch)
     for max_rows, order in [(64, range(6)), *[(3, [i]) for i in range(6)], (4, [5, 3, 1, 0, 2, 4]), (7, [2, 0, 4, 1, 5, 3])]:
         make_engine(model, tokenizer, dtype, stops, max_rows).generate(
             [Request(prompts[i], s, n=3, seed=100 + i) for i in order])
@@ -317,8 +307,32 @@ def test_step_level_form_streams_joins_and_cancels(tiny):
     """A request added while a batch decodes joins at the next step with the tokens it would get
     alone; streamed text adds up to the completion's; a cancelled request leaves."""
     model, tokenizer = tiny
-    prompts = prompts_for(tokenizer, QUESTIONS[:3])
-    s = Sampling(max_new_tokens=10, temperature=1.0)
+    check_step_level_form(model, tokenizer, prompts_for(tokenizer, QUESTIONS[:3]), 10)
+
+
+def record_logits(monkeypatch) -> tuple[dict, list[tuple[int, int]]]:
+    """Make the engine's sampler record every row's logits by (sequence key, step): returns the
+    record and a list that fills with the (key, step) pairs whose logits differ from an earlier
+    draw's bits."""
+    seen: dict[tuple[int, int], bytes] = {}
+    mismatched: list[tuple[int, int]] = []
+
+    def recording(logits, settings, keys, steps):
+        for r, (key, step) in enumerate(zip(keys, steps)):
+            row = logits[r].numpy().tobytes()
+            if seen.setdefault((key, step), row) != row:
+                mismatched.append((key, step))
+        return sample_rows(logits, settings, keys, steps)
+
+    monkeypatch.setattr(engine_module, "sample_rows", recording)
+    return seen, mismatched
+
+
+def check_step_level_form(model, tokenizer, prompts, max_new_tokens):
+    """add/step/cancel on a running engine: requests joining a batch decode the tokens they decode
+    alone (seeded), streamed text adds up to the completion's, a cancelled request leaves. The
+    second and third prompts are prefilled together after the first has run 3 steps."""
+    s = Sampling(max_new_tokens=max_new_tokens, temperature=1.0)
     alone = [make_engine(model, tokenizer, torch.float32).generate([Request(p, s, seed=i)])[0][0] for i, p in enumerate(prompts)]
     engine = make_engine(model, tokenizer, torch.float32)
     first = engine.add(Request(prompts[0], s, seed=0, stream=True))

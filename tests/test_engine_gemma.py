@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from r1lite.engine import Engine, GemmaDecoder, HFDecoder, Request, Sampling, kernels, make_decoder, make_engine
-from r1lite.engine import engine as engine_module
 from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
-from r1lite.engine.sampling import sample_rows
 from r1lite.meter.flops import decode_flops
 from r1lite.models import ModelShape, left_pad, llama_family, load_model, resolve_runtime
 from r1lite.packaged import TINY_GEMMA_WINDOW, stop_token_ids
 from r1lite.prompts import encode_messages
+from tests.test_engine import check_step_level_form, record_logits
 
 FP32 = resolve_runtime("cpu", "fp32")
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 78), (9, 91), (23, 45), (67, 11), (40, 2)]]
@@ -116,17 +115,7 @@ def test_a_sequence_gets_the_same_tokens_and_logits_in_any_batch(gemma, cpu_path
     prompts = chat_prompts(tokenizer, QUESTIONS[:3] + LONG_QUESTIONS[:2])
     s = Sampling(max_new_tokens=10, temperature=1.0)
     stops = stop_token_ids(tokenizer, model)
-    seen: dict[tuple[int, int], bytes] = {}
-    mismatched = []
-
-    def recording(logits, settings, keys, steps):
-        for r, (key, step) in enumerate(zip(keys, steps)):
-            row = logits[r].numpy().tobytes()
-            if seen.setdefault((key, step), row) != row:
-                mismatched.append((key, step))
-        return sample_rows(logits, settings, keys, steps)
-
-    monkeypatch.setattr(engine_module, "sample_rows", recording)
+    seen, mismatched = record_logits(monkeypatch)
 
     def run(max_rows, order):
         out = make_engine(model, tokenizer, torch.float32, stops, max_rows).generate(
@@ -146,32 +135,7 @@ def test_step_level_form_joins_and_cancels(gemma):
     the cancelled request are prefilled together, the second's own tokens left-padded after their
     shared prefix: its window must count tokens, not cache columns."""
     model, tokenizer = gemma
-    prompts = chat_prompts(tokenizer, QUESTIONS[:2] + LONG_QUESTIONS[:1])
-    s = Sampling(max_new_tokens=12, temperature=1.0)
-    alone = [make_engine(model, tokenizer, torch.float32).generate([Request(p, s, seed=i)])[0][0] for i, p in enumerate(prompts)]
-    engine = make_engine(model, tokenizer, torch.float32)
-    first = engine.add(Request(prompts[0], s, seed=0, stream=True))
-    texts, done = {}, {}
-    for _ in range(3):
-        for d in engine.step():
-            texts[d.request_id] = texts.get(d.request_id, "") + d.text
-    second = engine.add(Request(prompts[1], s, seed=1, stream=True))
-    doomed = engine.add(Request(prompts[2], Sampling(max_new_tokens=50, temperature=1.0), seed=2))
-    steps = 0
-    while engine.has_work:
-        deltas = engine.step()
-        steps += 1
-        if steps == 2:
-            assert len(engine.batch.seqs) == 3  # all three decode together
-            engine.cancel(doomed)
-        for d in deltas:
-            texts[d.request_id] = texts.get(d.request_id, "") + d.text
-            if d.completion:
-                done[d.request_id] = d.completion
-    assert done[first].token_ids == alone[0].token_ids and done[second].token_ids == alone[1].token_ids
-    assert texts[first] == done[first].text and texts[second] == done[second].text
-    assert done[doomed].finish == "cancelled" and len(done[doomed].token_ids) < 50
-    assert engine.batch is None and not engine.waiting
+    check_step_level_form(model, tokenizer, chat_prompts(tokenizer, QUESTIONS[:2] + LONG_QUESTIONS[:1]), 12)
 
 
 def test_budget_forcing_keeps_the_thinking_within_the_budget(gemma):

@@ -168,14 +168,10 @@ def test_the_r1_zero_template_renders_r1lites_conversations_in_jinja_and_go(tiny
 
     from r1lite.prompts import r1_zero_text
 
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
     _, tokenizer = tiny_model()
     task = tasks.load_task(task_name) if task_name else None
     fmt = prompt_format(task, "r1", True, "r1_zero")
-    (tmp_path / "template.txt").write_text(ollama_template(tokenizer, fmt))
-    (tmp_path / "main.go").write_text(GO_PROGRAM)
+    render = go_renderer(tmp_path, ollama_template(tokenizer, fmt))
     conversations = {
         "first turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}]},
         "think off": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}], "IsThinkSet": True, "Think": False},
@@ -185,11 +181,7 @@ def test_the_r1_zero_template_renders_r1lites_conversations_in_jinja_and_go(tiny
         "system": {"System": "Be brief.", "Messages": [{"Role": "user", "Content": "Hi"}]},
     }
     for name, data in conversations.items():
-        (tmp_path / "data.json").write_text(json.dumps(data))
-        r = subprocess.run([go, "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
-                                "GO111MODULE": "off", "GOFLAGS": ""})
-        assert r.returncode == 0, r.stderr
+        r = render(data)
         messages = ([{"role": "system", "content": data["System"]}] if data.get("System") else []) + [
             {"role": m["Role"].lower(), "content": m["Content"]} for m in data["Messages"]]
         jinja = Template(jinja_template(tokenizer, fmt)).render(messages=messages, add_generation_prompt=True, bos_token="<s>",
@@ -205,13 +197,9 @@ def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tiny_model, tmp
     without thinking (Ollama is not on this machine)."""
     from jinja2 import Template
 
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
     _, tokenizer = tiny_model()
     fmt = prompt_format(tasks.load_task("arithmetic"), "r1", True)
-    (tmp_path / "template.txt").write_text(ollama_template(tokenizer, fmt))
-    (tmp_path / "main.go").write_text(GO_PROGRAM)
+    render = go_renderer(tmp_path, ollama_template(tokenizer, fmt))
     conversations = {
         "first turn": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}]},
         "think off": {"Messages": [{"Role": "user", "Content": "What is 2 + 2?"}], "IsThinkSet": True, "Think": False},
@@ -221,17 +209,33 @@ def test_the_ollama_template_renders_in_go_as_the_jinja_one_does(tiny_model, tmp
         "system": {"System": "Be brief.", "Messages": [{"Role": "user", "Content": "Hi"}]},
     }
     for name, data in conversations.items():
-        (tmp_path / "data.json").write_text(json.dumps(data))
-        r = subprocess.run([go, "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"),
-                                "GO111MODULE": "off", "GOFLAGS": ""})
-        assert r.returncode == 0, r.stderr
+        r = render(data)
         messages = ([{"role": "system", "content": data["System"]}] if data.get("System") else []) + [
             {"role": m["Role"], "content": (f"<think>{m['Thinking']}</think>\n" if m.get("Thinking") else "") + m["Content"]}
             for m in data["Messages"]]
         expected = Template(jinja_template(tokenizer, fmt)).render(messages=messages, add_generation_prompt=True,
                                                                    **({"enable_thinking": False} if name == "think off" else {}))
         assert r.stdout == expected, name
+
+
+def go_renderer(folder, template: str):
+    """A function rendering an Ollama template with Go itself (GO_PROGRAM, in ``folder``) for a
+    conversation's data; Ollama is not on this machine, Go is (make test installs it)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("Go is missing: apt-get install golang-go (make test installs it)")
+    (folder / "template.txt").write_text(template)
+    (folder / "main.go").write_text(GO_PROGRAM)
+
+    def render(data: dict):
+        (folder / "data.json").write_text(json.dumps(data))
+        r = subprocess.run([go, "run", "main.go"], cwd=folder, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "GOCACHE": str(folder / "gocache"), "GOPATH": str(folder / "gopath"),
+                                "GO111MODULE": "off", "GOFLAGS": ""})
+        assert r.returncode == 0, r.stderr
+        return r
+
+    return render
 
 
 GO_PROGRAM = '''package main

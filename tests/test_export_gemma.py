@@ -184,10 +184,10 @@ def test_serve_runs_a_gemma_gguf_on_llama_cpp(ggufs, free_port):
     assert replies[0] == replies[1]  # the same prompt tokens and greedy answer on both backends
 
 
-def test_chat_prints_the_same_greedy_answer_on_both_backends(cli, ggufs):
+def test_chat_prints_the_same_greedy_answer_on_both_backends(quick_cli, ggufs):
     outputs = []
     for model in ("tiny-gemma3", ggufs["named"]):
-        r = cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--temperature", "0", "--max-new-tokens", "12")
+        r = quick_cli("chat", "--model", model, "--prompt", "What is 3 + 4?", "--temperature", "0", "--max-new-tokens", "12")
         assert r.returncode == 0, r.stderr[-2000:]
         outputs.append(r.stdout)
     assert outputs[0] == outputs[1] and outputs[0].strip()
