@@ -326,6 +326,33 @@ def json_schema_match(response: str, schema: dict, gold: Any = None) -> float:
     return 1.0 if gold is None or _same_json(value, gold) else 0.0
 
 
+def json_fields(response: str, gold: dict) -> dict[str, bool] | None:
+    """Per key of the ``gold`` object, whether the response's JSON object holds the same value there;
+    None when the response is not a JSON object.
+
+    >>> json_fields('{"id": 7, "tag": "b", "extra": 1}', {"id": 7, "tag": "a"})
+    {'id': True, 'tag': False}
+    >>> json_fields('[7]', {"id": 7}) is None
+    True
+    """
+    ok, value = _parse_json(response)
+    if not ok or not isinstance(value, dict):
+        return None
+    return {key: key in value and _same_json(value[key], want) for key, want in gold.items()}
+
+
+def json_partial(response: str, gold: dict) -> float:
+    """Partial credit for an extraction: the fraction of the gold object's fields the response's JSON
+    object gets right (keys it adds cost nothing here; the strict verifiers refuse them), 0 for a
+    response that is not a JSON object.
+
+    >>> json_partial('{"id": 7, "tag": "b"}', {"id": 7, "tag": "a"}), json_partial('{"id": 7', {"id": 7})
+    (0.5, 0.0)
+    """
+    hits = json_fields(response, gold)
+    return sum(hits.values()) / len(hits) if hits else 0.0
+
+
 def math_equal(response: str, gold: str) -> float | None:
     """1.0 when math-verify finds the response equivalent to the LaTeX ``gold``; None if gold won't parse.
 

@@ -460,8 +460,11 @@ def check_row(response: str, answer: dict, python_fns: dict, errors: VerifierErr
 def load_jsonl(spec: str, options: dict | None) -> Task:
     """Your own rows: ``question`` (or ``prompt``), ``answer``, and optionally ``verifier``.
 
-    Options: ``verifier`` (default "exact") for rows that name none, held_out, answer_hint. A
-    ``python:MODULE:FUNC`` verifier is given only as this option, never by a row.
+    Options: ``verifier`` (default "exact") for rows that name none, held_out, answer_hint,
+    ``partial_credit`` (rows whose gold is a JSON object: score the fraction of its fields the
+    answer gets right, 0 for an answer that is not a JSON object, instead of all-or-nothing; a
+    reward for extraction tasks, see examples/tickets). A ``python:MODULE:FUNC`` verifier is given
+    only as this option, never by a row.
     """
     python_fns: dict[str, Callable] = {}
     verifier = (options or {}).get("verifier", "exact")  # a name or {"type": …}; checked with each row
@@ -472,14 +475,34 @@ def load_jsonl(spec: str, options: dict | None) -> Task:
         question = row["question"] if "question" in row else row["prompt"]
         return question, row_gold(row, verifier, where, python_fns)
 
-    items, opts = load_rows(spec, options, "", to_item, verifier=None)
+    items, opts = load_rows(spec, options, "", to_item, verifier=None, partial_credit=False)
     kinds = {item.answer["verifier"] for item in items}
+    if opts["partial_credit"]:
+        return partial_task(spec, items, opts)
     numeric = kinds == {"numeric"}
     hint = opts["answer_hint"] or (NUMBER_HINT if numeric else "Give the answer as JSON."
                                    if kinds <= {"json", "json_schema"} else "Give only the final answer.")
     errors = VerifierErrors()
     check = functools.partial(check_row, python_fns=python_fns, errors=errors)
     return Task(spec, check, numeric, hint, opts["held_out"], rows=items, verifier_errors=errors)
+
+
+def partial_task(spec: str, items: list[Item], opts: dict) -> Task:
+    """A ``jsonl:`` task scored by :func:`r1lite.rewards.json_partial`: every row's gold must be a
+    JSON object under the json or json_schema verifier."""
+    for item in items:
+        gold = item.answer
+        if gold["verifier"] not in ("json", "json_schema") or not isinstance(gold["gold"], dict):
+            raise UsageError(f"{item.meta['source']}: partial_credit scores the fields of a JSON object, and this row's "
+                             f"gold is {gold['verifier']} {json.dumps(gold['gold'])[:60]}; give every row a JSON object "
+                             "'answer' with the json or json_schema verifier, or drop partial_credit")
+    hint = opts["answer_hint"] or "Give the answer as JSON."
+    return Task(spec, partial_check, False, hint, opts["held_out"], rows=items)
+
+
+def partial_check(response: str, answer: dict) -> float:
+    """:func:`r1lite.rewards.json_partial` against a custom row's gold (see :func:`row_gold`)."""
+    return rewards.json_partial(response, answer["gold"])
 
 
 LOADERS: dict[str, Callable[[str, dict | None], Task]] = {

@@ -215,12 +215,15 @@ class Trainer:
             self.engine.sync(self.model)
 
     def run_eval(self, key: str, fmt: str) -> dict:
-        """Evaluate the held-out items (each rank its share), unless the summary has ``key``."""
+        """Evaluate the held-out items (each rank its share), unless the summary has ``key``; every
+        completion with its score goes to ``<run>/<key>.jsonl`` (rows as ``r1lite eval --out``)."""
         if key in self.summary or not self.eval_items:
             return self.summary.get(key, {})
         with self.meter.phase("eval"), progress(self.console, f"eval {key}", len(self.world_share(self.eval_items)),
                                                 "seq") as update:
-            result = self.decode(self.eval_items, fmt, "eval", on_progress=update)
+            rows, result = self.decode(self.eval_items, fmt, "eval", on_progress=update)
+        if self.world.main:
+            write_jsonl(self.run_dir / f"{key}.jsonl", rows)
         self.console.print(f"{key}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%} "
                            f"({result['n_items']} items, {fmt})")
         self.summary[key] = result
@@ -230,9 +233,9 @@ class Trainer:
     def world_share(self, items: list) -> list:
         return items[self.world.span(len(items))]
 
-    def decode(self, items: list[tasks.Item], fmt: str, phase: str, on_progress=None) -> dict:
+    def decode(self, items: list[tasks.Item], fmt: str, phase: str, on_progress=None) -> tuple[list[dict], dict]:
         """Greedy evaluation of ``items`` with the current weights, each rank its share, its FLOPs
-        metered under ``phase``; the whole job's summary."""
+        metered under ``phase``; the whole job's rows and summary."""
         self.sync_engine()
         shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
                                   max_new_tokens=self.cfg.sampling.max_new_tokens, seed=self.cfg.seed,
@@ -240,7 +243,7 @@ class Trainer:
                                   prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress,
                                   template=self.cfg.template if fmt == "r1" else "chat")
         self.meter.add_flops(phase, shard[1]["flops"])
-        return evaluate.combine(self.world.gather(shard))[1]
+        return evaluate.combine(self.world.gather(shard))
 
     def save_summary(self) -> None:
         if self.world.main:
@@ -294,7 +297,7 @@ class Trainer:
         """Greedy strict-format rate and accuracy, in the run's format, on train prompts the held-out
         set never sees (each rank its share; metered with the SFT it steers)."""
         items = self.task.split("train", self.cfg.cold_start.check_items, seed=self.cfg.seed + 2)
-        result = self.decode(items, self.cfg.format, "sft")
+        result = self.decode(items, self.cfg.format, "sft")[1]
         return {"format_rate": result["format_rate"], "accuracy": result["accuracy"]}
 
     def save_checkpoint(self, cold_start_done: bool | None = None) -> None:
