@@ -224,6 +224,34 @@ def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, 
     assert "probe rollout batch" in notes and "CPU kind" in notes and "every group trains" in notes
 
 
+def test_a_cold_start_from_data_is_estimated_from_the_files_traces(varied_task, tmp_path, monkeypatch):
+    """cold_start_data: the SFT on the file's traces (its prompts, its lengths) and the evaluation
+    after it are in the estimate, as the run meters them."""
+    from rich.console import Console
+
+    from r1lite.train.trainer import Trainer
+
+    task, env, options = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps({"prompt": f"Write something about item {i}.",
+                                          "completion": f"Item {i} is a thing, and {'so on ' * (3 + i % 4)}."}) + "\n"
+                              for i in range(12)))
+    cfg = tiny_config(tmp_path, task, task_options=options, cold_start_data=str(traces), cold_start_epochs=2,
+                      cold_start_batch_size=4, max_steps=1)
+    blocks = estimate_recipe(cfg, CostConfig(), Overrides(), probe=True, console=Console(quiet=True))
+    predicted = blocks["measured"]["flops"]["by_phase"]
+    assert Trainer(cfg, console=Console(quiet=True)).train() == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    metered = summary["cost"]["flops"]["by_phase"]
+    assert set(predicted) == set(metered) == {"eval", "sft", "rollout", "train"}
+    assert predicted["sft"] == pytest.approx(metered["sft"], rel=0.10)
+    assert predicted["eval"] == pytest.approx(metered["eval"], rel=0.10)  # eval_after_sft counted
+    assert summary["cold_start"]["sft_steps"] == 6 and "eval_after_sft" in summary
+    notes = " ".join(blocks["measured"]["assumptions"])
+    assert f"after the cold start on {traces} (12 traces" in notes
+
+
 def test_a_model_not_here_is_estimated_from_its_shape(tmp_path):
     from rich.console import Console
 

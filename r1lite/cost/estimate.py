@@ -8,7 +8,7 @@ items and a sample of its train items, tokenized), following what the trainer do
   first, ``eval_batch_size`` rows, a shared prefix prefilled once, finished rows leaving once they
   are a quarter of the batch);
 - the cold start: ``cold_start_items x cold_start_samples`` plain-prompt samples, then SFT on the
-  traces it keeps;
+  traces it keeps; with ``cold_start_data``, SFT on that file's traces (their own prompts and lengths);
 - GRPO steps: one rollout batch (with DAPO dynamic sampling: the expected refill rounds) and a
   train step over the groups whose rewards are not all equal (all of them when a KL reference is
   held), in micro-batches of whole groups, ``mu`` updates.

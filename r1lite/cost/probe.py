@@ -32,7 +32,7 @@ import torch
 
 from r1lite import report
 from r1lite.config import with_values
-from r1lite.cost.work import DecodeFlops, Speed
+from r1lite.cost.work import DecodeFlops, Speed, data_traces
 from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
 from r1lite.meter.flops import Weights
@@ -121,7 +121,10 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         skipped = 1.0 - float(grpo.informative_groups(rewards, G).float().mean())
         eval_lengths, greedy_rewards = greedy_eval_lengths(trainer, cfg, groups, console)
         traces, per_item = trace_stats(groups, trainer.tokenizer, cfg) if cfg.cold_start.items else (lengths, 0.0)
-        if cfg.cold_start.items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
+        if cfg.cold_start.data:  # the policy after SFT on the file writes like its traces
+            traces = [min(len(c), cfg.sampling.max_new_tokens) for _, c in data_traces(cfg, trainer.tokenizer)]
+            skipped = 0.0  # what the SFT'd policy scores is unknown here: every group trains (an upper bound)
+        elif cfg.cold_start.items and not traces:  # nothing verified in the probe: upper bounds (see probe_notes)
             per_item = float(cfg.cold_start.per_item)
 
         chunk = groups[:max(1, pcfg.optim.micro_batch_size // G)]
@@ -193,7 +196,7 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     from r1lite.engine import Request, Sampling
 
     wanted = {key: fmt for key, fmt, trained in eval_phases(cfg) if not trained}
-    if not cfg.cold_start.items:
+    if not cfg.cold_start.enabled:
         wanted["greedy"] = cfg.format
     items = trainer.eval_items[:EVAL_SAMPLE]
     trainer.sync_engine()
@@ -235,7 +238,11 @@ def probe_notes(cfg: GRPOConfig, pcfg: GRPOConfig, lengths: list[int], skipped: 
         items = len(next(iter(eval_lengths.values())))
         lines.append(f"evaluations of the untrained model, from its greedy answers to {items} held-out items: "
                      + ", ".join(f"{key} {mean(v):.1f} tokens" for key, v in eval_lengths.items()))
-    if cfg.cold_start.items:
+    if cfg.cold_start.data:
+        lines.append(f"after the cold start on {cfg.cold_start.data} ({len(traces)} traces, mean {mean(traces):.1f} "
+                     "tokens) the policy is assumed to write like its traces, and every group to train (an upper "
+                     "bound: what it scores is not known before it exists; --skipped-groups sets a figure)")
+    elif cfg.cold_start.items:
         lines.append(f"after the cold start the policy is assumed to write its traces: {len(traces)} in the probe "
                      f"(each item's shortest verified answer), mean {mean(traces):.1f} tokens" if traces else
                      f"the probe found no verified {pcfg.format} answer: traces assumed as long as max_new_tokens "

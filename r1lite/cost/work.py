@@ -6,6 +6,7 @@ and the probe (:mod:`r1lite.cost.probe`) both build on it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,8 @@ class RunPrompts:
     """A sample of train items in the recipe's format (two steps' worth: rollouts and train chunks)."""
     check: list[list[int]]
     """The cold start's check prompts (train items in the recipe's format), when it checks."""
+    trace_lengths: list[int] = dataclasses.field(default_factory=list)
+    """``cold_start_data``: each trace's completion tokens (eos included), with ``traces`` its prompts."""
 
 
 def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
@@ -155,13 +158,27 @@ def run_prompts(cfg: GRPOConfig, tokenizer, task: tasks.Task) -> RunPrompts:
     cold = task.split("train", cfg.cold_start.items, seed=cfg.seed + 1) if cfg.cold_start.items else []
     train = task.split("train", 2 * cfg.optim.prompts_per_step, seed=cfg.seed)
     check = (task.split("train", cfg.cold_start.check_items, seed=cfg.seed + 2)
-             if cfg.cold_start.items and cfg.cold_start.checks else [])
+             if cfg.cold_start.enabled and cfg.cold_start.checks else [])
+    if cfg.cold_start.data:  # the traces are the file's: their prompts and lengths exactly
+        pairs = data_traces(cfg, tokenizer)
+        return RunPrompts(evals, [], [p for p, _ in pairs], [p.ids for p in item_prompts(
+            tokenizer, task, train, cfg.format, cfg.prefill_think, cfg.template)], [p.ids for p in item_prompts(
+                tokenizer, task, check, cfg.format, cfg.prefill_think and cfg.format == "r1", cfg.template)],
+            [len(c) for _, c in pairs])
     return RunPrompts(
         evals, [p.ids for p in item_prompts(tokenizer, task, cold, cfg.cold_start.format)],
         [p.ids for p in item_prompts(tokenizer, task, cold, "r1", template=cfg.template)],
         [p.ids for p in item_prompts(tokenizer, task, train, cfg.format, cfg.prefill_think, cfg.template)],
         [p.ids for p in item_prompts(tokenizer, task, check, cfg.format, cfg.prefill_think and cfg.format == "r1",
                                      cfg.template)])
+
+
+def data_traces(cfg: GRPOConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) of each ``cold_start_data`` trace, as the cold start encodes them."""
+    from r1lite.distill.traces import read_pairs
+    from r1lite.train.sft import encode_pair
+
+    return [encode_pair(tokenizer, m, p, c, cfg.template) for m, p, c in read_pairs(cfg.cold_start.data)]
 
 
 def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
@@ -171,7 +188,7 @@ def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
     evals = [("eval_before", cfg.format, False)]
     if cfg.eval.base_plain and cfg.template != "r1_zero":  # the trainer skips them under r1_zero
         evals += [(prompts.base_eval_key(fmt), fmt, False) for fmt in cfg.eval.base_phrasings]
-    if cfg.cold_start.items:
+    if cfg.cold_start.enabled:
         evals.append(("eval_after_sft", cfg.format, True))
     return evals + [("eval_after", cfg.format, True)]
 
@@ -185,7 +202,7 @@ def checkpoints(cfg: GRPOConfig) -> int:
     """
     steps = cfg.optim.max_steps
     saves = {s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0} | {steps}
-    return len(saves) + bool(cfg.cold_start.items)
+    return len(saves) + cfg.cold_start.enabled
 
 
 def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunPrompts, workload: Workload,
@@ -197,7 +214,12 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
     for key, fmt, trained in eval_phases(cfg):
         lengths = w.eval_lengths.get(key) or ((w.final_lengths or w.trained_lengths) if trained else w.base_lengths)
         phases["eval"].add(generation_work(prompts.eval[fmt], 1, lengths, cfg.sampling.eval_batch_size, flops))
-    if cfg.cold_start.items:
+    if cfg.cold_start.data:
+        phases["sft"].add(sft_work(shape, weights, prompts.traces, prompts.trace_lengths, len(prompts.trace_lengths),
+                                   cfg.cold_start.batch_size, cfg.cold_start.epochs))
+        if prompts.check:
+            phases["sft"].add(generation_work(prompts.check, 1, w.trained_lengths, cfg.sampling.eval_batch_size, flops))
+    elif cfg.cold_start.items:
         phases["cold_start_sampling"].add(generation_work(prompts.cold_start, cfg.cold_start.samples, w.base_lengths,
                                                           cfg.sampling.eval_batch_size, flops))
         phases["sft"].add(sft_work(shape, weights, prompts.traces, w.trained_lengths,

@@ -138,7 +138,7 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
                      "think longer grows instead: pass --completion-tokens)")
     else:
         lines.append(f"completion length: untrained model {mean(w.base_lengths):.1f} tokens"
-                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start.items else "")
+                     + (f", after the cold start {mean(w.trained_lengths):.1f} tokens" if cfg.cold_start.enabled else "")
                      + " (mean), for the whole run (R1-Zero runs often grow longer)")
     if cfg.loss.beta > 0:
         lines.append("every group trains (a KL reference gives each one a gradient)")
@@ -152,9 +152,10 @@ def workload_notes(cfg: GRPOConfig, w: Workload) -> list[str]:
                          "the untrained model's, with the rewards of both measured by the probe")
         else:
             lines.append(f"skipped groups (rewards all equal): {100 * w.skipped_groups:.0f}%{refill}")
-    if cfg.cold_start.items:
+    if cfg.cold_start.items and not cfg.cold_start.data:
         lines.append(f"cold start keeps {w.traces_per_item:.2f} traces per item: "
                      f"{cfg.cold_start.items * w.traces_per_item:.0f} traces")
+    if cfg.cold_start.enabled:
         if cfg.cold_start.checks:
             lines.append(f"the cold start's check passes after {cfg.cold_start.epochs} epochs (each "
                          f"{cfg.cold_start.check_every:g} epochs more, up to {cfg.cold_start.max_epochs}, add "

@@ -253,6 +253,11 @@ class ColdStartConfig:
             raise UsageError(f"cold_start_items={self.items} must be >= 0")
 
     @property
+    def enabled(self) -> bool:
+        """Whether the run starts with a cold start (sampled, a teacher's or from ``data``)."""
+        return bool(self.items or self.data)
+
+    @property
     def checks(self) -> bool:
         """Whether the cold start decodes train prompts to decide when its SFT has done enough."""
         return bool(self.min_format or self.min_accuracy)
