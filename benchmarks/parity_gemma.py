@@ -26,13 +26,7 @@ from common import RESULTS, add_allow_dirty, commit_fields, machine
 from r1lite.engine import Request, Sampling, make_engine
 from r1lite.models import cpu_kind, left_pad, load_model, resolve_runtime
 from r1lite.packaged import stop_token_ids
-
-R1_ZERO = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-           "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
-           "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
-           "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
-           "User: {question} Assistant: <think>")
-"""The R1 paper's template for R1-Zero (Table 1), the assistant turn opened with <think>."""
+from r1lite.prompts import r1_zero_text
 
 QUESTIONS = [
     "What is 37 + 48?", "What is 126 - 59?", "What is 17 * 6?", "What is 144 / 12?", "What is 23 + 19 + 41?",
@@ -53,8 +47,8 @@ QUESTIONS = [
 
 
 def prompt_text(question: str) -> str:
-    question = question.strip()
-    return R1_ZERO.format(question=question if question.endswith((".", "?", "!")) else question + ".")
+    """The R1 paper's template for R1-Zero (Table 1), the assistant turn opened with <think>."""
+    return r1_zero_text([{"role": "user", "content": question}]) + " <think>"
 
 
 def hf_greedy(model, tokenizer, prompts: list[list[int]], new_tokens: int, eos: list[int]):

@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 from common import RESULTS, add_allow_dirty, commit_fields, machine
 
-R1_ZERO = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
-           "assistant first thinks about the reasoning process in the mind and then provides the user with the answer. "
-           "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
-           "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. User: {question}. "
-           "Assistant: <think>")
+from r1lite import prompts
+
+R1_ZERO = prompts.R1_ZERO + " User: {question}. Assistant: <think>"
+"""The paper's template, the question always followed by a full stop (the prompts the results were measured with)."""
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

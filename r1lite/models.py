@@ -23,7 +23,9 @@ import torch
 from safetensors import SafetensorError
 
 from r1lite.errors import UsageError
-from r1lite.packaged import TINY_CONTEXT, check_special_tokens, checkpoint, named, tiny_model
+from r1lite.packaged import (
+    TINY_CONTEXT, check_special_tokens, checkpoint, named, tiny_config, tiny_gemma_config, tiny_model,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Runtime: device and dtype
@@ -285,7 +287,9 @@ def spec_config(spec: str):
     from transformers import AutoConfig
 
     if spec in ("tiny", "tiny-gemma3"):
-        return tiny_model(spec, load_tokenizer(spec), 0).config
+        tokenizer = load_tokenizer(spec)
+        make = tiny_gemma_config if spec == "tiny-gemma3" else tiny_config
+        return make(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
     path = checkpoint(spec) if named(spec) else resolve_path(spec)
     if path is not None and (path / "adapter_config.json").exists():
         return spec_config(adapter_base(path))

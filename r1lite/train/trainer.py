@@ -96,9 +96,10 @@ class Trainer:
         if size > 1 and (cfg.cold_start.teacher or cfg.loss.objective != "grpo"):
             raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
                              "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
-        if cfg.launch.fsdp and not llama_config(spec_config(cfg.model)):
+        config = spec_config(cfg.model) if cfg.launch.fsdp else None
+        if config is not None and not llama_config(config):
             raise UsageError(f"--fsdp shards Llama-family models (llama, mistral, qwen2, qwen3) layer by layer; "
-                             f"{cfg.model} is {spec_config(cfg.model).model_type}: drop --fsdp (plain torchrun data "
+                             f"{cfg.model} is {config.model_type}: drop --fsdp (plain torchrun data "
                              "parallelism runs it)")
         if cfg.launch.fsdp and size == 1:
             raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
