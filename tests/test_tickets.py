@@ -73,7 +73,7 @@ def test_gold_traces_score_full_marks_strict_and_partial(data):
         assert partial.check(json.dumps(wrong), item.answer) == pytest.approx(7 / 9)
 
 
-def test_the_pipeline_runs_on_the_tiny_model(data, tmp_path, cli):
+def test_the_pipeline_runs_on_the_tiny_model(data, tmp_path, cli, free_port, monkeypatch, capsys):
     run = tmp_path / "run"
     train = cli("train", "--config", EXAMPLE / "recipe.yaml", "--model", "tiny", "--task",
                 f"jsonl:{data / 'tickets.jsonl'}", "--cold-start-data", data / "gold_traces.jsonl",
@@ -87,6 +87,17 @@ def test_the_pipeline_runs_on_the_tiny_model(data, tmp_path, cli):
                     "held_out=0.13", "--limit", "-1", "--max-new-tokens", "24", "--max-thinking-tokens", "8",
                     "--response-format", data / "schema.json", "--dtype", "fp32", "--out", tmp_path / "after.jsonl")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    from tests.test_serve import KEY, Server, serve_args
+
+    server = Server(serve_args(run, max_tokens_cap=256, max_new_tokens=256), free_port())
+    try:
+        monkeypatch.setenv("TICKETS_KEY", KEY)
+        code = load("ask").main(["--base-url", f"{server.url}/v1", "--api-key-env", "TICKETS_KEY", "--max-thinking-tokens",
+                                 "8", "Hi, my Orbit smartwatch arrived broken. Order #K20817. Thanks, Ana Silva"])
+    finally:
+        server.close()
+    assert code == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), json.loads((data / "schema.json").read_text()))
     table = tmp_path / "table.json"
     files = [run / "eval_before.jsonl", run / "eval_after_sft.jsonl", run / "eval_after.jsonl", tmp_path / "after.jsonl"]
     assert load("score").main([*map(str, files), "--json", str(table)]) == 0
