@@ -432,3 +432,15 @@ def test_what_a_killed_export_left_half_written_is_removed_and_nothing_else(quic
     r = quick_cli("export", "--model", "tiny", "--to", to, "--out", tmp_path / out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".draft.tmp"]
+
+
+def test_a_modelfile_stops_where_the_vocabulary_ends_a_turn(tiny_model):
+    """ChatML's <|im_end|> where the vocabulary has it; else (Gemma) its own end of turn and end of text."""
+    from types import SimpleNamespace
+
+    from r1lite.edge.chat_format import turn_stops
+
+    _, tokenizer = tiny_model()
+    assert turn_stops(tokenizer) == ["<|im_end|>"]
+    gemma_like = SimpleNamespace(get_vocab=lambda: {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<end_of_turn>": 106})
+    assert turn_stops(gemma_like) == ["<end_of_turn>", "<eos>"]

@@ -187,7 +187,7 @@ def ollama_template(tokenizer, fmt: PromptFormat) -> str:
 def modelfile(gguf_name: str, tokenizer, fmt: PromptFormat, temperature: float = 0.6, top_p: float = 0.95) -> str:
     """An Ollama Modelfile for the GGUF beside it: its template, the end-of-turn stop, R1's
     sampling settings. (No ``PARAMETER think``: Ollama rejects it; thinking is a request option.)"""
-    stops = [TURN_END]
+    stops = turn_stops(tokenizer)
     if fmt.template == "r1_zero":  # a base model's end of text, and the closed answer
         stops = [*fmt.stop, *dict.fromkeys(t for t in (tokenizer.eos_token, "<end_of_turn>") if t in tokenizer.get_vocab())]
     return (f"FROM ./{gguf_name}\n"
@@ -195,3 +195,10 @@ def modelfile(gguf_name: str, tokenizer, fmt: PromptFormat, temperature: float =
             + "".join(f'PARAMETER stop "{s}"\n' for s in stops) +
             f"PARAMETER temperature {temperature}\n"
             f"PARAMETER top_p {top_p}\n")
+
+
+def turn_stops(tokenizer) -> list[str]:
+    """Where a chat turn ends in this vocabulary: ChatML's ``<|im_end|>``, or for a model without it
+    (Gemma) its own end of turn and end of text."""
+    vocab = tokenizer.get_vocab()
+    return [TURN_END] if TURN_END in vocab else [t for t in ("<end_of_turn>", "<eos>") if t in vocab]

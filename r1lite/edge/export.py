@@ -31,6 +31,7 @@ from r1lite.edge.chat_format import (
     PromptFormat,
     jinja_template,
     modelfile,
+    turn_stops,
 )
 from r1lite.errors import UsageError
 from r1lite.files import (
@@ -48,7 +49,6 @@ from r1lite.packaged import (
     GEMMA_PIP,
     NAMED,
     SOURCE_FILES,
-    TURN_END,
     named,
     source_dir,
     source_facts,
@@ -327,16 +327,12 @@ def ollama_modelfile(gguf_name: str, src: Source) -> str:
     template to apply the format to gets none: Ollama then sends the prompt as it is."""
     tok = src.tokenizer
     try:
-        text = modelfile(gguf_name, tok, src.fmt)
+        return modelfile(gguf_name, tok, src.fmt)
     except UsageError:
         if tok.chat_template:
             raise
-        text = f'FROM ./{gguf_name}\nPARAMETER stop "{TURN_END}"\nPARAMETER temperature 0.6\nPARAMETER top_p 0.95\n'
-    vocab = tok.get_vocab()
-    if TURN_END not in vocab:
-        stops = "".join(f'PARAMETER stop "{t}"\n' for t in ("<end_of_turn>", "<eos>") if t in vocab)
-        text = text.replace(f'PARAMETER stop "{TURN_END}"\n', stops)
-    return text
+        stops = "".join(f'PARAMETER stop "{t}"\n' for t in turn_stops(tok))
+        return f"FROM ./{gguf_name}\n{stops}PARAMETER temperature 0.6\nPARAMETER top_p 0.95\n"
 
 
 def run(cfg: ExportConfig, console) -> int:
