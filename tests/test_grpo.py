@@ -11,6 +11,7 @@ from r1lite.errors import UsageError
 from r1lite.config import build
 from r1lite.train.config import GRPOConfig, LossConfig
 from r1lite.train.grpo import (
+    cispo_surrogate,
     group_advantages,
     informative_groups,
     policy_loss,
@@ -103,6 +104,59 @@ def test_mu_1_gradient_is_advantage_weighted_logprob_gradient():
     assert torch.allclose(logp.grad, -ADV[:, None] * w)
 
 
+def hand_gspo_loss(eps_low, eps_high):
+    """GSPO by hand: s_i = exp(mean over o_i's tokens of log ρ), -min(s A, clip(s) A) per sequence, mean."""
+    total = 0.0
+    for i in range(4):
+        toks = [t for t in range(3) if MASK[i, t] == 1]
+        s = math.exp(sum(LOGP[i, t].item() - OLD[i, t].item() for t in toks) / len(toks))
+        a = ADV[i].item()
+        total += -min(s * a, min(max(s, 1 - eps_low), 1 + eps_high) * a)
+    return total / 4
+
+
+@pytest.mark.parametrize("eps", [(3e-4, 4e-4), (0.2, 0.28)])
+def test_gspo_loss_matches_hand_computation(eps):
+    cfg = LossConfig(loss_type="grpo", importance_sampling_level="sequence", epsilon=eps[0], epsilon_high=eps[1])
+    loss, _ = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "grpo", G, L_MAX), cfg)
+    assert loss.item() == pytest.approx(hand_gspo_loss(*eps), rel=1e-6)
+    token_level = policy_loss(LOGP, OLD, None, ADV, token_weights(MASK, "grpo", G, L_MAX), LossConfig(
+        loss_type="grpo", epsilon=eps[0], epsilon_high=eps[1]))[0]
+    assert abs(loss.item() - token_level.item()) > 1e-3  # the sequence ratio is not the token one here
+
+
+def test_cispo_loss_matches_hand_computation_and_keeps_every_tokens_gradient():
+    cfg = LossConfig(loss_type="dapo", surrogate="cispo", epsilon=0.05, epsilon_high=0.1)
+    logp = LOGP.clone().requires_grad_(True)
+    w = token_weights(MASK, "dapo", G, L_MAX)
+    loss, stats = policy_loss(logp, OLD, None, ADV, w, cfg)
+    hand, capped, grad = 0.0, 0, torch.zeros_like(LOGP)
+    for i in range(4):
+        for t in range(3):
+            if MASK[i, t] == 1:
+                weight = min(math.exp(LOGP[i, t].item() - OLD[i, t].item()), 1.1)
+                capped += math.exp(LOGP[i, t].item() - OLD[i, t].item()) > 1.1
+                hand += -weight * ADV[i].item() * LOGP[i, t].item()
+                grad[i, t] = -weight * ADV[i].item()
+    assert loss.item() == pytest.approx(hand / MASK.sum().item(), rel=1e-6)
+    assert stats["clipped"] == capped == 2  # tokens (0, 0) and (3, 1): ratio e^0.2 and e^0.4
+    loss.backward()  # a capped token still has its gradient (the clipped ratio would give it none)
+    assert torch.allclose(logp.grad, grad / MASK.sum())
+    assert cispo_surrogate(LOGP, OLD, ADV, 0.1)[1].sum() == 2
+
+
+@pytest.mark.parametrize("variant", [dict(loss_type="grpo", importance_sampling_level="sequence"),
+                                     dict(loss_type="dapo", surrogate="cispo", epsilon_high=4.0)])
+def test_gspo_and_cispo_have_grpos_gradient_when_the_ratio_is_1(variant):
+    """mu = 1: old = logp in value, so every variant's gradient is -A ∇log π per counted token."""
+    grads = []
+    for cfg in (LossConfig(loss_type=variant["loss_type"]), LossConfig(**variant)):
+        logp = LOGP.clone().requires_grad_(True)
+        policy_loss(logp, logp.detach(), None, ADV, token_weights(MASK, cfg.loss_type, G, L_MAX), cfg)[0].backward()
+        grads.append(logp.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
 def test_group_advantages():
     r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
     adv = group_advantages(r, 4, "group")
@@ -136,6 +190,9 @@ def test_truncated_rows_get_no_weight():
     ({"scale_rewards": "max"}, "scale_rewards"),
     ({"rewards": {"speed": 1.0}}, "unknown reward"),
     ({"entropy_coef": -0.01}, "entropy_coef"),
+    ({"importance_sampling_level": "group"}, "importance_sampling_level 'group'"),
+    ({"surrogate": "ppo"}, "surrogate 'ppo'"),
+    ({"surrogate": "cispo", "importance_sampling_level": "sequence"}, "set importance_sampling_level token"),
 ])
 def test_invalid_configs_are_rejected(kwargs, needle):
     with pytest.raises(UsageError, match=needle):

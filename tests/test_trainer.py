@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -69,6 +70,22 @@ def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
     trainer.train_step(_rollout_until(trainer, lambda keep: keep.any(), "varied rewards"))
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) == len(before)
+
+
+@pytest.mark.parametrize("algorithm", ["gspo", "cispo"])
+def test_gspo_and_cispo_presets_train_with_mu_4(algorithm, varied_task, tmp_path, monkeypatch):
+    """The presets' four updates on one batch: old log-probs stored, the loss finite, every weight moves."""
+    task, env, options = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    trainer = Trainer(build(GRPOConfig, {**dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4,
+                                                max_new_tokens=12, eval_items=0, lr=1e-3, out=str(tmp_path / "run")),
+                                         "algorithm": algorithm, "task_options": options}, presets=preset))
+    assert trainer.cfg.optim.mu == 4
+    trainer.setup()
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    result = trainer.train_step(_rollout_until(trainer, lambda keep: keep.any(), "varied rewards"))
+    assert math.isfinite(result["loss"]) and result["loss_tokens"] > 0
+    assert all(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
 
 
 def _one_step_weights(task, tmp_path, name, groups=None, **kw):
@@ -391,6 +408,12 @@ def test_algorithm_presets_set_the_published_fields_and_explicit_keys_win():
             r1.loss.ref_reset_every) == (1e-5, 0.001, 16, 32, 1.0, 400)
     r1_g8 = build(GRPOConfig, {"algorithm": "r1", "group_size": 8}, presets=preset)
     assert (r1_g8.optim.group_size, r1_g8.optim.prompts_per_step) == (8, 32)
+    gspo = build(GRPOConfig, {"algorithm": "gspo"}, presets=preset)
+    assert (gspo.loss.importance_sampling_level, gspo.loss.loss_type, gspo.loss.epsilon, gspo.loss.epsilon_high,
+            gspo.loss.beta, gspo.optim.mu) == ("sequence", "grpo", 3e-4, 4e-4, 0.0, 4)
+    cispo = build(GRPOConfig, {"algorithm": "cispo"}, {"mu": 2}, presets=preset)
+    assert (cispo.loss.surrogate, cispo.loss.loss_type, cispo.loss.epsilon_high, cispo.loss.beta,
+            cispo.optim.mu) == ("cispo", "dapo", 4.0, 0.0, 2)
     none = build(GRPOConfig, {"loss_type": "dapo"}, presets=preset)
     assert (none.loss.epsilon_high, none.loss.dynamic_sampling, none.loss.overlong_buffer) == (0.2, False, 0)  # today's fields
 

@@ -48,8 +48,26 @@ def _preset_r1(explicit: dict) -> dict:
                 batch_size=32 * group, temperature=1.0, ref_reset_every=400, dynamic_sampling=False)
 
 
+def _preset_gspo(explicit: dict) -> dict:
+    """GSPO (Zheng et al. 2025, v2 §5.1): one importance ratio per sequence, clip range 3e-4 / 4e-4,
+    no KL, the per-sequence mean loss. The paper splits each rollout batch into 4 mini-batches, so
+    its later updates are off-policy; r1lite makes 4 updates on the whole batch (``mu`` 4)."""
+    return dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="sequence", surrogate="clip",
+                epsilon=3e-4, epsilon_high=4e-4, beta=0.0, mu=4, dynamic_sampling=False, mask_truncated=False,
+                overlong_buffer=0)
+
+
+def _preset_cispo(explicit: dict) -> dict:
+    """CISPO (MiniMax-M1, 2025): the importance weight capped from above and detached, the token-level
+    mean loss, no KL. Cap 1 + 4.0 = 5.0 (TRL's suggested upper bound; the paper tunes only the upper
+    one). The paper states no update count: ``mu`` 4, as the GSPO preset, so the two compare."""
+    return dict(loss_type="dapo", scale_rewards="group", importance_sampling_level="token", surrogate="cispo",
+                epsilon=0.2, epsilon_high=4.0, beta=0.0, mu=4, dynamic_sampling=False, mask_truncated=False,
+                overlong_buffer=0)
+
+
 ALGORITHMS = {"none": lambda explicit: {}, "grpo": _preset_grpo, "dr_grpo": _preset_dr_grpo, "dapo": _preset_dapo,
-              "r1": _preset_r1}
+              "r1": _preset_r1, "gspo": _preset_gspo, "cispo": _preset_cispo}
 """``algorithm`` → the fields it sets (a function of the keys given explicitly, which still win)."""
 
 
@@ -140,6 +158,10 @@ class LossConfig:
     scale_rewards: str = opt("group", "advantage scaling: group std, batch std, or none (Dr. GRPO)")
     epsilon: float = opt(0.2, "lower clip range: ratio >= 1 - epsilon")
     epsilon_high: float = opt(0.2, "upper clip range: ratio <= 1 + epsilon_high (DAPO clip-higher uses 0.28)")
+    importance_sampling_level: str = opt("token", "importance ratio: token (GRPO/PPO), or sequence (GSPO: the "
+                                                  "length-normalised product of the token ratios, clipped per sequence)")
+    surrogate: str = opt("clip", "policy term: clip (PPO/GRPO's clipped ratio), or cispo (CISPO: the ratio capped at "
+                                 "1 + epsilon_high and detached, times the token log-prob; no lower clip)")
     beta: float = opt(0.0, "KL penalty to the reference (k3 estimator): the policy as RL starts, after any cold start; "
                            "0 = no reference model at all")
     ref_reset_every: int = opt(0, "replace the KL reference by the current policy every N steps (R1: 400); 0 = never")
@@ -158,6 +180,13 @@ class LossConfig:
     def __post_init__(self):
         if self.loss_type not in LOSS_TYPES:
             raise UsageError(f"loss_type '{self.loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise UsageError(f"importance_sampling_level '{self.importance_sampling_level}' is unknown; use token or "
+                             "sequence")
+        if self.surrogate not in ("clip", "cispo"):
+            raise UsageError(f"surrogate '{self.surrogate}' is unknown; use clip or cispo")
+        if self.surrogate == "cispo" and self.importance_sampling_level == "sequence":
+            raise UsageError("surrogate cispo weights each token by its own ratio; set importance_sampling_level token")
         if self.scale_rewards not in SCALE_REWARDS:
             raise UsageError(f"scale_rewards '{self.scale_rewards}' is unknown; use one of {', '.join(SCALE_REWARDS)}")
         if self.epsilon_high < self.epsilon:
@@ -337,7 +366,7 @@ class GRPOConfig:
     out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
     save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
     seed: int = opt(0, "seed for data order, sampling and initialisation")
-    algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo or r1; sets every field of "
+    algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo, r1, gspo or cispo; sets every field of "
                                  "the published variant (README); keys given explicitly still win")
     optim: OptimConfig = part(OptimConfig)
     sampling: SamplingConfig = part(SamplingConfig)

@@ -14,7 +14,11 @@ Per-token objective, with ratio ρ_t = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_
     l_t = -min(ρ_t A, clip(ρ_t, 1 - ε, 1 + ε_high) A) + β · KL_t
     KL_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1           (the k3 estimator, always ≥ 0)
 
-``ε_high > ε`` is DAPO's clip-higher. π_old is the policy that sampled the batch: with ``mu=1`` it
+``ε_high > ε`` is DAPO's clip-higher. Two other policy terms (``importance_sampling_level``,
+``surrogate``): GSPO takes one ratio per sequence, s_i = exp(1/|o_i| Σ_t log ρ_t), clipped per
+sequence in the same min; CISPO replaces the min by ``-sg(min(ρ_t, 1 + ε_high)) · A · log π_θ(o_t)``,
+a REINFORCE term weighted by the capped, detached ratio. With ρ = 1 in value (``mu=1``) all three
+have the same gradient, -A ∇log π per counted token; they differ only on a batch's later updates. π_old is the policy that sampled the batch: with ``mu=1`` it
 equals π_θ, so ρ_t = 1 in value and only its gradient matters (no extra forward pass is made).
 With ``beta=0`` no reference model is held.
 
@@ -118,18 +122,51 @@ def token_weights(mask: torch.Tensor, loss_type: str, group_size: int, max_len: 
     raise UsageError(f"loss_type '{loss_type}' is unknown; use one of {', '.join(LOSS_TYPES)}")
 
 
+def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, counted: torch.Tensor, level: str) -> torch.Tensor:
+    """log ρ per token [N, C]: ``token`` (GRPO/PPO) logp - old_logp; ``sequence`` (GSPO) the mean of
+    that over the sequence's counted tokens, log s_i = 1/|o_i| Σ_t (logp - old_logp), the same on
+    each of its tokens (its gradient reaches every token of the sequence).
+
+    >>> log_ratio(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.5]]), torch.tensor([[1., 1.]]), "sequence")
+    tensor([[0., 0.]])
+    """
+    diff = logp - old_logp
+    if level == "token":
+        return diff
+    per_sequence = (diff * counted).sum(dim=1) / counted.sum(dim=1).clamp(min=1)
+    return per_sequence[:, None].expand_as(diff)
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                      epsilon: float, epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A)`` and a mask of clipped tokens.
+                      epsilon: float, epsilon_high: float, counted: torch.Tensor | None = None,
+                      level: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``-min(ρ A, clip(ρ, 1-ε, 1+ε_high) A)`` and a mask of clipped tokens; ρ per token or
+    (``level`` sequence, GSPO) per sequence (:func:`log_ratio`; ``counted`` [N, C] marks the tokens).
 
     logp, old_logp [N, C]; advantages [N] → (loss [N, C], clipped [N, C] bool).
     """
-    ratio = torch.exp(logp - old_logp)
+    ratio = torch.exp(log_ratio(logp, old_logp, torch.ones_like(logp) if counted is None else counted, level))
     adv = advantages[:, None]
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - epsilon, 1 + epsilon_high) * adv
     was_clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + epsilon_high) & (adv > 0))
     return -torch.minimum(unclipped, clipped), was_clipped
+
+
+def cispo_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                    epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1): per-token ``-sg(min(ρ, 1+ε_high)) · A · logp``. The importance weight is
+    clipped from above only and detached, so no token's gradient is dropped (the clipped ratio of
+    PPO/GRPO gives a token outside the range no gradient at all); returns the loss and a mask of
+    tokens whose weight was capped.
+
+    >>> loss, capped = cispo_surrogate(torch.tensor([[-1.0]]), torch.tensor([[-2.0]]), torch.tensor([2.0]), 0.5)
+    >>> round(loss.item(), 4), capped.item()
+    (3.0, True)
+    """
+    ratio = torch.exp(logp - old_logp).detach()
+    weight = ratio.clamp(max=1 + epsilon_high)
+    return -weight * advantages[:, None] * logp, ratio > 1 + epsilon_high
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -147,7 +184,11 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
                 entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The GRPO loss of a (micro-)batch: ``Σ weights · (surrogate + β KL - entropy_coef · H)``, and
     its statistics. ``entropy`` [N, C] (with its gradient) is needed when ``entropy_coef`` > 0."""
-    per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high)
+    if cfg.surrogate == "cispo":
+        per_token, was_clipped = cispo_surrogate(logp, old_logp, advantages, cfg.epsilon_high)
+    else:
+        per_token, was_clipped = clipped_surrogate(logp, old_logp, advantages, cfg.epsilon, cfg.epsilon_high,
+                                                   (weights > 0).to(logp.dtype), cfg.importance_sampling_level)
     if cfg.entropy_coef:
         per_token = per_token - cfg.entropy_coef * entropy
     stats = {"clipped": (was_clipped.float() * (weights > 0)).sum().item(), "kl_sum": 0.0}
