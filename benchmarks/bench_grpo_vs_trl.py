@@ -58,7 +58,7 @@ def run_r1lite(steps: int) -> dict:
             group_size=SETTINGS["group_size"], micro_batch_size=16, mu=SETTINGS["mu"],
             max_new_tokens=SETTINGS["max_new_tokens"], temperature=SETTINGS["temperature"],
             loss_type=SETTINGS["loss_type"], scale_rewards=SETTINGS["scale_rewards"], beta=SETTINGS["beta"],
-            lr=SETTINGS["lr"], rewards={"accuracy": 1.0, "format": 0.1}, eval_items=0, save_every=0,
+            lr=SETTINGS["lr"], rewards={"accuracy": 1.0, "format": 0.1}, eval_items=0, save_every=0, preflight=False,
             out=f"{tmp}/run"))
         trainer = Trainer(cfg)
         trainer.train()

@@ -82,7 +82,7 @@ def train_run(recipe: dict, out: Path, **overrides) -> dict:
     """A training run in this process (no evaluations inside it; every row is evaluated alike afterwards)."""
     from r1lite.train.trainer import Trainer
 
-    cfg = build(GRPOConfig, {**recipe, **overrides, "eval_items": 0, "eval_base_plain": False, "out": str(out)},
+    cfg = build(GRPOConfig, {**recipe, **overrides, "eval_items": 0, "eval_base_plain": False, "preflight": False, "out": str(out)},
                 source="distill_vs_rl")
     Trainer(cfg).train()
     return json.loads((out / "summary.json").read_text())

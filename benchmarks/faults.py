@@ -67,7 +67,8 @@ from fault_kit import (
 COMMANDS = ("train", "sft", "distill", "eval", "export-hf", "export-gguf", "serve")
 WRITERS = COMMANDS[:-1]
 TRAIN = ["train", "--model", "tiny", "--task", "arithmetic", "--format", "plain", "--batch-size", "8", "--group-size", "4",
-         "--max-new-tokens", "8", "--eval-items", "0", "--save-every", "1", "--device", "cpu", "--dtype", "fp32"]
+         "--max-new-tokens", "8", "--eval-items", "0", "--save-every", "1", "--device", "cpu", "--dtype", "fp32",
+         "--no-preflight"]
 DISTILL = ["--limit", "6", "--concurrency", "1", "--timeout", "5", "--max-retries", "1", "--backoff", "0.1"]
 
 

@@ -59,7 +59,7 @@ def train_flags(ctx, model_dir: Path, task: list[str], steps: int) -> list[str]:
             "--batch-size", str(s.grpo_batch), "--micro-batch-size", str(s.grpo_batch),
             "--max-new-tokens", str(s.grpo_new_tokens), "--top-k", "20", "--lr", "1e-5", "--seed", "0",
             "--eval-items", "0", "--max-steps", str(steps), "--save-every", str(max(1, steps // 2)),
-            "--device", ctx.device.type]
+            "--device", ctx.device.type, "--no-preflight"]
 
 
 def run(record: dict, ctx) -> str | None:

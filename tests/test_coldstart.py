@@ -27,7 +27,7 @@ def run_config(tmp_path, **kw) -> GRPOConfig:
     return build(GRPOConfig, {"model": "tiny", "task": "arithmetic", "format": "plain", "batch_size": 8,
                               "group_size": 4, "max_new_tokens": 12, "eval_items": 0, "lr": 1e-3,
                               "out": str(tmp_path / "run"), "max_steps": 2, "cold_start_items": 8,
-                              "cold_start_lr": 5e-3, "cold_start_epochs": 2, **kw})
+                              "cold_start_lr": 5e-3, "cold_start_epochs": 2, "preflight": False, **kw})
 
 
 # -- the landing: pure arithmetic on a straight line of weights -------------------------------------

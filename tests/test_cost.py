@@ -193,7 +193,7 @@ def test_like_takes_a_finished_runs_lengths_skipped_groups_and_traces(tmp_path):
 
 
 def tiny_config(tmp_path, task: str, **kw) -> GRPOConfig:
-    base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4,
+    base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, micro_batch_size=4, preflight=False,
                 rollout_batch_size=8, max_new_tokens=12, eval_items=6, max_steps=3, beta=0.04, lr=1e-3,
                 save_every=0, device="cpu", dtype="fp32", out=str(tmp_path / "run"))
     return build(GRPOConfig, {**base, **kw})

@@ -519,7 +519,7 @@ def test_local_teachers_through_the_engine_pytorch_and_gguf(teacher, tmp_path, c
 # ---------------------------------------------------------------------------------------------- in a recipe
 
 TINY_RUN = ("--model", "tiny", *TASK, "--max-steps", "1", "--batch-size", "4", "--group-size", "2", "--max-new-tokens", "8",
-            "--cold-start-epochs", "1", "--eval-items", "0", "--save-every", "0", "--device", "cpu", "--dtype", "fp32")
+            "--cold-start-epochs", "1", "--eval-items", "0", "--save-every", "0", "--device", "cpu", "--dtype", "fp32", "--no-preflight")
 
 
 def test_a_run_cold_starts_from_a_teacher_or_a_traces_file_and_lists_the_teacher_apart(cli, tmp_path):

@@ -16,12 +16,12 @@ from r1lite.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train", "--model", "tiny", "--task", "arithmetic", "--format", "plain", "--batch-size", "8", "--group-size",
-        "4", "--max-new-tokens", "8", "--eval-items", "0", "--save-every", "1"]
+        "4", "--max-new-tokens", "8", "--eval-items", "0", "--save-every", "1", "--no-preflight"]
 
 
 def tiny_config(out: Path, **kw) -> GRPOConfig:
     return build(GRPOConfig, {"model": "tiny", "task": "arithmetic", "format": "plain", "batch_size": 8, "group_size": 4,
-                              "max_new_tokens": 8, "eval_items": 0, "save_every": 1, "max_steps": 2, "out": str(out),
+                              "max_new_tokens": 8, "eval_items": 0, "save_every": 1, "max_steps": 2, "out": str(out), "preflight": False,
                               **kw})
 
 

@@ -22,19 +22,19 @@ from r1lite.train.trainer import WALL_CLOCK_KEYS, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4",
+SMALL = ["--model", "tiny", "--format", "plain", "--batch-size", "8", "--group-size", "4", "--no-preflight",
          "--max-new-tokens", "12", "--eval-items", "4", "--lr", "1e-3", "--seed", "3"]
 
 
 def small_config(task, tmp_path, **kw) -> GRPOConfig:
     base = dict(model="tiny", task=task, format="plain", batch_size=8, group_size=4, max_new_tokens=12,
-                eval_items=0, lr=1e-3, out=str(tmp_path / "run"), max_steps=2)
+                eval_items=0, lr=1e-3, out=str(tmp_path / "run"), max_steps=2, preflight=False)
     return build(GRPOConfig, {**base, **kw})
 
 
 def test_train_runs_end_to_end_with_built_in_defaults(cli, tmp_path):
     out = tmp_path / "run"
-    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "4", "--out", out,
+    r = cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "4", "--no-preflight", "--out", out,
             "--eval-items", "8", "--max-new-tokens", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -302,7 +302,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(varied_task, tmp_path):
 def test_resume_with_different_flags_is_refused(cli, quick_cli, tmp_path):
     out = tmp_path / "run"
     assert cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
-               "--max-new-tokens", "4", "--batch-size", "4", "--group-size", "2", "--out", out).returncode == 0
+               "--max-new-tokens", "4", "--batch-size", "4", "--group-size", "2", "--no-preflight",
+               "--out", out).returncode == 0
     r = quick_cli("train", "--model", "tiny", "--task", "arithmetic", "--max-steps", "1", "--eval-items", "0",
                   "--max-new-tokens", "8", "--batch-size", "4", "--group-size", "2", "--out", out, "--resume", out)
     assert r.returncode == 2 and "max_new_tokens" in r.stderr and "Traceback" not in r.stderr
@@ -454,3 +455,23 @@ def test_every_seed_is_scored_on_the_same_held_out_items(tmp_path):
     other = Trainer(small_config("arithmetic", tmp_path / "3", seed=1, eval_items=16, eval_seed=5))
     other.setup()
     assert [i.id for i in other.eval_items] != items[0]
+
+
+def test_the_preflight_stops_a_run_whose_first_step_has_no_gradient(cli, tmp_path):
+    """The tiny random model never earns an arithmetic reward: every group scores alike, so the run
+    stops before its first update with the fixes named; --no-preflight trains anyway."""
+    flags = ["train", "--model", "tiny", "--task", "arithmetic", "--batch-size", "8", "--group-size", "4",
+             "--max-new-tokens", "8", "--eval-items", "0", "--max-steps", "2"]
+    stopped = cli(*flags, "--out", tmp_path / "stopped")
+    assert stopped.returncode == 2, stopped.stderr[-2000:]
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert "pre-flight: all 2 groups of the first step scored alike" in line and "Traceback" not in stopped.stderr
+    for fix in ("cold start", "--task-options", "group_size", "temperature", "format reward", "--no-preflight"):
+        assert fix in line, fix
+    assert not (tmp_path / "stopped" / "metrics.jsonl").exists()  # no step was taken
+    assert json.loads((tmp_path / "stopped" / "summary.json").read_text())["preflight"]["groups_alike"] == 1.0
+    trained = cli(*flags, "--no-preflight", "--out", tmp_path / "stopped", "--resume", tmp_path / "stopped")
+    assert trained.returncode == 0, trained.stderr[-2000:]  # the stopped run resumes with the check off
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["preflight"]["groups"] == 2
+    assert "pre-flight: reward mean 0, 100% of 2 groups scored alike" in trained.stdout

@@ -365,6 +365,9 @@ class GRPOConfig:
     prefill_think: bool | None = opt(None, prompts.PREFILL_HELP)
     out: str = opt("runs/grpo", "run directory: checkpoints, metrics, summary, report")
     save_every: int = opt(10, "checkpoint every N steps (0 = only at the end)")
+    preflight: bool = opt(True, "before the first update, print the first step's reward mean, share of groups scoring "
+                                "alike, format rate and length, and stop (exit 2) if every group scored alike (no "
+                                "gradient); false = train anyway")
     seed: int = opt(0, "seed for data order, sampling and initialisation")
     algorithm: str = opt("none", "preset: none (the fields as given), grpo, dr_grpo, dapo, r1, gspo or cispo; sets every field of "
                                  "the published variant (README); keys given explicitly still win")

@@ -104,3 +104,24 @@ def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: f
     row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"], "train_seconds": seconds["train"],
                 "tokens_per_s": info["rollout_tokens"] / seconds["rollout"] if seconds["rollout"] else 0.0})
     return row
+
+
+def preflight(info: dict, group_size: int) -> dict:
+    """What the first step's groups say before any update: reward mean, the share of groups whose
+    rewards are all equal (they give GRPO no gradient), format rate and mean completion length."""
+    seen = info["seen"]
+    rewards = torch.cat([g["reward"] for g in seen])
+    alike = 1.0 - float(grpo.informative_groups(rewards, group_size).float().mean())
+    lengths = [n for g in seen for n in g["lengths"]]
+    return {"groups": len(seen), "reward_mean": float(rewards.mean()), "groups_alike": alike,
+            "format_rate": sum(sum(g["format"]) for g in seen) / len(lengths),
+            "completion_len_mean": sum(lengths) / len(lengths)}
+
+
+def preflight_refusal(record: dict) -> str:
+    """The one line a run stops with when every group of its first step scored alike."""
+    return (f"pre-flight: all {record['groups']} groups of the first step scored alike (reward mean "
+            f"{record['reward_mean']:.3g}, format {record['format_rate']:.0%}), so GRPO would learn nothing; "
+            "start from a cold start (cold_start_items, or cold_start_data), make the task easier (--task-options), "
+            "sample more per prompt (group_size), raise the temperature, or add a format reward (rewards: "
+            "{accuracy: 1.0, format: 0.1}); --no-preflight (preflight: false) trains anyway")

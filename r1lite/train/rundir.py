@@ -28,6 +28,8 @@ RUN_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "plo
 """What a run writes at the top of its directory (distill.jsonl's card files beside it too)."""
 WHERE_KEYS = ("out",)
 """Config keys that say where a run is, not what it computes: a moved or copied run resumes."""
+CHECK_KEYS = ("preflight",)
+"""Config keys that only say whether to stop: a run the pre-flight stopped resumes with --no-preflight."""
 
 
 TEMP_PREFIXES = (*(f".{name.split('.')[0]}." for name in RUN_NAMES), ".step-", ".latest.")
@@ -105,7 +107,7 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
         raise UsageError(f"{config_path}: not a run's config (a mapping of keys); restore it, or start a new run")
     saved.setdefault("template", "chat")  # a run from before templates used the chat template
     now = to_dict(cfg)
-    ignored = set(LAUNCH_KEYS) | set(WHERE_KEYS)
+    ignored = set(LAUNCH_KEYS) | set(WHERE_KEYS) | set(CHECK_KEYS)
     diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in ignored]
     if diffs:
         k = diffs[0]

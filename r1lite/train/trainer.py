@@ -501,6 +501,8 @@ class Trainer:
                 with self.meter.phase("rollout"):
                     groups, info = self.rollout()
                 t1 = time.perf_counter()
+                if self.step == 0 and cfg.loss.objective == "grpo":
+                    self.preflight(info)
                 train = None
                 if info["groups_kept"]:  # on some rank: every rank joins the update
                     with self.meter.phase("train"):
@@ -523,6 +525,18 @@ class Trainer:
                     self.save_checkpoint()
                 if stop:
                     raise Interrupted(stop)
+
+    def preflight(self, info: dict) -> None:
+        """Before the first update: print and record what its groups say; stop (exit 2) if none of
+        them can give a gradient, unless ``preflight`` is off."""
+        record = rollout.preflight(info, self.cfg.optim.group_size)
+        self.summary["preflight"] = record
+        self.save_summary()
+        self.console.print(f"pre-flight: reward mean {record['reward_mean']:.3g}, {record['groups_alike']:.0%} of "
+                           f"{record['groups']} groups scored alike, format {record['format_rate']:.0%}, "
+                           f"mean length {record['completion_len_mean']:.0f} tokens")
+        if record["groups_alike"] == 1.0 and self.cfg.preflight:
+            raise UsageError(rollout.preflight_refusal(record))
 
     def finish(self) -> None:
         cfg = self.cfg
