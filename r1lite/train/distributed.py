@@ -306,3 +306,27 @@ def local_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(like, DTensor):
         return full.to(like.device)
     return distribute_tensor(full.to(like.device), like.device_mesh, like.placements, src_data_rank=None)
+
+
+def check_launch(cfg, size: int) -> None:
+    """Refuse a GRPO run (a :class:`~r1lite.train.config.GRPOConfig`) that ``size`` processes cannot
+    share: prompts that do not divide, a teacher on several processes, FSDP for a model it cannot
+    shard or on one process. Before any model loads."""
+    from r1lite.models import llama_config, spec_config
+
+    optim = cfg.optim
+    if optim.prompts_per_step % size:
+        raise UsageError(f"{size} processes do not divide the {optim.prompts_per_step} prompts of a step "
+                         f"(batch_size {optim.batch_size} / group_size {optim.group_size}): launch a number of processes "
+                         f"that divides {optim.prompts_per_step}, or set batch_size to a multiple of {optim.group_size * size}")
+    if size > 1 and (cfg.cold_start.teacher or cfg.loss.objective != "grpo"):
+        raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
+                         "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
+    config = spec_config(cfg.model) if cfg.launch.fsdp else None
+    if config is not None and not llama_config(config):
+        raise UsageError(f"--fsdp shards Llama-family models (llama, mistral, qwen2, qwen3) layer by layer; "
+                         f"{cfg.model} is {config.model_type}: drop --fsdp (plain torchrun data "
+                         "parallelism runs it)")
+    if cfg.launch.fsdp and size == 1:
+        raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
+                         "launch it with torchrun --nproc-per-node N, or drop --fsdp")

@@ -38,7 +38,7 @@ from r1lite.files import (
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
-from r1lite.models import device_kind, llama_config, load_model, resolve_runtime, spec_config, spec_context
+from r1lite.models import device_kind, load_model, resolve_runtime, spec_context
 from r1lite.packaged import carry_source, stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
@@ -76,7 +76,7 @@ class Trainer:
         self.console = console or Console(quiet=not self.world.main)
         with self.world.together():  # every rank checks; an error on one stops all
             self.world.agree(to_dict(cfg))
-            self.check_world()
+            distributed.check_launch(cfg, self.world.size)
             rundir.claim(self.run_dir, resume, force)
             self.summary = rundir.check_resume(cfg, self.run_dir, resume)
             self.task = tasks.load_task(cfg.task, cfg.task_options)
@@ -85,25 +85,6 @@ class Trainer:
             if cfg.cold_start.items and not (cfg.cold_start.data or cfg.cold_start.teacher) and not self.task.numeric:
                 raise UsageError(f"cold_start_items={cfg.cold_start.items}: the cold start rewrites plain answers into "
                                  f"<answer> blocks and needs a numeric task; {self.task.name} is not (set cold_start_items 0)")
-
-    def check_world(self) -> None:
-        cfg, size = self.cfg, self.world.size
-        optim = cfg.optim
-        if optim.prompts_per_step % size:
-            raise UsageError(f"{size} processes do not divide the {optim.prompts_per_step} prompts of a step "
-                             f"(batch_size {optim.batch_size} / group_size {optim.group_size}): launch a number of processes "
-                             f"that divides {optim.prompts_per_step}, or set batch_size to a multiple of {optim.group_size * size}")
-        if size > 1 and (cfg.cold_start.teacher or cfg.loss.objective != "grpo"):
-            raise UsageError("a teacher (cold_start_teacher, objective on_policy_distill) runs in one process; launch "
-                             "without torchrun, or distill first (r1lite distill) and pass the traces as cold_start_data")
-        config = spec_config(cfg.model) if cfg.launch.fsdp else None
-        if config is not None and not llama_config(config):
-            raise UsageError(f"--fsdp shards Llama-family models (llama, mistral, qwen2, qwen3) layer by layer; "
-                             f"{cfg.model} is {config.model_type}: drop --fsdp (plain torchrun data "
-                             "parallelism runs it)")
-        if cfg.launch.fsdp and size == 1:
-            raise UsageError("--fsdp shards the model over the processes of a torchrun job, and this one runs alone: "
-                             "launch it with torchrun --nproc-per-node N, or drop --fsdp")
 
     # -- setup ------------------------------------------------------------------------------------
 
