@@ -475,3 +475,44 @@ def test_the_preflight_stops_a_run_whose_first_step_has_no_gradient(cli, tmp_pat
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["preflight"]["groups"] == 2
     assert "pre-flight: reward mean 0, 100% of 2 groups scored alike" in trained.stdout
+
+
+def test_the_random_reward_control_draws_0_or_1_at_the_real_running_mean():
+    """The spurious-rewards control: each completion's reward is 0/1 at random with the real reward's
+    running mean (earlier steps and this one) as probability, seeded per group, the real one kept."""
+    from r1lite.train.rollout import random_rewards
+
+    def seen(values):
+        return {"seen": [{"reward": torch.full((8,), v)} for v in values]}
+
+    info = seen([1.0, 0.0, 0.5, 0.5])
+    mine = [{"reward": info["seen"][2]["reward"]}, {"reward": info["seen"][3]["reward"]}]  # this rank: 2 and 3
+    running = [3.0, 24]  # earlier steps: 24 completions, mean 0.125
+    random_rewards(mine, info, running, seed=7, step=3, start=2)
+    assert running == [19.0, 56]  # 3 + 8 + 4 + 4 over 24 + 32
+    assert [float(g["real_reward"][0]) for g in info["seen"]] == [1.0, 0.0, 0.5, 0.5]
+    drawn = torch.cat([g["reward"] for g in info["seen"]])
+    assert set(drawn.tolist()) <= {0.0, 1.0} and 0 < drawn.sum() < 32
+    assert all(m["reward"] is info["seen"][2 + i]["reward"] for i, m in enumerate(mine))
+    again = seen([1.0, 0.0, 0.5, 0.5])
+    random_rewards([], again, [3.0, 24], seed=7, step=3, start=0)
+    assert torch.equal(torch.cat([g["reward"] for g in again["seen"]]), drawn)  # seeded: ranks and resumes agree
+    many = seen([0.3] * 500)
+    random_rewards([], many, [0.0, 0], seed=1, step=1, start=0)
+    assert abs(float(torch.cat([g["reward"] for g in many["seen"]]).mean()) - 0.3) < 0.03
+    full = seen([1.1, 1.1])  # accuracy + format above 1: probability 1
+    random_rewards([], full, [0.0, 0], seed=1, step=1, start=0)
+    assert all(bool((g["reward"] == 1).all()) for g in full["seen"])
+
+
+def test_a_random_reward_run_trains_on_the_draws_and_logs_the_real_reward(varied_task, tmp_path, monkeypatch):
+    task, env, options = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    trainer = Trainer(small_config(task, tmp_path, task_options=options, reward_control="random", save_every=1))
+    trainer.train()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("real_reward_mean" in r for r in rows)
+    state = json.loads(next((tmp_path / "run").glob("checkpoints/*2/state.json")).read_text())
+    assert state["reward_running"][1] == 2 * 8  # both steps' completions counted, and kept for a resume
+    with pytest.raises(Exception, match="dynamic_sampling"):
+        small_config(task, tmp_path, reward_control="random", dynamic_sampling=True)

@@ -168,6 +168,9 @@ class LossConfig:
     entropy_coef: float = opt(0.0, "entropy bonus: the loss subtracts this x the sampling distribution's entropy at "
                                    "each counted token of a trained group (verl's entropy_coeff); 0 = off")
     rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, format_partial")
+    reward_control: str = opt("none", "a control arm: none, or random (each completion's reward is 0 or 1 at random, "
+                                      "1 with the real reward's running mean as probability: the spurious-rewards "
+                                      "check; the real rewards are still measured and logged)")
     dynamic_sampling: bool = opt(False, "DAPO dynamic sampling: drop groups whose rewards are all equal and refill")
     max_refill_rounds: int = opt(4, "dynamic sampling: most extra generation rounds per step")
     mask_truncated: bool = opt(False, "leave completions that hit max_new_tokens out of the loss")
@@ -187,6 +190,11 @@ class LossConfig:
             raise UsageError(f"surrogate '{self.surrogate}' is unknown; use clip or cispo")
         if self.surrogate == "cispo" and self.importance_sampling_level == "sequence":
             raise UsageError("surrogate cispo weights each token by its own ratio; set importance_sampling_level token")
+        if self.reward_control not in ("none", "random"):
+            raise UsageError(f"reward_control '{self.reward_control}' is unknown; use none or random")
+        if self.reward_control == "random" and self.dynamic_sampling:
+            raise UsageError("reward_control random draws every group's rewards after sampling; set dynamic_sampling "
+                             "false")
         if self.scale_rewards not in SCALE_REWARDS:
             raise UsageError(f"scale_rewards '{self.scale_rewards}' is unknown; use one of {', '.join(SCALE_REWARDS)}")
         if self.epsilon_high < self.epsilon:

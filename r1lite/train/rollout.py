@@ -84,6 +84,27 @@ def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: lis
     return {"prompt": prompt, "completions": completions, "reward": total, "seen": seen}
 
 
+def random_rewards(groups: list[dict], info: dict, running: list[float], seed: int, step: int, start: int) -> None:
+    """The "random reward" control (the spurious-rewards check): every completion's trained reward
+    becomes 0 or 1 at random, 1 with probability the real reward's running mean (``running``: its sum
+    and count over every completion so far, this step's included; updated in place), so the run
+    sees rewards of the real run's size that carry no information. Each group's draws are seeded by
+    (seed, step, its index in the step): the same on every rank and after a resume. ``groups``: this
+    rank's, which start at index ``start`` of ``info["seen"]``; the real rewards stay in each seen
+    group as ``real_reward``."""
+    seen = info["seen"]
+    real = torch.cat([g["reward"] for g in seen])
+    running[0] += float(real.sum())
+    running[1] += real.numel()
+    p = min(max(running[0] / running[1], 0.0), 1.0)
+    for j, g in enumerate(seen):
+        g["real_reward"] = g["reward"]
+        draw = torch.rand(len(g["reward"]), generator=torch.Generator().manual_seed(derive_seed(seed, step, j, 1)))
+        g["reward"] = (draw < p).float()
+    for i, g in enumerate(groups):
+        g["reward"] = seen[start + i]["reward"]
+
+
 def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: float) -> dict:
     """The metrics row of a step from :func:`sample_groups`' ``info``, the update's figures (None:
     no group was kept, no update), the phases' seconds and the learning rate."""
@@ -92,6 +113,8 @@ def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: f
     lengths = [n for g in seen for n in g["lengths"]]
     row = {"step": step, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
            "accuracy": float(sum(sum(g["accuracy"]) for g in seen) / len(lengths))}
+    if "real_reward" in seen[0]:  # reward_control random: what the real rewards would have been
+        row["real_reward_mean"] = float(torch.cat([g["real_reward"] for g in seen]).mean())
     for name in seen[0]["parts"]:
         vals = torch.tensor([v for g in seen for v in g["parts"][name]])
         row[f"rewards/{name}_mean"], row[f"rewards/{name}_std"] = float(vals.mean()), float(vals.std())

@@ -124,6 +124,7 @@ class Trainer:
         self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
         self.eval_items = self.task.split("test", cfg.eval.items, seed=cfg.eval.seed) if cfg.eval.items else []
         self.step, self.data_position = 0, 0
+        self.reward_running = [0.0, 0]  # reward_control random: the real reward's sum and count so far
         state = {}
         with self.world.together():
             ckpt = checkpoint.latest(self.run_dir) if self.resume else None
@@ -131,6 +132,7 @@ class Trainer:
                 ckpt, state = checkpoint.load_or_before(ckpt, self.model, self.optimizer, self.scheduler,
                                                         self.console.print)
                 self.step, self.data_position = state["step"], state["data_position"]
+                self.reward_running = list(state.get("reward_running", self.reward_running))
                 if self.world.main:  # the job's cost so far; the other ranks count their own from here
                     self.meter.load_state_dict(state["cost"])
                 self.console.print(f"resumed from {ckpt} (step {self.step}, saved by {state['world_size']} "
@@ -287,7 +289,8 @@ class Trainer:
         state = {"data_position": self.data_position, "world_size": self.world.size,
                  "cost": meter.combine(self.world.gather(self.meter.state_dict())),
                  "cold_start_done": bool(self.summary.get("cold_start_done") if cold_start_done is None else cold_start_done),
-                 "reference_step": None if self.reference is None else self.reference.step}
+                 "reference_step": None if self.reference is None else self.reference.step,
+                 "reward_running": self.reward_running}
         checkpoint.save(self.run_dir, self.step, self.model, self.optimizer, self.scheduler, state, write=self.world.main)
         if self.world.main and self.reference is not None and self.reference.step is not None:
             self.reference.keep_only(self.run_dir, {json.loads((c / "state.json").read_text()).get("reference_step")
@@ -302,6 +305,9 @@ class Trainer:
         stats = GenerationStats()
         groups, info = rollout.sample_groups(self.engine, self.tokenizer, self.task, self.cfg, self.world, self.step,
                                              self.next_items, stats)
+        if self.cfg.loss.reward_control == "random":
+            rollout.random_rewards(groups, info, self.reward_running, self.cfg.seed, self.step,
+                                   self.world.span(self.cfg.optim.prompts_per_step).start)
         self.meter.add_flops("rollout", stats.flops)
         return groups, info
 
