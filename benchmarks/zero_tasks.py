@@ -32,7 +32,6 @@ from r1lite.files import write_json  # noqa: E402
 # name -> (task spec, task options): small answer spaces first (the base can land them by chance
 # once it writes the format), then arithmetic where thinking could help.
 CANDIDATES = {
-    "add1": ("arithmetic", {"digits": 1}),
     "sum3x1": ("gym:chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}),
     "letters3": ("gym:letter_counting", {"min_words": 3, "max_words": 5}),
     "aiw": ("gym:aiw", {}),
