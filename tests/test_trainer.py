@@ -516,3 +516,23 @@ def test_a_random_reward_run_trains_on_the_draws_and_logs_the_real_reward(varied
     assert state["reward_running"][1] == 2 * 8  # both steps' completions counted, and kept for a resume
     with pytest.raises(Exception, match="dynamic_sampling"):
         small_config(task, tmp_path, reward_control="random", dynamic_sampling=True)
+
+
+def test_a_flops_budget_stops_the_rl_stage_and_eval_every_draws_the_curve(varied_task, tmp_path, monkeypatch):
+    """max_rl_flops ends GRPO at the first step whose metered RL FLOPs reach it (runs compared on one
+    budget); eval_every adds held-out points between the before and after evaluations."""
+    task, env, options = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    free = Trainer(small_config(task, tmp_path / "free", task_options=options, max_steps=3))
+    free.train()
+    rows = [json.loads(line) for line in (tmp_path / "free" / "run" / "metrics.jsonl").read_text().splitlines()]
+    flops = [r["rl_flops"] for r in rows]
+    assert flops[0] > 0 and flops == sorted(set(flops))  # cumulative, every step adds
+    budget = Trainer(small_config(task, tmp_path / "budget", task_options=options, max_steps=10,
+                                  max_rl_flops=flops[1], eval_items=4, eval_every=1))
+    budget.train()
+    summary = json.loads((tmp_path / "budget" / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["rl_flops"] == flops[1]
+    assert [p["step"] for p in summary["eval_curve"]] == [1] and summary["eval_curve"][0]["rl_flops"] == flops[0]
+    assert {"pass@1", "format_rate", "completion_tokens_mean"} <= set(summary["eval_curve"][0])
+    assert (tmp_path / "budget" / "run" / "final" / "config.json").exists()

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from r1lite.errors import UsageError
 from r1lite.files import atomic_dir, write_text
+from r1lite.packaged import carry_source
 from r1lite.train.distributed import full_state, local_like
 
 KEEP = 2
@@ -191,3 +192,17 @@ def local_optimizer_state(state: dict[str, Any], optimizer) -> dict[str, Any]:
     local = {i: {k: local_like(v, params[i]) if isinstance(v, torch.Tensor) and v.shape == params[i].shape else v
                  for k, v in per_param.items()} for i, per_param in state["state"].items()}
     return {**state, "state": local}
+
+
+def write_final(final: Path, model, tokenizer, source: str) -> None:
+    """The trained model as a plain Hugging Face directory, written whole or not at all, with a
+    packaged base's origin and terms (Gemma's) beside it; weights holding NaN or infinite values
+    are refused with the fix."""
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise UsageError(f"{bad} holds NaN or infinite values: final/ is not written; resume from an earlier "
+                         "checkpoint with a lower learning rate (lr)")
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        carry_source(source, tmp)

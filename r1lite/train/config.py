@@ -96,6 +96,9 @@ class OptimConfig:
     group_size: int = opt(8, "G: completions sampled per prompt")
     micro_batch_size: int = opt(16, "completions per forward/backward (memory only; the loss is unchanged)")
     mu: int = opt(1, "policy updates per batch (>1 stores old log-probs and clips against them)")
+    max_rl_flops: float = opt(0.0, "stop GRPO after the first step at which the RL stage's metered FLOPs (rollouts, "
+                                   "train passes, teacher scoring) reach this, e.g. 2e15, before max_steps if need be: "
+                                   "runs compared on one compute budget; 0 = off")
     lr: float = opt(3e-6, "peak learning rate (AdamW)")
     lr_schedule: str = opt("constant", "constant, linear or cosine decay after warmup")
     warmup_steps: int = opt(0, "optimizer steps of linear warmup")
@@ -121,6 +124,8 @@ class OptimConfig:
                 raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise UsageError(f"lr={self.lr} must be > 0")
+        if self.max_rl_flops < 0:
+            raise UsageError(f"max_rl_flops={self.max_rl_flops} must be >= 0 (0 = no budget)")
         if self.warmup_steps < 0:
             raise UsageError(f"warmup_steps={self.warmup_steps} must be >= 0")
 
@@ -307,6 +312,8 @@ class EvalConfig:
     items: int = opt(200, "held-out items evaluated greedily before and after training (0 = skip)")
     seed: int = opt(0, "seed that draws the held-out items, whatever `seed` is: every run of a recipe is "
                        "scored on the same items, so runs compare")
+    every: int = opt(0, "also evaluate the held-out items after every N GRPO steps: the curve (step, RL FLOPs, "
+                        "accuracy, format, length) goes to summary.json's eval_curve; 0 = before and after only")
     base_plain: bool = opt(False, "also evaluate the untouched base with plain prompts (base_phrasings), keep the best")
     base_phrasings: list = opt(["plain", "plain:1", "plain:2"], "the plain phrasings eval_base_plain tries",
                                key="base_phrasings")
@@ -316,6 +323,8 @@ class EvalConfig:
             raise UsageError(f"base_phrasings {self.base_phrasings}: use some of {', '.join(FORMATS[1:])}")
         if self.items < 0:
             raise UsageError(f"eval_items={self.items} must be >= 0")
+        if self.every < 0:
+            raise UsageError(f"eval_every={self.every} must be >= 0 (0 = off)")
 
 
 @dataclass

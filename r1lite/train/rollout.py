@@ -16,6 +16,7 @@ import torch
 
 from r1lite import prompts, rewards, tasks
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
+from r1lite.errors import UsageError
 from r1lite.prompts import item_prompts
 from r1lite.train import grpo
 from r1lite.train.config import GRPOConfig
@@ -139,6 +140,15 @@ def preflight(info: dict, group_size: int) -> dict:
     return {"groups": len(seen), "reward_mean": float(rewards.mean()), "groups_alike": alike,
             "format_rate": sum(sum(g["format"]) for g in seen) / len(lengths),
             "completion_len_mean": sum(lengths) / len(lengths)}
+
+
+def preflight_verdict(record: dict, console, refuse: bool) -> None:
+    """Print the pre-flight's figures; with ``refuse``, stop (exit 2) when every group scored alike."""
+    console.print(f"pre-flight: reward mean {record['reward_mean']:.3g}, {record['groups_alike']:.0%} of "
+                  f"{record['groups']} groups scored alike, format {record['format_rate']:.0%}, "
+                  f"mean length {record['completion_len_mean']:.0f} tokens")
+    if record["groups_alike"] == 1.0 and refuse:
+        raise UsageError(preflight_refusal(record))
 
 
 def preflight_refusal(record: dict) -> str:

@@ -33,19 +33,21 @@ from r1lite.engine import GenerationStats, make_engine
 from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
 from r1lite.files import (
-    DiskFull, append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl, write_text,
+    DiskFull, append_jsonl, read_jsonl, write_json, write_jsonl, write_text,
 )
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
 from r1lite.models import device_kind, load_model, resolve_runtime, spec_context
-from r1lite.packaged import carry_source, stop_token_ids
+from r1lite.packaged import stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
 from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, make_group_batch, pass_flops
 from r1lite.train.reference import Reference
 
+RL_PHASES = ("rollout", "train", "teacher_scoring")  # what max_rl_flops counts
+CURVE_KEYS = ("pass@1", "format_rate", "completion_tokens_mean")  # an eval_curve point's figures
 WALL_CLOCK_KEYS = ("step_seconds", "rollout_seconds", "train_seconds", "tokens_per_s", "time")
 
 
@@ -178,6 +180,8 @@ class Trainer:
             for note in notes:
                 self.console.print(f"[yellow]{note}[/]")
             write_jsonl(path, [r for r in rows if r["step"] <= self.step])
+        if "eval_curve" in self.summary:
+            self.summary["eval_curve"] = [p for p in self.summary["eval_curve"] if p["step"] <= self.step]
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -477,9 +481,26 @@ class Trainer:
             self.reference.take(self.step)
             self.reference.save(self.run_dir, write=self.world.main)
 
+    def rl_flops(self) -> float:
+        """The RL stage's metered FLOPs so far (rollouts, train passes, teacher scoring), the whole job's."""
+        return self.world.sum([sum(self.meter.flops_by_phase.get(p, 0.0) for p in RL_PHASES)])[0]
+
+    def budget_spent(self, flops: float | None = None) -> bool:
+        budget = self.cfg.optim.max_rl_flops
+        return bool(budget) and (self.rl_flops() if flops is None else flops) >= budget
+
+    def curve_point(self, flops: float) -> None:
+        """A held-out evaluation mid-run (eval_every), kept in the summary's ``eval_curve``."""
+        with self.meter.phase("eval"):
+            result = self.decode(self.eval_items, self.cfg.format, "eval")[1]
+        point = {"step": self.step, "rl_flops": flops, **{k: result[k] for k in CURVE_KEYS}}
+        self.summary.setdefault("eval_curve", []).append(point)
+        self.save_summary()
+        self.console.print(f"eval at step {self.step}: accuracy {result['pass@1']:.1%}, format {result['format_rate']:.1%}")
+
     def grpo_loop(self) -> None:
         cfg = self.cfg
-        if self.step >= cfg.optim.max_steps:
+        if self.step >= cfg.optim.max_steps or self.budget_spent():
             return
         self.start_reference()
         with progress(self.console, "GRPO", cfg.optim.max_steps, "steps", done=self.step, log_every=0) as update:
@@ -498,35 +519,40 @@ class Trainer:
                 self.step += 1
                 row = rollout.step_metrics(self.step, info, train, {"step": t2 - t0, "rollout": t1 - t0, "train": t2 - t1},
                                            self.scheduler.get_last_lr()[0])
+                row["rl_flops"] = self.rl_flops()
+                spent = self.budget_spent(row["rl_flops"])
                 if self.world.main:
                     append_jsonl(self.run_dir / "metrics.jsonl", row)
                 update(self.step, f"reward {row['reward_mean']:.2f}  acc {row['accuracy']:.0%}  fmt {row['format_rate']:.0%}  "
                                   f"len {row['completion_len_mean']:.0f}  {row['step_seconds']:.1f}s/step")
+                last = spent or self.step == cfg.optim.max_steps
+                if cfg.eval.every and self.eval_items and self.step % cfg.eval.every == 0 and not last:
+                    self.curve_point(row["rl_flops"])
                 stop = self.stop_requested()
                 reset = cfg.loss.ref_reset_every
                 if self.reference is not None and reset and self.step % reset == 0:
                     self.reference.take(self.step)  # saved before the checkpoint that names it
                     self.reference.save(self.run_dir, write=self.world.main)
                     self.save_checkpoint()
-                elif (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.optim.max_steps or stop:
+                elif (cfg.save_every and self.step % cfg.save_every == 0) or last or stop:
                     self.save_checkpoint()
                 if stop:
                     raise Interrupted(stop)
+                if spent:
+                    self.console.print(f"the RL budget is spent: {meter.human_flops(row['rl_flops'])} after step "
+                                       f"{self.step} (max_rl_flops {meter.human_flops(cfg.optim.max_rl_flops)})")
+                    break
 
     def preflight(self, info: dict) -> None:
         """Before the first update: print and record what its groups say; stop (exit 2) if none of
         them can give a gradient, unless ``preflight`` is off."""
-        record = rollout.preflight(info, self.cfg.optim.group_size)
-        self.summary["preflight"] = record
+        self.summary["preflight"] = rollout.preflight(info, self.cfg.optim.group_size)
         self.save_summary()
-        self.console.print(f"pre-flight: reward mean {record['reward_mean']:.3g}, {record['groups_alike']:.0%} of "
-                           f"{record['groups']} groups scored alike, format {record['format_rate']:.0%}, "
-                           f"mean length {record['completion_len_mean']:.0f} tokens")
-        if record["groups_alike"] == 1.0 and self.cfg.preflight:
-            raise UsageError(rollout.preflight_refusal(record))
+        rollout.preflight_verdict(self.summary["preflight"], self.console, refuse=self.cfg.preflight)
 
     def finish(self) -> None:
         cfg = self.cfg
+        self.summary["rl_flops"] = self.rl_flops()
         self.run_eval("eval_after", cfg.format)
         job_cost = self.meter.report(self.world.gather(self.meter.state_dict()))
         final = self.run_dir / "final"
@@ -537,15 +563,8 @@ class Trainer:
                 trained = self.build_model()[0]
                 trained.load_state_dict(state)
         if self.world.main:
-            model = trained.merge_and_unload() if cfg.optim.lora else trained
-            bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
-            if bad is not None:
-                raise UsageError(f"{bad} holds NaN or infinite values: final/ is not written; resume from an earlier "
-                                 "checkpoint with a lower learning rate (lr)")
-            with atomic_dir(final) as tmp:
-                model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                carry_source(cfg.model, tmp)  # a packaged base's origin and terms (Gemma's) go with the weights
+            checkpoint.write_final(final, trained.merge_and_unload() if cfg.optim.lora else trained, self.tokenizer,
+                                   cfg.model)
         self.summary.update({"model": cfg.model, "task": self.task.name, "format": cfg.format,
                              "template": cfg.template, "steps": self.step,
                              "runtime": self.runtime.describe(), "world_size": self.world.size, "final": str(final),
