@@ -536,3 +536,13 @@ def test_a_flops_budget_stops_the_rl_stage_and_eval_every_draws_the_curve(varied
     assert [p["step"] for p in summary["eval_curve"]] == [1] and summary["eval_curve"][0]["rl_flops"] == flops[0]
     assert {"pass@1", "format_rate", "completion_tokens_mean"} <= set(summary["eval_curve"][0])
     assert (tmp_path / "budget" / "run" / "final" / "config.json").exists()
+
+
+def test_max_steps_0_writes_the_starting_point_without_a_grpo_step(tmp_path):
+    """max_steps 0: the evaluations (and any cold start) only; final/ is a model later runs start from."""
+    trainer = Trainer(small_config("arithmetic", tmp_path, max_steps=0, eval_items=4))
+    assert trainer.train() == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["rl_flops"] == 0 and "eval_after" in summary
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -91,7 +91,8 @@ LAUNCH_KEYS = ("fsdp", "dist_timeout")
 class OptimConfig:
     """How the weights are updated: the steps and their batches, the optimizer and its schedule, LoRA."""
 
-    max_steps: int = opt(40, "GRPO steps; one step = one batch of rollouts and mu optimizer updates")
+    max_steps: int = opt(40, "GRPO steps; one step = one batch of rollouts and mu optimizer updates; 0 = the cold "
+                             "start and the evaluations only (final/ is then a starting point for RL runs)")
     batch_size: int = opt(32, "completions per step (prompts per step x group_size)")
     group_size: int = opt(8, "G: completions sampled per prompt")
     micro_batch_size: int = opt(16, "completions per forward/backward (memory only; the loss is unchanged)")
@@ -119,7 +120,9 @@ class OptimConfig:
         if self.batch_size % self.group_size:
             raise UsageError(f"batch_size={self.batch_size} is not divisible by group_size={self.group_size}; "
                              f"use a multiple such as {self.group_size * max(1, self.batch_size // self.group_size)}")
-        for key in ("max_steps", "batch_size", "micro_batch_size", "mu", "lora_r"):
+        if self.max_steps < 0:
+            raise UsageError(f"max_steps={self.max_steps} must be >= 0 (0 = the cold start only)")
+        for key in ("batch_size", "micro_batch_size", "mu", "lora_r"):
             if getattr(self, key) < 1:
                 raise UsageError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:

@@ -123,7 +123,7 @@ class Trainer:
             self.engine = make_engine(self.model, self.tokenizer, rollout_dtype(cfg.launch, self.runtime),
                                       stop_token_ids(self.tokenizer, self.model), cfg.sampling.rollout_batch_size,
                                       own_weights=self.world.fsdp)
-        self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed)
+        self.train_pool = self.task.split("train", self._train_pool_size(), seed=cfg.seed) if cfg.optim.max_steps else []
         self.eval_items = self.task.split("test", cfg.eval.items, seed=cfg.eval.seed) if cfg.eval.items else []
         self.step, self.data_position = 0, 0
         self.reward_running = [0.0, 0]  # reward_control random: the real reward's sum and count so far
