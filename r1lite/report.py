@@ -165,6 +165,10 @@ PLOTS = (
     Plot("format_rate.png", "Format rate", (("format_rate", "format rate"),), "fraction of completions"),
     Plot("completion_length.png", "Completion length",
          (("completion_len_mean", "mean"), ("completion_len_max", "max")), "tokens"),
+    Plot("thinking.png", "Thinking (the <think> block's text)", (("think_chars_mean", "mean characters"),),
+         "characters"),
+    Plot("empty_think.png", "Empty <think> blocks", (("empty_think_frac", "fraction"),),
+         "fraction of closed <think> blocks"),
     Plot("truncated.png", "Completions cut off at the length limit", (("truncated_frac", "fraction"),),
          "fraction of completions"),
     Plot("kl.png", "KL to the reference model", (("kl", "KL"),), "nats per token"),
@@ -376,6 +380,17 @@ n/a where it gained nothing. Evaluations and setup belong to no stage.</p>
 </div>"""
 
 
+def samples_section(rows: list[dict]) -> str:
+    """The first completion of the run's first, middle and last logged steps, as sampled."""
+    sampled = [r for r in rows if isinstance(r.get("sample"), str)]
+    if not sampled:
+        return ""
+    picks = dict.fromkeys([0, len(sampled) // 2, len(sampled) - 1])
+    return ("<h2>Sampled completions</h2><p class='muted'>The first completion of a step, at the start, middle "
+            "and end of the run.</p>" + "".join(
+                f"<h3>step {sampled[i].get('step')}</h3><pre>{html.escape(sampled[i]['sample'])}</pre>" for i in picks))
+
+
 def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots: list[Plot],
                 config_text: str, notes: list[str]) -> str:
     """The report page as one HTML string."""
@@ -403,6 +418,7 @@ def render_html(run_name: str, task: str, summary: dict, rows: list[dict], plots
             f"<img src='plots/{p.file}' alt='{html.escape(p.title)}'>" for p in rest) + "</div>")
     else:
         parts.append("<p class='muted'>No training metrics in metrics.jsonl.</p>")
+    parts.append(samples_section(rows))
     parts.append(cost_section(summary["cost"], cost_per_point(summary)) if "cost" in summary
                  else "<h2>Cost</h2><p class='muted'>No cost block in summary.json.</p>")
     if config_text:

@@ -34,6 +34,7 @@ def metric_row(step: int) -> dict:
         "truncated_frac": 0.05, "clip_frac": 0.01, "kl": 0.001 * step, "entropy": 1.2 - 0.01 * step,
         "grad_norm": 0.8, "lr": 1e-5, "step_seconds": 8.5 + (step % 3), "tokens_per_s": 250.0,
         "rewards/accuracy_mean": 0.1 + 0.02 * step, "rewards/format_mean": 0.1 + 0.04 * step,
+        "think_chars_mean": 40.0 + step, "empty_think_frac": 0.5 / step, "sample": f"<think>step {step} & co</think>",
     }
     if step % 5 == 0:
         row["kl"] = None  # any key may be null in a row
@@ -77,7 +78,8 @@ def test_report_on_a_full_run(run_dir):
     path = write_report(run_dir)
     assert path == run_dir / "report.html"
     plots = run_dir / "plots"
-    for name in ("reward_accuracy", "rewards_by_function", "format_rate", "completion_length", "kl", "step_time"):
+    for name in ("reward_accuracy", "rewards_by_function", "format_rate", "completion_length", "kl", "step_time",
+                 "thinking", "empty_think"):
         png = (plots / f"{name}.png").read_bytes()
         assert png.startswith(PNG_MAGIC) and len(png) > 1000
     page = path.read_text()
@@ -86,6 +88,9 @@ def test_report_on_a_full_run(run_dir):
             assert f"<td>{cell}</td>" in page
     assert "add2-grpo" in page and "task: add2" in page
     assert "+45.8 points" in page
+    samples = page.split("<h2>Sampled completions</h2>")[1].split("<h2>")[0]  # start, middle, end; escaped
+    assert [f"step {s}" for s in (1, 11, 20)] == [h.split("</h3>")[0] for h in samples.split("<h3>")[1:]]
+    assert "&lt;think&gt;step 20 &amp; co&lt;/think&gt;" in samples
     assert "src='plots/reward_accuracy.png'" in page
     assert "<details><summary>Resolved config" in page and "group_size: 8" in page
     assert "cost: 200 TFLOP" in page and "Not counted" in page and "staff time" in page

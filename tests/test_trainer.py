@@ -546,3 +546,18 @@ def test_max_steps_0_writes_the_starting_point_without_a_grpo_step(tmp_path):
     assert summary["steps"] == 0 and summary["rl_flops"] == 0 and "eval_after" in summary
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_step_metrics_report_thinking_length_empty_thinks_and_a_sample():
+    from r1lite.train.rollout import step_metrics
+
+    def group(thinks, sample):
+        n = len(thinks)
+        return {"reward": torch.zeros(n), "parts": {}, "accuracy": [0.0] * n, "format": [1] * n, "lengths": [5] * n,
+                "truncated": [False] * n, "think_chars": thinks, "sample": sample}
+
+    info = {"seen": [group([None, 0], "<think></think>a"), group([5, 7], "b")], "groups_kept": 2, "groups_sampled": 2,
+            "rollout_tokens": 20}
+    row = step_metrics(1, info, None, {"step": 1.0, "rollout": 1.0, "train": 0.0}, 1e-5)
+    assert row["think_chars_mean"] == 4.0 and row["empty_think_frac"] == 1 / 3  # of the 3 closed blocks
+    assert row["sample"] == "<think></think>a"

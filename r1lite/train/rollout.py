@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from r1lite import prompts, rewards, tasks
+from r1lite import evaluate, prompts, rewards, tasks
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
 from r1lite.errors import UsageError
 from r1lite.prompts import item_prompts
@@ -80,8 +80,10 @@ def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: lis
                                                       cfg.loss.overlong_buffer) for c in completions]
         weights["overlong"] = 1.0
     total = sum(weights[name] * torch.tensor(vals, dtype=torch.float32) for name, vals in parts.items())
+    thinks = [evaluate.think_text(prefill + text) for text in texts]
     seen = {"reward": total, "parts": parts, "accuracy": accuracy, "format": [s["format"] for s in scored],
-            "lengths": [len(c.token_ids) for c in completions], "truncated": [c.finish == "length" for c in completions]}
+            "lengths": [len(c.token_ids) for c in completions], "truncated": [c.finish == "length" for c in completions],
+            "think_chars": [None if t is None else len(t.strip()) for t in thinks], "sample": prefill + texts[0]}
     return {"prompt": prompt, "completions": completions, "reward": total, "seen": seen}
 
 
@@ -120,6 +122,10 @@ def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: f
         vals = torch.tensor([v for g in seen for v in g["parts"][name]])
         row[f"rewards/{name}_mean"], row[f"rewards/{name}_std"] = float(vals.mean()), float(vals.std())
     row["format_rate"] = sum(sum(g["format"]) for g in seen) / len(lengths)
+    thinks = [n for g in seen for n in g["think_chars"] if n is not None]  # completions that close </think>
+    row["think_chars_mean"] = sum(thinks) / len(thinks) if thinks else None
+    row["empty_think_frac"] = sum(n == 0 for n in thinks) / len(thinks) if thinks else None
+    row["sample"] = seen[0]["sample"]  # the step's first completion, as the report shows it
     row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
                 "truncated_frac": sum(t for g in seen for t in g["truncated"]) / len(lengths),
                 "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
