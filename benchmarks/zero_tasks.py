@@ -88,16 +88,16 @@ def main() -> None:
     path = RESULTS / f"zero-tasks-{info['cpu_kind']}.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result.update(commit_fields("zero_tasks.py", args.allow_dirty))
-    result.update({"machine": info, "model": args.model, "template": "r1_zero", "temperature": args.temperature,
-                   "max_new_tokens": args.max_new_tokens})
+    result.update({"machine": info, "model": args.model, "template": "r1_zero", "max_new_tokens": args.max_new_tokens})
     rows = result.setdefault("rows", {})
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(CANDIDATES):
-            if name in rows and rows[name]["samples"] == args.samples and rows[name]["items"] == args.items:
+            key = name if args.temperature == 1 else f"{name}@t{args.temperature:g}"  # a row per temperature
+            if key in rows and rows[key]["samples"] == args.samples and rows[key]["items"] == args.items:
                 continue
-            rows[name] = measure(name, args, Path(tmp))
-            row = rows[name]
-            print(f"{name:10s} pass@1 {row['pass@1']:.3f}  pass@{args.samples} {row[f'pass@{args.samples}']:.3f}  "
+            rows[key] = {**measure(name, args, Path(tmp)), "temperature": args.temperature}
+            row = rows[key]
+            print(f"{key:14s} pass@1 {row['pass@1']:.3f}  pass@{args.samples} {row[f'pass@{args.samples}']:.3f}  "
                   f"format {row['format_rate']:.3f}  right-when-formed {row['accuracy_when_formed']}  "
                   f"last-number right {row['last_number_right']:.3f}  "
                   f"{row['seconds']:.0f} s", flush=True)

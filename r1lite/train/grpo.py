@@ -18,8 +18,9 @@ Per-token objective, with ratio ρ_t = π_θ(o_t | q, o_<t) / π_old(o_t | q, o_
 ``surrogate``): GSPO takes one ratio per sequence, s_i = exp(1/|o_i| Σ_t log ρ_t), clipped per
 sequence in the same min; CISPO replaces the min by ``-sg(min(ρ_t, 1 + ε_high)) · A · log π_θ(o_t)``,
 a REINFORCE term weighted by the capped, detached ratio. With ρ = 1 in value (``mu=1``) all three
-have the same gradient, -A ∇log π per counted token; they differ only on a batch's later updates. π_old is the policy that sampled the batch: with ``mu=1`` it
-equals π_θ, so ρ_t = 1 in value and only its gradient matters (no extra forward pass is made).
+have the same gradient, -A ∇log π per counted token; they differ only on a batch's later updates.
+π_old is the policy that sampled the batch: with ``mu=1`` it equals π_θ, so ρ_t = 1 in value and
+only its gradient matters (no extra forward pass is made).
 With ``beta=0`` no reference model is held.
 
 Aggregation over the N = (groups · G) completions of a batch, |o_i| = counted tokens of o_i:
@@ -32,7 +33,8 @@ Aggregation over the N = (groups · G) completions of a batch, |o_i| = counted t
   carries proportionally more gradient.
 
 Each aggregation is a fixed weight per token (:func:`token_weights`), so splitting a batch into
-micro-batches for memory gives exactly the same loss and gradient.
+micro-batches for memory gives exactly the same loss and gradient; :func:`step_passes` lays out a
+step's micro-batches with the whole batch's advantages and weights.
 
 Other departures from the GRPO paper: completions that hit the token budget can be left out of the
 loss (``mask_truncated``, DAPO's overlong filtering); DAPO's soft overlong punishment is a reward
@@ -45,7 +47,9 @@ from __future__ import annotations
 import torch
 
 from r1lite.errors import UsageError
-from r1lite.train.config import LOSS_TYPES, LossConfig
+from r1lite.train.config import LOSS_TYPES, GRPOConfig, LossConfig
+from r1lite.train.distributed import World
+from r1lite.train.policy import make_group_batch
 
 # ---------------------------------------------------------------------------------------------
 # Pure tensor functions (tested against hand computations)
@@ -197,3 +201,50 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
         per_token = per_token + cfg.beta * kl
         stats["kl_sum"] = (kl.detach() * (weights > 0)).sum().item()
     return (per_token * weights).sum(), stats
+
+
+def step_passes(groups: list[dict], cfg: GRPOConfig, world: World, device, pad_token_id: int,
+                skip_alike: bool) -> tuple[list[tuple], float]:
+    """This rank's passes of a step, ``(micro-batch, its token weights, its advantages)``, whole
+    groups each, and the tokens whose loss they count. The advantages and the loss normaliser
+    are the whole batch's: rewards gathered and counts summed over the ranks. ``skip_alike`` (no KL
+    term): leave out the groups whose rewards are all equal."""
+    G = cfg.optim.group_size
+    local = torch.cat([g["reward"] for g in groups]) if groups else torch.zeros(0)  # [n]
+    shares = world.gather(local)
+    start = sum(len(r) for r in shares[:world.rank])
+    advantages = group_advantages(torch.cat(shares), G, cfg.loss.scale_rewards)
+    advantages = advantages[start:start + len(local)].to(device)
+    if groups:
+        completions = [c for g in groups for c in g["completions"]]
+        batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
+                                 [c.token_ids for c in completions], pad_token_id).to(device)
+        mask = batch.completion_mask.clone()
+        if cfg.loss.mask_truncated:
+            mask[torch.tensor([c.finish == "length" for c in completions])] = 0
+    count = world.sum([loss_count(mask, cfg.loss.loss_type) if groups else 0.0])[0]
+    if not groups:
+        return [], 0.0
+    weights = token_weights(mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens, count)
+    if skip_alike:
+        # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
+        # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
+        # The weights above were computed on the whole batch, so the gradient is unchanged
+        # (typically a third to a half of the groups, and of the train step, on arithmetic).
+        # Departure: an entropy bonus (entropy_coef) acts on the trained groups' tokens only.
+        # When no group is informative the whole gradient is 0: no forward or backward at all,
+        # but the optimizer still steps on zero gradients (Adam's moments keep moving the
+        # weights, exactly as after a computed zero gradient).
+        keep = informative_groups(local, G)
+        if not bool(keep.any()):
+            advantages = advantages[:0]
+        elif not bool(keep.all()):
+            rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(device)
+            batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
+    n = len(advantages)
+    per_chunk = max(1, cfg.optim.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
+    parts = []
+    for i in range(0, n, per_chunk):
+        part = batch.rows(slice(i, min(n, i + per_chunk)))  # trimmed to the widths it needs
+        parts.append((part, weights[i:i + per_chunk, :part.completion_ids.shape[1]], advantages[i:i + per_chunk]))
+    return parts, float((weights > 0).sum())

@@ -43,7 +43,7 @@ from r1lite.packaged import stop_token_ids
 from r1lite.progress import progress
 from r1lite.train import checkpoint, coldstart, distributed, grpo, onpolicy, printout, rollout, rundir
 from r1lite.train.config import GRPOConfig, LaunchConfig
-from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, make_group_batch, pass_flops
+from r1lite.train.policy import Policy, adamw, apply_update, dummy_batch, lr_schedule, pass_flops
 from r1lite.train.reference import Reference
 
 RL_PHASES = ("rollout", "train", "teacher_scoring")  # what max_rl_flops counts
@@ -315,56 +315,12 @@ class Trainer:
         self.meter.add_flops("rollout", stats.flops)
         return groups, info
 
-    def micro_batches(self, groups: list[dict]) -> tuple[list[tuple], float]:
-        """This rank's passes of a step, ``(micro-batch, its token weights, its advantages)``, whole
-        groups each, and the tokens whose loss they count. The advantages and the loss normaliser
-        are the whole batch's: rewards gathered and counts summed over the ranks."""
-        cfg, world, device = self.cfg, self.world, self.runtime.device
-        G = cfg.optim.group_size
-        local = torch.cat([g["reward"] for g in groups]) if groups else torch.zeros(0)  # [n]
-        shares = world.gather(local)
-        start = sum(len(r) for r in shares[:world.rank])
-        advantages = grpo.group_advantages(torch.cat(shares), G, cfg.loss.scale_rewards)
-        advantages = advantages[start:start + len(local)].to(device)
-        if groups:
-            completions = [c for g in groups for c in g["completions"]]
-            batch = make_group_batch([g["prompt"] for g in groups], [i // G for i in range(len(completions))],
-                                     [c.token_ids for c in completions], self.tokenizer.pad_token_id).to(device)
-            mask = batch.completion_mask.clone()
-            if cfg.loss.mask_truncated:
-                mask[torch.tensor([c.finish == "length" for c in completions])] = 0
-        count = world.sum([grpo.loss_count(mask, cfg.loss.loss_type) if groups else 0.0])[0]
-        if not groups:
-            return [], 0.0
-        weights = grpo.token_weights(mask, cfg.loss.loss_type, G, cfg.sampling.max_new_tokens, count)
-        if self.reference is None:
-            # A group whose rewards are all equal has advantage 0 on every token, so with no KL term
-            # its loss and gradient are exactly 0: leave it out of the forward and backward passes.
-            # The weights above were computed on the whole batch, so the gradient is unchanged
-            # (typically a third to a half of the groups, and of the train step, on arithmetic).
-            # Departure: an entropy bonus (entropy_coef) acts on the trained groups' tokens only.
-            # When no group is informative the whole gradient is 0: no forward or backward at all,
-            # but the optimizer still steps on zero gradients (Adam's moments keep moving the
-            # weights, exactly as after a computed zero gradient).
-            keep = grpo.informative_groups(local, G)
-            if not bool(keep.any()):
-                advantages = advantages[:0]
-            elif not bool(keep.all()):
-                rows = keep.repeat_interleave(G).nonzero().squeeze(1).to(device)
-                batch, advantages, weights = batch.rows(rows), advantages[rows], weights[rows]
-        n = len(advantages)
-        per_chunk = max(1, cfg.optim.micro_batch_size // G) * G  # whole groups: each prompt runs once per chunk
-        parts = []
-        for i in range(0, n, per_chunk):
-            part = batch.rows(slice(i, min(n, i + per_chunk)))  # trimmed to the widths it needs
-            parts.append((part, weights[i:i + per_chunk, :part.completion_ids.shape[1]], advantages[i:i + per_chunk]))
-        return parts, float((weights > 0).sum())
-
     def train_step(self, groups: list[dict]) -> dict:
         """Update the policy on a step's kept groups, this rank's share in ``groups`` (every rank
         calls it, with no group too): the same update as one process on all of them."""
         cfg, world, device = self.cfg, self.world, self.runtime.device
-        parts, counted = self.micro_batches(groups)
+        parts, counted = grpo.step_passes(groups, cfg, world, device, self.tokenizer.pad_token_id,
+                                          skip_alike=self.reference is None)
         real, train_tokens = len(parts), float(sum(part.tokens for part, _, _ in parts))
         if world.fsdp:  # every pass gathers weights: each rank runs as many as the busiest, the rest weighted 0
             dummy = dummy_batch(self.tokenizer.pad_token_id).to(device)

@@ -1,0 +1,180 @@
+"""R1-Zero as evidence: the recipe over seeds, its two controls, the instruct model, and pass@k.
+
+Arms, each a ``r1lite train --config recipes/r1_zero.yaml`` run with the same budget and the same
+held-out items (``eval_items``/``eval_seed`` of the recipe, greedy):
+
+- ``r1-zero`` (seeds 0, 1, 2): the recipe as it is, on the base model.
+- ``random reward`` (seeds 0, 1): ``reward_control: random``, each completion rewarded 0 or 1 at
+  random with the real reward's running mean (the spurious-rewards check).
+- ``format reward only`` (seeds 0, 1): the recipe's format reward alone, accuracy weight dropped.
+- ``instruct`` (seeds 0, 1, 2): the same recipe on the embedded instruct model with no SFT
+  (``--model default --template chat --format r1``).
+
+Then pass@1/4/16/64 (temperature 1, 64 samples of each of 100 held-out items) of the base model and
+of the ``r1-zero`` seed-0 model. One run after another on an idle machine (a second heavy process
+halves each), resumable: finished rows stay in the result file, an interrupted run continues from
+its checkpoint. Result: ``benchmarks/results/r1-zero-<cpu kind>.json``; ``--table`` prints the
+tables ``docs/r1_zero.md`` shows.
+
+    python benchmarks/r1_zero_campaign.py                       # everything (many hours on 2 cores)
+    python benchmarks/r1_zero_campaign.py --arms r1-zero --seeds 0
+    python benchmarks/r1_zero_campaign.py --pass-at-k           # only the pass@k rows
+    python benchmarks/r1_zero_campaign.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml  # noqa: E402
+
+from benchmarks.common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
+from r1lite.config import read_yaml  # noqa: E402
+from r1lite.files import read_jsonl, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "r1_zero.yaml"
+SEEDS = {"r1-zero": (0, 1, 2), "random reward": (0, 1), "format reward only": (0, 1), "instruct": (0, 1, 2)}
+KS = (1, 4, 16, 64)
+
+
+def arm_recipe(recipe: dict, arm: str, seed: int) -> dict:
+    """The recipe as ``arm`` runs it at ``seed``."""
+    out = {**recipe, "seed": seed}
+    if arm == "random reward":
+        out["reward_control"] = "random"
+    elif arm == "format reward only":
+        out["rewards"] = {k: v for k, v in recipe["rewards"].items() if k != "accuracy"}
+    elif arm == "instruct":
+        out.update(model="default", template="chat", format="r1")
+    return out
+
+
+def train(recipe: dict, out: Path) -> dict:
+    """``r1lite train`` in its own process, resumed when ``out`` has a checkpoint."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    cmd = [sys.executable, "-m", "r1lite", "train", "--config", str(config), "--out", str(out)]
+    if (out / "summary.json").exists():
+        cmd += ["--resume", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads((out / "summary.json").read_text())
+
+
+def lengths_and_correctness(rows: list[dict]) -> dict:
+    """Do longer answers come out right more often? Mean completion tokens of right and wrong
+    answers, and the accuracy of the longer and the shorter half."""
+    right = [r["completion_tokens"] for r in rows if r["accuracy"]]
+    wrong = [r["completion_tokens"] for r in rows if not r["accuracy"]]
+    ordered = sorted(rows, key=lambda r: r["completion_tokens"])
+    half = len(ordered) // 2
+
+    def acc(part):
+        return sum(bool(r["accuracy"]) for r in part) / len(part) if part else None
+    return {"tokens_right": statistics.mean(right) if right else None, "tokens_wrong": statistics.mean(wrong) if wrong else None,
+            "accuracy_shorter_half": acc(ordered[:half]), "accuracy_longer_half": acc(ordered[half:])}
+
+
+def row_of(run: Path, summary: dict, arm: str, seed: int, info: dict) -> dict:
+    before, after = summary["eval_before"], summary["eval_after"]
+    metrics = [r for _, r in read_jsonl(run / "metrics.jsonl")]
+    evals = [r for _, r in read_jsonl(run / "eval_after.jsonl")]
+    return {"arm": arm, "seed": seed, "commit": commit_fields("r1_zero_campaign.py", True)["commit"],
+            "cpu_kind": info["cpu_kind"], "model": summary["model"], "steps": summary["steps"],
+            "preflight": summary.get("preflight"),
+            "accuracy_before": before["pass@1"], "accuracy": after["pass@1"],
+            "format_before": before["format_rate"], "format": after["format_rate"],
+            "tokens_before": before["completion_tokens_mean"], "tokens": after["completion_tokens_mean"],
+            "think_chars_before": before.get("think_chars_mean"), "think_chars": after.get("think_chars_mean"),
+            "items": after["n_items"], "first_step": {k: metrics[0].get(k) for k in ("reward_mean", "accuracy", "format_rate")},
+            "last_step": {k: metrics[-1].get(k) for k in ("reward_mean", "accuracy", "format_rate", "entropy",
+                                                          "completion_len_mean", "empty_think_frac")},
+            "lengths": lengths_and_correctness(evals), "wall_seconds": summary["cost"]["wall_seconds"],
+            "usd": summary["cost"]["usd"], "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run)}
+
+
+def pass_at_k(model: str, recipe: dict, out: Path, args) -> dict:
+    """pass@1/4/16/64 at temperature 1 on ``args.k_items`` held-out items, 64 samples each."""
+    rows = out.with_suffix(".jsonl")
+    cmd = [sys.executable, "-m", "r1lite", "eval", "--model", model, "--task", recipe["task"], "--split", "test",
+           "--limit", str(args.k_items), "--samples", str(max(KS)), "--temperature", "1", "--top-p", "1",
+           "--max-new-tokens", str(recipe["max_new_tokens"]), "--seed", "0", "--out", str(rows)]
+    for key, value in (recipe.get("task_options") or {}).items():
+        cmd += ["--task-options", f"{key}={value}"]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    summary = json.loads(Path(f"{rows}.summary.json").read_text())
+    return {"model": model, "items": summary["n_items"], **{f"pass@{k}": summary[f"pass@{k}"] for k in KS},
+            "format_rate": summary["format_rate"]}
+
+
+def tables(result: dict) -> str:
+    lines = ["| arm | seed | accuracy before → after | format before → after | tokens before → after | wall |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['arm']} | {r['seed']} | {100 * r['accuracy_before']:.1f}% → {100 * r['accuracy']:.1f}% | "
+                     f"{100 * r['format_before']:.1f}% → {100 * r['format']:.1f}% | {r['tokens_before']:.0f} → "
+                     f"{r['tokens']:.0f} | {r['wall_seconds'] / 60:.1f} min |")
+    if result.get("pass_at_k"):
+        lines += ["", "| model | " + " | ".join(f"pass@{k}" for k in KS) + " | format |",
+                  "|---|" + "---:|" * (len(KS) + 1)]
+        for name, p in result["pass_at_k"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{100 * p[f'pass@{k}']:.1f}%" for k in KS)
+                         + f" | {100 * p['format_rate']:.1f}% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arms", nargs="*", choices=list(SEEDS), help="arms to run (default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: each arm's own)")
+    parser.add_argument("--pass-at-k", action="store_true", help="only the pass@k rows")
+    parser.add_argument("--k-items", type=int, default=100)
+    parser.add_argument("--recipe", default=str(RECIPE))
+    parser.add_argument("--work", default=str(ROOT / "runs" / "r1-zero-campaign"))
+    parser.add_argument("--table", action="store_true", help="print the tables from the result file")
+    parser.add_argument("--out", default="", help="result file (default: benchmarks/results/r1-zero-<cpu kind>.json)")
+    add_allow_dirty(parser)
+    args = parser.parse_args()
+    info = machine()
+    path = Path(args.out) if args.out else RESULTS / f"r1-zero-{info['cpu_kind']}.json"
+    result = json.loads(path.read_text()) if path.exists() else {"rows": [], "pass_at_k": {}}
+    if args.table:
+        print(tables(result))
+        return
+    result.update({**commit_fields("r1_zero_campaign.py", args.allow_dirty), "machine": info, "recipe": args.recipe})
+    recipe = read_yaml(Path(args.recipe))
+    work = Path(args.work)
+    if not args.pass_at_k:
+        for arm in args.arms or list(SEEDS):
+            for seed in args.seeds if args.seeds is not None else SEEDS[arm]:
+                if any(r["arm"] == arm and r["seed"] == seed for r in result["rows"]):
+                    continue
+                run = work / f"{arm.replace(' ', '-')}-s{seed}"
+                summary = train(arm_recipe(recipe, arm, seed), run)
+                result["rows"].append(row_of(run, summary, arm, seed, info))
+                write_json(path, result)
+                r = result["rows"][-1]
+                print(f"{arm} seed {seed}: {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy']:.1f}%, format "
+                      f"{100 * r['format']:.1f}%, {r['wall_seconds'] / 60:.1f} min", flush=True)
+    if args.pass_at_k or not args.arms:
+        trained = work / "r1-zero-s0"
+        for name, model in (("base", recipe["model"]), ("r1-zero seed 0", str(trained))):
+            if name in result["pass_at_k"] or (name != "base" and not (trained / "final").exists()):
+                continue
+            work.mkdir(parents=True, exist_ok=True)
+            result["pass_at_k"][name] = pass_at_k(model, recipe, work / f"pass-at-k-{name.replace(' ', '-')}", args)
+            write_json(path, result)
+    print(tables(result))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
