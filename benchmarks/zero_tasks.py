@@ -90,6 +90,10 @@ def main() -> None:
     result.update(commit_fields("zero_tasks.py", args.allow_dirty))
     result.update({"machine": info, "model": args.model, "template": "r1_zero", "max_new_tokens": args.max_new_tokens})
     rows = result.setdefault("rows", {})
+    if "temperature" in result:  # a file from before rows kept their own temperature
+        temperature = result.pop("temperature")
+        for row in rows.values():
+            row.setdefault("temperature", temperature)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(CANDIDATES):
             key = name if args.temperature == 1 else f"{name}@t{args.temperature:g}"  # a row per temperature
