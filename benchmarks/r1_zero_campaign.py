@@ -8,7 +8,8 @@ held-out items (``eval_items``/``eval_seed`` of the recipe, greedy):
   random with the real reward's running mean (the spurious-rewards check).
 - ``format reward only`` (seeds 0, 1): the recipe's format reward alone, accuracy weight dropped.
 - ``instruct`` (seeds 0, 1, 2): the same recipe on the embedded instruct model with no SFT
-  (``--model default --template chat --format r1``).
+  (``--model default --template chat --format r1``), and its two controls (``instruct, random
+  reward``, ``instruct, format reward only``; seeds 0, 1).
 
 Then pass@1/4/16/64 (temperature 1, 64 samples of each of 100 held-out items) of the base model and
 of the ``r1-zero`` seed-0 model. One run after another on an idle machine (a second heavy process
@@ -41,19 +42,20 @@ from r1lite.files import read_jsonl, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "r1_zero.yaml"
-SEEDS = {"r1-zero": (0, 1, 2), "random reward": (0, 1), "format reward only": (0, 1), "instruct": (0, 1, 2)}
+SEEDS = {"r1-zero": (0, 1, 2), "random reward": (0, 1), "format reward only": (0, 1), "instruct": (0, 1, 2),
+         "instruct, random reward": (0, 1), "instruct, format reward only": (0, 1)}
 KS = (1, 4, 16, 64)
 
 
 def arm_recipe(recipe: dict, arm: str, seed: int) -> dict:
     """The recipe as ``arm`` runs it at ``seed``."""
     out = {**recipe, "seed": seed}
-    if arm == "random reward":
-        out["reward_control"] = "random"
-    elif arm == "format reward only":
-        out["rewards"] = {k: v for k, v in recipe["rewards"].items() if k != "accuracy"}
-    elif arm == "instruct":
+    if arm.startswith("instruct"):
         out.update(model="default", template="chat", format="r1")
+    if arm.endswith("random reward"):
+        out["reward_control"] = "random"
+    elif arm.endswith("format reward only"):
+        out["rewards"] = {k: v for k, v in recipe["rewards"].items() if k != "accuracy"}
     return out
 
 
@@ -157,7 +159,7 @@ def main() -> None:
             for seed in args.seeds if args.seeds is not None else SEEDS[arm]:
                 if any(r["arm"] == arm and r["seed"] == seed for r in result["rows"]):
                     continue
-                run = work / f"{arm.replace(' ', '-')}-s{seed}"
+                run = work / f"{arm.replace(',', '').replace(' ', '-')}-s{seed}"
                 summary = train(arm_recipe(recipe, arm, seed), run)
                 result["rows"].append(row_of(run, summary, arm, seed, info))
                 write_json(path, result)
