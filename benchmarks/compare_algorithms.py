@@ -140,7 +140,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=ALGORITHMS, help="algorithms to run (default: all five)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--mu", type=int, default=2, help="updates per batch, the same for every algorithm")
-    parser.add_argument("--budget", type=float, default=1.2e14, help="RL FLOPs of every run (max_rl_flops)")
+    parser.add_argument("--budget", type=float, default=8e13, help="RL FLOPs of every run (max_rl_flops): about 20 "
+                        "demo steps at mu 2")
     parser.add_argument("--max-steps", type=int, default=80, help="a cap the budget should end first")
     parser.add_argument("--eval-every", type=int, default=8, help="held-out points between before and after")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "demo.yaml"))
