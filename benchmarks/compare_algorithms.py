@@ -78,14 +78,14 @@ def rl_recipe(recipe: dict, start: Path, algorithm: str, seed: int, args) -> dic
             "max_steps": args.max_steps, "max_rl_flops": args.budget, "eval_every": args.eval_every}
 
 
-def row_of(summary: dict, metrics: list[dict], algorithm: str, seed: int, info: dict) -> dict:
+def row_of(summary: dict, metrics: list[dict], algorithm: str, seed: int, info: dict, commit: str) -> dict:
     """One finished run as a result row: final accuracy and format, the curve, the end's entropy and length."""
     start, end = summary["eval_before"], summary["eval_after"]
     curve = [{"rl_flops": 0.0, "pass@1": start["pass@1"]}]
     curve += [{"rl_flops": p["rl_flops"], "pass@1": p["pass@1"]} for p in summary.get("eval_curve", [])]
     curve.append({"rl_flops": summary["rl_flops"], "pass@1": end["pass@1"]})
     cost = summary["cost"]
-    return {"algorithm": algorithm, "seed": seed, "commit": commit_fields("compare_algorithms.py", True)["commit"],
+    return {"algorithm": algorithm, "seed": seed, "commit": commit,
             "cpu_kind": info["cpu_kind"], "steps": summary["steps"], "rl_flops": summary["rl_flops"],
             "accuracy_before": start["pass@1"], "accuracy": end["pass@1"], "format_rate": end["format_rate"],
             "completion_tokens_mean": end["completion_tokens_mean"],
@@ -180,7 +180,7 @@ def main() -> None:
             out = work / f"{algorithm}-s{seed}"
             summary = train(rl_recipe(recipe, start, algorithm, seed, args), out, work)
             metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-            result["rows"].append(row_of(summary, metrics, algorithm, seed, info))
+            result["rows"].append(row_of(summary, metrics, algorithm, seed, info, head["commit"]))
             write_json(path, result)
             row = result["rows"][-1]
             print(f"{algorithm} seed {seed}: {100 * row['accuracy_before']:.1f}% -> {100 * row['accuracy']:.1f}% in "

@@ -85,11 +85,11 @@ def lengths_and_correctness(rows: list[dict]) -> dict:
             "accuracy_shorter_half": acc(ordered[:half]), "accuracy_longer_half": acc(ordered[half:])}
 
 
-def row_of(run: Path, summary: dict, arm: str, seed: int, info: dict) -> dict:
+def row_of(run: Path, summary: dict, arm: str, seed: int, info: dict, commit: str) -> dict:
     before, after = summary["eval_before"], summary["eval_after"]
     metrics = [r for _, r in read_jsonl(run / "metrics.jsonl")]
     evals = [r for _, r in read_jsonl(run / "eval_after.jsonl")]
-    return {"arm": arm, "seed": seed, "commit": commit_fields("r1_zero_campaign.py", True)["commit"],
+    return {"arm": arm, "seed": seed, "commit": commit,
             "cpu_kind": info["cpu_kind"], "model": summary["model"], "steps": summary["steps"],
             "preflight": summary.get("preflight"),
             "accuracy_before": before["pass@1"], "accuracy": after["pass@1"],
@@ -161,7 +161,7 @@ def main() -> None:
                     continue
                 run = work / f"{arm.replace(',', '').replace(' ', '-')}-s{seed}"
                 summary = train(arm_recipe(recipe, arm, seed), run)
-                result["rows"].append(row_of(run, summary, arm, seed, info))
+                result["rows"].append(row_of(run, summary, arm, seed, info, result["commit"]))
                 write_json(path, result)
                 r = result["rows"][-1]
                 print(f"{arm} seed {seed}: {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy']:.1f}%, format "
