@@ -95,7 +95,7 @@ def row_of(run: Path, summary: dict, arm: str, seed: int, info: dict, commit: st
             "accuracy_before": before["pass@1"], "accuracy": after["pass@1"],
             "format_before": before["format_rate"], "format": after["format_rate"],
             "tokens_before": before["completion_tokens_mean"], "tokens": after["completion_tokens_mean"],
-            "think_chars_before": before.get("think_chars_mean"), "think_chars": after.get("think_chars_mean"),
+            "think_tokens_before": before.get("think_tokens_mean"), "think_tokens": after.get("think_tokens_mean"),
             "items": after["n_items"], "first_step": {k: metrics[0].get(k) for k in ("reward_mean", "accuracy", "format_rate")},
             "last_step": {k: metrics[-1].get(k) for k in ("reward_mean", "accuracy", "format_rate", "entropy",
                                                           "completion_len_mean", "empty_think_frac")},
@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--recipe", default=str(RECIPE))
     parser.add_argument("--work", default=str(ROOT / "runs" / "r1-zero-campaign"))
     parser.add_argument("--table", action="store_true", help="print the tables from the result file")
+    parser.add_argument("--rescan", action="store_true", help="rebuild every row from its run directory (each row "
+                                                              "keeps its commit), then print the tables")
     parser.add_argument("--out", default="", help="result file (default: benchmarks/results/r1-zero-<cpu kind>.json)")
     add_allow_dirty(parser)
     args = parser.parse_args()
@@ -149,6 +151,12 @@ def main() -> None:
     path = Path(args.out) if args.out else RESULTS / f"r1-zero-{info['cpu_kind']}.json"
     result = json.loads(path.read_text()) if path.exists() else {"rows": [], "pass_at_k": {}}
     if args.table:
+        print(tables(result))
+        return
+    if args.rescan:
+        result["rows"] = [row_of(ROOT / r["run"], json.loads((ROOT / r["run"] / "summary.json").read_text()), r["arm"],
+                                 r["seed"], {"cpu_kind": r["cpu_kind"]}, r["commit"]) for r in result["rows"]]
+        write_json(path, result)
         print(tables(result))
         return
     result.update({**commit_fields("r1_zero_campaign.py", args.allow_dirty), "machine": info, "recipe": args.recipe})
