@@ -108,13 +108,13 @@ def random_rewards(groups: list[dict], info: dict, running: list[float], seed: i
         g["reward"] = seen[start + i]["reward"]
 
 
-def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: float) -> dict:
-    """The metrics row of a step from :func:`sample_groups`' ``info``, the update's figures (None:
-    no group was kept, no update), the phases' seconds and the learning rate."""
+def sample_metrics(info: dict) -> dict:
+    """What a step's sampled groups say (every rank's): rewards, accuracy, format, thinking and
+    lengths, and the groups kept; :func:`step_metrics` and :func:`preflight` both read it."""
     seen = info["seen"]
     rewards_all = torch.cat([g["reward"] for g in seen])
     lengths = [n for g in seen for n in g["lengths"]]
-    row = {"step": step, "reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
+    row = {"reward_mean": float(rewards_all.mean()), "reward_std": float(rewards_all.std()),
            "accuracy": float(sum(sum(g["accuracy"]) for g in seen) / len(lengths))}
     if "real_reward" in seen[0]:  # reward_control random: what the real rewards would have been
         row["real_reward_mean"] = float(torch.cat([g["real_reward"] for g in seen]).mean())
@@ -129,6 +129,13 @@ def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: f
     row.update({"completion_len_mean": sum(lengths) / len(lengths), "completion_len_max": max(lengths),
                 "truncated_frac": sum(t for g in seen for t in g["truncated"]) / len(lengths),
                 "groups_kept": info["groups_kept"], "groups_sampled": info["groups_sampled"]})
+    return row
+
+
+def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: float) -> dict:
+    """The metrics row of a step from :func:`sample_groups`' ``info``, the update's figures (None:
+    no group was kept, no update), the phases' seconds and the learning rate."""
+    row = {"step": step, **sample_metrics(info)}
     row.update(train or {"loss": None, "clip_frac": None, "kl": None, "entropy": None, "grad_norm": None, "lr": lr,
                          "loss_tokens": 0})
     row.update({"step_seconds": seconds["step"], "rollout_seconds": seconds["rollout"], "train_seconds": seconds["train"],
@@ -139,13 +146,10 @@ def step_metrics(step: int, info: dict, train: dict | None, seconds: dict, lr: f
 def preflight(info: dict, group_size: int) -> dict:
     """What the first step's groups say before any update: reward mean, the share of groups whose
     rewards are all equal (they give GRPO no gradient), format rate and mean completion length."""
-    seen = info["seen"]
-    rewards = torch.cat([g["reward"] for g in seen])
-    alike = 1.0 - float(grpo.informative_groups(rewards, group_size).float().mean())
-    lengths = [n for g in seen for n in g["lengths"]]
-    return {"groups": len(seen), "reward_mean": float(rewards.mean()), "groups_alike": alike,
-            "format_rate": sum(sum(g["format"]) for g in seen) / len(lengths),
-            "completion_len_mean": sum(lengths) / len(lengths)}
+    seen, m = info["seen"], sample_metrics(info)
+    alike = 1.0 - float(grpo.informative_groups(torch.cat([g["reward"] for g in seen]), group_size).float().mean())
+    return {"groups": len(seen), "reward_mean": m["reward_mean"], "groups_alike": alike, "format_rate": m["format_rate"],
+            "completion_len_mean": m["completion_len_mean"]}
 
 
 def preflight_verdict(record: dict, console, refuse: bool) -> None:
