@@ -159,8 +159,11 @@ def main() -> None:
         write_json(path, result)
         print(tables(result))
         return
-    result.update({**commit_fields("r1_zero_campaign.py", args.allow_dirty), "machine": info, "recipe": args.recipe})
     recipe = read_yaml(Path(args.recipe))
+    if result.get("recipe_settings", recipe) != recipe:  # rows of one recipe only
+        raise SystemExit(f"{path} holds runs of another version of {args.recipe}; pass --out another file")
+    result.update({**commit_fields("r1_zero_campaign.py", args.allow_dirty), "machine": info, "recipe": args.recipe,
+                   "recipe_settings": recipe})
     work = Path(args.work)
     if not args.pass_at_k:
         for arm in args.arms or list(SEEDS):

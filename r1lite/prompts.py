@@ -337,6 +337,21 @@ def extract_answer(completion: str, task: tasks.Task, fmt: str, prefill: str = "
     return rewards.last_number(text) if task.numeric else rewards.strip_end(text).strip() or None
 
 
+def answer_checkable(completion: str, task: tasks.Task, fmt: str, prefill: str = "") -> float:
+    """1.0 when the response is of the kind the task checks, right or wrong: one number for a numeric
+    task, any non-empty text otherwise; else 0.0. The ``answer_format`` reward: a format reward that
+    a template's placeholder (``<answer> answer </answer>``) does not earn.
+
+    >>> task = tasks.load_task("arithmetic")
+    >>> [answer_checkable(t, task, "r1", "<think>") for t in ("x</think> <answer>79</answer>", "x</think> <answer> answer </answer>")]
+    [1.0, 0.0]
+    """
+    response = extract_answer(completion, task, fmt, prefill)
+    if response is None or not response.strip():
+        return 0.0
+    return 1.0 if not task.numeric or rewards.parse_number(response) is not None else 0.0
+
+
 def score(completion: str, item: tasks.Item, task: tasks.Task, fmt: str, prefill: str = "") -> dict:
     """``{"accuracy": float | None, "format": float}`` for one completion: the eval metric and the reward.
 

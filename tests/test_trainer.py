@@ -561,3 +561,22 @@ def test_step_metrics_report_thinking_length_empty_thinks_and_a_sample():
     row = step_metrics(1, info, None, {"step": 1.0, "rollout": 1.0, "train": 0.0}, 1e-5)
     assert row["think_chars_mean"] == 4.0 and row["empty_think_frac"] == 1 / 3  # of the 3 closed blocks
     assert row["sample"] == "<think></think>a"
+
+
+def test_answer_format_rewards_a_checkable_answer_not_a_placeholder(tmp_path):
+    """answer_format: 1 for an answer of the kind the task checks (a number here), right or wrong;
+    0 for the template's placeholder that format rewards alone pay for."""
+    from types import SimpleNamespace
+
+    from r1lite import tasks
+    from r1lite.train.rollout import score_group
+
+    cfg = small_config("arithmetic", tmp_path, format="r1", rewards={"answer_format": 1.0, "format_partial": 0.2})
+    task = tasks.load_task("arithmetic")
+    item = tasks.make_item("What is 40 + 38?", 78, {})
+    texts = [" 40+38</think> <answer>78</answer>", " hm</think> <answer>77</answer>",
+             " reasoning </think> <answer> answer </answer>", " 78"]
+    completions = [SimpleNamespace(text=t, token_ids=[1, 2], finish="stop") for t in texts]
+    group = score_group(cfg, task, item, [1], "<think>", completions)
+    assert group["seen"]["parts"]["answer_format"] == [1.0, 1.0, 0.0, 0.0]
+    assert group["seen"]["parts"]["format_partial"][:3] == [1.0, 1.0, 1.0]  # the placeholder earns the tags

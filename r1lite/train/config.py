@@ -16,7 +16,7 @@ from r1lite.prompts import FORMATS
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 SCHEDULES = ("constant", "linear", "cosine")
-REWARDS = ("accuracy", "format", "format_partial")
+REWARDS = ("accuracy", "format", "format_partial", "answer_format")
 OBJECTIVES = ("grpo", "on_policy_distill")
 
 
@@ -175,7 +175,9 @@ class LossConfig:
     ref_reset_every: int = opt(0, "replace the KL reference by the current policy every N steps (R1: 400); 0 = never")
     entropy_coef: float = opt(0.0, "entropy bonus: the loss subtracts this x the sampling distribution's entropy at "
                                    "each counted token of a trained group (verl's entropy_coeff); 0 = off")
-    rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, format_partial")
+    rewards: dict = opt({"accuracy": 1.0, "format": 0.1}, "reward functions and weights: accuracy, format, "
+                                                            "format_partial, answer_format (the answer is of the kind "
+                                                            "the task checks: a number for numeric tasks)")
     reward_control: str = opt("none", "a control arm: none, or random (each completion's reward is 0 or 1 at random, "
                                       "1 with the real reward's running mean as probability: the spurious-rewards "
                                       "check; the real rewards are still measured and logged)")

@@ -72,6 +72,8 @@ def score_group(cfg: GRPOConfig, task: tasks.Task, item: tasks.Item, prompt: lis
     for name in cfg.loss.rewards:
         if name == "format_partial":
             parts[name] = [rewards.format_partial(prefill + text) for text in texts]
+        elif name == "answer_format":
+            parts[name] = [prompts.answer_checkable(text, task, cfg.format, prefill) for text in texts]
         else:
             parts[name] = accuracy if name == "accuracy" else [s["format"] for s in scored]
     weights = dict(cfg.loss.rewards)
