@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,3 +67,16 @@ def best_of(fn, repeats: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def train_run(recipe: dict, out: Path) -> dict:
+    """``r1lite train`` on ``recipe`` (written beside ``out`` as ``<out>.yaml``) in its own process,
+    resumed when ``out`` has begun (a finished run only reads back); its ``summary.json``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    cmd = [sys.executable, "-m", "r1lite", "train", "--config", str(config), "--out", str(out)]
+    if (out / "checkpoints" / "latest").exists() or (out / "summary.json").exists():
+        cmd += ["--resume", str(out)]
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads((out / "summary.json").read_text())

@@ -25,15 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
 
-from benchmarks.common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    add_allow_dirty,
+    commit_fields,
+    machine,
+    train_run,
+)
 from r1lite.config import read_yaml  # noqa: E402
 from r1lite.files import write_json  # noqa: E402
 from r1lite.meter.meter import human_flops  # noqa: E402
@@ -50,23 +54,12 @@ SMOKE = {"model": "tiny", "task_options": {"digits": 1}, "cold_start_items": 0, 
 PLOT = ROOT / "docs" / "algorithms_accuracy_flops.png"
 
 
-def train(recipe: dict, out: Path, work: Path) -> dict:
-    """``r1lite train`` on ``recipe`` in its own process (resumed when ``out`` has a checkpoint)."""
-    config = work / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cmd = [sys.executable, "-m", "r1lite", "train", "--config", str(config), "--out", str(out)]
-    if (out / "checkpoints" / "latest").exists() or (out / "summary.json").exists():
-        cmd += ["--resume", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "summary.json").read_text())
-
-
 def cold_start(recipe: dict, work: Path) -> Path:
     """The demo recipe's cold start alone (``max_steps: 0``), run once: every RL run starts from it."""
     out = work / "cold-start"
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     if not summary.get("finished"):
-        train({**recipe, "max_steps": 0}, out, work)
+        train_run({**recipe, "max_steps": 0}, out)
     return out
 
 
@@ -178,7 +171,7 @@ def main() -> None:
             if any(r["algorithm"] == algorithm and r["seed"] == seed for r in result["rows"]):
                 continue
             out = work / f"{algorithm}-s{seed}"
-            summary = train(rl_recipe(recipe, start, algorithm, seed, args), out, work)
+            summary = train_run(rl_recipe(recipe, start, algorithm, seed, args), out)
             metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             result["rows"].append(row_of(summary, metrics, algorithm, seed, info, head["commit"]))
             write_json(path, result)

@@ -34,9 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
 
-from benchmarks.common import RESULTS, add_allow_dirty, commit_fields, machine  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    add_allow_dirty,
+    commit_fields,
+    machine,
+    train_run,
+)
 from r1lite.config import read_yaml  # noqa: E402
 from r1lite.files import read_jsonl, write_json  # noqa: E402
 
@@ -57,18 +62,6 @@ def arm_recipe(recipe: dict, arm: str, seed: int) -> dict:
     elif arm.endswith("format reward only"):
         out["rewards"] = {k: v for k, v in recipe["rewards"].items() if k != "accuracy"}
     return out
-
-
-def train(recipe: dict, out: Path) -> dict:
-    """``r1lite train`` in its own process, resumed when ``out`` has a checkpoint."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    config = out.parent / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cmd = [sys.executable, "-m", "r1lite", "train", "--config", str(config), "--out", str(out)]
-    if (out / "summary.json").exists():
-        cmd += ["--resume", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "summary.json").read_text())
 
 
 def lengths_and_correctness(rows: list[dict]) -> dict:
@@ -171,7 +164,7 @@ def main() -> None:
                 if any(r["arm"] == arm and r["seed"] == seed for r in result["rows"]):
                     continue
                 run = work / f"{arm.replace(',', '').replace(' ', '-')}-s{seed}"
-                summary = train(arm_recipe(recipe, arm, seed), run)
+                summary = train_run(arm_recipe(recipe, arm, seed), run)
                 result["rows"].append(row_of(run, summary, arm, seed, info, result["commit"]))
                 write_json(path, result)
                 r = result["rows"][-1]
