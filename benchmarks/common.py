@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -80,3 +81,11 @@ def train_run(recipe: dict, out: Path) -> dict:
         cmd += ["--resume", str(out)]
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
     return json.loads((out / "summary.json").read_text())
+
+
+def drop_checkpoints(out: Path) -> None:
+    """Remove a finished run's checkpoints (and its KL reference's weights) once its row is kept:
+    its final/ model, metrics, evaluations and summary stay (a campaign's runs would otherwise hold
+    gigabytes each)."""
+    for name in ("checkpoints", "reference"):
+        shutil.rmtree(out / name, ignore_errors=True)

@@ -35,6 +35,7 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     add_allow_dirty,
     commit_fields,
+    drop_checkpoints,
     machine,
     train_run,
 )
@@ -60,6 +61,7 @@ def cold_start(recipe: dict, work: Path) -> Path:
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     if not summary.get("finished"):
         train_run({**recipe, "max_steps": 0}, out)
+        drop_checkpoints(out)  # the runs start from its final/
     return out
 
 
@@ -175,6 +177,7 @@ def main() -> None:
             metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             result["rows"].append(row_of(summary, metrics, algorithm, seed, info, head["commit"]))
             write_json(path, result)
+            drop_checkpoints(out)
             row = result["rows"][-1]
             print(f"{algorithm} seed {seed}: {100 * row['accuracy_before']:.1f}% -> {100 * row['accuracy']:.1f}% in "
                   f"{row['steps']} steps, {human_flops(row['rl_flops'])}, {row['wall_seconds'] / 60:.1f} min", flush=True)

@@ -39,6 +39,7 @@ from benchmarks.common import (  # noqa: E402
     RESULTS,
     add_allow_dirty,
     commit_fields,
+    drop_checkpoints,
     machine,
     train_run,
 )
@@ -167,6 +168,7 @@ def main() -> None:
                 summary = train_run(arm_recipe(recipe, arm, seed), run)
                 result["rows"].append(row_of(run, summary, arm, seed, info, result["commit"]))
                 write_json(path, result)
+                drop_checkpoints(run)
                 r = result["rows"][-1]
                 print(f"{arm} seed {seed}: {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy']:.1f}%, format "
                       f"{100 * r['format']:.1f}%, {r['wall_seconds'] / 60:.1f} min", flush=True)
