@@ -4,6 +4,7 @@ import math
 import pytest
 
 from r1lite.errors import UsageError
+from r1lite.meter import memory
 from r1lite.meter.energy import RaplCounter, open_counter
 from r1lite.meter.flops import (
     SHAPES,
@@ -90,6 +91,25 @@ def test_config_overrides_and_rejects_bad_values():
     for bad in (dict(hardware="TPU"), dict(devices=0), dict(watts=0), dict(usd_per_hour=-1), dict(pue=0.9)):
         with pytest.raises(UsageError):
             CostConfig(**bad)
+
+
+@pytest.mark.skipif(not memory.reset_peak(), reason="the kernel refuses to reset the peak resident set here")
+def test_each_phase_keeps_its_own_peak_resident_memory_and_a_resume_keeps_the_larger():
+    meter = CostMeter(HARDWARE["cpu"])
+    with meter.phase("big"):
+        block = bytearray(300 * 2**20)  # touched: resident
+        del block
+    with meter.phase("small"):
+        pass
+    report = meter.report()
+    peaks = report["peak_rss_mib_by_phase"]
+    assert peaks["big"] > peaks["small"] + 250  # the big phase's peak is not carried into the next
+    assert report["peak_rss_mib"] == max(peaks.values()) and "setup" in peaks
+    resumed = CostMeter(HARDWARE["cpu"])
+    resumed.load_state_dict(meter.state_dict())
+    with resumed.phase("small"):
+        pass
+    assert resumed.report()["peak_rss_mib_by_phase"]["big"] == peaks["big"]
 
 
 def test_meter_counts_phases_with_a_fake_clock():

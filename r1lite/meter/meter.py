@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from r1lite.errors import UsageError
 from r1lite.meter.energy import Counter
 from r1lite.meter.hardware import Hardware
+from r1lite.meter.memory import PeakMemory
 
 LEAVES_OUT = [
     "failed runs, ablations and hyperparameter searches", "data preparation and teacher API calls",
@@ -47,7 +48,7 @@ def cost_report(
     hardware: Hardware, devices: int, pue: float, wall_seconds: float,
     flops_by_phase: dict[str, float], seconds_by_phase: dict[str, float], *, estimated: bool, resumes: int = 0,
     device_seconds: float | None = None, kwh: float | None = None, energy_source: str = "",
-    assumptions: list[str] | None = None, method: str = "",
+    assumptions: list[str] | None = None, method: str = "", memory: dict | None = None,
 ) -> dict:
     """The JSON-ready cost block that :meth:`CostMeter.report` and the estimates return.
 
@@ -55,7 +56,8 @@ def cost_report(
     (a run resumed with another number of processes). ``kwh`` is the measured energy (before
     PUE), or None: busy power × device-hours, with ``energy_source`` saying why no counter was
     read. ``method`` says how the figures were obtained (``metered``, ``measured probe``,
-    ``datasheet``); ``assumptions`` lists what an estimate rests on.
+    ``datasheet``); ``assumptions`` lists what an estimate rests on. ``memory``: the peak resident
+    memory, whole and by phase (:meth:`r1lite.meter.memory.PeakMemory.report`, or an estimate's).
     """
     device_seconds = wall_seconds * devices if device_seconds is None else device_seconds
     device_hours = device_seconds / 3600
@@ -84,6 +86,7 @@ def cost_report(
         "seconds_by_phase": dict(seconds_by_phase),
         "achieved_flops_per_s": achieved,
         "mfu": total / (hardware.peak_flops * device_seconds) if device_seconds > 0 else 0.0,
+        **(memory or {}),
         "assumptions": list(assumptions or []),
         "leaves_out": LEAVES_OUT
         + (["cooling and facility overhead (PUE 1.0; set --pue)"] if pue == 1.0 else [])
@@ -134,6 +137,7 @@ class CostMeter:
         self._earlier_device_seconds = 0.0  # and its devices' time (the number of devices may change on resume)
         self._earlier_kwh: float | None = 0.0  # energy measured before the resume; None = not measured
         self._open_phase: str | None = None
+        self.memory = PeakMemory()
 
     def add_flops(self, phase: str, flops: float) -> None:
         if flops < 0:
@@ -142,15 +146,18 @@ class CostMeter:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time the block as phase ``name`` (seconds add up over repeated blocks)."""
+        """Time the block as phase ``name`` (seconds add up over repeated blocks), and keep its peak
+        resident memory."""
         if self._open_phase is not None:
             raise RuntimeError(f"phase {name!r} started inside phase {self._open_phase!r}; phases do not nest")
         self._open_phase = name
+        self.memory.enter()
         start = self._clock()
         try:
             yield
         finally:
             self.seconds_by_phase[name] = self.seconds_by_phase.get(name, 0.0) + self._clock() - start
+            self.memory.leave(name)
             self._open_phase = None
 
     def wall_seconds(self) -> float:
@@ -176,14 +183,15 @@ class CostMeter:
             source = self.no_energy_reason
         return cost_report(self.hardware, s["devices"], self.pue, s["wall_seconds"], s["flops_by_phase"],
                            s["seconds_by_phase"], estimated=False, resumes=s["resumes"], device_seconds=s["device_seconds"],
-                           kwh=kwh, energy_source=source)
+                           kwh=kwh, energy_source=source, memory=memory_report(s.get("memory")))
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps so a resumed run counts on from here."""
         here = self._clock() - self._start  # this process's time, read once
         return {"hardware": self.hardware.name, "devices": self.devices, "wall_seconds": self._earlier_seconds + here,
                 "device_seconds": self._earlier_device_seconds + here * self.devices, "flops_by_phase": dict(self.flops_by_phase),
-                "seconds_by_phase": dict(self.seconds_by_phase), "resumes": self.resumes, "measured_kwh": self.measured_kwh()}
+                "seconds_by_phase": dict(self.seconds_by_phase), "resumes": self.resumes, "measured_kwh": self.measured_kwh(),
+                "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue counting from a checkpoint's :meth:`state_dict`.
@@ -207,6 +215,7 @@ class CostMeter:
         # a checkpoint written before device time and energy were kept (one process throughout)
         self._earlier_device_seconds = state.get("device_seconds", state["wall_seconds"] * state["devices"])
         self._earlier_kwh = state.get("measured_kwh")  # None: written before energy was measured
+        self.memory.load_state_dict(state.get("memory", {}))  # absent: written before memory was kept
 
 
 def combine(ranks: list[dict]) -> dict:
@@ -229,9 +238,25 @@ def combine(ranks: list[dict]) -> dict:
         for phase, value in s["flops_by_phase"].items():
             flops[phase] = flops.get(phase, 0.0) + value
     kwh = [s.get("measured_kwh") for s in ranks]
+    memory = [s["memory"] for s in ranks if s.get("memory")]
+    peaks: dict[str, float] = {}
+    for m in memory:  # each process's peak, the largest over the ranks (one process per device)
+        for phase, mib in m["by_phase"].items():
+            peaks[phase] = max(peaks.get(phase, 0.0), mib)
     return {**ranks[0], "devices": sum(s["devices"] for s in ranks),
             "device_seconds": sum(s["device_seconds"] for s in ranks), "flops_by_phase": flops,
-            "measured_kwh": None if None in kwh else sum(kwh)}
+            "measured_kwh": None if None in kwh else sum(kwh),
+            **({"memory": {"by_phase": peaks, "resettable": all(m["resettable"] for m in memory)}} if memory else {})}
+
+
+def memory_report(state: dict | None) -> dict:
+    """The cost block's memory fields from a :class:`r1lite.meter.memory.PeakMemory` state (none
+    for a state written before memory was kept)."""
+    if not state or not state.get("by_phase"):
+        return {}
+    memory = PeakMemory()
+    memory.load_state_dict(state)
+    return memory.report()
 
 
 # ---------------------------------------------------------------------------------------------

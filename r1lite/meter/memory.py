@@ -1,0 +1,76 @@
+"""Peak resident memory by phase: what a run's process held at its highest in each phase.
+
+Linux keeps a process's peak resident set (``VmHWM`` in ``/proc/self/status``) and resets it to the
+current resident set when ``5`` is written to ``/proc/self/clear_refs``. :class:`PeakMemory` resets
+it as a phase begins and reads it as the phase ends, so each phase gets its own peak, and the time
+outside phases (loading, setup) gets one too. Where the reset is refused (an older kernel, a
+sandbox), a phase's figure is the peak since the process began, and ``resettable`` says so; off Linux
+there is no reading at all (empty figures).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+OUTSIDE = "setup"
+"""The name the time outside every phase is kept under (model loading, building the engine, writing)."""
+
+
+def status_mib(field: str) -> float | None:
+    """A ``Vm*`` line of ``/proc/self/status`` in MiB (None where there is no such file)."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak() -> bool:
+    """Set the peak resident set to the current one; False where the kernel refuses."""
+    try:
+        CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak resident MiB per phase, each the largest over the phase's repeats (and over resumes,
+    through :meth:`state_dict`)."""
+
+    def __init__(self) -> None:
+        self.by_phase: dict[str, float] = {}
+        self.resettable = True
+
+    def _keep(self, name: str) -> None:
+        peak = status_mib("VmHWM")
+        if peak is not None:
+            self.by_phase[name] = max(self.by_phase.get(name, 0.0), peak)
+
+    def enter(self) -> None:
+        """A phase begins: what came before it counts as setup; the peak starts again here."""
+        self._keep(OUTSIDE)
+        self.resettable = reset_peak() and self.resettable
+
+    def leave(self, name: str) -> None:
+        """Phase ``name`` ends: its peak is kept, and the time after it is setup's again."""
+        self._keep(name)
+        self.resettable = reset_peak() and self.resettable
+
+    def report(self) -> dict:
+        """``peak_rss_mib`` (the whole run's) and ``peak_rss_mib_by_phase``, setup included."""
+        self._keep(OUTSIDE)
+        return {"peak_rss_mib": max(self.by_phase.values(), default=None), "peak_rss_mib_by_phase": dict(self.by_phase),
+                **({} if self.resettable else {"peak_rss_note": "the kernel refused to reset the peak: each phase's "
+                                                                "figure is the peak since the process began"})}
+
+    def state_dict(self) -> dict:
+        return {"by_phase": dict(self.by_phase), "resettable": self.resettable}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.by_phase = {k: max(v, self.by_phase.get(k, 0.0)) for k, v in state.get("by_phase", {}).items()}
+        self.resettable = self.resettable and state.get("resettable", True)
