@@ -91,6 +91,18 @@ def test_greedy_tokens_identical_to_transformers_in_fp32(which, questions, max_r
     assert ours == ref, first_divergence(ours, ref)
 
 
+def test_a_discarded_model_frees_its_pages_and_decodes_the_same(tiny_model, cpu_path):
+    """Serving drops the model's pages once the decoder has its copies: the tokens are unchanged,
+    so the decoder reads nothing of the model after it."""
+    (model, tokenizer), (kept, _) = tiny_model(), tiny_model()
+    prompts = prompts_for(tokenizer)
+    expected = greedy(make_engine(kept, tokenizer, torch.float32, stop_token_ids(tokenizer, kept)), prompts)
+    engine = make_engine(model, tokenizer, torch.float32, stop_token_ids(tokenizer, model), discard_model=True)
+    big = model.model.embed_tokens.weight  # anonymous memory: a dropped page reads back as zeros
+    assert (big == 0).float().mean() > 0.95  # all but the partial pages at its two ends
+    assert greedy(engine, prompts) == expected
+
+
 @pytest.mark.parametrize("path", ["default", "torch"])
 def test_prefill_after_a_shared_prefix_never_attends_to_padding(embedded, path, monkeypatch):
     """First-token logits of prompts longer than their shared prefix equal transformers' (a pad key

@@ -126,5 +126,5 @@ def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: i
     fmt = run_format(spec, template)  # before the weights load: a bad template is one line, at once
     runtime = resolve_runtime(device, dtype)
     model, tokenizer = load_model(spec, runtime)
-    engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows)
+    engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows, discard_model=True)
     return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name, model.config.max_position_embeddings, fmt.stop)

@@ -130,14 +130,18 @@ class LlamaDecoder:
     end of one.
     """
 
-    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False):
+    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False):
         cfg = _unwrapped(model).config
         self.config = cfg
         self.shape = ModelShape.from_config(cfg, cfg.model_type)
         self.dtype = dtype
         # copy every weight at each sync, also where the rollout dtype is the model's (otherwise
         # those are read in place): FSDP frees the full weights it gathered for the sync
-        self.own_weights = own_weights
+        # the model is dropped once the decoder is built (serving): every weight is copied, and each
+        # source weight's memory is handed back to the OS once packed, so a model read from a file
+        # map does not hold the file's pages beside the packed copy (the load's peak)
+        self.discard_model = discard_model
+        self.own_weights = own_weights or discard_model
         self.device = next(model.parameters()).device
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
@@ -188,6 +192,16 @@ class LlamaDecoder:
         reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
         return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
 
+    def _discard(self, module) -> None:
+        """With ``discard_model``: drop the pages of a module's CPU weights, once the decoder holds
+        its copies (a model read from a file map would otherwise keep the whole file resident beside
+        them). The module is never read again: a dropped page of a file map reads back as the
+        file's, an anonymous one as zeros."""
+        if self.discard_model:
+            for t in module.parameters():
+                if t.device.type == "cpu":
+                    kernels.drop_pages(t)
+
     def _load(self, model) -> None:
         cast, b, proj = self._cast, self._bias, self._projection
         layers = []
@@ -203,10 +217,12 @@ class LlamaDecoder:
                 wgu=proj(i, "wgu", mlp.gate_proj, mlp.up_proj), bgu=b(mlp.gate_proj, mlp.up_proj),
                 wd=proj(i, "wd", mlp.down_proj), bd=b(mlp.down_proj),
             ))
+            self._discard(layer)
         self.layers = layers
         self.embed = cast(model.model.embed_tokens.weight)
         self.norm = cast(model.model.norm.weight)
         self.head = proj(-1, "head", model.lm_head)
+        self._discard(model)
         # a decode step in one call of our kernels (every layer and the head), and prefill's
         # attention in one call per layer (not with Qwen3's q/k norms)
         self._step = None

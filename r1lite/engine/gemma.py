@@ -70,7 +70,7 @@ class GemmaDecoder(LlamaDecoder):
     """Inference forward for Gemma 3 text models with a static KV cache (see the module
     docstring); the interface, the cache and the precision rules are :class:`LlamaDecoder`'s."""
 
-    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False):
+    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False):
         cfg = _unwrapped(model).config
         why = unsupported(cfg)
         if why is not None:
@@ -78,7 +78,7 @@ class GemmaDecoder(LlamaDecoder):
         self.window = int(cfg.sliding_window)
         self.kinds = list(cfg.layer_types)
         self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
-        super().__init__(model, dtype, own_weights)
+        super().__init__(model, dtype, own_weights, discard_model)
 
     def _load(self, model) -> None:
         cast, b, proj = self._cast, self._bias, self._projection
@@ -99,6 +99,7 @@ class GemmaDecoder(LlamaDecoder):
                 wgu=proj(i, "wgu", mlp.gate_proj, mlp.up_proj), bgu=b(mlp.gate_proj, mlp.up_proj),
                 wd=proj(i, "wd", mlp.down_proj), bd=b(mlp.down_proj), post_ff=gain(layer.post_feedforward_layernorm),
             ))
+            self._discard(layer)
         self.layers = layers
         embed = model.model.embed_tokens
         self.embed = cast(embed.weight)
@@ -106,6 +107,7 @@ class GemmaDecoder(LlamaDecoder):
         self.embed_scale = embed.embed_scale.detach().to(self.device, self.dtype)
         self.norm = gain(model.model.norm).to(self.compute)
         self.head = proj(-1, "head", model.lm_head)
+        self._discard(model)
         self._step = None  # Llama's fused step does not apply (see the module docstring)
         rotary = model.model.rotary_emb
         self.rope = {kind: (getattr(rotary, f"{kind}_inv_freq").detach().float().to(self.device),

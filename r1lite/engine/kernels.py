@@ -130,6 +130,23 @@ def _compile(cc: str, flags: list[str], code: bytes, torch_lib: Path) -> Path:
     return target
 
 
+MADV_DONTNEED = 4
+
+
+def drop_pages(t: torch.Tensor) -> bool:
+    """Drop the whole pages a CPU tensor's elements span from this process (``madvise(MADV_DONTNEED)``),
+    so they stop counting as its resident memory. Only for a tensor that is never read again: a
+    dropped page of a file map reads back as the file's content, an anonymous one as zeros. False
+    where nothing was dropped (off Linux, a tensor smaller than a page)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = -(-t.data_ptr() // page) * page  # whole pages inside the tensor's own elements only
+    end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+    if end <= start or sys.platform != "linux" or not t.is_contiguous():
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0
+
+
 def bf16_products(lib: ctypes.CDLL | None) -> bool:
     """Whether bf16 weights can run as bf16 products here: the library has them and the CPU has
     AVX-512 BF16. ``R1LITE_BF16_KERNELS=0`` keeps them in fp32 products (bf16-rounded weights)."""
