@@ -15,7 +15,7 @@ LLAMA_CPP_VERSION := 0.3.36
 SDIST := .whl/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
 WHEELS := .whl/$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | md5sum | cut -c1-12)
 
-.PHONY: demo test gemma zero tickets install install-test clean
+.PHONY: demo test gemma zero tickets llama-server install install-test clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,23 @@ tickets: $(VENV)/.installed
 	$(BIN)/r1lite train --config examples/tickets/recipe.yaml --out $(TICKETS_OUT)
 	$(BIN)/python examples/tickets/score.py $(TICKETS_OUT)/eval_before.jsonl $(TICKETS_OUT)/eval_after_sft.jsonl \
 		$(TICKETS_OUT)/eval_after.jsonl --json $(TICKETS_OUT)/tickets_table.json
+
+# llama.cpp's own server, the serving peer of benchmarks/bench_serve.py (never part of `make test`):
+# built offline from the llama.cpp sources inside the llama-cpp-python sdist above, the server target
+# only, for the CPU it builds on (cached per CPU flag set beside the wheel; minutes on 2 cores).
+LLAMA_SERVER := $(WHEELS)/llama-server
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): $(SDIST) | $(VENV)/.installed
+	command -v cmake >/dev/null || $(BIN)/pip install --quiet cmake
+	rm -rf $(WHEELS)/llama.cpp-build && mkdir -p $(WHEELS)/llama.cpp-build/src
+	tar -xzf $(SDIST) -C $(WHEELS)/llama.cpp-build/src --strip-components=3 llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp
+	PATH="$(CURDIR)/$(BIN):$$PATH" cmake -S $(WHEELS)/llama.cpp-build/src -B $(WHEELS)/llama.cpp-build/out \
+		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+		-DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	PATH="$(CURDIR)/$(BIN):$$PATH" cmake --build $(WHEELS)/llama.cpp-build/out --target llama-server -j $$(nproc)
+	cp $(WHEELS)/llama.cpp-build/out/bin/llama-server $@.tmp && mv $@.tmp $@
+	rm -rf $(WHEELS)/llama.cpp-build
 
 clean:
 	rm -rf $(VENV) .pytest_cache

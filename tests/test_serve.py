@@ -209,6 +209,13 @@ def chat_body(**kw) -> schema.ChatRequest:
     return schema.ChatRequest(**{"model": "m", "messages": [{"role": "user", "content": "Count."}], **kw})
 
 
+def test_ignore_eos_reaches_the_engine_as_benchmarks_send_it(scripted):
+    service = scripted(["a"])
+    messages = [{"role": "user", "content": "Count."}]
+    assert service.render(chat_body(ignore_eos=True), messages).request.sampling.ignore_eos is True
+    assert service.render(chat_body(), messages).request.sampling.ignore_eos is False
+
+
 def test_the_output_guard_reads_each_sentence_once_over_a_long_answer(scripted, monkeypatch):
     """A 2,000-token answer of 200 sentences: the output guard is called once a sentence and reads
     each sentence once, after at most CONTEXT_CHARS of the text before it (re-reading the whole

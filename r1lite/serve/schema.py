@@ -107,6 +107,9 @@ class ChatRequest(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     user: str | None = None
+    ignore_eos: bool | None = None
+    """Generate past end-of-turn tokens up to the token budget (vLLM's and llama-server's
+    extension; benchmarks that need a fixed number of new tokens on every side)."""
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -351,7 +351,7 @@ class ChatService:
         return Sampling(max_new_tokens=body.max_completion_tokens or body.max_tokens or cfg.default_max_tokens,
                         stop=tuple(dict.fromkeys([*body.stops(), *getattr(self.backend, "stop", ())])),  # r1_zero's </answer>
                         temperature=cfg.temperature if body.temperature is None else body.temperature,
-                        top_p=cfg.top_p if body.top_p is None else body.top_p)
+                        top_p=cfg.top_p if body.top_p is None else body.top_p, ignore_eos=bool(body.ignore_eos))
 
     async def guard_input(self, turn: Turn) -> Verdict:
         """The guard's verdict on the conversation's user turns, each alone and all joined, so a
