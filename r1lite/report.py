@@ -338,13 +338,20 @@ def cost_section(cost: dict, stages: list[dict]) -> str:
         ("compute", human_flops(cost["flops"]["total"])),
         ("achieved", f"{human_flops(cost['achieved_flops_per_s'])}/s ({100 * cost['mfu']:.1f}% of peak)"),
     ]
+    peaks = cost.get("peak_rss_mib_by_phase", {})  # absent in blocks from before memory was kept, and in estimates
+    if peaks:
+        figures.append(("peak resident memory", f"{max(peaks.values()):,.0f} MiB (the process, by phase below)"))
+
+    def peak(p: str) -> str:
+        return f"{peaks[p]:,.0f} MiB" if p in peaks else "—"
+
     phases = sorted(set(cost["flops"]["by_phase"]) | set(cost["seconds_by_phase"]))
     phase_rows = [(p, human_flops(cost["flops"]["by_phase"].get(p, 0.0)),
-                   human_seconds(cost["seconds_by_phase"][p]) if p in cost["seconds_by_phase"] else "—")
+                   human_seconds(cost["seconds_by_phase"][p]) if p in cost["seconds_by_phase"] else "—", peak(p))
                   for p in phases]
     outside = cost["wall_seconds"] - sum(cost["seconds_by_phase"].values())
     if outside > 0:
-        phase_rows.append(("outside phases (setup, checkpoints, logging)", "—", human_seconds(outside)))
+        phase_rows.append(("outside phases (setup, checkpoints, logging)", "—", human_seconds(outside), peak("setup")))
     names = list(HARDWARE)
     price_rows = [(h.name, f"{h.watts:g} W", usd(h.usd_per_hour), h.source) for h in HARDWARE.values()]
     v3, r1 = sum(DEEPSEEK_V3_GPU_HOURS.values()), sum(DEEPSEEK_R1_GPU_HOURS.values())
@@ -360,7 +367,7 @@ def cost_section(cost: dict, stages: list[dict]) -> str:
 device-hours × busy power, × PUE. Figures: {html.escape(cost['price_source'])}.</p>
 {html_table(None, figures)}
 <h3>By phase</h3>
-{html_table(("phase", "FLOPs", "time"), phase_rows)}
+{html_table(("phase", "FLOPs", "time", "peak resident memory"), phase_rows)}
 <h3>Cost per held-out accuracy point</h3>
 {html_table(("stage", "points gained", "cost of its phases", "per point"), per_point_rows) if per_point_rows
  else "<p class='muted'>No stage with an evaluation before and after it.</p>"}

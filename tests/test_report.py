@@ -97,6 +97,8 @@ def test_report_on_a_full_run(run_dir):
     assert "$5,576,000" in page and "$294,000" in page  # DeepSeek reference points
     assert "Cost per held-out accuracy point" in page  # 600 s of rollouts: GRPO's row
     assert "<td>GRPO</td><td>+25.0</td>" in page and "power x time" in page
+    if "peak_rss_mib_by_phase" in json.loads((run_dir / "summary.json").read_text())["cost"]:  # where /proc reads
+        assert "<th>peak resident memory</th>" in page and "<td>rollout</td><td>200 TFLOP</td><td>10 min</td><td>" in page
     leftovers = [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
 
