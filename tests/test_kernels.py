@@ -46,6 +46,15 @@ def bf16(t):
     return t.bfloat16().double()
 
 
+@pytest.mark.parametrize("packing", [pytest.param("fp32", marks=needs_kernel), pytest.param("bf16", marks=needs_bf16)])
+def test_rows_of_a_packed_weight_are_its_rows_for_tied_embedding_lookups(packing):
+    w = torch.randn(13, 24, generator=torch.Generator().manual_seed(3))  # 13 rows: a last panel of one row
+    packed = cpu_kernels.PackedWeight([w[:5], w[5:]], LIB, bf16=packing == "bf16")
+    ids = torch.tensor([12, 0, 7, 5, 6, 12, 11])
+    expected = (w.bfloat16().float() if packing == "bf16" else w)[ids]
+    assert torch.equal(packed.rows(ids), expected)
+
+
 @needs_bf16
 @pytest.mark.parametrize("N", [1, 7, 16, 17, 40, 96, 200])  # 16 a tile of its own, 200: chunks of 64 and a last one of 8
 @pytest.mark.parametrize("O,K", [(13, 24), (100, 40), (960, 576)])

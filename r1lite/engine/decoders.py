@@ -192,6 +192,18 @@ class LlamaDecoder:
         reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
         return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
 
+    def _embedding(self, model) -> torch.Tensor | None:
+        """The embedding in the rollout precision, or None where it is the head's own weight (tied)
+        and the head is packed: lookups then read the packed head (:meth:`embed_rows`), one copy."""
+        weight = model.model.embed_tokens.weight
+        if self.head.packed is not None and weight.data_ptr() == model.lm_head.weight.data_ptr():
+            return None
+        return self._cast(weight)
+
+    def embed_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embedding rows of token ids [N] in the compute precision, [N, C]."""
+        return self.head.packed.rows(ids) if self.embed is None else self.embed[ids]
+
     def _discard(self, module) -> None:
         """With ``discard_model``: drop the pages of a module's CPU weights, once the decoder holds
         its copies (a model read from a file map would otherwise keep the whole file resident beside
@@ -219,9 +231,9 @@ class LlamaDecoder:
             ))
             self._discard(layer)
         self.layers = layers
-        self.embed = cast(model.model.embed_tokens.weight)
-        self.norm = cast(model.model.norm.weight)
         self.head = proj(-1, "head", model.lm_head)
+        self.embed = self._embedding(model)
+        self.norm = cast(model.model.norm.weight)
         self._discard(model)
         # a decode step in one call of our kernels (every layer and the head), and prefill's
         # attention in one call per layer (not with Qwen3's q/k norms)
@@ -297,7 +309,7 @@ class LlamaDecoder:
         B, T = tokens.shape
         D = self.head_dim
         cos, sin = self._cos_sin(positions)
-        x = self.embed[tokens.reshape(-1)].t().contiguous()  # [C, B*T], row-major
+        x = self.embed_rows(tokens.reshape(-1)).t().contiguous()  # [C, B*T], row-major
         if self._step is not None and T == 1:  # a decode step on an fp32 CPU: one call of our kernels
             return self._step(x, cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous(), cache, start,
                               valid, shared)

@@ -81,7 +81,7 @@ class GemmaDecoder(LlamaDecoder):
         super().__init__(model, dtype, own_weights, discard_model)
 
     def _load(self, model) -> None:
-        cast, b, proj = self._cast, self._bias, self._projection
+        b, proj = self._bias, self._projection
 
         def gain(norm) -> torch.Tensor:  # Gemma's 1 + w, in fp32, of w as the rollout weights hold it
             return 1.0 + norm.weight.detach().to(self.dtype).float()
@@ -102,11 +102,11 @@ class GemmaDecoder(LlamaDecoder):
             self._discard(layer)
         self.layers = layers
         embed = model.model.embed_tokens
-        self.embed = cast(embed.weight)
         # Gemma3TextScaledWordEmbedding: weight * embed_scale.to(weight.dtype), in the weights' dtype
         self.embed_scale = embed.embed_scale.detach().to(self.device, self.dtype)
         self.norm = gain(model.model.norm).to(self.compute)
         self.head = proj(-1, "head", model.lm_head)
+        self.embed = self._embedding(model)
         self._discard(model)
         self._step = None  # Llama's fused step does not apply (see the module docstring)
         rotary = model.model.rotary_emb
@@ -126,7 +126,7 @@ class GemmaDecoder(LlamaDecoder):
         masks = {"full_attention": (self._mask(valid, start, T), 0)}
         if "sliding_attention" in self.rope:
             masks["sliding_attention"] = self._window_mask(valid, start, T)
-        x = (self.embed[tokens.reshape(-1)].to(self.dtype) * self.embed_scale).to(self.compute)
+        x = (self.embed_rows(tokens.reshape(-1)).to(self.dtype) * self.embed_scale).to(self.compute)
         x = x.t().contiguous()  # [C, B*T], feature-major
         I = self.intermediate
         for i, ly in enumerate(self.layers):

@@ -183,6 +183,16 @@ class PackedWeight:
         pack = lib.r1_pack6_bf16 if bf16 else lib.r1_pack6
         pack(pointers, rows, len(parts), self.data.data_ptr(), self.out_features, K)
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the packed weight as fp32 [N, K] (bf16 packing: the bf16-rounded values):
+        a tied embedding's lookups read the head's packed copy, so the decoder holds one, not two."""
+        panels, K = -(-self.out_features // PANEL), self.in_features
+        if not self.bf16:
+            return self.data.view(panels, K, PANEL)[ids // PANEL, :, ids % PANEL]
+        words = self.data.view(panels, K // 2, PANEL)[ids // PANEL, :, ids % PANEL]  # [N, K/2], elements 2k | 2k+1 << 16
+        low, high = (words << 16).view(torch.float32), (words & -65536).view(torch.float32)
+        return torch.stack((low, high), dim=-1).reshape(len(ids), K)
+
     def columns(self, n: int) -> int:
         """Columns a product with n columns of x computes, padding included (gemm.c, gemm_bf16.c)."""
         if self.bf16:
