@@ -209,6 +209,28 @@ def chat_body(**kw) -> schema.ChatRequest:
     return schema.ChatRequest(**{"model": "m", "messages": [{"role": "user", "content": "Count."}], **kw})
 
 
+def test_the_engine_thread_opens_the_model_it_steps_and_a_failed_open_is_raised_to_the_caller():
+    opened_on = []
+
+    class Opened:
+        engine = ScriptedEngine(["a"])
+
+    def load():
+        opened_on.append(threading.current_thread())
+        return Opened()
+
+    worker = Worker(None, 4, 4, load=load)
+    try:
+        assert isinstance(worker.loaded_backend(), Opened) and worker.engine is Opened.engine
+        assert opened_on == [worker.thread]  # not the caller's thread: one thread runs the parallel work
+    finally:
+        worker.stop()
+    failing = Worker(None, 4, 4, load=lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.loaded_backend()
+    failing.stop()
+
+
 def test_ignore_eos_reaches_the_engine_as_benchmarks_send_it(scripted):
     service = scripted(["a"])
     messages = [{"role": "user", "content": "Count."}]

@@ -94,12 +94,21 @@ def build(opts: ServeOptions):
     from r1lite.edge.backends import open_model
     from r1lite.serve.app import ServeConfig, create_app
     from r1lite.serve.guard import DEFAULT_POLICY, Guard, GuardPolicy, Judge
+    from r1lite.serve.worker import Worker
 
     guard = None
     if opts.guard == "on":
         judge = Judge(opts.guard_judge, opts.guard_judge_model) if opts.guard_judge else None
         guard = Guard(GuardPolicy(opts.guard_policy or DEFAULT_POLICY), judge)
-    backend = open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency, template=opts.template)
+    # the engine's own thread opens the model (see Worker: one thread runs the parallel work)
+    worker = Worker(None, opts.max_concurrency, opts.max_queue,
+                    load=lambda: open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency,
+                                            template=opts.template))
+    try:
+        backend = worker.loaded_backend()
+    except BaseException:
+        worker.stop()
+        raise
     name = opts.served_model_name or (Path(opts.model).name if not named(opts.model) else opts.model)
     cfg = ServeConfig(model_name=name, api_key=api_key(opts.api_key, opts.api_key_file),
                       max_body_bytes=opts.max_body_bytes, max_concurrency=opts.max_concurrency, max_queue=opts.max_queue,
@@ -108,7 +117,7 @@ def build(opts: ServeOptions):
                       max_thinking_tokens=opts.max_thinking_tokens, reasoning_field=opts.reasoning_field,
                       temperature=opts.temperature, top_p=opts.top_p, log_prompts=opts.log_prompts,
                       api_docs=opts.api_docs)
-    return create_app(backend, cfg, guard), cfg
+    return create_app(backend, cfg, guard, worker), cfg
 
 
 def uvicorn_config(app, host: str, port: int, header_seconds: float = 10.0, **kw):

@@ -207,8 +207,9 @@ def chat_page(model_name: str) -> tuple[str, dict[str, str]]:
     return text, {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None) -> FastAPI:
-    worker = Worker(backend.engine, cfg.max_concurrency, cfg.max_queue)
+def create_app(backend: Backend, cfg: ServeConfig, guard: Guard | None, worker: Worker | None = None) -> FastAPI:
+    """The app over ``backend``; ``worker``: the one that opened it (:func:`r1lite.serve.build`), else a new one."""
+    worker = worker or Worker(backend.engine, cfg.max_concurrency, cfg.max_queue)
     metrics = Metrics()
     service = ChatService(backend, cfg, guard, worker, metrics)
     responder = responses.Responses(service)
