@@ -53,11 +53,10 @@ class PeakMemory:
 
     def enter(self) -> None:
         """A phase begins: what came before it counts as setup; the peak starts again here."""
-        self._keep(OUTSIDE)
-        self.resettable = reset_peak() and self.resettable
+        self.leave(OUTSIDE)
 
     def leave(self, name: str) -> None:
-        """Phase ``name`` ends: its peak is kept, and the time after it is setup's again."""
+        """Phase ``name`` ends: its peak is kept, and the peak starts again for what follows."""
         self._keep(name)
         self.resettable = reset_peak() and self.resettable
 

@@ -239,14 +239,12 @@ def combine(ranks: list[dict]) -> dict:
             flops[phase] = flops.get(phase, 0.0) + value
     kwh = [s.get("measured_kwh") for s in ranks]
     memory = [s["memory"] for s in ranks if s.get("memory")]
-    peaks: dict[str, float] = {}
+    peaks = PeakMemory()
     for m in memory:  # each process's peak, the largest over the ranks (one process per device)
-        for phase, mib in m["by_phase"].items():
-            peaks[phase] = max(peaks.get(phase, 0.0), mib)
+        peaks.load_state_dict(m)
     return {**ranks[0], "devices": sum(s["devices"] for s in ranks),
             "device_seconds": sum(s["device_seconds"] for s in ranks), "flops_by_phase": flops,
-            "measured_kwh": None if None in kwh else sum(kwh),
-            **({"memory": {"by_phase": peaks, "resettable": all(m["resettable"] for m in memory)}} if memory else {})}
+            "measured_kwh": None if None in kwh else sum(kwh), **({"memory": peaks.state_dict()} if memory else {})}
 
 
 def memory_report(state: dict | None) -> dict:
