@@ -235,7 +235,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     backends = [(b.split(":")[0], b.split(":")[1] if ":" in b else "f16") for b in args.backends.split(",")]
     if bad := [f"{b}:{q}" for b, q in backends if b not in ("r1lite", "r1lite-gguf", "llama-server", "llama-cpp-python")
-               or q not in ("f16", "q8_0", "q4_0", "q4_k_m", "noguard") or (q == "noguard") != (b == "r1lite" and q == "noguard")]:
+               or q not in ("f16", "q8_0", "q4_0", "q4_k_m", "noguard") or (q == "noguard" and b != "r1lite")]:
         raise SystemExit(f"bench_serve: --backends {','.join(bad)}: not a backend; each is r1lite[:noguard], r1lite-gguf, "
                          "llama-server[:f16|q8_0|q4_0|q4_k_m] or llama-cpp-python")
     if any(b == "llama-server" for b, _ in backends) and not llama_server_binary().exists():

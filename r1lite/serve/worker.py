@@ -39,8 +39,8 @@ class Worker:
     thread before it steps; :meth:`loaded_backend` waits for it. The thread that steps the engine
     should be the one that loaded it, and the only one that runs parallel work: libgomp counts
     every thread that ever led a parallel region, and once it counts more than the machine has
-    cores it stops spinning between regions, so a decode step (many short regions) ran at half
-    speed (15.9 against 27.8 tok/s at batch 1 on 2 cores) with the model loaded on the main thread.
+    cores it stops spinning between regions, and a decode step (many short regions) slows down
+    (docs/benchmarks.md, "Serving under load").
     """
 
     def __init__(self, engine, max_concurrency: int, max_queue: int, load=None):
@@ -60,16 +60,16 @@ class Worker:
         self.thread.start()
 
     def _main(self, load) -> None:
-        if load is not None:
-            try:
+        try:
+            if load is not None:
                 self.backend = load()
                 self.engine = self.backend.engine
-            except BaseException as e:  # noqa: BLE001 - handed to the caller of loaded_backend
-                self.load_error = e
-                self.loaded.set()
-                return
-        self.loaded.set()
-        self._run()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of loaded_backend
+            self.load_error = e
+        finally:
+            self.loaded.set()
+        if self.load_error is None:
+            self._run()
 
     def loaded_backend(self):
         """The backend ``load`` opened (its error, raised here, where it failed)."""
