@@ -3,9 +3,10 @@
 Linux keeps a process's peak resident set (``VmHWM`` in ``/proc/self/status``) and resets it to the
 current resident set when ``5`` is written to ``/proc/self/clear_refs``. :class:`PeakMemory` resets
 it as a phase begins and reads it as the phase ends, so each phase gets its own peak, and the time
-outside phases (loading, setup) gets one too. Where the reset is refused (an older kernel, a
-sandbox), a phase's figure is the peak since the process began, and ``resettable`` says so; off Linux
-there is no reading at all (empty figures).
+outside phases (loading, setup) gets one too. Some kernels refuse the write and some sandboxes take it
+and reset nothing, so a reset counts only when the peak reads back at the current resident set. Where
+it does not, a phase's figure is the peak since the process began, and ``resettable`` says so; off
+Linux there is no reading at all (empty figures).
 """
 
 from __future__ import annotations
@@ -29,13 +30,27 @@ def status_mib(field: str) -> float | None:
     return None
 
 
+SLACK_MIB = 8.0
+"""How far the peak may read above the resident set just after a reset (the kernel's counters are
+synchronised per thread in batches)."""
+
+
 def reset_peak() -> bool:
-    """Set the peak resident set to the current one; False where the kernel refuses."""
+    """Set the peak resident set to the current one; False where the kernel refuses or ignores it."""
     try:
         CLEAR_REFS.write_text("5")
-        return True
     except OSError:
         return False
+    peak, now = status_mib("VmHWM"), status_mib("VmRSS")
+    return peak is not None and now is not None and peak <= now + SLACK_MIB
+
+
+def peak_resets() -> bool:
+    """Whether this kernel really resets the peak: a freed 64 MiB block leaves the peak above the
+    resident set, and only a working reset brings it back down."""
+    block = bytearray(64 * 2**20)  # zero-filled, so touched: resident
+    del block
+    return reset_peak()
 
 
 class PeakMemory:
