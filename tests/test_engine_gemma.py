@@ -199,3 +199,32 @@ def test_flops_count_local_layers_over_the_window(gemma, monkeypatch):
     with FlopCounterMode(display=False) as counter:
         engine.generate([Request(p, Sampling(max_new_tokens=20, temperature=1.0), seed=i) for i, p in enumerate(prompts)])
     assert engine.stats.flops == pytest.approx(counter.get_total_flops(), rel=0.02), (engine.stats.flops, counter.get_total_flops())
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="int8 weights need the CPU kernels")
+def test_int8_weights_give_the_logits_of_their_q8_0_weights(gemma):
+    """Gemma's decoder on int8 weights (serve, chat --dtype int8): the logits of the fp32 decoder on
+    a copy whose projections and head (tied: the embedding too) hold their Q8_0 weights."""
+    import copy
+
+    from tests.test_kernels import q8_0
+
+    model, tokenizer = gemma
+    quantized = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in quantized.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(q8_0(module.weight))
+    ours, ref = GemmaDecoder(model, torch.float32, int8=True), GemmaDecoder(quantized, torch.float32)
+    assert ours.weights == "int8" and ours.embed is None
+    tokens, valid = left_pad([tokenizer.encode(t) for t in RAW], tokenizer.pad_token_id)
+    valid = valid.bool()
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    B, T = tokens.shape
+    caches = [d.new_cache(B, T + 3) for d in (ours, ref)]
+    full = torch.cat([valid, torch.ones(B, 3, dtype=torch.bool)], 1)
+    for start, end in ((0, T), (T, T + 1), (T + 1, T + 2)):
+        step = tokens[:, start:end] if end <= T else tokens[:, -1:]
+        pos = positions[:, start:end] if end <= T else positions[:, -1:] + end - T
+        a, b = (d.forward(c, step, pos, start, full) for d, c in zip((ours, ref), caches))
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -16,6 +16,7 @@ import torch
 from r1lite import prompts, tasks
 from r1lite.edge.chat_format import jinja_template, ollama_template, prompt_format
 from r1lite.engine import Request, Sampling
+from r1lite.errors import UsageError
 from r1lite.models import load_model, resolve_runtime
 from r1lite.prompts import encode_messages, item_prompts
 from r1lite.rewards import r1_answer
@@ -352,6 +353,26 @@ def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
         n = len(tok.encode(thought, add_special_tokens=False))
         assert n <= max(budget, close) + 1, (budget, n, thought)
         assert (CLOSE_SENTENCE.strip() in thought) == (budget >= sentence + close)
+
+
+def test_int8_weights_serve_and_chat_where_the_kernels_run_and_say_why_not_elsewhere(monkeypatch):
+    """--dtype int8 (serve, chat): the engine decodes with int8 weights and answers; a wrong dtype
+    and a machine without the kernels are one line each."""
+    from r1lite.edge.backends import open_model
+    from r1lite.engine import kernels
+
+    if kernels.load() is not None:
+        backend = open_model("tiny", "cpu", "int8")
+        assert backend.engine.decoder.weights == "int8"
+        assert backend.engine.decoder.head.packed.data.dtype == torch.int8
+        ids = encode_messages(backend.tokenizer, [{"role": "user", "content": "Hi"}], "")
+        out = backend.engine.generate([Request(ids, Sampling(max_new_tokens=12, temperature=0))])[0][0]
+        assert len(out.token_ids) == 12
+    with pytest.raises(UsageError, match="--dtype int4: use auto, bf16, fp32 or int8"):
+        open_model("tiny", "cpu", "int4")
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    with pytest.raises(UsageError, match="needs r1lite's CPU kernels.*use --dtype fp32"):
+        open_model("tiny", "cpu", "int8")
 
 
 def test_a_lora_adapter_is_merged_before_export(cli, tiny_model, tmp_path):

@@ -49,7 +49,7 @@ def bf16(t):
 @pytest.mark.parametrize("packing", [pytest.param("fp32", marks=needs_kernel), pytest.param("bf16", marks=needs_bf16)])
 def test_rows_of_a_packed_weight_are_its_rows_for_tied_embedding_lookups(packing):
     w = torch.randn(13, 24, generator=torch.Generator().manual_seed(3))  # 13 rows: a last panel of one row
-    packed = cpu_kernels.PackedWeight([w[:5], w[5:]], LIB, bf16=packing == "bf16")
+    packed = cpu_kernels.PackedWeight([w[:5], w[5:]], LIB, kind=packing)
     ids = torch.tensor([12, 0, 7, 5, 6, 12, 11])
     expected = (w.bfloat16().float() if packing == "bf16" else w)[ids]
     assert torch.equal(packed.rows(ids), expected)
@@ -63,7 +63,7 @@ def test_bf16_projection_is_the_product_of_bf16_weights_and_bf16_inputs(O, K, N)
     prologue), summed in fp32: against the same rounding with the product in fp64."""
     g = torch.Generator().manual_seed(O * 1000 + K + N)
     w = torch.randn(O, K, generator=g)
-    packed = cpu_kernels.PackedWeight(w, LIB, bf16=True)
+    packed = cpu_kernels.PackedWeight(w, LIB, kind="bf16")
     x = torch.randn(K, N, generator=g)
     gu = torch.randn(2 * K, N, generator=g) * 4
     norm, bias = torch.rand(K, generator=g) + 0.5, torch.randn(O, generator=g)
@@ -90,11 +90,103 @@ def test_bf16_projection_is_the_product_of_bf16_weights_and_bf16_inputs(O, K, N)
 @needs_bf16
 def test_bf16_columns_do_not_depend_on_their_place_in_the_batch():
     g = torch.Generator().manual_seed(5)
-    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, bf16=True)
+    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, kind="bf16")
     x = torch.randn(64, 70, generator=g)
     whole = packed.linear(x)
     for cols in ([0], [3, 9], list(range(5, 22)), list(range(33, 70))):
         assert torch.equal(packed.linear(x[:, cols].contiguous()), whole[:, cols])
+
+
+def q8_0(w: torch.Tensor) -> torch.Tensor:
+    """llama.cpp's Q8_0 of each row, dequantized: blocks of 32, d = max |w| / 127, q = w / d rounded
+    half away from zero (C's roundf; computed exactly in fp64), the weights q * d in fp32."""
+    blocks = w.view(w.shape[0], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    v = (blocks * torch.where(d > 0, 1 / d, torch.zeros_like(d))).double()  # the kernel multiplies by 1/d
+    q = (v.sign() * (v.abs() + 0.5).floor()).clamp(-127, 127).float()
+    return (q * d).view_as(w)
+
+
+@needs_kernel
+@pytest.mark.parametrize("N", [1, 2, 3, 6, 7, 16, 17, 40, 96, 200])  # <= 6: pairs from int8; more: 8, 16, chunks of 64
+@pytest.mark.parametrize("O,K", [(13, 32), (100, 64), (960, 576)])  # panels of 8 in fours and threes, a last short one
+def test_int8_projection_is_the_product_of_q8_0_weights_and_fp32_inputs(O, K, N):
+    g = torch.Generator().manual_seed(O * 1000 + K + N)
+    w = torch.randn(O, K, generator=g) * torch.rand(O, 1, generator=g)  # rows of different scales
+    packed = cpu_kernels.PackedWeight([w[:5], w[5:]], LIB, kind="int8")
+    wq = q8_0(w).double()
+    assert torch.equal(packed.rows(torch.arange(O)), wq.float())  # the quantization is Q8_0's, to the bit
+    x = torch.randn(K, N, generator=g)
+    gu = torch.randn(2 * K, N, generator=g) * 4
+    norm, bias = torch.rand(K, generator=g) + 0.5, torch.randn(O, generator=g)
+    close = dict(atol=1e-5 * K ** 0.5 * 4, rtol=1e-4)
+
+    def expect(fx):
+        return (wq @ fx.double()).float()
+
+    torch.testing.assert_close(packed.linear(x), expect(x), **close)
+    torch.testing.assert_close(packed.linear(x, "rmsnorm", norm, 1e-5), expect(rms(x, norm, 1e-5)), **close)
+    torch.testing.assert_close(packed.linear(gu, "swiglu"), expect(F.silu(gu[:K]) * gu[K:]), **close)
+    torch.testing.assert_close(packed.linear(x, bias=bias, transposed=True), (expect(x) + bias[:, None]).t(), **close)
+    residual = torch.randn(O, N, generator=g)
+    expected = residual + expect(x) + bias[:, None]
+    assert packed.linear(x, bias=bias, into=residual) is residual
+    torch.testing.assert_close(residual, expected, **close)
+    assert packed.columns(N) == N
+
+
+@needs_kernel
+def test_int8_columns_do_not_depend_on_their_place_in_the_batch():
+    """Pairs straight from the int8 values (<= 6 columns) and the dequantized panels (more) sum
+    alike: a sequence decodes to the same bits alone and in any batch."""
+    g = torch.Generator().manual_seed(5)
+    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, kind="int8")
+    x = torch.randn(64, 70, generator=g)
+    whole = packed.linear(x)
+    for cols in ([0], [3, 9], [1, 2, 4], list(range(5, 22)), list(range(33, 70))):
+        assert torch.equal(packed.linear(x[:, cols].contiguous()), whole[:, cols]), cols
+    with pytest.raises(ValueError, match="multiple of 32"):
+        cpu_kernels.PackedWeight(torch.randn(8, 48), LIB, kind="int8")
+
+
+@needs_kernel
+@pytest.mark.parametrize("tied", [True, False])
+def test_an_int8_decoder_gives_the_logits_of_its_q8_0_weights(tied):
+    """Prefill and decode steps (the whole step in one call) of int8 weights: transformers' logits
+    for the same model with every projection and the head replaced by its Q8_0 weights; a tied
+    embedding reads the head's int8 copy."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1lite.engine import LlamaDecoder
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=tied)).eval()
+    decoder = LlamaDecoder(model, torch.float32, int8=True)
+    assert decoder._step is not None and decoder.weights == "int8" and (decoder.embed is None) == tied
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(q8_0(module.weight))
+    B, P, new = 5, 7, 4
+    tokens = torch.randint(0, 300, (B, P + new))
+    mask = torch.ones(B, P + new, dtype=torch.long)
+    mask[1, :3] = 0  # a left-padded row
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache, valid = decoder.new_cache(B, P + new), mask.bool()
+    torch.testing.assert_close(decoder.forward(cache, tokens[:, :P], positions[:, :P], 0, valid),
+                               model(input_ids=tokens[:, :P], attention_mask=mask[:, :P], position_ids=positions[:, :P]).logits[:, -1].detach(),
+                               atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        ref = model(input_ids=tokens, attention_mask=mask, position_ids=positions).logits
+    for t in range(P, P + new):
+        logits = decoder.forward(cache, tokens[:, t:t + 1], positions[:, t:t + 1], t, valid)
+        torch.testing.assert_close(logits, ref[:, t], atol=1e-4, rtol=1e-4)
+    bad = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        LlamaDecoder(bad, torch.float32, int8=True)
 
 
 @needs_kernel
@@ -265,7 +357,7 @@ def test_a_compiler_without_avx512_bf16_still_builds_the_fp32_kernels(monkeypatc
     w, x = torch.randn(20, 16), torch.randn(16, 5)
     torch.testing.assert_close(cpu_kernels.PackedWeight(w, lib).linear(x), w @ x, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="bf16 products"):
-        cpu_kernels.PackedWeight(w, lib, bf16=True)
+        cpu_kernels.PackedWeight(w, lib, kind="bf16")
 
 
 def test_bf16_products_can_be_turned_off(monkeypatch):

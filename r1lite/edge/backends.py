@@ -98,10 +98,23 @@ def gguf_tokenizer(path: Path):
     return tokenizer
 
 
+def check_int8(runtime) -> None:
+    """``--dtype int8`` decodes with r1lite's CPU kernels: one line where they cannot run."""
+    from r1lite.engine import kernels
+
+    if runtime.device.type != "cpu":
+        raise UsageError("--dtype int8: int8 weights decode on a CPU, with r1lite's kernels; on a GPU use --dtype bf16 or fp32")
+    if kernels.load() is None:
+        raise UsageError("--dtype int8 needs r1lite's CPU kernels, which cannot be used here (the line above says why); "
+                         "use --dtype fp32")
+
+
 def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: int = 64,
                template: str = "auto") -> Backend:
     """An engine for ``spec``: ``FILE.gguf`` on llama.cpp, anything else ``--model`` takes on PyTorch.
 
+    ``dtype``: auto, bf16, fp32, or int8 (PyTorch models on a CPU: the products' weights in blocks of
+    32 int8 values with a scale, as llama.cpp's Q8_0; :mod:`r1lite.engine.decoders`).
     ``template``: ``auto`` keeps a run's (or a GGUF's own chat template, with the stop its export
     recorded); chat or r1_zero replace it (a GGUF under r1_zero is rendered here, not by its template)."""
     path = Path(spec).expanduser()
@@ -124,7 +137,18 @@ def open_model(spec: str, device: str = "auto", dtype: str = "auto", max_rows: i
     if path.exists() and path.is_file():
         raise UsageError(f"--model {spec}: a file that is not .gguf; pass a GGUF file, a run directory or a model directory")
     fmt = run_format(spec, template)  # before the weights load: a bad template is one line, at once
-    runtime = resolve_runtime(device, dtype)
+    if dtype not in ("auto", "bf16", "bfloat16", "fp32", "float32", "int8"):
+        raise UsageError(f"--dtype {dtype}: use auto, bf16, fp32 or int8")
+    int8 = dtype == "int8"
+    runtime = resolve_runtime(device, "fp32" if int8 else dtype)
+    if int8:
+        check_int8(runtime)
     model, tokenizer = load_model(spec, runtime)
-    engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows, discard_model=True)
+    try:
+        engine = make_engine(model, tokenizer, runtime.dtype, stop_token_ids(tokenizer, model), max_rows,
+                             discard_model=True, int8=int8)
+    except ValueError as e:
+        if not int8:
+            raise
+        raise UsageError(f"--dtype int8: {e}; use --dtype fp32") from None
     return Backend(engine, tokenizer, fmt, "torch", spec, fmt.name, model.config.max_position_embeddings, fmt.stop)

@@ -83,7 +83,7 @@ class ChatConfig:
     template: str = opt("auto", "prompt template: chat, r1_zero (the R1 paper's plain template for base models) or auto "
                                 "(a run's or a GGUF's own; r1_zero for gemma3-270m and tiny-gemma3, chat otherwise)")
     device: str = opt("auto", "PyTorch models: auto, cpu or cuda[:N]")
-    dtype: str = opt("auto", "PyTorch models: auto, bf16 or fp32")
+    dtype: str = opt("auto", "PyTorch models: auto, bf16, fp32 or int8 (CPU: weights as llama.cpp's Q8_0, a quarter of fp32's bytes per token)")
 
     def __post_init__(self):
         if not self.model:

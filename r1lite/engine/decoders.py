@@ -19,7 +19,9 @@ activations, the attention and the cache are fp32 whatever ``dtype`` is. bf16 we
 products with fp32 sums where the CPU has AVX-512 BF16 (each product's input rounded to bf16, as
 bf16 autocast rounds it in training; ``benchmarks/bench_rollout.py`` has the speed), and as fp32
 products of the bf16-rounded weights where it has not (the emulation of that path on AVX2 CPUs).
-Elsewhere (GPUs, other CPUs) the PyTorch path computes in ``dtype``.
+Elsewhere (GPUs, other CPUs) the PyTorch path computes in ``dtype``. ``int8`` (serving and chat,
+where our kernels build): the products' weights quantized per block of 32 as llama.cpp's Q8_0 does,
+a quarter of fp32's bytes to read at each decode step; activations and sums stay fp32.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ class Projection:
     CHUNK = 16
 
     def __init__(self, parts: list[torch.Tensor], lib, onednn: bool, reuse: Projection | None = None,
-                 bf16: bool = False):
+                 kind: str = "fp32"):
         if lib is not None:
             self.weight = None
-            self.packed = kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None, bf16)
+            self.packed = kernels.PackedWeight(parts, lib, reuse.packed if reuse is not None else None, kind)
         else:
             self.weight = torch.cat(parts) if len(parts) > 1 else parts[0]
             self.packed = None
@@ -130,7 +132,8 @@ class LlamaDecoder:
     end of one.
     """
 
-    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False):
+    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False,
+                 int8: bool = False):
         cfg = _unwrapped(model).config
         self.config = cfg
         self.shape = ModelShape.from_config(cfg, cfg.model_type)
@@ -153,6 +156,10 @@ class LlamaDecoder:
         self.compute = torch.float32 if lib is not None else dtype  # see the module docstring
         inputs = (cfg.hidden_size, self.n_heads * self.head_dim, cfg.intermediate_size)  # K of each product
         self.bf16_products = dtype == torch.bfloat16 and kernels.bf16_products(lib) and all(k % 2 == 0 for k in inputs)
+        if int8 and (lib is None or dtype != torch.float32 or any(k % kernels.Q8_BLOCK for k in inputs)):
+            raise ValueError(f"int8 weights need r1lite's CPU kernels, fp32 activations and products whose inputs "
+                             f"{inputs} are multiples of {kernels.Q8_BLOCK}")
+        self.weights = "int8" if int8 else "bf16" if self.bf16_products else "fp32"  # how the products' weights are packed
         self.onednn = self.device.type == "cpu" and self.compute == torch.float32 and lib is None and torch.backends.mkldnn.is_available()
         # fp32 attention on a CPU in fp64, rounded to fp32: in another batch a row's keys sit at
         # other cache columns (padding), and fp32 sums over them would round differently (see
@@ -190,7 +197,7 @@ class LlamaDecoder:
         memory of the previous sync's (``self.layers`` and ``self.head`` until ``_load`` replaces them)."""
         old = getattr(self, "layers", None)
         reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
-        return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.bf16_products)
+        return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.weights)
 
     def _embedding(self, model) -> torch.Tensor | None:
         """The embedding in the rollout precision, or None where it is the head's own weight (tied)

@@ -10,7 +10,7 @@
  * multiple of 16 columns (8 for 1..8) and laid out in chunks of 64 columns. Threads split the panels
  * with OpenMP; the library links against the libgomp PyTorch loaded, so both share one thread pool.
  * r1_attend is the attention (a decode step's or prefill's); r1_decode_step chains them into a whole
- * decode step.
+ * decode step. gemm_bf16.c has the products on bf16 weights, gemm_int8.c on int8 ones.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -218,10 +218,10 @@ static inline void panel_pair8(const float *P0, const float *P1, const float *x,
 static inline long padded_columns_bf16(long N) { return padded_columns(N); }
 #endif
 
-/* floats of scratch r1_linear (and r1_linear_bf16: f(x), then its bf16 pairs) needs for K input
-   features and N columns */
+/* floats of scratch r1_linear needs for K input features and N columns: f(x) and the norm's
+   factors, then room for r1_linear_bf16's bf16 pairs of f(x) or r1_linear_q8's transposed copy */
 long r1_linear_work(long K, long N) {
-    return (K + 1 + (K + 1) / 2) * padded_columns_bf16(N);
+    return (2 * K + 1) * padded_columns_bf16(N);
 }
 
 /* out (+)= W @ f(x) (+ bias): W packed [O, K]; x [K, N] (2K rows for SWIGLU); xs scratch of
@@ -408,16 +408,23 @@ void r1_attend(const float *qkv, long B, long T, long H, long KV, long D, const 
     }
 }
 
-/* r1_linear, or r1_linear_bf16 on bf16 pairs */
-static void linear_any(int bf16, const void *P, long O, long K, const float *x, long N, int mode, const float *norm_w,
+#include "gemm_int8.c"
+
+enum { FP32 = 0, BF16 = 1, Q8 = 2 };  /* how a decode step's weights are packed */
+
+/* r1_linear, r1_linear_bf16 on bf16 pairs or r1_linear_q8 on int8 blocks */
+static void linear_any(int kind, const void *P, long O, long K, const float *x, long N, int mode, const float *norm_w,
                        float eps, float *xs, const float *bias, float *out, int accumulate, int transposed) {
 #ifndef R1_NO_BF16
-    if (bf16) {
+    if (kind == BF16) {
         r1_linear_bf16((const uint32_t *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
         return;
     }
 #endif
-    r1_linear((const float *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
+    if (kind == Q8)
+        r1_linear_q8((const int8_t *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
+    else
+        r1_linear((const float *)P, O, K, x, N, mode, norm_w, eps, xs, bias, out, accumulate, transposed);
 }
 
 /* floats of scratch r1_decode_step needs for N sequences */
@@ -436,23 +443,24 @@ long r1_decode_work(long C, long H, long KV, long D, long I, long N) {
    vectors: per layer ln1, ln2 and the biases of qkv, o, gate|up, down (NULL: none), then the final
    norm (6 n + 1); scale: the attention's, 1/sqrt(D); x [C, N] the residual stream (the embedded
    tokens; updated); cos, sin [N, D]; cache [n, 2, N, KV, L, D]; valid as r1_attend; work
-   r1_decode_work floats; logits [N, V]; bf16: the weights are packed by r1_pack6_bf16. */
+   r1_decode_work floats; logits [N, V]; kind: how the weights are packed (FP32: r1_pack6, BF16:
+   r1_pack6_bf16, Q8: r1_pack_q8). */
 void r1_decode_step(long n_layers, long C, long H, long KV, long D, long I, long V,
                     const void *const *weights, const float *const *vectors, float eps, float scale, float *x, long N,
                     const float *cos, const float *sin, float *cache, long L, long pos, long shared,
-                    const unsigned char *valid, long valid_stride, float *work, float *logits, int bf16) {
+                    const unsigned char *valid, long valid_stride, float *work, float *logits, int kind) {
     float *qkv = work, *att = qkv + (H + 2 * KV) * D * N, *gu = att + H * D * N, *xs = gu + 2 * I * N;
     for (long i = 0; i < n_layers; i++) {
         const void *const *w = weights + 4 * i;
         const float *const *v = vectors + 6 * i;
-        linear_any(bf16, w[0], (H + 2 * KV) * D, C, x, N, RMSNORM, v[0], eps, xs, v[2], qkv, 0, 0);
+        linear_any(kind, w[0], (H + 2 * KV) * D, C, x, N, RMSNORM, v[0], eps, xs, v[2], qkv, 0, 0);
         r1_attend(qkv, N, 1, H, KV, D, cos, sin, cache + i * 2 * N * KV * L * D, L, pos, shared, valid, valid_stride,
                   scale, att);
-        linear_any(bf16, w[1], C, H * D, att, N, PLAIN, NULL, 0.0f, xs, v[3], x, 1, 0);
-        linear_any(bf16, w[2], 2 * I, C, x, N, RMSNORM, v[1], eps, xs, v[4], gu, 0, 0);
-        linear_any(bf16, w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
+        linear_any(kind, w[1], C, H * D, att, N, PLAIN, NULL, 0.0f, xs, v[3], x, 1, 0);
+        linear_any(kind, w[2], 2 * I, C, x, N, RMSNORM, v[1], eps, xs, v[4], gu, 0, 0);
+        linear_any(kind, w[3], C, I, gu, N, SWIGLU, NULL, 0.0f, xs, v[5], x, 1, 0);
     }
-    linear_any(bf16, weights[4 * n_layers], V, C, x, N, RMSNORM, vectors[6 * n_layers], eps, xs, NULL, logits, 0, 1);
+    linear_any(kind, weights[4 * n_layers], V, C, x, N, RMSNORM, vectors[6 * n_layers], eps, xs, NULL, logits, 0, 1);
 }
 
 /* w[0..n) = exp(x - top) for n <= 256 logits (0 at -inf); returns their sum */

@@ -70,7 +70,8 @@ class GemmaDecoder(LlamaDecoder):
     """Inference forward for Gemma 3 text models with a static KV cache (see the module
     docstring); the interface, the cache and the precision rules are :class:`LlamaDecoder`'s."""
 
-    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False):
+    def __init__(self, model, dtype: torch.dtype, own_weights: bool = False, discard_model: bool = False,
+                 int8: bool = False):
         cfg = _unwrapped(model).config
         why = unsupported(cfg)
         if why is not None:
@@ -78,7 +79,7 @@ class GemmaDecoder(LlamaDecoder):
         self.window = int(cfg.sliding_window)
         self.kinds = list(cfg.layer_types)
         self.scale = float(cfg.query_pre_attn_scalar) ** -0.5
-        super().__init__(model, dtype, own_weights, discard_model)
+        super().__init__(model, dtype, own_weights, discard_model, int8)
 
     def _load(self, model) -> None:
         b, proj = self._bias, self._projection

@@ -38,10 +38,12 @@ import torch
 from r1lite.packaged import cache_dir
 
 SOURCE = Path(__file__).with_name("gemm.c")
-SOURCES = [SOURCE, SOURCE.with_name("gemm_bf16.c")]  # gemm.c includes gemm_bf16.c
+SOURCES = [SOURCE, SOURCE.with_name("gemm_bf16.c"), SOURCE.with_name("gemm_int8.c")]  # gemm.c includes the others
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 NO_BF16 = "-DR1_NO_BF16"  # for a compiler that does not know AVX-512 BF16: the fp32 kernels alone
 PANEL = 6  # weight rows per packed panel (gemm.c)
+Q8_BLOCK, Q8_PANEL = 32, 8  # int8 weights: a scale per 32 weights of a row; panels of 8 rows (gemm_int8.c)
+KINDS = {"fp32": 0, "bf16": 1, "int8": 2}  # how weights are packed, as r1_decode_step numbers them
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -98,6 +100,8 @@ def _build() -> ctypes.CDLL:
                            int_],
         "r1_pack6_bf16": [ptr, ptr, long, ptr, long, long],
         "r1_linear_bf16": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
+        "r1_pack_q8": [ptr, ptr, long, ptr, long, long],
+        "r1_linear_q8": [ptr, long, long, ptr, long, int_, ptr, float_, ptr, ptr, ptr, int_, int_],
     }
     for name, argtypes in signatures.items():
         if name.endswith("_bf16") and not hasattr(lib, name):
@@ -157,36 +161,53 @@ def bf16_products(lib: ctypes.CDLL | None) -> bool:
 
 class PackedWeight:
     """fp32 CPU weights [O_i, K], stacked along O, packed for :meth:`linear` (a copy: pack again
-    after the weights change). ``bf16``: packed as bf16 pairs for bf16 products (the weights
-    rounded to bf16, f(x) too; fp32 sums: gemm_bf16.c), where :func:`bf16_products` says the
-    machine has them; K must be even. ``reuse``: a PackedWeight of the same shape and kind whose
-    memory to pack into (a fresh 0.5 GB allocation costs ~0.2 s of page faults per sync for the
-    135M model)."""
+    after the weights change). ``kind``: "fp32"; "bf16", packed as bf16 pairs for bf16 products (the
+    weights rounded to bf16, f(x) too; fp32 sums: gemm_bf16.c), where :func:`bf16_products` says
+    the machine has them, K even; "int8", each row in blocks of 32 int8 values with an fp32 scale
+    (llama.cpp's Q8_0; f(x) and the sums fp32: gemm_int8.c), K a multiple of 32. ``reuse``: a
+    PackedWeight of the same shape and kind whose memory to pack into (a fresh 0.5 GB allocation
+    costs ~0.2 s of page faults per sync for the 135M model)."""
 
     def __init__(self, parts: torch.Tensor | list[torch.Tensor], lib: ctypes.CDLL, reuse: PackedWeight | None = None,
-                 bf16: bool = False):
+                 kind: str = "fp32"):
         parts = [parts] if isinstance(parts, torch.Tensor) else list(parts)
         K = parts[0].shape[-1]
-        if bf16 and (K % 2 or not hasattr(lib, "r1_linear_bf16")):
+        if kind not in KINDS:
+            raise ValueError(f"PackedWeight kind {kind!r}: one of {sorted(KINDS)}")
+        if kind == "bf16" and (K % 2 or not hasattr(lib, "r1_linear_bf16")):
             raise ValueError(f"bf16 packing needs an even K (got {K}) and a library built with the bf16 products")
+        if kind == "int8" and K % Q8_BLOCK:
+            raise ValueError(f"int8 packing needs K a multiple of {Q8_BLOCK}, got {K}")
         for w in parts:
             if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2 or w.shape[1] != K:
                 raise ValueError(f"PackedWeight takes 2-D fp32 CPU tensors with {K} columns, got {w.dtype} {tuple(w.shape)} on {w.device}")
         parts = [w.detach().contiguous() for w in parts]
-        self.lib, self.bf16 = lib, bf16
+        self.lib, self.kind, self.bf16 = lib, kind, kind == "bf16"
         self.out_features, self.in_features = sum(w.shape[0] for w in parts), K
-        size = -(-self.out_features // PANEL) * K * PANEL // (2 if bf16 else 1)  # 32-bit words
-        same = reuse is not None and (reuse.out_features, reuse.in_features, reuse.bf16) == (self.out_features, K, bf16)
-        self.data = reuse.data if same else torch.empty(size, dtype=torch.int32 if bf16 else torch.float32)
+        if kind == "int8":  # int8 values [OP, K], then fp32 scales [OP, K / 32]
+            size, dtype = self._q8_rows() * (K + K // Q8_BLOCK * 4), torch.int8
+        else:  # 32-bit words
+            size, dtype = -(-self.out_features // PANEL) * K * PANEL // (2 if self.bf16 else 1), torch.int32 if self.bf16 else torch.float32
+        same = reuse is not None and (reuse.out_features, reuse.in_features, reuse.kind) == (self.out_features, K, kind)
+        self.data = reuse.data if same else torch.empty(size, dtype=dtype)
         pointers = (ctypes.c_void_p * len(parts))(*[w.data_ptr() for w in parts])
         rows = (ctypes.c_long * len(parts))(*[w.shape[0] for w in parts])
-        pack = lib.r1_pack6_bf16 if bf16 else lib.r1_pack6
+        pack = {"fp32": lib.r1_pack6, "bf16": getattr(lib, "r1_pack6_bf16", None), "int8": lib.r1_pack_q8}[kind]
         pack(pointers, rows, len(parts), self.data.data_ptr(), self.out_features, K)
+
+    def _q8_rows(self) -> int:
+        """The rows an int8 weight stores: whole panels of 8 (zero rows at the end)."""
+        return -(-self.out_features // Q8_PANEL) * Q8_PANEL
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of the packed weight as fp32 [N, K] (bf16 packing: the bf16-rounded values):
         a tied embedding's lookups read the head's packed copy, so the decoder holds one, not two."""
         panels, K = -(-self.out_features // PANEL), self.in_features
+        if self.kind == "int8":  # q * d, as gemm_int8.c dequantizes: values [OP/8, K, 8], scales [OP/8, K/32, 8]
+            OP, nb = self._q8_rows(), K // Q8_BLOCK
+            q = self.data[:OP * K].view(OP // Q8_PANEL, K, Q8_PANEL)[ids // Q8_PANEL, :, ids % Q8_PANEL].float()
+            d = self.data[OP * K:].view(torch.float32).view(OP // Q8_PANEL, nb, Q8_PANEL)[ids // Q8_PANEL, :, ids % Q8_PANEL]
+            return (q.view(len(ids), nb, Q8_BLOCK) * d[:, :, None]).view(len(ids), K)
         if not self.bf16:
             return self.data.view(panels, K, PANEL)[ids // PANEL, :, ids % PANEL]
         words = self.data.view(panels, K // 2, PANEL)[ids // PANEL, :, ids % PANEL]  # [N, K/2], elements 2k | 2k+1 << 16
@@ -194,7 +215,10 @@ class PackedWeight:
         return torch.stack((low, high), dim=-1).reshape(len(ids), K)
 
     def columns(self, n: int) -> int:
-        """Columns a product with n columns of x computes, padding included (gemm.c, gemm_bf16.c)."""
+        """Columns a product with n columns of x computes, padding included (gemm.c, gemm_bf16.c;
+        gemm_int8.c computes n)."""
+        if self.kind == "int8":
+            return n
         if self.bf16:
             return 16 if n <= 16 else -(-n // 32) * 32
         return 8 if n <= 8 else -(-n // 16) * 16
@@ -221,7 +245,7 @@ class PackedWeight:
                 raise ValueError(f"{name} must be a contiguous fp32 vector of {size}, got {t.dtype} {tuple(t.shape)}")
         if prologue == "rmsnorm" and norm is None:
             raise ValueError("the rmsnorm prologue needs its norm weight")
-        linear = self.lib.r1_linear_bf16 if self.bf16 else self.lib.r1_linear
+        linear = {"fp32": self.lib.r1_linear, "bf16": getattr(self.lib, "r1_linear_bf16", None), "int8": self.lib.r1_linear_q8}[self.kind]
         linear(self.data.data_ptr(), self.out_features, K, x.data_ptr(), N, _PROLOGUES[prologue],
                            None if norm is None else norm.data_ptr(), eps, scratch.data_ptr(),
                            None if bias is None else bias.data_ptr(), out.data_ptr(), into is not None, transposed)
@@ -303,9 +327,9 @@ class DecodeStep:
                 raise ValueError(f"DecodeStep: layer {i} has projections {shapes} and vectors "
                                  f"{[None if v is None else tuple(v.shape) for v in vs]}; expected {expected} and {sizes}")
         packed = [w for ws, _ in layers for w in ws] + [head]
-        if len({w.bf16 for w in packed}) != 1:
-            raise ValueError("DecodeStep: every weight must be packed alike (all bf16 or all fp32)")
-        self.bf16 = head.bf16
+        if len({w.kind for w in packed}) != 1:
+            raise ValueError("DecodeStep: every weight must be packed alike (all fp32, all bf16 or all int8)")
+        self.kind = head.kind
         self._keep = [layers, head, final_norm]
         self.weights = (ctypes.c_void_p * (4 * self.n_layers + 1))(
             *[w.data.data_ptr() for ws, _ in layers for w in ws], head.data.data_ptr())
@@ -332,5 +356,5 @@ class DecodeStep:
         self.lib.r1_decode_step(self.n_layers, self.C, self.H, self.KV, self.D, self.I, self.V, self.weights, self.vectors,
                                 self.eps, self.D ** -0.5, x.data_ptr(), N, cos.data_ptr(), sin.data_ptr(), cache.data_ptr(),
                                 cache.shape[4], pos, shared, valid.data_ptr(), valid.stride(0), work.data_ptr(), logits.data_ptr(),
-                                self.bf16)
+                                KINDS[self.kind])
         return logits

@@ -53,7 +53,7 @@ class ServeOptions:
     log_prompts: bool = opt(False, "print each request's messages (off: prompts are not logged)")
     api_docs: bool = opt(False, "serve /docs, /redoc and /openapi.json (the docs pages load scripts from a CDN)")
     device: str = opt("auto", "PyTorch models: auto, cpu or cuda[:N]")
-    dtype: str = opt("auto", "PyTorch models: auto, bf16 or fp32")
+    dtype: str = opt("auto", "PyTorch models: auto, bf16, fp32 or int8 (CPU: weights as llama.cpp's Q8_0, a quarter of fp32's bytes per token)")
 
     def __post_init__(self):
         if not self.model:
