@@ -9,7 +9,11 @@ batch 1, 16, 64, one row per precision of the weights:
 - bf16: r1lite as a bf16 run decodes (the weights rounded to bf16; on a CPU with AVX-512 BF16 our
   kernels' bf16 products, on an AVX2 CPU our kernels' fp32 products of the rounded weights,
   elsewhere PyTorch in bf16) against transformers in bf16 — where bf16 is slow (no AVX-512
-  BF16/AMX, ~1 GFLOP/s) transformers runs fp32 instead, and the row says so.
+  BF16/AMX, ~1 GFLOP/s) transformers runs fp32 instead, and the row says so;
+- int8 (``--dtypes int8``, CPUs with our kernels): r1lite as ``serve``/``chat --dtype int8`` decode
+  (every product's weights as Q8_0 rows, fp32 activations and sums) against transformers in fp32.
+  Its roofline counts the weights at 1.125 bytes each (an int8 value and a quarter of a 4-byte scale
+  per 32; norms and biases are < 0.1%) and the fp32 peak.
 
 The roofline comes from the same process: peak FLOP/s of a large matmul in the dtype, and memory
 bandwidth of a >= 1 GiB multithreaded copy (bytes read + written), best of 5 each, measured before
@@ -67,14 +71,16 @@ def bandwidth(device: torch.device, gib: float = 1.0) -> float:
     return 2 * src.numel() * 4 / best_of(run)
 
 
-def decode_limit(model, batch: int, context: float, dtype: torch.dtype, peak: float, bw: float) -> dict:
-    """Tokens/s a decode step at this batch and mean context cannot beat."""
+def decode_limit(model, batch: int, context: float, dtype: torch.dtype, peak: float, bw: float,
+                 weight_size: float | None = None) -> dict:
+    """Tokens/s a decode step at this batch and mean context cannot beat (``weight_size``: bytes per
+    weight where it is not the dtype's, int8 rows' 1.125)."""
     cfg = model.config
     size = torch.tensor([], dtype=dtype).element_size()
     params = sum(p.numel() for p in model.parameters())
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * context * batch * size
-    bytes_per_step = params * size + kv_bytes
+    bytes_per_step = params * (weight_size or size) + kv_bytes
     flops_per_step = 2 * params * batch + 4 * cfg.num_hidden_layers * context * cfg.num_attention_heads * head_dim * batch
     step = max(bytes_per_step / bw, flops_per_step / peak)
     return {"bytes_per_step": bytes_per_step, "flops_per_step": flops_per_step, "bound": "memory" if bytes_per_step / bw > flops_per_step / peak else "compute",
@@ -148,6 +154,8 @@ def step_split(engine, prompts: list[list[int]], repeats: int = 5) -> dict | Non
 
 def compute_name(decoder) -> str:
     """The precision of the decoder's products: "bfloat16 products" (fp32 sums), or its compute dtype."""
+    if getattr(decoder, "weights", None) == "int8":
+        return "int8 weights, float32 products"
     if getattr(decoder, "bf16_products", False):
         return "bfloat16 products"
     return str(decoder.compute).removeprefix("torch.")
@@ -159,7 +167,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side and batch, interleaved; the best counts")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "int8"])
     p.add_argument("--model", default="default", help="default, gemma3-270m, or a directory (e.g. a random model of the "
                    "same shape)")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/rollout-<cpu kind>.json (or -<gpu>.json); "
@@ -183,7 +191,7 @@ def main() -> None:
         dtype = torch.bfloat16 if name == "bf16" else torch.float32
         hf_dtype = dtype if fast_bf16 else torch.float32
         reference = model if hf_dtype == torch.float32 else copy.deepcopy(model).to(hf_dtype)
-        engine = make_engine(model, tokenizer, dtype, eos, max(args.batches))
+        engine = make_engine(model, tokenizer, dtype, eos, max(args.batches), int8=name == "int8")
         products = compute_name(engine.decoder)
         path = f"our kernels, {products}" if engine.decoder.lib is not None else f"PyTorch in {products}"
         print(f"{name}: r1lite on {name} weights ({path}), transformers in {hf_dtype}", flush=True)
@@ -210,7 +218,7 @@ def main() -> None:
         print(f"  peak {peak / 1e9:.0f} GFLOP/s ({name}), bandwidth {bw / 1e9:.1f} GB/s", flush=True)
         rows = []
         for batch, context, hf, ours, split in measured:
-            limit = decode_limit(model, batch, context, dtype, peak, bw)
+            limit = decode_limit(model, batch, context, dtype, peak, bw, 1.125 if name == "int8" else None)
             rows.append({"batch": batch, "transformers_tokens_per_s": hf, "r1lite_tokens_per_s": ours, "speedup": ours / hf,
                          "roofline_tokens_per_s": limit["tokens_per_s"], "fraction_of_roofline": ours / limit["tokens_per_s"],
                          "bound": limit["bound"], "mean_context": context, "decode_step_split": split})

@@ -3,7 +3,8 @@
 One asyncio httpx process on loopback drives 1 and 16 concurrent streaming clients against one
 server at a time. The backends, as ``rows`` names them:
 
-- ``r1lite`` — ``r1lite serve --model M`` (the PyTorch engine; the row held to the goals);
+- ``r1lite`` — ``r1lite serve --model M`` (the PyTorch engine; the row held to the goals), and with
+  ``--dtype int8`` (``r1lite:int8``, rows with ``"weights": "int8"``: the weights as Q8_0 rows);
 - ``r1lite-gguf`` — ``r1lite serve --model M.f16.gguf`` (r1lite's engine on llama.cpp);
 - ``llama-server`` — llama.cpp's own server (``make llama-server``) with ``--parallel 16`` slots and
   continuous batching, once on the f16 GGUF and once on the Q8_0 one (``gguf`` names the file);
@@ -57,7 +58,7 @@ from r1lite.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
-BACKENDS = "r1lite,r1lite:noguard,r1lite-gguf,llama-server:f16,llama-server:q8_0,llama-cpp-python"
+BACKENDS = "r1lite,r1lite:noguard,r1lite:int8,r1lite-gguf,llama-server:f16,llama-server:q8_0,llama-cpp-python"
 
 
 def llama_server_binary() -> Path:
@@ -72,7 +73,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(backend: str, model: str, gguf: Path | None, port: int, threads: int, slots: int, guard: bool) -> list[str]:
+def command(backend: str, model: str, gguf: Path | None, port: int, threads: int, slots: int, guard: bool,
+            int8: bool = False) -> list[str]:
     if backend == "llama-server":
         return [str(llama_server_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                 "-t", str(threads), "-tb", str(threads), "--parallel", str(slots), "-c", str(512 * slots),
@@ -82,7 +84,8 @@ def command(backend: str, model: str, gguf: Path | None, port: int, threads: int
                 "--n_ctx", "4096", "--n_threads", str(threads), "--n_threads_batch", str(threads), "--api_key", KEY,
                 "--verbose", "False", "--interrupt_requests", "False"]  # its default drops a stream when another request arrives
     return [sys.executable, "-m", "r1lite", "serve", "--model", str(gguf) if backend == "r1lite-gguf" else model,
-            "--port", str(port), "--api-key", KEY, "--max-concurrency", "64", *(["--guard", "off"] if not guard else [])]
+            "--port", str(port), "--api-key", KEY, "--max-concurrency", "64", *(["--guard", "off"] if not guard else []),
+            *(["--dtype", "int8"] if int8 else [])]
 
 
 def start(cmd: list[str], port: int, threads: int) -> subprocess.Popen:
@@ -191,9 +194,9 @@ def summarise(repeats: list[dict], new_tokens: int) -> dict:
 
 def goals(rows: list[dict], cpu_kind: str) -> dict:
     """The issue's serving goals, from the rows (r1lite against llama-server on the Q8_0 file)."""
-    def row(backend: str, clients: int, gguf: str | None = None) -> dict | None:
+    def row(backend: str, clients: int, gguf: str | None = None, weights: str | None = None) -> dict | None:
         return next((r for r in rows if r["backend"] == backend and r["clients"] == clients and r.get("guard", True)
-                     and (gguf is None or r.get("gguf", "").endswith(gguf))), None)
+                     and r.get("weights") == weights and (gguf is None or r.get("gguf", "").endswith(gguf))), None)
 
     out: dict = {} if cpu_kind == "avx512-bf16" else {"note": "not measured on avx512-bf16"}
     r1, peer = row("r1lite", 1), row("llama-server", 1, "q8_0.gguf")
@@ -207,8 +210,16 @@ def goals(rows: list[dict], cpu_kind: str) -> dict:
     f16 = row("llama-server", 16, "f16.gguf")
     if r16 and f16:
         out["sixteen_clients_vs_llama_server_f16"] = r16["tokens_per_s"] / f16["tokens_per_s"]
-    if (serve := [r["server_peak_rss_mib"] for r in rows if r["backend"] == "r1lite"]):
+    if (serve := [r["server_peak_rss_mib"] for r in rows if r["backend"] == "r1lite" and r.get("weights") is None]):
         out["r1lite_serve_peak_rss_mib"] = max(serve)
+    for clients in (1, 16):  # the same figures for serve --dtype int8
+        ours, peer = row("r1lite", clients, weights="int8"), row("llama-server", clients, "q8_0.gguf")
+        if ours and peer:
+            out[f"{'one_client' if clients == 1 else 'sixteen_clients'}_int8_vs_llama_server_q8_0"] = ours["tokens_per_s"] / peer["tokens_per_s"]
+        if ours and clients == 1 and ours["ttft_p50_s"] is not None:
+            out["one_client_int8_ttft_p50_s"] = ours["ttft_p50_s"]
+    if (serve := [r["server_peak_rss_mib"] for r in rows if r["backend"] == "r1lite" and r.get("weights") == "int8"]):
+        out["r1lite_int8_serve_peak_rss_mib"] = max(serve)
     return out
 
 
@@ -235,8 +246,8 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     backends = [(b.split(":")[0], b.split(":")[1] if ":" in b else "f16") for b in args.backends.split(",")]
     if bad := [f"{b}:{q}" for b, q in backends if b not in ("r1lite", "r1lite-gguf", "llama-server", "llama-cpp-python")
-               or q not in ("f16", "q8_0", "q4_0", "q4_k_m", "noguard") or (q == "noguard" and b != "r1lite")]:
-        raise SystemExit(f"bench_serve: --backends {','.join(bad)}: not a backend; each is r1lite[:noguard], r1lite-gguf, "
+               or q not in ("f16", "q8_0", "q4_0", "q4_k_m", "noguard", "int8") or (q in ("noguard", "int8") and b != "r1lite")]:
+        raise SystemExit(f"bench_serve: --backends {','.join(bad)}: not a backend; each is r1lite[:noguard|int8], r1lite-gguf, "
                          "llama-server[:f16|q8_0|q4_0|q4_k_m] or llama-cpp-python")
     if any(b == "llama-server" for b, _ in backends) and not llama_server_binary().exists():
         raise SystemExit(f"bench_serve: no {llama_server_binary().relative_to(ROOT)}; run `make llama-server` first "
@@ -248,9 +259,9 @@ def main() -> None:
                  for q in sorted({q for b, q in backends if b != "r1lite"})}
         for backend, quant in backends:
             gguf = ggufs.get(quant) if backend != "r1lite" else None
-            guard = quant != "noguard"
+            guard, int8 = quant != "noguard", quant == "int8"
             port = free_port()
-            proc = start(command(backend, args.model, gguf, port, args.threads, max(levels), guard), port, args.threads)
+            proc = start(command(backend, args.model, gguf, port, args.threads, max(levels), guard, int8), port, args.threads)
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             served = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]["id"]
             try:
@@ -259,10 +270,11 @@ def main() -> None:
                     repeats = [asyncio.run(level(url, backend, served, clients, args.new_tokens, 1000 * clients + 100 * k))
                                for k in range(args.repeats)]
                     row = {"backend": backend, **({"gguf": gguf.name} if gguf else {}), **({} if guard else {"guard": False}),
+                           **({"weights": "int8"} if int8 else {}),
                            "clients": clients,
                            **summarise(repeats, args.new_tokens), "server_peak_rss_mib": peak_rss_mib(proc.pid)}
                     rows.append(row)
-                    label = f"{backend}{' ' + gguf.name if gguf else ''}{'' if guard else ' guard off'}"
+                    label = f"{backend}{' ' + gguf.name if gguf else ''}{'' if guard else ' guard off'}{' int8' if int8 else ''}"
                     print(f"{label:<34}{clients:>3} clients  {row['tokens_per_s']:7.1f} tok/s "
                           f"({row['tokens_per_s_range'][0]:.1f}-{row['tokens_per_s_range'][1]:.1f})  stream "
                           f"{row['stream_tps_p50'] or float('nan'):6.1f} tok/s  TTFT p50 {row['ttft_p50_s'] or float('nan'):.2f} "

@@ -136,15 +136,20 @@ def test_int8_projection_is_the_product_of_q8_0_weights_and_fp32_inputs(O, K, N)
 
 
 @needs_kernel
-def test_int8_columns_do_not_depend_on_their_place_in_the_batch():
-    """Pairs straight from the int8 values (<= 6 columns) and the dequantized panels (more) sum
-    alike: a sequence decodes to the same bits alone and in any batch."""
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("prologue", ["plain", "rmsnorm", "swiglu"])
+def test_columns_do_not_depend_on_their_place_in_the_batch(kind, prologue):
+    """One column (its own prologue code), a few (int8: pairs straight from the int8 values) and
+    many (panels) compute each column alike: a sequence decodes to the same bits alone and in any
+    batch."""
     g = torch.Generator().manual_seed(5)
-    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, kind="int8")
-    x = torch.randn(64, 70, generator=g)
-    whole = packed.linear(x)
-    for cols in ([0], [3, 9], [1, 2, 4], list(range(5, 22)), list(range(33, 70))):
-        assert torch.equal(packed.linear(x[:, cols].contiguous()), whole[:, cols]), cols
+    packed = cpu_kernels.PackedWeight(torch.randn(100, 96, generator=g), LIB, kind=kind)  # K = 96: not a power of 2
+    x = torch.randn(192 if prologue == "swiglu" else 96, 70, generator=g) * 3
+    norm = torch.rand(96, generator=g) + 0.5
+    whole = packed.linear(x, prologue, norm if prologue == "rmsnorm" else None, 1e-5)
+    for cols in ([0], [69], [3, 9], [1, 2, 4], list(range(5, 22)), list(range(33, 70))):
+        part = packed.linear(x[:, cols].contiguous(), prologue, norm if prologue == "rmsnorm" else None, 1e-5)
+        assert torch.equal(part, whole[:, cols]), cols
     with pytest.raises(ValueError, match="multiple of 32"):
         cpu_kernels.PackedWeight(torch.randn(8, 48), LIB, kind="int8")
 

@@ -76,9 +76,56 @@ static inline float *chunk_at(float *xs, long K, long NP, long n, long *width) {
     return xs + c0 * K;
 }
 
+/* silu(g) * u for 8 lanes, each lane alone (so a value does not depend on its lane) */
+static inline __m256 swiglu8(__m256 g, __m256 u) {
+    __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    return _mm256_mul_ps(_mm256_mul_ps(g, sig), u);
+}
+
+/* lanes 0..m of 8 */
+static inline __m256i first_lanes(long m) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* prologue() for one column (a decode step of one sequence): 8 rows per vector instead of one
+   column per vector with 7 padded, every value computed as prologue() computes it (the same
+   elementwise code; the norm's sum of squares the same FMA chain over k), so a sequence's values
+   do not depend on whether it decodes alone. */
+static void prologue1(const float *x, long K, int mode, const float *norm_w, float eps, float *xs, float *inv) {
+    #pragma omp for schedule(static)
+    for (long k0 = 0; k0 < K; k0 += 8) {
+        long m = K - k0 < 8 ? K - k0 : 8;
+        __m256i lanes = first_lanes(m);
+        __m256 v = _mm256_maskload_ps(x + k0, lanes);
+        if (mode == SWIGLU)
+            v = swiglu8(v, _mm256_maskload_ps(x + K + k0, lanes));
+        float r[8];
+        _mm256_storeu_ps(r, v);
+        for (long j = 0; j < m; j++)  /* row k of xs: [value, 0 x 7] */
+            _mm256_storeu_ps(xs + (k0 + j) * 8, _mm256_castps128_ps256(_mm_set_ss(r[j])));
+    }
+    if (mode != RMSNORM)
+        return;
+    #pragma omp single
+    {
+        float sum = 0.0f;
+        for (long k = 0; k < K; k++)
+            sum = fmaf(xs[k * 8], xs[k * 8], sum);
+        for (int j = 0; j < 8; j++)  /* the padded columns' factor, as prologue() computes it */
+            inv[j] = 1.0f / sqrtf((j ? 0.0f : sum) / (float)K + eps);
+    }
+    #pragma omp for schedule(static)
+    for (long k = 0; k < K; k++)
+        xs[k * 8] *= inv[0] * norm_w[k];
+}
+
 /* xs = f(x), x [K or 2K, N], chunked as above; columns N..NP are zero. Called by every thread of a
    parallel region: rows are split between them; inv is a shared scratch of NP floats. */
 static void prologue(const float *x, long K, long N, long NP, int mode, const float *norm_w, float eps, float *xs, float *inv) {
+    if (N == 1) {
+        prologue1(x, K, mode, norm_w, eps, xs, inv);
+        return;
+    }
     #pragma omp for schedule(static)
     for (long k = 0; k < K; k++) {
         const float *src = x + k * N;
@@ -90,25 +137,13 @@ static void prologue(const float *x, long K, long N, long NP, int mode, const fl
             if (mode == SWIGLU) {
                 /* every column by the same vector code (the last few from padded copies): a
                    column's value must not depend on its place in the batch */
-                for (; n < end; n += 8) {
-                    long m = end - n < 8 ? end - n : 8;
-                    float g8[8] = {0}, u8[8] = {0}, r8[8];
-                    const float *gp = src + n, *upp = up + n;
-                    if (m < 8) {
-                        memcpy(g8, gp, m * sizeof(float));
-                        memcpy(u8, upp, m * sizeof(float));
-                        gp = g8, upp = u8;
-                    }
-                    __m256 g = _mm256_loadu_ps(gp);
-                    __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-                    __m256 r = _mm256_mul_ps(_mm256_mul_ps(g, sig), _mm256_loadu_ps(upp));
-                    if (m < 8) {
-                        _mm256_storeu_ps(r8, r);
-                        memcpy(row + n - c, r8, m * sizeof(float));
-                    } else
-                        _mm256_storeu_ps(row + n - c, r);
+                for (; n < end; n += 8) {  /* a last partial 8 reads zeros past the end: silu(0) * 0 = 0 */
+                    __m256i lanes = first_lanes(end - n);
+                    _mm256_storeu_ps(row + n - c, swiglu8(_mm256_maskload_ps(src + n, lanes), _mm256_maskload_ps(up + n, lanes)));
                 }
-                n = end;
+            } else if (w == 8) {  /* 1..8 columns (a decode step of a few sequences): one masked load */
+                _mm256_storeu_ps(row, _mm256_maskload_ps(src + n, first_lanes(end - n)));
+                n = c + w;
             } else if (end > n) {
                 memcpy(row, src + n, (end - n) * sizeof(float));
                 n = end;
@@ -119,17 +154,18 @@ static void prologue(const float *x, long K, long N, long NP, int mode, const fl
     }
     if (mode != RMSNORM)
         return;
+    /* each column's factor by the same 8-lane code (NP is a multiple of 8): one FMA chain over k */
     #pragma omp for schedule(static)
-    for (long c = 0; c < NP; c += 64) {
+    for (long c8 = 0; c8 < NP; c8 += 8) {
         long w;
-        float *block = chunk_at(xs, K, NP, c, &w);
-        for (long j = 0; j < w; j++)
-            inv[c + j] = 0.0f;
-        for (long k = 0; k < K; k++)
-            for (long j = 0; j < w; j++)
-                inv[c + j] += block[k * w + j] * block[k * w + j];
-        for (long j = 0; j < w; j++)
-            inv[c + j] = 1.0f / sqrtf(inv[c + j] / (float)K + eps);
+        const float *block = chunk_at(xs, K, NP, c8, &w) + c8 % 64;
+        __m256 sum = _mm256_setzero_ps();
+        for (long k = 0; k < K; k++) {
+            __m256 v = _mm256_loadu_ps(block + k * w);
+            sum = _mm256_fmadd_ps(v, v, sum);
+        }
+        __m256 mean = _mm256_add_ps(_mm256_div_ps(sum, _mm256_set1_ps((float)K)), _mm256_set1_ps(eps));
+        _mm256_storeu_ps(inv + c8, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(mean)));
     }
     #pragma omp for schedule(static)
     for (long k = 0; k < K; k++)

@@ -9,18 +9,22 @@
  * activations and the sums stay fp32 (llama.cpp's Q8_0 products round the activations to int8 too).
  *
  * Layout: panels of 8 rows, k-major: Q [OP/8, K, 8] int8 (OP = O rounded up to 8, zero rows at
- * the end), then the scales S [OP/8, K/32, 8] fp32. At each k the inner loop turns the 8 rows'
- * values into 8 fp32 weights (q * d). With up to 6 columns (a decode step of a few sequences) 4
- * panels go at once, dequantized in registers for each pair of columns, a lane per row, each column
- * of f(x) broadcast.
- * With more, three panels at a time are dequantized once per 64 columns into a buffer, and
- * multiplied into 16 columns 6 rows at a time as gemm.c's fp32 panels are (a lane per column).
- * Either way every (row, column) sum is one FMA chain over k in order, of the same weights, so a
- * column's value does not depend on its place in the batch. K must be a multiple of 32.
+ * the end), then the scales S [OP/8, K/32, 8] fp32. Every (row, column) result is computed alike:
+ * per block of 32, a partial sum t = sum of q * x over the block's k, one FMA chain in order from
+ * 0, then acc = fma(t, d, acc) block after block. So a column's value does not depend on its place
+ * in the batch, and the scale costs one FMA per 32 weights instead of a product per weight (a
+ * decode step of one sequence: 15.4 -> 9.2 ms with the prologue's fast path, 2-core AVX2 EPYC).
+ * - Up to 6 columns (a decode step of a few sequences): straight from the int8 values, a lane per
+ *   row, each column of f(x) broadcast; 8 panels at once for one column, 4 for a pair (that many
+ *   independent FMA chains), each thread a contiguous share of the panels.
+ * - More: three panels at a time turned into floats once per 64 columns, then 6 rows times 16
+ *   columns as gemm.c's fp32 panels are (a lane per column, each row's value broadcast).
+ * K must be a multiple of 32.
  */
+#include <omp.h>
 #include <stdint.h>
 
-enum { Q8_BLOCK = 32, Q8_PANEL = 8, Q8_PANELS = 4 };
+enum { Q8_BLOCK = 32, Q8_PANEL = 8, Q8_PANELS = 4 };  /* Q8_PANELS: at once for a pair of columns */
 enum { Q8_NARROW = 6 };  /* up to this many columns, 2 at a time straight from the int8 values */
 
 /* the rows a Q8 weight of O rows stores: O rounded up to a whole panel */
@@ -55,9 +59,9 @@ void r1_pack_q8(const float *const *parts, const long *part_rows, long nparts, i
     }
 }
 
-/* the 8 rows' weights at k of a panel (q: its values at k, d: its scales for k's block) */
-static inline __m256 q8_weights(const int8_t *q, __m256 d) {
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))), d);
+/* the 8 rows' int8 values at k of a panel, as floats (exact) */
+static inline __m256 q8_values(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
 }
 
 /* acc (8 rows' lanes, per column) -> out rows o..o+rows, columns n..n+cols (+ bias) */
@@ -74,107 +78,113 @@ static inline void q8_store(const __m256 *acc, long o, int rows, long n, int col
     }
 }
 
-/* panels t..t+P (P = 1..4, dequantized in registers) times columns n, n+1 (C = 1, 2) of f(x) (x:
-   its block of width w, columns from j). The accumulators are named variables, not an array: GCC
-   stored an array (its address is passed on) to memory at every k. */
+/* panels t..t+P times columns n, n+1 (C = 1, 2; P * C <= 8) of f(x) (x: its block of width w,
+   columns from j), straight from the int8 values: a lane per row, each column broadcast. Per
+   block of 32, a column's partial sum t = sum q * x starts at 0 and is one FMA chain over the
+   block's k in order; then acc = fma(t, d, acc). The partial sums are named variables (GCC kept an
+   array of them in memory, a store per FMA); the accumulators, touched once per block, are not. */
 static inline __attribute__((always_inline)) void q8_narrow(const int8_t *Q, const float *S, long K, long O, long t,
         const float *x, long w, long j, long n, const float *bias, float *out, long ldo, int accumulate, int transposed,
         const int P, const int C) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    long nb = K / Q8_BLOCK;
-    const int8_t *q0 = Q + t * K * Q8_PANEL, *q1 = q0 + K * Q8_PANEL, *q2 = q1 + K * Q8_PANEL, *q3 = q2 + K * Q8_PANEL;
-    const float *s0 = S + t * nb * Q8_PANEL, *s1 = s0 + nb * Q8_PANEL, *s2 = s1 + nb * Q8_PANEL, *s3 = s2 + nb * Q8_PANEL;
+    __m256 acc[Q8_PANELS * 2];
+    for (int i = 0; i < P * C; i++)
+        acc[i] = _mm256_setzero_ps();
+    long nb = K / Q8_BLOCK, stride = K * Q8_PANEL;
+    const int8_t *q = Q + t * stride;
+    const float *s = S + t * nb * Q8_PANEL;
     for (long b = 0; b < nb; b++) {
-        __m256 d0 = _mm256_loadu_ps(s0 + b * Q8_PANEL), d1 = d0, d2 = d0, d3 = d0;
-        _mm_prefetch((const char *)(q0 + (b + 4) * Q8_BLOCK * Q8_PANEL), _MM_HINT_T0);
-        if (P > 1) d1 = _mm256_loadu_ps(s1 + b * Q8_PANEL), _mm_prefetch((const char *)(q1 + (b + 4) * Q8_BLOCK * Q8_PANEL), _MM_HINT_T0);
-        if (P > 2) d2 = _mm256_loadu_ps(s2 + b * Q8_PANEL), _mm_prefetch((const char *)(q2 + (b + 4) * Q8_BLOCK * Q8_PANEL), _MM_HINT_T0);
-        if (P > 3) d3 = _mm256_loadu_ps(s3 + b * Q8_PANEL), _mm_prefetch((const char *)(q3 + (b + 4) * Q8_BLOCK * Q8_PANEL), _MM_HINT_T0);
+        __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0, t4 = t0, t5 = t0, t6 = t0, t7 = t0;
+        for (int p = 0; p < P; p++)
+            _mm_prefetch((const char *)(q + p * stride + (b + 4) * Q8_BLOCK * Q8_PANEL), _MM_HINT_T0);
         for (long k = b * Q8_BLOCK; k < (b + 1) * Q8_BLOCK; k++) {
+            const int8_t *qk = q + k * Q8_PANEL;
             __m256 x0 = _mm256_broadcast_ss(x + k * w + j), x1 = C == 2 ? _mm256_broadcast_ss(x + k * w + j + 1) : x0;
-            __m256 w0 = q8_weights(q0 + k * Q8_PANEL, d0);
-            a0 = _mm256_fmadd_ps(w0, x0, a0);
-            if (C == 2) b0 = _mm256_fmadd_ps(w0, x1, b0);
-            if (P > 1) {
-                __m256 w1 = q8_weights(q1 + k * Q8_PANEL, d1);
-                a1 = _mm256_fmadd_ps(w1, x0, a1);
-                if (C == 2) b1 = _mm256_fmadd_ps(w1, x1, b1);
-            }
-            if (P > 2) {
-                __m256 w2 = q8_weights(q2 + k * Q8_PANEL, d2);
-                a2 = _mm256_fmadd_ps(w2, x0, a2);
-                if (C == 2) b2 = _mm256_fmadd_ps(w2, x1, b2);
-            }
-            if (P > 3) {
-                __m256 w3 = q8_weights(q3 + k * Q8_PANEL, d3);
-                a3 = _mm256_fmadd_ps(w3, x0, a3);
-                if (C == 2) b3 = _mm256_fmadd_ps(w3, x1, b3);
+            if (C == 1) {  /* t_p: panel p */
+#define Q8T(i) if (P > i) t##i = _mm256_fmadd_ps(q8_values(qk + i * stride), x0, t##i);
+                Q8T(0) Q8T(1) Q8T(2) Q8T(3) Q8T(4) Q8T(5) Q8T(6) Q8T(7)
+#undef Q8T
+            } else {  /* t_2p, t_2p+1: panel p, columns n, n + 1 */
+#define Q8T(i, a, b) if (P > i) { __m256 v = q8_values(qk + i * stride); \
+                                  a = _mm256_fmadd_ps(v, x0, a); b = _mm256_fmadd_ps(v, x1, b); }
+                Q8T(0, t0, t1) Q8T(1, t2, t3) Q8T(2, t4, t5) Q8T(3, t6, t7)
+#undef Q8T
             }
         }
+        __m256 parts[8] = {t0, t1, t2, t3, t4, t5, t6, t7};
+        for (int i = 0; i < P * C; i++)
+            acc[i] = _mm256_fmadd_ps(parts[i], _mm256_loadu_ps(s + ((i / C) * nb + b) * Q8_PANEL), acc[i]);
     }
-    __m256 acc[Q8_PANELS][2] = {{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}};
     for (int p = 0; p < P; p++) {
         long o = (t + p) * Q8_PANEL;
-        q8_store(acc[p], o, O - o < Q8_PANEL ? (int)(O - o) : Q8_PANEL, n, C, bias, out, ldo, accumulate, transposed);
+        q8_store(acc + p * C, o, O - o < Q8_PANEL ? (int)(O - o) : Q8_PANEL, n, C, bias, out, ldo, accumulate, transposed);
     }
 }
 
-/* 6 rows of dequantized weights times W (8 or 16) columns of f(x) from x (row stride ldx), as
-   gemm.c's panel(): a lane per column, each row's weight broadcast. Row i's weights are at
-   wf[i][k * 8] (8 floats apart: rows of the [K, 8] panels q8_wide fills). The FMAs are those of
-   q8_narrow with the roles of the lanes swapped, so the sums are the same bits. */
-static inline __attribute__((always_inline)) void q8_six(const float *const wf[6], long K, const float *x, long ldx,
-        long o, int rows, long n, int cols, const float *bias, float *out, long ldo, int accumulate, int transposed,
-        const int W) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+/* 6 rows of int8 values (as floats, in wf) times W (8 or 16) columns of f(x) from x (row stride
+   ldx), as gemm.c's panel(): a lane per column, each row's value broadcast. Row i's values are at
+   wf[i][k * 8] (8 floats apart: rows of the [K, 8] panels q8_wide fills), its scales at
+   sc[i][b * 8]. The sums are q8_narrow's, (row, column) by (row, column), so the same bits. */
+static inline __attribute__((always_inline)) void q8_six(const float *const wf[6], const float *const sc[6], long K,
+        const float *x, long ldx, long o, int rows, long n, int cols, const float *bias, float *out, long ldo,
+        int accumulate, int transposed, const int W) {
+    __m256 acc[6][2];
+    for (int i = 0; i < 6; i++)
+        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     const float *w0 = wf[0], *w1 = wf[1], *w2 = wf[2], *w3 = wf[3], *w4 = wf[4], *w5 = wf[5];
-    for (long k = 0, at = 0; k < K; k++, at += Q8_PANEL, x += ldx) {
-        __m256 x0 = _mm256_loadu_ps(x), x1 = W == 16 ? _mm256_loadu_ps(x + 8) : x0, b;
-#define Q8ROW(i) b = _mm256_broadcast_ss(w##i + at); c##i##0 = _mm256_fmadd_ps(b, x0, c##i##0); \
-                 if (W == 16) c##i##1 = _mm256_fmadd_ps(b, x1, c##i##1);
-        Q8ROW(0) Q8ROW(1) Q8ROW(2) Q8ROW(3) Q8ROW(4) Q8ROW(5)
+    for (long b = 0, at = 0; b < K / Q8_BLOCK; b++) {
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+               c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+        for (int k = 0; k < Q8_BLOCK; k++, at += Q8_PANEL, x += ldx) {
+            __m256 x0 = _mm256_loadu_ps(x), x1 = W == 16 ? _mm256_loadu_ps(x + 8) : x0, v;
+#define Q8ROW(i) v = _mm256_broadcast_ss(w##i + at); c##i##0 = _mm256_fmadd_ps(v, x0, c##i##0); \
+                 if (W == 16) c##i##1 = _mm256_fmadd_ps(v, x1, c##i##1);
+            Q8ROW(0) Q8ROW(1) Q8ROW(2) Q8ROW(3) Q8ROW(4) Q8ROW(5)
 #undef Q8ROW
+        }
+        __m256 parts[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+        for (int i = 0; i < 6; i++) {
+            __m256 d = _mm256_broadcast_ss(sc[i] + b * Q8_PANEL);
+            acc[i][0] = _mm256_fmadd_ps(parts[i][0], d, acc[i][0]);
+            if (W == 16)
+                acc[i][1] = _mm256_fmadd_ps(parts[i][1], d, acc[i][1]);
+        }
     }
-    float acc[6][16];
-    _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);
-    _mm256_storeu_ps(acc[1], c10); _mm256_storeu_ps(acc[1] + 8, c11);
-    _mm256_storeu_ps(acc[2], c20); _mm256_storeu_ps(acc[2] + 8, c21);
-    _mm256_storeu_ps(acc[3], c30); _mm256_storeu_ps(acc[3] + 8, c31);
-    _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
-    _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
-    store(acc[0], 16, o, rows, n, cols, bias, out, ldo, accumulate, transposed);
+    float out6[6][16];
+    for (int i = 0; i < 6; i++) {
+        _mm256_storeu_ps(out6[i], acc[i][0]);
+        _mm256_storeu_ps(out6[i] + 8, acc[i][1]);
+    }
+    store(out6[0], 16, o, rows, n, cols, bias, out, ldo, accumulate, transposed);
 }
 
-/* three panels from panel t (24 rows), dequantized once into wf [3, K, 8], times columns c..end of
-   f(x) (its block of width w: 8, or a multiple of 16), 6 rows at a time */
+/* three panels from panel t (24 rows), their int8 values turned into floats once into wf [3, K, 8],
+   times columns c..end of f(x) (its block of width w: 8, or a multiple of 16), 6 rows at a time */
 static void q8_wide(const int8_t *Q, const float *S, long K, long O, long panels, long t, float *wf, const float *block,
                     long w, long c, long end, const float *bias, float *out, long ldo, int accumulate, int transposed) {
     long nb = K / Q8_BLOCK;
     for (long p = 0; p < 3 && t + p < panels; p++) {
         const int8_t *q = Q + (t + p) * K * Q8_PANEL;
-        const float *s = S + (t + p) * nb * Q8_PANEL;
         float *dst = wf + p * K * Q8_PANEL;
-        for (long b = 0; b < nb; b++) {
-            __m256 d = _mm256_loadu_ps(s + b * Q8_PANEL);
-            for (long k = b * Q8_BLOCK; k < (b + 1) * Q8_BLOCK; k++)
-                _mm256_store_ps(dst + k * Q8_PANEL, q8_weights(q + k * Q8_PANEL, d));
-        }
+        for (long k = 0; k < K; k++)
+            _mm256_store_ps(dst + k * Q8_PANEL, q8_values(q + k * Q8_PANEL));
     }
     for (long r0 = 0; r0 < 3 * Q8_PANEL; r0 += 6) {
         long o = t * Q8_PANEL + r0;
         if (o >= O)
             break;
         int rows = O - o < 6 ? (int)(O - o) : 6;
-        const float *rowp[6];
-        for (int i = 0; i < 6; i++)
-            rowp[i] = wf + (r0 + i) / Q8_PANEL * K * Q8_PANEL + (r0 + i) % Q8_PANEL;
+        const float *rowp[6], *scp[6];
+        for (int i = 0; i < 6; i++) {
+            long r = r0 + i < 3 * Q8_PANEL && t + (r0 + i) / Q8_PANEL < panels ? r0 + i : r0;  /* past the end: any real row */
+            rowp[i] = wf + r / Q8_PANEL * K * Q8_PANEL + r % Q8_PANEL;
+            scp[i] = S + (t + r / Q8_PANEL) * nb * Q8_PANEL + r % Q8_PANEL;
+        }
         for (long n = c; n < end; n += w == 8 ? 8 : 16) {  /* f(x) is padded with zero columns to its width */
             int cols = end - n < (w == 8 ? 8 : 16) ? (int)(end - n) : (w == 8 ? 8 : 16);
             if (w == 8)
-                q8_six(rowp, K, block + (n - c), w, o, rows, n, cols, bias, out, ldo, accumulate, transposed, 8);
+                q8_six(rowp, scp, K, block + (n - c), w, o, rows, n, cols, bias, out, ldo, accumulate, transposed, 8);
             else
-                q8_six(rowp, K, block + (n - c), w, o, rows, n, cols, bias, out, ldo, accumulate, transposed, 16);
+                q8_six(rowp, scp, K, block + (n - c), w, o, rows, n, cols, bias, out, ldo, accumulate, transposed, 16);
         }
     }
 }
@@ -191,20 +201,29 @@ void r1_linear_q8(const int8_t *Q, long O, long K, const float *x, long N, int m
         if (N <= Q8_NARROW) {
             long w;
             const float *block = chunk_at(xs, K, NP, 0, &w);
-            #pragma omp for schedule(static)
-            for (long t = 0; t < panels; t += Q8_PANELS)
-                for (long n = 0; n < N; n += 2)  /* the panels' weights are in cache after the first pair */
-                    for (long u = t; u < t + Q8_PANELS && u < panels; u += panels - u >= Q8_PANELS ? Q8_PANELS : 1) {
-                        int four = u == t && panels - t >= Q8_PANELS;
-                        if (four && N - n >= 2)
-                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, Q8_PANELS, 2);
-                        else if (four)
-                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, Q8_PANELS, 1);
-                        else if (N - n >= 2)
-                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 1, 2);
+            /* each thread a contiguous, even share of the panels (a small weight has only a few
+               runs of 8: split by runs, one thread would get a run more), in runs of 8 */
+            int threads = omp_get_num_threads(), id = omp_get_thread_num();
+            long lo = panels * id / threads, hi = panels * (id + 1) / threads;
+            for (long t = lo; t < hi; t += 2 * Q8_PANELS) {
+                long run = hi - t < 2 * Q8_PANELS ? hi - t : 2 * Q8_PANELS;
+                for (long n = 0; n < N; n += 2) {  /* the run's values are in cache after the first pair */
+                    int pair = N - n >= 2;
+                    for (long u = t; u < t + run;) {
+                        long left = t + run - u;
+                        if (!pair && left >= 8)
+                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 8, 1), u += 8;
+                        else if (!pair && left >= 4)
+                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 4, 1), u += 4;
+                        else if (pair && left >= 4)
+                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 4, 2), u += 4;
+                        else if (pair)
+                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 1, 2), u += 1;
                         else
-                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 1, 1);
+                            q8_narrow(Q, S, K, O, u, block, w, n, n, bias, out, ldo, accumulate, transposed, 1, 1), u += 1;
                     }
+                }
+            }
         } else {
             float *wf = aligned_alloc(32, 3 * K * Q8_PANEL * sizeof(float));
             for (long c = 0; c < N; c += 64) {

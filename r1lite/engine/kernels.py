@@ -203,7 +203,7 @@ class PackedWeight:
         """Rows ``ids`` of the packed weight as fp32 [N, K] (bf16 packing: the bf16-rounded values):
         a tied embedding's lookups read the head's packed copy, so the decoder holds one, not two."""
         panels, K = -(-self.out_features // PANEL), self.in_features
-        if self.kind == "int8":  # q * d, as gemm_int8.c dequantizes: values [OP/8, K, 8], scales [OP/8, K/32, 8]
+        if self.kind == "int8":  # q * d, the weights the products stand for: values [OP/8, K, 8], scales [OP/8, K/32, 8]
             OP, nb = self._q8_rows(), K // Q8_BLOCK
             q = self.data[:OP * K].view(OP // Q8_PANEL, K, Q8_PANEL)[ids // Q8_PANEL, :, ids % Q8_PANEL].float()
             d = self.data[OP * K:].view(torch.float32).view(OP // Q8_PANEL, nb, Q8_PANEL)[ids // Q8_PANEL, :, ids % Q8_PANEL]
