@@ -8,6 +8,7 @@ from r1lite.engine import kernels
 from r1lite.engine.sampling import (
     Sampling,
     derive_seed,
+    nucleus,
     sample_categorical,
     sample_next,
     sample_rows,
@@ -29,6 +30,25 @@ def test_sample_next_follows_the_distribution(cpu_path):
     nucleus = torch.bincount(sample_next(logits, Sampling(temperature=1.0, top_p=0.7), uniforms(20000, 2)), minlength=4).float() / 20000
     assert nucleus[2] == 0 and nucleus[0] == pytest.approx(0.5 / 0.8, abs=0.015)
     assert (sample_next(logits, Sampling(temperature=0), None) == 0).all()
+
+
+def test_the_nucleus_is_the_sorted_rows_prefix_also_where_the_first_64_tokens_fall_short():
+    """Against a full sort of each row: peaked rows (the nucleus within the first 64), flat rows
+    (thousands of tokens: the top k widened), masked tokens, top_p near 1."""
+    g = torch.Generator().manual_seed(0)
+    V = 5000
+    logits = torch.cat([torch.randn(6, V, generator=g) * 8, torch.randn(6, V, generator=g) * 0.1])
+    logits[::3, ::7] = -float("inf")
+    for top_p in (0.3, 0.9, 0.95, 0.999):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p
+        expected = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -float("inf")))
+        ours = nucleus(logits, top_p)
+        kept = torch.isfinite(ours)
+        assert torch.equal(kept, torch.isfinite(expected)), top_p
+        assert torch.equal(ours[kept], logits[kept])
+        assert kept[6:].sum(-1).min() > 64 * (top_p > 0.5)  # the flat rows needed more than the first 64
 
 
 def test_sampler_never_draws_masked_tokens_and_applies_temperature(cpu_path):

@@ -143,11 +143,33 @@ def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
         kth = torch.topk(logits, min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
     if s.top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= s.top_p  # keep the token that crosses top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
+        logits = nucleus(logits, s.top_p)
     return logits
+
+
+NUCLEUS_FIRST = 64
+"""The most likely tokens :func:`nucleus` looks at first (x8 while the nucleus is wider)."""
+
+
+def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Logits [B, V] with every token outside the nucleus at -inf: the most likely tokens whose
+    probabilities, summed from the largest, reach ``top_p``, the one that crosses it kept.
+
+    The nucleus is a prefix of the k most likely tokens for any k whose mass reaches top_p, so only
+    the top k are sorted (``topk``), k = 64 first and 8 times more while a row falls short. A full
+    sort of each row took 35.7 ms for 16 x 49k logits against 1.1 ms for the top 64 (2-core AVX2
+    EPYC): at batch 16, as long as the decode step itself (py-spy on ``serve``, 16 clients)."""
+    probs = logits.softmax(-1)
+    V = logits.shape[-1]
+    k = min(NUCLEUS_FIRST, V)
+    while True:
+        top, order = probs.topk(k, dim=-1)  # sorted, largest first
+        mass = top.cumsum(-1)
+        if k == V or bool((mass[:, -1] >= top_p).all()):
+            break
+        k = min(8 * k, V)
+    drop = mass - top >= top_p  # keep the token that crosses top_p
+    return torch.full_like(logits, -math.inf).scatter_(-1, order, logits.gather(-1, order).masked_fill(drop, -math.inf))
 
 
 def sample_next(logits: torch.Tensor, s: Sampling, u: torch.Tensor | None) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from r1lite.errors import UsageError
+from r1lite.serve.prefilter import FactorIndex, PatternSet
 
 DEFAULT_POLICY = Path(__file__).with_name("guard_policy.yaml")
 CODES = tuple(f"S{i}" for i in range(1, 15))
@@ -90,7 +91,9 @@ class GuardPolicy:
                 allow = [re.compile(p, re.I) for p in spec.get("allow") or []]
             except re.error as e:
                 raise UsageError(f"--guard-policy {path}: category {code}: bad pattern ({e})") from None
-            self.categories.append((code, spec.get("name", code), either(block), either(allow)))
+            self.categories.append((code, spec.get("name", code), PatternSet(block, either(block)),
+                                    PatternSet(allow, either(allow))))
+        self.index = FactorIndex(f for _, _, block, allow in self.categories for f in block.factors() + allow.factors())
         self.pii = {kind: re.compile(p) for kind, p in (data.get("pii") or {}).items()}
 
     def check(self, text: str, allowed: set[str] | None = None) -> Verdict:
@@ -98,11 +101,12 @@ class GuardPolicy:
         the categories an allow pattern matched in earlier parts of the same text; the ones that
         match here join it (a text checked a part at a time gets the verdict of the whole)."""
         flat = " ".join(text.split())
+        found = self.index.present(flat.lower()) if flat.isascii() else None
         allowed = set() if allowed is None else allowed
         for code, name, block, allow in self.categories:
-            if code not in allowed and allow.search(flat):
+            if code not in allowed and allow.search(flat, found):
                 allowed.add(code)
-            if code not in allowed and block.search(flat):
+            if code not in allowed and block.search(flat, found):
                 return Verdict(False, code, name, "policy")
         return SAFE
 
