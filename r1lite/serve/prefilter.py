@@ -17,8 +17,15 @@ scanned in full.
 from __future__ import annotations
 
 import re
-import re._constants as sre
-import re._parser as sre_parse
+
+try:  # the parser of re itself: re._parser from Python 3.11, sre_parse before
+    import re._constants as sre
+    import re._parser as sre_parse
+except ImportError:  # Python 3.10
+    import sre_constants as sre  # type: ignore[no-redef]
+    import sre_parse  # type: ignore[no-redef]
+
+REPEATS = tuple(getattr(sre, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(sre, name))
 
 MIN_FACTOR = 2
 """Shorter literals are in almost every text: no use as a filter."""
@@ -58,7 +65,7 @@ def _required(items) -> set[str] | None:
         elif op is sre.BRANCH:
             branches = [_required(b) for b in av[1]]
             need = None if any(b is None for b in branches) else set().union(*branches)
-        elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and av[0] >= 1:
+        elif op in REPEATS and av[0] >= 1:
             need = _required(av[2])
         else:
             need = None
