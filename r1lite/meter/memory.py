@@ -11,6 +11,7 @@ Linux there is no reading at all (empty figures).
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 STATUS = Path("/proc/self/status")
@@ -33,6 +34,21 @@ def status_mib(field: str) -> float | None:
 SLACK_MIB = 8.0
 """How far the peak may read above the resident set just after a reset (the kernel's counters are
 synchronised per thread in batches)."""
+
+
+def release_free() -> bool:
+    """Hand the heap memory glibc holds free back to the OS (``malloc_trim(0)``); False where there
+    is no glibc. A freed tensor below glibc's mmap threshold stays in its free lists, and the
+    threshold rises to the largest block freed (up to 32 MiB), so without this a run's resident
+    memory kept what its earlier phases had freed (docs/demo.md has the figures). A fixed threshold
+    (``MALLOC_MMAP_THRESHOLD_``) returned as much but slowed the train step: every large tensor
+    became fresh pages."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 def reset_peak() -> bool:
@@ -71,8 +87,10 @@ class PeakMemory:
         self.leave(OUTSIDE)
 
     def leave(self, name: str) -> None:
-        """Phase ``name`` ends: its peak is kept, and the peak starts again for what follows."""
+        """Phase ``name`` ends: its peak is kept, the heap's free memory goes back to the OS
+        (:func:`release_free`), and the peak starts again for what follows."""
         self._keep(name)
+        release_free()
         self.resettable = reset_peak() and self.resettable
 
     def report(self) -> dict:
