@@ -41,8 +41,8 @@ def test_the_nucleus_is_the_sorted_rows_prefix_also_where_the_first_64_tokens_fa
     logits[::3, ::7] = -float("inf")
     for top_p in (0.3, 0.9, 0.95, 0.999):
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p
+        probs = logits.softmax(-1).gather(-1, order)  # the row's own softmax: a sorted row's sums round differently
+        drop = probs.cumsum(-1, dtype=torch.float64) - probs.double() >= top_p
         expected = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -float("inf")))
         ours = nucleus(logits, top_p)
         kept = torch.isfinite(ours)

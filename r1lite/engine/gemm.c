@@ -91,7 +91,7 @@ static inline __m256i first_lanes(long m) {
    column per vector with 7 padded, every value computed as prologue() computes it (the same
    elementwise code; the norm's sum of squares the same FMA chain over k), so a sequence's values
    do not depend on whether it decodes alone. */
-static void prologue1(const float *x, long K, int mode, const float *norm_w, float eps, float *xs, float *inv) {
+static void prologue1(const float *x, long K, long NP, int mode, const float *norm_w, float eps, float *xs, float *inv) {
     #pragma omp for schedule(static)
     for (long k0 = 0; k0 < K; k0 += 8) {
         long m = K - k0 < 8 ? K - k0 : 8;
@@ -101,8 +101,11 @@ static void prologue1(const float *x, long K, int mode, const float *norm_w, flo
             v = swiglu8(v, _mm256_maskload_ps(x + K + k0, lanes));
         float r[8];
         _mm256_storeu_ps(r, v);
-        for (long j = 0; j < m; j++)  /* row k of xs: [value, 0 x 7] */
-            _mm256_storeu_ps(xs + (k0 + j) * 8, _mm256_castps128_ps256(_mm_set_ss(r[j])));
+        for (long j = 0; j < m; j++) {  /* row k of xs: [value, 0 x NP - 1] (NP: 8, or 16 for bf16 pairs) */
+            _mm256_storeu_ps(xs + (k0 + j) * NP, _mm256_castps128_ps256(_mm_set_ss(r[j])));
+            for (long c = 8; c < NP; c += 8)
+                _mm256_storeu_ps(xs + (k0 + j) * NP + c, _mm256_setzero_ps());
+        }
     }
     if (mode != RMSNORM)
         return;
@@ -110,20 +113,20 @@ static void prologue1(const float *x, long K, int mode, const float *norm_w, flo
     {
         float sum = 0.0f;
         for (long k = 0; k < K; k++)
-            sum = fmaf(xs[k * 8], xs[k * 8], sum);
-        for (int j = 0; j < 8; j++)  /* the padded columns' factor, as prologue() computes it */
+            sum = fmaf(xs[k * NP], xs[k * NP], sum);
+        for (long j = 0; j < NP; j++)  /* the padded columns' factor, as prologue() computes it */
             inv[j] = 1.0f / sqrtf((j ? 0.0f : sum) / (float)K + eps);
     }
     #pragma omp for schedule(static)
     for (long k = 0; k < K; k++)
-        xs[k * 8] *= inv[0] * norm_w[k];
+        xs[k * NP] *= inv[0] * norm_w[k];
 }
 
 /* xs = f(x), x [K or 2K, N], chunked as above; columns N..NP are zero. Called by every thread of a
    parallel region: rows are split between them; inv is a shared scratch of NP floats. */
 static void prologue(const float *x, long K, long N, long NP, int mode, const float *norm_w, float eps, float *xs, float *inv) {
     if (N == 1) {
-        prologue1(x, K, mode, norm_w, eps, xs, inv);
+        prologue1(x, K, NP, mode, norm_w, eps, xs, inv);
         return;
     }
     #pragma omp for schedule(static)

@@ -164,11 +164,11 @@ def nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     k = min(NUCLEUS_FIRST, V)
     while True:
         top, order = probs.topk(k, dim=-1)  # sorted, largest first
-        mass = top.cumsum(-1)
+        mass = top.cumsum(-1, dtype=torch.float64)  # fp64: the sums do not depend on k or the CPU's vector width
         if k == V or bool((mass[:, -1] >= top_p).all()):
             break
         k = min(8 * k, V)
-    drop = mass - top >= top_p  # keep the token that crosses top_p
+    drop = mass - top.double() >= top_p  # keep the token that crosses top_p
     return torch.full_like(logits, -math.inf).scatter_(-1, order, logits.gather(-1, order).masked_fill(drop, -math.inf))
 
 
