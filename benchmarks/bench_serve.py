@@ -21,8 +21,9 @@ stream's own rate (its tokens over the time from sending to its last token, p50 
 first token p50/p95, inter-token latency (a stream's mean gap after its first text, p50/p95 over
 streams), the largest gap between two chunks, fairness at 16 clients (the slowest stream's rate over
 the fastest's, median of the repeats), the server's peak RSS (VmHWM) and the client's CPU seconds.
-r1lite's output guard holds text back to each sentence's end, so its chunks come in bursts: its
-inter-token latency reads low and its time to first token high (``r1lite:noguard``, a further row
+r1lite's output guard holds text back to each sentence's end after the first sentence (whose
+settled words go out at once), so its chunks come in bursts: its inter-token latency reads low
+(``r1lite:noguard``, a further row
 with ``--guard off``, shows what the hold-back costs). Every server gets the same threads
 (``--threads``, default: all cores) and sampling (T 0.6, top-p 0.95, a seed per request).
 

@@ -261,6 +261,34 @@ def test_the_output_guard_reads_each_sentence_once_over_a_long_answer(scripted, 
     assert sum(map(len, reads)) <= len(answer) + sentences * (CONTEXT_CHARS + 1)
 
 
+def streamed_text(service, **body) -> tuple[list[str], str]:
+    """The text of each streamed chunk (reasoning and content), and how the stream ended."""
+    async def events():
+        response = await service.create(chat_body(stream=True, **body))
+        return [event async for event in response.body_iterator]
+
+    chunks = [json.loads(e[len("data: "):]) for e in asyncio.run(events())[:-1]]
+    texts = [(c["choices"][0]["delta"].get("reasoning_content") or "") + (c["choices"][0]["delta"].get("content") or "")
+             for c in chunks[1:]]
+    return [t for t in texts if t], chunks[-1]["choices"][0]["finish_reason"]
+
+
+def test_the_first_words_go_out_before_their_sentence_ends_and_a_blocked_one_never_shows(scripted):
+    """Within the first sentence, text no block pattern can reach whatever follows is sent at once;
+    the start of what may become a match waits for the sentence's check."""
+    texts, finish = streamed_text(scripted(["Okay,", " so", " I", " add", " them", " up.", " It", " is", " 42."]))
+    assert texts[0] == "Okay," and len(texts) > 3  # not held to the sentence's end
+    assert "".join(texts) == "Okay, so I add them up. It is 42." and finish == "length"
+    assert texts[-1] == " It is 42."  # after the first sentence: sentence by sentence, as before
+    texts, finish = streamed_text(scripted(["Sure,", " here", " is", " how", " to", " build", " a", " pipe", " bomb", " at", " home."]))
+    assert finish == "content_filter"
+    shown = "".join(texts)
+    assert "build" not in shown and "Sure," in shown  # the match's start was held back, then blocked
+    judged = scripted(["Okay,", " so", " I", " add", " them", " up."])
+    judged.guard.judge = object()  # a judge rates whole sentences: nothing goes out early (not called here)
+    assert judged.guard.policy.settled("Okay, so") and AnswerGuard(judged.guard, None, "q").early("Okay, so") == 0
+
+
 def test_reasoning_tokens_are_counted_from_token_ids_and_streamed_as_events(scripted):
     service = scripted(["a", " b", "</think>", "ok."], thinking=True)
 

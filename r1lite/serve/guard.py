@@ -6,6 +6,7 @@ sentence once (:class:`AnswerGuard`)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ CONTEXT_CHARS = 512
 a pattern that spans a sentence boundary is still seen (the default policy's widest pattern with a
 bounded width spans 251)."""
 WHITESPACE = re.compile(r"\s")
+EARLY_CHARS = 256
+"""The output guard releases settled text before its sentence ends only this far into an answer,
+and only before its first sentence ends: the first words come at once, and the partial scans
+(each up to this long) stay a few per answer."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,39 @@ class GuardPolicy:
             if code not in allowed and block.search(flat, found):
                 return Verdict(False, code, name, "policy")
         return SAFE
+
+    @functools.cached_property
+    def partial(self):
+        """Every block pattern as one pattern of the ``regex`` package (transformers depends on it),
+        which can say where a match may begin that the end of a text cuts off; ``re`` cannot."""
+        import regex
+
+        joined = "|".join(f"(?:{p.pattern})" for _, _, block, _ in self.categories for _, p in block.patterns)
+        return regex.compile(joined or "(?!)", regex.I)
+
+    def settled(self, text: str) -> int:
+        """How many leading characters of ``text`` no block pattern can match any part of, whatever
+        follows: those before the leftmost place where a match begins, or one that the end of the
+        text cuts off (read, as :meth:`check` reads, with whitespace runs as one space). Text that
+        is settled can be shown before its sentence is checked; the guard blocks no less.
+
+        >>> p = GuardPolicy()
+        >>> text = "Okay, to build a pipe bo"  # "build a pipe bo" may go on as "build a pipe bomb"
+        >>> text[:p.settled(text)]
+        'Okay, to '
+        >>> p.settled("Okay.")
+        5
+        """
+        words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        m = self.partial.search(" ".join(text[a:b] for a, b in words), partial=True)
+        if m is None:
+            return len(text)
+        at = m.start()  # in the flattened text: words joined by one space
+        for a, b in words:
+            if at <= b - a:
+                return a + at if at >= 0 else a
+            at -= b - a + 1
+        return len(text)
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """PII replaced by ``[REDACTED:kind]`` (card numbers only where their Luhn checksum holds)."""
@@ -242,9 +280,26 @@ class AnswerGuard:
         self.before = ""
         """The end of the answer checked so far."""
         self.allowed: set[str] = set()
+        self.checked = False
+        """Whether a piece was checked: the answer's first sentence has ended."""
+
+    def early(self, held: str) -> int:
+        """How many leading characters of ``held``, the text after what was released, may be
+        released before their sentence ends (:meth:`GuardPolicy.settled`): only within the answer's
+        first sentence and :data:`EARLY_CHARS`, and never with a judge (it rates whole sentences).
+        They count as checked (:meth:`released`)."""
+        if self.guard.judge is not None or self.checked or len(self.before) + len(held) > EARLY_CHARS:
+            return 0
+        return max(0, self.guard.policy.settled(self.before + held) - len(self.before))
+
+    def released(self, text: str) -> None:
+        """``text`` went out as settled: it joins the answer before the next piece unchecked (no
+        block pattern can match any part of it)."""
+        self.before = tail(self.before + text)
 
     async def check(self, text: str) -> Verdict:
         """The verdict on the answer once ``text`` (the new piece) is added to it."""
+        self.checked = True
         window = self.before + text
         self.before = tail(window)
         conversation = [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": window}]

@@ -387,7 +387,9 @@ class ChatService:
 
     async def generate(self, turn: Turn) -> AsyncIterator[Piece]:
         """The answer as it becomes certain. With the guard on, text is held back to the end of a
-        sentence and each new sentence is guarded once; a verdict of unsafe stops the generation."""
+        sentence and each new sentence is guarded once; a verdict of unsafe stops the generation.
+        Within the first sentence, the text no block pattern can reach whatever follows goes out
+        at once (:meth:`AnswerGuard.early`), so the first words do not wait for the sentence."""
         ticket = self.submit(turn.request)
         answer = AnswerGuard(self.guard, self.client, turn.question) if self.guard is not None else None
         held_r = held_c = ""
@@ -403,7 +405,13 @@ class ChatService:
                 moved = turn.split.finish() if done else ""  # a thinking block that never closed is the answer
                 held_r, held_c = held_r + r, held_c + c
                 if answer is not None and not done and not SENTENCE_END.search(held_r + held_c):
-                    continue  # hold back to the end of a sentence
+                    n = answer.early(held_r + held_c)  # the first words at once: text no block pattern can reach
+                    if n:
+                        out_r, out_c = held_r[:n], held_c[:max(0, n - len(held_r))]
+                        held_r, held_c = held_r[len(out_r):], held_c[len(out_c):]
+                        answer.released(out_r + out_c)
+                        yield Piece(out_r or None, out_c or None)
+                    continue  # hold back the rest to the end of a sentence
                 if answer is not None and (held_r or held_c):
                     verdict = self.tally(await answer.check(held_r + held_c), "output")
                     if not verdict.safe:
