@@ -17,7 +17,8 @@ of its passes (exact at beta = 0); ``train_tokens`` per step shows how many toke
 Each side runs in a child process (peak RSS only grows within a process) and reports per-step
 seconds, tokens generated, its resolved config and its peak RSS. The result is the median of steps
 3..N on each side: ``speedup`` = TRL median / r1lite median, ``memory_ratio`` = r1lite peak RSS /
-TRL peak RSS.
+TRL peak RSS. Both sides run ``--runs`` times (3), one after the other; the result is the median
+run's (``speedups`` and ``each_run`` keep every run).
 
     pip install -e '.[bench]'
     python benchmarks/bench_grpo_vs_trl.py --steps 8     # writes benchmarks/results/grpo_vs_trl-<cpu kind>.json
@@ -142,6 +143,7 @@ def child(side: str, steps: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8, help="steps per side (>= 6); the median of steps 3..N counts")
+    p.add_argument("--runs", type=int, default=3, help="runs of both sides; the median speedup counts, each is kept")
     p.add_argument("--side", choices=("r1lite", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help="default: benchmarks/results/grpo_vs_trl-<cpu kind>.json")
     add_allow_dirty(p)
@@ -151,26 +153,36 @@ def main() -> None:
     if args.side:
         print(json.dumps(run_r1lite(args.steps) if args.side == "r1lite" else run_trl(args.steps)))
         return
-    sides = {}
-    for side in ("trl", "r1lite"):  # one at a time: nothing else running while a side is timed
-        print(f"running {side} ...", flush=True)
-        sides[side] = child(side, args.steps)
-        s = sides[side]
-        print(f"  {side}: steps {[round(x, 1) for x in s['step_seconds']]} s, peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
-    median = {side: statistics.median(s["step_seconds"][2:]) for side, s in sides.items()}
+    runs = []
+    for r in range(args.runs):
+        sides = {}
+        for side in ("trl", "r1lite"):  # one at a time: nothing else running while a side is timed
+            print(f"run {r + 1}/{args.runs}: {side} ...", flush=True)
+            sides[side] = child(side, args.steps)
+            s = sides[side]
+            print(f"  {side}: steps {[round(x, 1) for x in s['step_seconds']]} s, peak RSS {s['peak_rss_mb']:.0f} MB", flush=True)
+        median = {side: statistics.median(s["step_seconds"][2:]) for side, s in sides.items()}
+        runs.append({"median_step_seconds": median, "peak_rss_mb": {side: s["peak_rss_mb"] for side, s in sides.items()},
+                     "speedup": median["trl"] / median["r1lite"],
+                     "memory_ratio": sides["r1lite"]["peak_rss_mb"] / sides["trl"]["peak_rss_mb"], "sides": sides})
+        print(f"  run {r + 1}: {runs[-1]['speedup']:.2f}x faster, peak RSS ratio {runs[-1]['memory_ratio']:.2f}", flush=True)
+    mid = sorted(runs, key=lambda run: run["speedup"])[len(runs) // 2]  # the run with the median speedup
     result = {
         "benchmark": "grpo_vs_trl", **commit_fields("bench_grpo_vs_trl", args.allow_dirty), "machine": machine(), "settings": SETTINGS,
-        "steps": args.steps, "median_step_seconds": median,
-        "peak_rss_mb": {side: s["peak_rss_mb"] for side, s in sides.items()},
-        "speedup": median["trl"] / median["r1lite"],
-        "memory_ratio": sides["r1lite"]["peak_rss_mb"] / sides["trl"]["peak_rss_mb"],
-        "sides": sides,
+        "steps": args.steps, "runs": len(runs),
+        "speedup": statistics.median(run["speedup"] for run in runs),
+        "speedups": [run["speedup"] for run in runs],
+        "memory_ratio": statistics.median(run["memory_ratio"] for run in runs),
+        "median_step_seconds": mid["median_step_seconds"], "peak_rss_mb": mid["peak_rss_mb"],
+        "sides": mid["sides"], "each_run": [{k: v for k, v in run.items() if k != "sides"} for run in runs],
     }
+    median = result["median_step_seconds"]
     out = args.out or RESULTS / f"grpo_vs_trl-{result['machine']['cpu_kind']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"median step (steps 3..{args.steps}): TRL {median['trl']:.2f} s, r1lite {median['r1lite']:.2f} s "
-          f"-> {result['speedup']:.2f}x faster; peak RSS ratio (r1lite / TRL) {result['memory_ratio']:.2f}")
+    print(f"median of {len(runs)} runs: {result['speedup']:.2f}x faster (each: "
+          f"{', '.join(f'{x:.2f}x' for x in result['speedups'])}); the median run's step (steps 3..{args.steps}): TRL "
+          f"{median['trl']:.2f} s, r1lite {median['r1lite']:.2f} s; peak RSS ratio (r1lite / TRL) {result['memory_ratio']:.2f}")
     print(f"wrote {out}")
 
 
