@@ -153,6 +153,7 @@ def main() -> None:
     if args.side:
         print(json.dumps(run_r1lite(args.steps) if args.side == "r1lite" else run_trl(args.steps)))
         return
+    commit = commit_fields("bench_grpo_vs_trl", args.allow_dirty)  # before anything is measured: the code that runs
     runs = []
     for r in range(args.runs):
         sides = {}
@@ -168,7 +169,7 @@ def main() -> None:
         print(f"  run {r + 1}: {runs[-1]['speedup']:.2f}x faster, peak RSS ratio {runs[-1]['memory_ratio']:.2f}", flush=True)
     mid = sorted(runs, key=lambda run: run["speedup"])[len(runs) // 2]  # the run with the median speedup
     result = {
-        "benchmark": "grpo_vs_trl", **commit_fields("bench_grpo_vs_trl", args.allow_dirty), "machine": machine(), "settings": SETTINGS,
+        "benchmark": "grpo_vs_trl", **commit, "machine": machine(), "settings": SETTINGS,
         "steps": args.steps, "runs": len(runs),
         "speedup": statistics.median(run["speedup"] for run in runs),
         "speedups": [run["speedup"] for run in runs],
