@@ -88,13 +88,17 @@ def test_bf16_projection_is_the_product_of_bf16_weights_and_bf16_inputs(O, K, N)
 
 
 @needs_bf16
-def test_bf16_columns_do_not_depend_on_their_place_in_the_batch():
+@pytest.mark.parametrize("O", [100, 49, 5])  # one column: 12 rows a vector, 4 at once; an odd last panel; one panel
+def test_bf16_columns_do_not_depend_on_their_place_in_the_batch(O):
     g = torch.Generator().manual_seed(5)
-    packed = cpu_kernels.PackedWeight(torch.randn(100, 64, generator=g), LIB, kind="bf16")
-    x = torch.randn(64, 70, generator=g)
+    packed = cpu_kernels.PackedWeight(torch.randn(O, 64, generator=g), LIB, kind="bf16")
+    x, norm, bias = torch.randn(64, 70, generator=g), torch.randn(64, generator=g), torch.randn(O, generator=g)
     whole = packed.linear(x)
     for cols in ([0], [3, 9], list(range(5, 22)), list(range(33, 70))):
         assert torch.equal(packed.linear(x[:, cols].contiguous()), whole[:, cols])
+    head = packed.linear(x, "rmsnorm", norm, 1e-5, bias, transposed=True)  # as the vocabulary head runs
+    for n in (0, 17, 69):
+        assert torch.equal(packed.linear(x[:, n:n + 1].contiguous(), "rmsnorm", norm, 1e-5, bias, transposed=True), head[n:n + 1])
 
 
 def q8_0(w: torch.Tensor) -> torch.Tensor:

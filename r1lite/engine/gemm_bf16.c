@@ -8,7 +8,8 @@
  * by gemm.c's prologue, then rounded to bf16 and paired the same way ([K/2][columns] words, in
  * chunks of 64 columns). Each step of the inner loop broadcasts the 6 rows' pairs and multiplies
  * them into 32 columns with VDPBF16PS (two bf16 products summed into an fp32 lane): 12 fp32
- * accumulators of 16 columns. 1..16 columns take two panels times 16 columns instead. A column's
+ * accumulators of 16 columns. 2..16 columns take two panels times 16 columns instead, and one
+ * column a lane per weight row (narrow1_bf16): the 16-column tile would compute it 16 times over. A column's
  * sum runs over k in the same order whatever its tile, so its value does not depend on its place
  * in the batch. K must be even.
  */
@@ -114,6 +115,41 @@ BF16_TARGET static inline void panel_pair16_bf16(const uint32_t *P0, const uint3
     store(acc[0], 16, o, rows, 0, cols, bias, out, ldo, accumulate, transposed);
 }
 
+enum { BF16_GROUPS = 4 };  /* vectors of 12 rows at once for one column: independent chains */
+
+/* one column of paired f(x) (x: a word every ldx) times panels t..t+8 (one column is a decode step
+   of one sequence, which the 16-column tile would compute 16 times over): a lane per weight row,
+   two panels (12 rows) per vector, the column's pair broadcast. Lane r of a vector sums row r's
+   pairs over k in order with VDPBF16PS, the instruction and the operands panel_pair16_bf16 uses
+   for the same row and column, so the same bits as in a batch. */
+BF16_TARGET static inline void narrow1_bf16(const uint32_t *P, long K2, long O, long panels, long t, const uint32_t *x,
+        long ldx, const float *bias, float *out, long ldo, int accumulate, int transposed) {
+    __m512 acc[BF16_GROUPS];
+    const uint32_t *p0[BF16_GROUPS], *p1[BF16_GROUPS];
+    for (int g = 0; g < BF16_GROUPS; g++) {
+        long a = t + 2 * g < panels ? t + 2 * g : panels - 1, b = a + 1 < panels ? a + 1 : a;
+        acc[g] = _mm512_setzero_ps();
+        p0[g] = P + a * K2 * 6;
+        p1[g] = P + b * K2 * 6 - 6;  /* lanes 6..11 read panel b's 6 words */
+    }
+    for (long k = 0; k < K2; k++) {
+        __m512bh xk = (__m512bh)_mm512_set1_epi32((int)x[k * ldx]);
+        for (int g = 0; g < BF16_GROUPS; g++) {
+            _mm_prefetch((const char *)(p0[g] + k * 6 + 256), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p1[g] + k * 6 + 262), _MM_HINT_T0);
+            __m512i w = _mm512_mask_loadu_epi32(_mm512_maskz_loadu_epi32(0x003f, p0[g] + k * 6), 0x0fc0, p1[g] + k * 6);
+            acc[g] = _mm512_dpbf16_ps(acc[g], (__m512bh)w, xk);
+        }
+    }
+    for (int g = 0; g < BF16_GROUPS && t + 2 * g < panels; g++) {
+        float v[16];
+        long o = (t + 2 * g) * 6;
+        _mm512_storeu_ps(v, acc[g]);
+        int rows = O - o < 12 ? (int)(O - o) : 12;
+        store(v, 1, o, rows, 0, 1, bias, out, ldo, accumulate, transposed);
+    }
+}
+
 /* as r1_linear, with P packed by r1_pack6_bf16 and xs of r1_linear_work(K, N) floats */
 BF16_TARGET void r1_linear_bf16(const uint32_t *P, long O, long K, const float *x, long N, int mode,
                                 const float *norm_w, float eps, float *xs, const float *bias, float *out,
@@ -125,7 +161,11 @@ BF16_TARGET void r1_linear_bf16(const uint32_t *P, long O, long K, const float *
     {
         prologue(x, K, N, NP, mode, norm_w, eps, xs, inv);
         to_pairs(xs, K, NP, xb);
-        if (NP == 16) {
+        if (N == 1) {
+            #pragma omp for schedule(static)
+            for (long t = 0; t < panels; t += 2 * BF16_GROUPS)
+                narrow1_bf16(P, K2, O, panels, t, xb, NP, bias, out, ldo, accumulate, transposed);
+        } else if (NP == 16) {
             #pragma omp for schedule(static)
             for (long t = 0; t < panels; t += 2) {
                 const uint32_t *P0 = P + t * K2 * 6, *P1 = t + 1 < panels ? P0 + K2 * 6 : P0;
