@@ -106,6 +106,19 @@ def accuracy(backend, task, items, fmt: str, prefill: str, max_new_tokens: int) 
     return sum(prompts.score(o[0].text, item, task, fmt, prefill)["accuracy"] or 0.0 for o, item in zip(outputs, items)) / len(items)
 
 
+def held_out(src, prompts: int, eval_items: int):
+    """The task, format and think pre-fill of a run (``src``: :func:`r1lite.edge.export.load_source`;
+    a plain model: arithmetic in the R1 format), its held-out items (enough for both counts) and the
+    first ``prompts`` of them as questions."""
+    from r1lite import tasks
+
+    config = src.config or {"task": "arithmetic", "format": "r1", "prefill_think": False}
+    task = tasks.load_task(config["task"], config.get("task_options"))
+    fmt, prefill = config.get("format", "r1"), "<think>" if config.get("prefill_think") else ""
+    items = task.split("test", max(prompts, eval_items), seed=0)
+    return task, fmt, prefill, items, [item.question for item in items[:prompts]]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default", help="a run directory (its task and format), or default")
@@ -122,7 +135,6 @@ def main() -> None:
         return
     commit = commit_fields("bench_edge", args.allow_dirty)
 
-    from r1lite import tasks
     from r1lite.edge.backends import open_model
     from r1lite.edge.export import load_source, write_gguf
     from r1lite.edge.gguf_file import quantize
@@ -131,15 +143,11 @@ def main() -> None:
 
     src = load_source(args.model)
     hf_dir = embedded_checkpoint() if args.model == "default" else resolve_path(args.model)
-    config = src.config or {"task": "arithmetic", "format": "r1", "prefill_think": False}
-    task = tasks.load_task(config["task"], config.get("task_options"))
-    fmt, prefill = config.get("format", "r1"), "<think>" if config.get("prefill_think") else ""
+    task, fmt, prefill, items, questions = held_out(src, args.prompts, args.eval_items)
     if not src.config:  # a plain model: the R1 prompt format is applied by r1lite on both sides
         from r1lite.edge.chat_format import prompt_format
 
         src.fmt = prompt_format(task, fmt, bool(prefill))
-    items = task.split("test", max(args.prompts, args.eval_items), seed=0)
-    questions = [item.question for item in items[:args.prompts]]
     work = Path(tempfile.mkdtemp(prefix="bench-edge-"))
     files: dict[str, dict] = {}
     for quant in QUANTS:

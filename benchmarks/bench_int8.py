@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_edge import accuracy, greedy
+from bench_edge import accuracy, greedy, held_out
 from common import RESULTS, add_allow_dirty, commit_fields, machine
 
 HERE = Path(__file__).resolve().parent
@@ -50,17 +50,12 @@ def main() -> None:
         return
     commit = commit_fields("bench_int8", args.allow_dirty)
 
-    from r1lite import tasks
     from r1lite.edge.backends import open_model
     from r1lite.edge.chat_format import prompt_format
     from r1lite.edge.export import load_source
 
     src = load_source(args.model)
-    config = src.config or {"task": "arithmetic", "format": "r1", "prefill_think": False}
-    task = tasks.load_task(config["task"], config.get("task_options"))
-    fmt, prefill = config.get("format", "r1"), "<think>" if config.get("prefill_think") else ""
-    items = task.split("test", max(args.prompts, args.eval_items), seed=0)
-    questions = [item.question for item in items[:args.prompts]]
+    task, fmt, prefill, items, questions = held_out(src, args.prompts, args.eval_items)
     rows = {}
     reference = None
     for dtype in ("fp32", "int8"):
