@@ -100,7 +100,8 @@ def build(opts: ServeOptions):
     if opts.guard == "on":
         judge = Judge(opts.guard_judge, opts.guard_judge_model) if opts.guard_judge else None
         guard = Guard(GuardPolicy(opts.guard_policy or DEFAULT_POLICY), judge)
-        guard.policy.partial  # compiled now (~1 s), not in the first answer's time to its first token
+        if judge is None:  # AnswerGuard.early reads it: compiled now (~1 s), not in the first answer's wait
+            guard.policy.partial
     # the engine's own thread opens the model (see Worker: one thread runs the parallel work)
     worker = Worker(None, opts.max_concurrency, opts.max_queue,
                     load=lambda: open_model(opts.model, opts.device, opts.dtype, max_rows=opts.max_concurrency,

@@ -143,8 +143,8 @@ class GuardPolicy:
             return len(text)
         at = m.start()  # in the flattened text: words joined by one space
         for a, b in words:
-            if at <= b - a:
-                return a + at if at >= 0 else a
+            if at <= b - a:  # in this word, or on the space after it (then: the word's end)
+                return a + at
             at -= b - a + 1
         return len(text)
 
