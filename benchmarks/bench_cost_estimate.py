@@ -75,7 +75,7 @@ def replay(recipe: Path, run: Path) -> dict:
     workload = run_workload(run, cfg)  # the run's own lengths and skipped groups: what `r1lite cost --like` reads
     work = run_work(cfg, model_shape(model), model_weights(model),
                     run_prompts(cfg, tokenizer, tasks.load_task(cfg.task, cfg.task_options)), workload,
-                    make_decoder(model, runtime.dtype).flops)
+                    make_decoder(model, runtime.dtype).flops).phases
     metered = json.loads((run / "summary.json").read_text())["cost"]["flops"]
     return {"run": str(run), "workload": {"base_tokens": statistics.mean(workload.base_lengths),
                                           "rollout_tokens": statistics.mean(workload.trained_lengths),

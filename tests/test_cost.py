@@ -64,7 +64,7 @@ def test_run_work_skips_groups_holds_a_reference_and_refills():
     cfg = grpo_config(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
     half = Workload([20], [20], 0.5, 0.0)
     none = Workload([20], [20], 0.0, 0.0)
-    train = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)["train"].dense_flops  # noqa: E731
+    train = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops).phases["train"].dense_flops  # noqa: E731
     assert train(cfg, half) == pytest.approx(train(cfg, none) / 2)
     kl = with_values(cfg, beta=0.04)
     twice = with_values(cfg, mu=2)  # two updates and one forward for the old log-probs
@@ -72,11 +72,34 @@ def test_run_work_skips_groups_holds_a_reference_and_refills():
     assert 0 < forward < train(cfg, none) / 2
     assert train(kl, half) == pytest.approx(train(cfg, none) + forward)  # every group, plus the reference's forward
     dapo = with_values(cfg, dynamic_sampling=True, max_refill_rounds=1)
-    work = run_work(dapo, shape, weights, small_prompts(), half, flops)
-    plain = run_work(cfg, shape, weights, small_prompts(), half, flops)
+    work = run_work(dapo, shape, weights, small_prompts(), half, flops).phases
+    plain = run_work(cfg, shape, weights, small_prompts(), half, flops).phases
     assert work["rollout"].flops == pytest.approx(plain["rollout"].flops * 1.5)  # a second round for half the groups
     assert work["train"].dense_flops == pytest.approx(plain["train"].dense_flops * 1.5)  # 1 - 0.5^2 of them kept
     assert set(plain) == {"eval", "rollout", "train"} and plain["train"].updates == 10
+
+
+def test_an_rl_budget_ends_the_estimate_where_the_trainer_stops_and_curve_points_are_counted():
+    """``max_rl_flops``: the trainer stops after the first step whose rollouts and train passes reach
+    it, so the estimate does too (its steps, FLOPs and checkpoints); ``eval_every`` adds evaluations."""
+    shape, weights = SHAPES["SmolLM2-135M"], full_weights(SHAPES["SmolLM2-135M"])
+    flops = lambda rows, T, start: 1e9 * rows * T  # noqa: E731
+    cfg = grpo_config(max_steps=10, batch_size=16, group_size=8, eval_items=8, cold_start_items=0, save_every=4)
+    w = Workload([20], [20], 0.0, 0.0)
+    run = lambda c: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
+    full = run(cfg)
+    per_step = (full.phases["rollout"].flops + full.phases["train"].flops) / 10
+    assert full.steps == 10 and checkpoints(cfg, full.steps) == 3  # 4, 8, 10
+    for budget, steps in ((3.5, 4), (4.0, 4), (0.2, 1), (25.0, 10)):  # the step that reaches it is the last
+        short = run(with_values(cfg, max_rl_flops=budget * per_step))
+        assert short.steps == steps, budget
+        assert short.phases["rollout"].flops + short.phases["train"].flops == pytest.approx(steps * per_step)
+        assert short.phases["train"].updates == steps and short.phases["eval"].flops == full.phases["eval"].flops
+    assert checkpoints(cfg, 4) == 1
+    one_eval = generation_work(small_prompts().eval["r1"], 1, [20], cfg.sampling.eval_batch_size, flops).flops
+    curve = run(with_values(cfg, eval_every=3))  # after steps 3, 6 and 9 (not after the last)
+    assert curve.phases["eval"].flops == pytest.approx(full.phases["eval"].flops + 3 * one_eval)
+    assert run(with_values(cfg, eval_every=5)).phases["eval"].flops == pytest.approx(full.phases["eval"].flops + one_eval)
 
 
 def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
@@ -93,7 +116,7 @@ def test_groups_come_to_score_alike_as_rollouts_move_toward_greedy_answers():
     assert alike == sorted(alike) and alike[0] < 0.05 and alike[-1] > 0.5
     assert skipped_at(Workload([40], [40], 0.3, 0.0, final_lengths=[10], **sampled), 0.0, 8) == 0.3  # the probe's floor
     cfg = grpo_config(max_steps=8, batch_size=16, group_size=8, eval_items=8, cold_start_items=0)
-    run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops)  # noqa: E731
+    run = lambda c, w: run_work(c, shape, weights, small_prompts(), w, flops).phases  # noqa: E731
     constant = Workload([40], [40], 0.0, 0.0, final_lengths=[10])
     assert run(cfg, w)["rollout"].flops == pytest.approx(run(cfg, constant)["rollout"].flops)
     expected = sum(steps * train_work(shape, weights, small_prompts().train, lengths, 2 * (1 - alike), 8,

@@ -49,21 +49,23 @@ from r1lite.cost.workload import (
 )
 from r1lite.engine.sampling import check_budget
 from r1lite.meter.hardware import Hardware
-from r1lite.meter.meter import cost_report, human_seconds
+from r1lite.meter.meter import cost_report, human_flops, human_seconds
 from r1lite.packaged import named
 from r1lite.models import ModelShape
 from r1lite.train.config import GRPOConfig
 
 
 def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware: Hardware, devices: int,
-             pue: float, n_layers: int, assumptions: list[str]) -> dict:
-    """The cost block (:func:`r1lite.meter.meter.cost_report`, ``"estimated": true``) of a run at ``speed``."""
+             pue: float, n_layers: int, assumptions: list[str], steps: int | None = None) -> dict:
+    """The cost block (:func:`r1lite.meter.meter.cost_report`, ``"estimated": true``) of a run at
+    ``speed`` that takes ``steps`` GRPO steps (``max_steps`` when None)."""
     seconds = {name: phase_seconds(w, speed, n_layers, devices) for name, w in work.items()}
-    outside = speed.setup_seconds + checkpoints(cfg) * speed.checkpoint_seconds + speed.report_seconds
+    saves = checkpoints(cfg, steps)
+    outside = speed.setup_seconds + saves * speed.checkpoint_seconds + speed.report_seconds
     outside += speed.checkpoint_seconds  # the final model, saved like a checkpoint
     notes = [*assumptions, *speed.notes]
     if outside:
-        notes.append(f"outside the phases: {human_seconds(outside)} (setup, {checkpoints(cfg)} checkpoints and the "
+        notes.append(f"outside the phases: {human_seconds(outside)} (setup, {saves} checkpoints and the "
                      "final model, the report)")
     if devices > 1:
         notes.append(f"{devices} devices: every phase {devices}x faster (ideal data parallelism)")
@@ -168,11 +170,16 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
         if not loaded:
             where = cfg.model if Path(cfg.model).expanduser().exists() else "the built-in shape table"
             notes.append(f"{shape.name}: shape from {where}; prompt lengths counted with SmolLM2's tokenizer")
-    work = run_work(cfg, shape, weights, run_prompts(cfg, tokenizer, task), workload, flops)
+    run = run_work(cfg, shape, weights, run_prompts(cfg, tokenizer, task), workload, flops)
+    work = run.phases
     notes = [*workload_notes(cfg, workload), *notes]
+    if run.steps < cfg.optim.max_steps:
+        notes.append(f"max_rl_flops {human_flops(cfg.optim.max_rl_flops)}: the RL budget is expected to be spent "
+                     f"after step {run.steps} of max_steps {cfg.optim.max_steps}")
     blocks = {}
     if measured is not None and chosen.name == here:
-        blocks["measured"] = estimate(cfg, work, measured.speed, chosen, pricing.devices, pricing.pue, shape.n_layers, notes)
+        blocks["measured"] = estimate(cfg, work, measured.speed, chosen, pricing.devices, pricing.pue, shape.n_layers,
+                                      notes, run.steps)
     blocks["datasheet"] = estimate(cfg, work, datasheet_speed(chosen, overrides.mfu), chosen, pricing.devices,
-                                   pricing.pue, shape.n_layers, notes)
+                                   pricing.pue, shape.n_layers, notes, run.steps)
     return blocks

@@ -193,22 +193,44 @@ def eval_phases(cfg: GRPOConfig) -> list[tuple[str, str, bool]]:
     return evals + [("eval_after", cfg.format, True)]
 
 
-def checkpoints(cfg: GRPOConfig) -> int:
-    """Checkpoints the trainer writes: after the cold start, every ``save_every`` steps and at the end.
+def checkpoints(cfg: GRPOConfig, steps: int | None = None) -> int:
+    """Checkpoints the trainer writes in a run of ``steps`` GRPO steps (``max_steps`` unless the RL
+    budget ends it sooner): after the cold start, every ``save_every`` steps and at the end.
 
     >>> from r1lite.config import build
     >>> checkpoints(build(GRPOConfig, {"max_steps": 36, "save_every": 8, "cold_start_items": 256}))
     6
     """
-    steps = cfg.optim.max_steps
+    steps = cfg.optim.max_steps if steps is None else steps
     saves = {s for s in range(1, steps + 1) if cfg.save_every and s % cfg.save_every == 0} | {steps}
     return len(saves) + cfg.cold_start.enabled
 
 
+@dataclass
+class RunWork:
+    """The work of every phase the meter times, and the GRPO steps the run is expected to take."""
+
+    phases: dict[str, PhaseWork]
+    """``eval``, ``cold_start_sampling``, ``sft``, ``rollout``, ``train`` (phases that do nothing left out)."""
+    steps: int
+    """``max_steps``, or the step at which the RL stage's FLOPs reach ``max_rl_flops`` if sooner."""
+
+
+def curve_points(cfg: GRPOConfig, steps: int) -> int:
+    """Held-out evaluations mid-run (``eval_every``): after every ``eval_every``-th step but the last.
+
+    >>> from r1lite.config import build
+    >>> curve_points(build(GRPOConfig, {"eval_every": 8, "eval_items": 10}), 17)
+    2
+    """
+    return (steps - 1) // cfg.eval.every if cfg.eval.every and cfg.eval.items and steps else 0
+
+
 def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunPrompts, workload: Workload,
-             flops: DecodeFlops) -> dict[str, PhaseWork]:
-    """The work of every phase the meter times: ``eval``, ``cold_start_sampling``, ``sft``,
-    ``rollout``, ``train`` (phases that do nothing are left out)."""
+             flops: DecodeFlops) -> RunWork:
+    """The work of every phase the meter times, following the trainer: its evaluations (before,
+    mid-run every ``eval_every`` steps, after), the cold start, and the GRPO steps up to
+    ``max_steps`` or to the first step whose rollouts and train passes reach ``max_rl_flops``."""
     w = workload
     phases = {name: PhaseWork() for name in ("eval", "cold_start_sampling", "sft", "rollout", "train")}
     for key, fmt, trained in eval_phases(cfg):
@@ -230,6 +252,7 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
     P, G = cfg.optim.prompts_per_step, cfg.optim.group_size
     rounds = cfg.loss.max_refill_rounds + 1 if cfg.loss.dynamic_sampling else 1
     forwards = int(cfg.optim.mu > 1) + int(cfg.loss.beta > 0)
+    budget, spent, done = cfg.optim.max_rl_flops, 0.0, 0.0  # RL FLOPs and steps so far
     for lengths, steps, skipped in step_points(w, cfg.optim.max_steps, cfg.sampling.max_new_tokens, G):
         sampled = sum(skipped ** r for r in range(rounds))  # expected rounds' worth of P prompts
         if cfg.loss.dynamic_sampling:
@@ -239,9 +262,22 @@ def run_work(cfg: GRPOConfig, shape: ModelShape, weights: Weights, prompts: RunP
         rollout = generation_work(prompts.train[:P], G, lengths, cfg.sampling.rollout_batch_size, flops)
         step = train_work(shape, weights, prompts.train, lengths, kept, G, cfg.optim.micro_batch_size, forwards,
                           cfg.optim.mu)
+        per_step = sampled * rollout.flops + step.flops
+        last = budget and per_step > 0 and spent + steps * per_step >= budget
+        if last:  # the trainer stops after the first step whose metered RL FLOPs reach the budget
+            steps = min(cfg.optim.max_steps, math.ceil(done + (budget - spent) / per_step - 1e-9)) - done
         phases["rollout"].add(rollout, steps * sampled)
         phases["train"].add(step, steps)
-    return {name: work for name, work in phases.items() if work.flops > 0 or work.updates}
+        spent, done = spent + steps * per_step, done + steps
+        if last:
+            break
+    steps_run = round(done)
+    evals = curve_points(cfg, steps_run)
+    if evals:
+        lengths = w.eval_lengths.get("eval_after") or w.final_lengths or w.trained_lengths
+        phases["eval"].add(generation_work(prompts.eval[cfg.format], 1, lengths, cfg.sampling.eval_batch_size, flops),
+                           evals)
+    return RunWork({name: work for name, work in phases.items() if work.flops > 0 or work.updates}, steps_run)
 
 
 # ---------------------------------------------------------------------------------------------
