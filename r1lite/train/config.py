@@ -96,6 +96,10 @@ class OptimConfig:
     batch_size: int = opt(32, "completions per step (prompts per step x group_size)")
     group_size: int = opt(8, "G: completions sampled per prompt")
     micro_batch_size: int = opt(16, "completions per forward/backward (memory only; the loss is unchanged)")
+    gradient_checkpointing: bool = opt(False, "keep only each decoder layer's input for the backward pass and "
+                                              "recompute the rest there: a micro-batch's activations shrink to "
+                                              "about one layer's, for about one more forward's time; the same "
+                                              "gradients")
     mu: int = opt(1, "policy updates per batch (>1 stores old log-probs and clips against them)")
     max_rl_flops: float = opt(0.0, "stop GRPO after the first step at which the RL stage's metered FLOPs (rollouts, "
                                    "train passes, teacher scoring) reach this, e.g. 2e15, before max_steps if need be: "

@@ -21,10 +21,12 @@ module, so FSDP2 can shard the model layer by layer (:mod:`r1lite.train.distribu
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from r1lite.errors import UsageError
@@ -98,14 +100,18 @@ class Policy(torch.nn.Module):
     A Llama-family model's decoder layers run as :class:`LayerPass` modules (``layers``), one call
     each per pass: the boundary at which FSDP2 gathers and frees a layer's weights."""
 
-    def __init__(self, model, temperature: float = 1.0):
+    def __init__(self, model, temperature: float = 1.0, checkpointing: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature={temperature}: log-probs need a sampling temperature > 0")
         self.model = model
         self.temperature = temperature
         base = _unwrapped(model)
-        self.layers = torch.nn.ModuleList(LayerPass(layer, base.config) for layer in base.model.layers) if llama_family(base) else None
+        self.layers = torch.nn.ModuleList(LayerPass(layer, base.config, checkpointing)
+                                          for layer in base.model.layers) if llama_family(base) else None
+        self.checkpointing = checkpointing
+        if checkpointing and self.layers is None:
+            checkpoint_hf_layers(base)
 
     def forward(self, batch: GroupBatch, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probability of each completion token under softmax(logits / temperature), [N, Lc]
@@ -124,9 +130,18 @@ class Policy(torch.nn.Module):
         """The final-normed states that predict the M real completion tokens, [M, C] in row-major
         order (what the vocabulary head takes; on-policy distillation needs the whole distribution
         there)."""
-        if self.layers is not None:
-            return _llama_hidden(_unwrapped(self.model), self.layers, batch)
-        return _generic_hidden(_unwrapped(self.model), self.model, batch)[batch.completion_mask.bool()]
+        with self._uncached_autocast(batch.prompt_ids.device.type):
+            if self.layers is not None:
+                return _llama_hidden(_unwrapped(self.model), self.layers, batch)
+            return _generic_hidden(_unwrapped(self.model), self.model, batch)[batch.completion_mask.bool()]
+
+    def _uncached_autocast(self, device: str) -> contextlib.AbstractContextManager:
+        """With gradient checkpointing under autocast: autocast's cache of low-precision weight copies
+        would keep every layer's for the whole pass (what checkpointing frees), so each use casts
+        anew: the same values, one layer's copies alive at a time."""
+        if self.checkpointing and torch.is_grad_enabled() and torch.is_autocast_enabled(device):
+            return torch.autocast(device, dtype=torch.get_autocast_dtype(device), cache_enabled=False)
+        return contextlib.nullcontext()
 
 
 def completion_hidden(model, batch: GroupBatch) -> torch.Tensor:
@@ -209,13 +224,20 @@ class LayerPass(torch.nn.Module):
     """One decoder layer of :func:`_llama_hidden` as a module: the pass's packed token states
     [T, C] in (shared prefix, prompts, completions), the same out."""
 
-    def __init__(self, layer, config):
+    def __init__(self, layer, config, checkpointing: bool = False):
         super().__init__()
         self.layer = layer
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = head_dim(config)
+        self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor, k: _Packing) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            # inside forward, not around the module's call: FSDP2's hooks stay outside the recompute
+            return torch.utils.checkpoint.checkpoint(self.run, x, k, use_reentrant=False)
+        return self.run(x, k)
+
+    def run(self, x: torch.Tensor, k: _Packing) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         layer, att = self.layer, self.layer.self_attn
@@ -302,6 +324,25 @@ def _embed(base, ids: torch.Tensor) -> torch.Tensor:
     if tied and type(emb) is torch.nn.Embedding:
         return F.embedding(ids, emb.weight, emb.padding_idx, sparse=True)
     return emb(ids)
+
+
+def checkpoint_hf_layers(base) -> None:
+    """Gradient checkpointing for the transformers forward (:func:`_generic_hidden`): transformers
+    recomputes a decoder layer only in training mode, and the trainer keeps the model in eval mode
+    (no dropout), so each decoder layer alone is marked training; the modules inside it stay in eval."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UsageError(f"gradient_checkpointing: {type(base).__name__} does not support it; set "
+                         "gradient_checkpointing: false")
+    enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5.x; the old name before
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in base.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
 
 
 def _generic_hidden(base, model, b: GroupBatch) -> torch.Tensor:

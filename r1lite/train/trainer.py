@@ -110,7 +110,7 @@ class Trainer:
             counter, no_counter = open_counter(self.runtime.device.type, self.runtime.device.index or 0)
             self.meter = meter.CostMeter(hardware, energy=counter, no_energy_reason=no_counter)
             self.model, self.tokenizer = self.build_model()
-            self.policy = Policy(self.model, cfg.sampling.temperature)
+            self.policy = Policy(self.model, cfg.sampling.temperature, cfg.optim.gradient_checkpointing)
             if cfg.launch.fsdp:
                 self.world.shard(self.policy)
             self.teacher = onpolicy.Teacher(cfg.loss.teacher, self.runtime, self.tokenizer) if cfg.loss.teacher else None
