@@ -1,5 +1,6 @@
 """The estimate counts the work a run does with the meter's own formulas; the probe measures it."""
 
+import dataclasses
 import json
 
 import pytest
@@ -236,13 +237,21 @@ def test_estimated_flops_match_a_tiny_runs_metered_flops(varied_task, tmp_path, 
     assert set(blocks) == {"measured", "datasheet"}
     predicted = blocks["measured"]["flops"]
     assert Trainer(cfg, console=Console(quiet=True)).train() == 0
-    metered = json.loads((tmp_path / "run" / "summary.json").read_text())["cost"]["flops"]
+    cost = json.loads((tmp_path / "run" / "summary.json").read_text())["cost"]
+    metered = cost["flops"]
     assert set(predicted["by_phase"]) == set(metered["by_phase"]) == {"eval", "rollout", "train"}
     for phase, flops in metered["by_phase"].items():
         assert predicted["by_phase"][phase] == pytest.approx(flops, rel=0.10), phase
     assert predicted["total"] == pytest.approx(metered["total"], rel=0.10)
     assert blocks["datasheet"]["flops"] == predicted  # one count of the work, two speeds
-    assert set(blocks["measured"]) == set(CostMeter(HARDWARE["cpu"]).report())  # the summary's cost block fields
+    assert set(blocks["measured"]) - {"peak_rss_mib", "peak_rss_mib_by_phase"} == set(CostMeter(HARDWARE["cpu"]).report())
+    if "peak_rss_mib_by_phase" in cost:  # Linux: the memory the run's process held, each phase
+        assert set(blocks["measured"]) == set(cost) - {"peak_rss_note", "teacher"}  # the summary's cost block fields
+        estimated, held = blocks["measured"]["peak_rss_mib_by_phase"], cost["peak_rss_mib_by_phase"]
+        assert set(estimated) == set(held)
+        print({k: (round(estimated[k]), round(held[k])) for k in held})
+        for phase, mib in held.items():
+            assert estimated[phase] == pytest.approx(mib, rel=0.25), phase
     notes = " ".join(blocks["measured"]["assumptions"])
     assert "probe rollout batch" in notes and "CPU kind" in notes and "every group trains" in notes
 
@@ -364,3 +373,31 @@ def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tm
 
     probe = run_probe(cfg, Console(quiet=True))  # the tiny random model: no verified answer, upper bounds
     assert probe.workload.traces_per_item == 1.0
+
+
+def test_phase_peaks_scale_the_probes_memory_to_each_phase():
+    """By hand: 1,000 MiB resident; a rollout batch of 2,000 KV positions 200 MiB over it (0.1 MiB a
+    position); an optimizer state of 300 MiB; a train step of 100 tokens 150 MiB over its start, 40 of
+    it gradients (1.1 MiB a token)."""
+    from r1lite.cost.memory import MemoryProbe, kv_positions, phase_peaks
+
+    m = MemoryProbe(setup_peak=1100.0, resident=1000.0, rollout_peak=1200.0, rollout_positions=2000, optimizer=300.0,
+                    train_peak=1450.0, train_before=1300.0, train_tokens=100, gradients=40.0)
+    prompts = RunPrompts({"r1": [[1] * 10] * 6}, [[2] * 5] * 4, [[3] * 8] * 4, [[4] * 12] * 4, [[5] * 9] * 3)
+    w = Workload([20], [16], 0.0, 1.0)
+    cfg = grpo_config(max_steps=2, batch_size=8, group_size=4, micro_batch_size=4, rollout_batch_size=8,
+                      eval_batch_size=4, eval_items=6, max_new_tokens=30, cold_start_items=4, cold_start_samples=2,
+                      cold_start_batch_size=2, cold_start_min_accuracy=0.5, cold_start_max_accuracy=0.6,
+                      cold_start_check_items=3, eval_base_plain=False)
+    peaks = phase_peaks(cfg, m, prompts, w)
+    assert kv_positions([[1] * 10] * 6, 1, 4, 30) == 4 * 40
+    assert peaks["setup"] == 1300.0  # the optimizer's state outweighs the loading peak
+    assert peaks["eval"] == pytest.approx(1000 + 300 + 0.1 * 4 * 40)  # 4 rows of 10 + 30 columns
+    assert peaks["cold_start_sampling"] == pytest.approx(1000 + 0.1 * 4 * 35)  # 2 samples x 4 prompts, 4 rows at most
+    held = 1000 + 300 + 2 * 40  # two copies of the weights: the anchor and the best check
+    assert peaks["sft"] == pytest.approx(max(held + 40 + 1.1 * (2 * 16 + 2 * 8), held + 0.1 * 3 * 39))
+    assert peaks["rollout"] == pytest.approx(1000 + 300 + 0.1 * 8 * 42)  # 2 prompts x 4 samples, 12 + 30 wide
+    assert peaks["train"] == pytest.approx(1000 + 300 + 40 + 1.1 * (4 * 16 + 12))  # one group of 4 a pass
+    assert phase_peaks(cfg, dataclasses.replace(m, checkpoint_peak=1900.0), prompts, w)["setup"] == 1900.0  # measured
+    rl_free = phase_peaks(with_values(cfg, max_steps=0), m, prompts, w)
+    assert "train" not in rl_free and rl_free["eval"] == pytest.approx(1000 + 0.1 * 4 * 40)

@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1lite import tasks
+from r1lite.cost.memory import memory_block, memory_notes, phase_peaks
 from r1lite.cost.work import (
     PhaseWork,
     Speed,
@@ -56,9 +57,11 @@ from r1lite.train.config import GRPOConfig
 
 
 def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware: Hardware, devices: int,
-             pue: float, n_layers: int, assumptions: list[str], steps: int | None = None) -> dict:
+             pue: float, n_layers: int, assumptions: list[str], steps: int | None = None,
+             memory: dict | None = None) -> dict:
     """The cost block (:func:`r1lite.meter.meter.cost_report`, ``"estimated": true``) of a run at
-    ``speed`` that takes ``steps`` GRPO steps (``max_steps`` when None)."""
+    ``speed`` that takes ``steps`` GRPO steps (``max_steps`` when None), with ``memory``'s peak
+    resident memory fields (:func:`r1lite.cost.memory.memory_block`) where there is an estimate."""
     seconds = {name: phase_seconds(w, speed, n_layers, devices) for name, w in work.items()}
     saves = checkpoints(cfg, steps)
     outside = speed.setup_seconds + saves * speed.checkpoint_seconds + speed.report_seconds
@@ -71,7 +74,8 @@ def estimate(cfg: GRPOConfig, work: dict[str, PhaseWork], speed: Speed, hardware
         notes.append(f"{devices} devices: every phase {devices}x faster (ideal data parallelism)")
     return cost_report(hardware, devices, pue, sum(seconds.values()) + outside,
                        {name: w.flops for name, w in work.items()}, seconds, estimated=True,
-                       energy_source="an estimate measures nothing", assumptions=notes, method=speed.method)
+                       energy_source="an estimate measures nothing", assumptions=notes, method=speed.method,
+                       memory=memory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,12 +99,22 @@ def phase_table(blocks: dict[str, dict]):
     rows = [("outside the phases", lambda b: human_seconds(b["wall_seconds"] - sum(b["seconds_by_phase"].values()))),
             ("wall time", lambda b: human_seconds(b["wall_seconds"])),
             ("FLOPs", lambda b: human_flops(b["flops"]["total"])),
+            ("peak resident memory", lambda b: peak_memory(b)),
             ("device-hours", lambda b: short_number(b["device_hours"])),
             ("energy", lambda b: f"{short_number(b['kwh'])} kWh"),
             ("money", lambda b: f"{usd(b['usd'])} at {usd(b['usd_per_hour_per_device'])}/h")]
     for label, cell in rows:
         table.add_row(label, *(cell(b) for b in blocks.values()))
     return table
+
+
+def peak_memory(block: dict) -> str:
+    """The block's largest phase peak and its phase, or a dash (a datasheet estimate has none)."""
+    by_phase = block.get("peak_rss_mib_by_phase")
+    if not by_phase:
+        return "—"
+    phase = max(by_phase, key=by_phase.get)
+    return f"{by_phase[phase] / 1024:.2f} GiB ({phase})"
 
 
 def known_shape(spec: str) -> ModelShape | None:
@@ -170,16 +184,21 @@ def estimate_recipe(cfg: GRPOConfig, pricing, overrides: Overrides, probe: bool,
         if not loaded:
             where = cfg.model if Path(cfg.model).expanduser().exists() else "the built-in shape table"
             notes.append(f"{shape.name}: shape from {where}; prompt lengths counted with SmolLM2's tokenizer")
-    run = run_work(cfg, shape, weights, run_prompts(cfg, tokenizer, task), workload, flops)
+    prompts = run_prompts(cfg, tokenizer, task)
+    run = run_work(cfg, shape, weights, prompts, workload, flops)
     work = run.phases
     notes = [*workload_notes(cfg, workload), *notes]
+    memory = None
+    if measured is not None and measured.memory is not None:
+        memory = memory_block(phase_peaks(cfg, measured.memory, prompts, workload))
+        notes += memory_notes(measured.memory)
     if run.steps < cfg.optim.max_steps:
         notes.append(f"max_rl_flops {human_flops(cfg.optim.max_rl_flops)}: the RL budget is expected to be spent "
                      f"after step {run.steps} of max_steps {cfg.optim.max_steps}")
     blocks = {}
     if measured is not None and chosen.name == here:
         blocks["measured"] = estimate(cfg, work, measured.speed, chosen, pricing.devices, pricing.pue, shape.n_layers,
-                                      notes, run.steps)
+                                      notes, run.steps, memory)
     blocks["datasheet"] = estimate(cfg, work, datasheet_speed(chosen, overrides.mfu), chosen, pricing.devices,
                                    pricing.pue, shape.n_layers, notes, run.steps)
     return blocks

@@ -22,6 +22,7 @@ group with equal rewards would be left out), so it always computes a gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -32,9 +33,11 @@ import torch
 
 from r1lite import report
 from r1lite.config import with_values
+from r1lite.cost.memory import MIB, MemoryProbe, kv_positions
 from r1lite.cost.work import DecodeFlops, Speed, data_traces
 from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
+from r1lite.meter.memory import release_free, reset_peak, status_mib
 from r1lite.meter.flops import Weights
 from r1lite.models import ModelShape
 from r1lite.prompts import item_prompts, stop_strings
@@ -51,6 +54,8 @@ class Probe:
 
     speed: Speed
     workload: Workload
+    memory: MemoryProbe | None
+    """Resident memory as measured (None where the process's resident set cannot be read)."""
     shape: ModelShape
     weights: Weights
     decode_flops: DecodeFlops
@@ -109,6 +114,8 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         console.print(f"probe: loading {cfg.model} ({trainer.runtime.describe()})")
         trainer.setup()
         setup = time.perf_counter() - start
+        release_free()
+        resident = status_mib("VmRSS")
         G = pcfg.optim.group_size
         console.print(f"probe: one rollout batch ({pcfg.optim.prompts_per_step} prompts x {G}, "
                       f"{pcfg.format} prompt, temperature {pcfg.sampling.temperature:g})")
@@ -116,6 +123,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         with trainer.meter.phase("rollout"):
             groups, info = trainer.rollout()
         rollout_seconds = time.perf_counter() - t0
+        peaks = dict(trainer.meter.memory.by_phase)  # loading ("setup") and the rollout batch
         lengths = [len(c.token_ids) for g in groups for c in g["completions"]]
         rewards = torch.cat([g["reward"] for g in groups])
         skipped = 1.0 - float(grpo.informative_groups(rewards, G).float().mean())
@@ -135,14 +143,30 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         trainer.train_step(chunk)  # first calls at these shapes, the optimizer's state: once a phase
         first_seconds = time.perf_counter() - t0
         trainer.meter.flops_by_phase.pop("train")
+        release_free()
+        before = status_mib("VmRSS")
         t0 = time.perf_counter()
         with trainer.meter.phase("train"):
             train = trainer.train_step(chunk)
         train_seconds = time.perf_counter() - t0
+        memory = None
+        if resident is not None and before is not None and "train" in trainer.meter.memory.by_phase:
+            memory = MemoryProbe(
+                setup_peak=peaks.get("setup", resident), resident=resident, rollout_peak=peaks.get("rollout", resident),
+                rollout_positions=kv_positions([g["prompt"] for g in groups], G, pcfg.sampling.rollout_batch_size,
+                                               pcfg.sampling.max_new_tokens),
+                optimizer=max(0.0, before - resident), train_peak=trainer.meter.memory.by_phase["train"],
+                train_before=before, train_tokens=sum(len(g["prompt"]) + sum(len(c.token_ids) for c in g["completions"])
+                                                      for g in chunk),
+                gradients=sum(p.numel() for p in trainer.params) * 4 / MIB)
         optimizer_seconds = time_optimizer_step(trainer)
+        release_free()
+        resets = reset_peak()
         t0 = time.perf_counter()
         trainer.save_checkpoint()
         checkpoint_seconds = time.perf_counter() - t0
+        if memory is not None and resets:  # writing a checkpoint with the optimizer's state held
+            memory = dataclasses.replace(memory, checkpoint_peak=status_mib("VmHWM") or 0.0)
         t0 = time.perf_counter()
         append_jsonl(Path(tmp) / "metrics.jsonl", rollout.step_metrics(
             1, info, train, {"step": rollout_seconds + train_seconds, "rollout": rollout_seconds, "train": train_seconds},
@@ -176,7 +200,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
                             final_lengths=final, sampled_rewards=rewards.tolist() if greedy_rewards else [],
                             final_rewards=greedy_rewards,
                             notes=probe_notes(cfg, pcfg, lengths, skipped, traces, eval_lengths))
-        return Probe(speed, workload, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
+        return Probe(speed, workload, memory, model_shape(base), model_weights(base), decoder.flops, trainer.tokenizer,
                      trainer.task, trainer.runtime.describe(), seconds)
 
 
