@@ -41,7 +41,6 @@ def test_the_landing_bisects_toward_the_anchor_and_goes_on_from_where_it_stopped
     """No model: the weights are one tensor on the line from the anchor (0) to the check past the
     ceiling (1); each check reads a scripted verdict, and the weights end exactly at ``t``."""
     params = [torch.ones(3)]
-    anchor = {"epochs": 1.0, "weights": [torch.zeros(3)]}
     verdicts, asked = iter(found), []
 
     def check(epochs, t, between):
@@ -50,9 +49,30 @@ def test_the_landing_bisects_toward_the_anchor_and_goes_on_from_where_it_stopped
         assert torch.allclose(params[0], torch.full((3,), t))  # the weights are at the point checked
         return next(verdicts)
 
-    landed = coldstart.land(params, anchor, 1.5, check, Console(quiet=True))
+    landed = coldstart.land(params, [torch.zeros(3)], 1.0, 1.5, check, Console(quiet=True))
     assert asked == points and landed == {"t": t, "between": [1.0, 1.5]}
     assert torch.equal(params[0], torch.full((3,), t))
+
+
+def test_the_shelf_gives_its_copies_back_bit_for_bit_and_touches_no_other_file(tmp_path):
+    """Copies in files: each read back exactly, dropped when no longer kept, a stopped run's own
+    copies cleared at the start; another rank's copy and a user's file stay, and so does the
+    directory that holds them."""
+    folder = tmp_path / "cold-start-weights"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "rank0-3.pt").write_bytes(b"a stopped run's copy")
+    (folder / "rank1-0.pt").write_bytes(b"another rank's")
+    shelf = coldstart.Shelf(folder, "rank0")
+    assert not (folder / "rank0-3.pt").exists()
+    params = [torch.randn(4, 3), torch.randn(5, dtype=torch.float64)]
+    first = shelf.put(params)
+    second = shelf.put([p * 3 for p in params])
+    shelf.keep_only(second)
+    assert not (folder / f"rank0-{first}.pt").exists()
+    assert all(torch.equal(a, 3 * b) and a.dtype == b.dtype for a, b in zip(shelf.get(second), params))
+    shelf.close()
+    assert sorted(f.name for f in folder.iterdir()) == ["notes.txt", "rank1-0.pt"]
 
 
 # -- the SFT loop, on the tiny model, with scripted checks ------------------------------------------
@@ -64,22 +84,27 @@ class NoMeter:
         return contextlib.nullcontext()
 
 
-def fine_tune(tiny_model, tmp_path, readings: list[float], **kw):
+def fine_tune(tiny_model, tmp_path, readings: list[float], shelved: bool = False, **kw):
     """The cold start's SFT of a fresh tiny model on ROWS with checks that read ``readings`` (format
-    100%): (its record, the weights at each check, the weights it ends with)."""
+    100%): (its record, the weights at each check, the weights it ends with). ``shelved``: the
+    weights it may go back to are kept in files (at most two at a check), gone at the end."""
     cfg = run_config(tmp_path, format="r1", cold_start_epochs=1, cold_start_min_accuracy=0.5,
                      cold_start_check_every=0.5, cold_start_batch_size=2, **kw)
     model, tokenizer = tiny_model()
     values, seen = iter(readings), []
 
+    scratch = tmp_path / "shelf" if shelved else None
+
     def check():
         seen.append([p.detach().clone() for p in model.parameters()])
+        assert scratch is None or len(list(scratch.iterdir())) <= 2
         return {"format_rate": 1.0, "accuracy": next(values)}
 
     runtime = resolve_runtime("cpu", "fp32")
-    phase = coldstart.ColdStart(Policy(model), tokenizer, check, NoMeter(), Console(quiet=True), runtime, World())
+    phase = coldstart.ColdStart(Policy(model), tokenizer, check, NoMeter(), Console(quiet=True), runtime, World(),
+                                scratch=scratch)
     record, flops = coldstart.fine_tune(cfg, phase, [dict(r) for r in ROWS])
-    assert flops > 0
+    assert flops > 0 and not (scratch and scratch.exists())
     return record, seen, [p.detach().clone() for p in model.parameters()]
 
 
@@ -96,24 +121,26 @@ def test_the_checks_ask_for_more_until_one_reaches_the_bar(tiny_model, tmp_path)
     assert record["epochs"] == 2.0 and record["sft_steps"] == 8 and record["kept_epochs"] is None
 
 
-def test_at_its_cap_below_the_bars_the_best_checked_weights_go_on(tiny_model, tmp_path):
+@pytest.mark.parametrize("shelved", [False, True])
+def test_at_its_cap_below_the_bars_the_best_checked_weights_go_on(tiny_model, tmp_path, shelved):
     """The cap is checked too; no check reached the bar, so the weights of the best check (1.5
     epochs) go on, not those the last epoch left."""
-    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.45, 0.3], cold_start_max_epochs=2)
+    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.45, 0.3], shelved, cold_start_max_epochs=2)
     assert [c["epochs"] for c in record["checks"]] == [1.0, 1.5, 2.0]
     assert record["kept_epochs"] == 1.5 and record["epochs"] == 2.0
     assert not same(seen[1], seen[2]) and same(end, seen[1])
 
 
-def test_past_the_ceiling_the_weights_land_between_the_check_before_and_it(tiny_model, tmp_path):
+@pytest.mark.parametrize("shelved", [False, True])
+def test_past_the_ceiling_the_weights_land_between_the_check_before_and_it(tiny_model, tmp_path, shelved):
     """1.0 epochs below the bar (the anchor), 1.5 past the ceiling: the bisection checks t = 0.5,
     0.25, then 0.375 lands, and SFT ends exactly on the interpolated weights."""
-    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.8, 0.7, 0.4, 0.55], cold_start_max_epochs=4,
+    record, seen, end = fine_tune(tiny_model, tmp_path, [0.2, 0.8, 0.7, 0.4, 0.55], shelved, cold_start_max_epochs=4,
                                   cold_start_max_accuracy=0.6)
     assert [c.get("t") for c in record["checks"]] == [None, None, 0.5, 0.25, 0.375]
     assert record["landed"] == {"t": 0.375, "between": [1.0, 1.5]} and record["epochs"] == 1.5
     for p, a, b in zip(end, seen[0], seen[1]):
-        torch.testing.assert_close(p, torch.lerp(a, b, 0.375))
+        assert torch.equal(p, torch.lerp(a, b, 0.375))  # a shelved anchor comes back bit for bit
 
 
 def test_the_first_sft_steps_are_those_of_a_plain_run(tiny_model, tmp_path):
@@ -143,6 +170,7 @@ def test_a_run_checks_the_format_on_train_prompts_until_the_cap(tmp_path, monkey
     assert [c["epochs"] for c in cold["checks"]] == ([2, 3] if bar else [])
     assert all(c["format_rate"] == 0.0 for c in cold["checks"])
     assert cold["kept_epochs"] == (2 if bar else None)  # no check better than the first: its weights go on
+    assert not list((tmp_path / "run").glob("cold-start-weights*"))  # the shelf is cleared
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -376,13 +376,13 @@ def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tm
 
 
 def test_phase_peaks_scale_the_probes_memory_to_each_phase():
-    """By hand: 1,000 MiB resident; a rollout batch of 2,000 KV positions 200 MiB over it (0.1 MiB a
+    """By hand: 1,000 MiB resident (50 of it the engine's copy of the weights); a rollout batch of 2,000 KV positions 200 MiB over it (0.1 MiB a
     position); an optimizer state of 300 MiB; a train step of 100 tokens 150 MiB over its start, 40 of
     it gradients (1.1 MiB a token)."""
     from r1lite.cost.memory import MemoryProbe, kv_positions, phase_peaks
 
     m = MemoryProbe(setup_peak=1100.0, resident=1000.0, rollout_peak=1200.0, rollout_positions=2000, optimizer=300.0,
-                    train_peak=1450.0, train_before=1300.0, train_tokens=100, gradients=40.0)
+                    train_peak=1450.0, train_before=1300.0, train_tokens=100, gradients=40.0, engine=50.0)
     prompts = RunPrompts({"r1": [[1] * 10] * 6}, [[2] * 5] * 4, [[3] * 8] * 4, [[4] * 12] * 4, [[5] * 9] * 3)
     w = Workload([20], [16], 0.0, 1.0)
     cfg = grpo_config(max_steps=2, batch_size=8, group_size=4, micro_batch_size=4, rollout_batch_size=8,
@@ -394,10 +394,11 @@ def test_phase_peaks_scale_the_probes_memory_to_each_phase():
     assert peaks["setup"] == 1300.0  # the optimizer's state outweighs the loading peak
     assert peaks["eval"] == pytest.approx(1000 + 300 + 0.1 * 4 * 40)  # 4 rows of 10 + 30 columns
     assert peaks["cold_start_sampling"] == pytest.approx(1000 + 0.1 * 4 * 35)  # 2 samples x 4 prompts, 4 rows at most
-    held = 1000 + 300 + 2 * 40  # two copies of the weights: the anchor and the best check
-    assert peaks["sft"] == pytest.approx(max(held + 40 + 1.1 * (2 * 16 + 2 * 8), held + 0.1 * 3 * 39))
+    held = 1000 + 300  # the copies of the weights it may go back to are in files
+    # the SFT's passes run without the engine's copy (50), its checks' decoding with it
+    assert peaks["sft"] == pytest.approx(max(held - 50 + 40 + 1.1 * (2 * 16 + 2 * 8), held + 0.1 * 3 * 39))
     assert peaks["rollout"] == pytest.approx(1000 + 300 + 0.1 * 8 * 42)  # 2 prompts x 4 samples, 12 + 30 wide
-    assert peaks["train"] == pytest.approx(1000 + 300 + 40 + 1.1 * (4 * 16 + 12))  # one group of 4 a pass
+    assert peaks["train"] == pytest.approx(1000 - 50 + 300 + 40 + 1.1 * (4 * 16 + 12))  # one group of 4 a pass
     assert phase_peaks(cfg, dataclasses.replace(m, checkpoint_peak=1900.0), prompts, w)["setup"] == 1900.0  # measured
     rl_free = phase_peaks(with_values(cfg, max_steps=0), m, prompts, w)
     assert "train" not in rl_free and rl_free["eval"] == pytest.approx(1000 + 0.1 * 4 * 40)

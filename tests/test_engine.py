@@ -270,6 +270,36 @@ def test_finished_rows_leave_the_batch(tiny):
     assert {d.completion.finish for d in done} == {"length"}
 
 
+@pytest.mark.parametrize("kept", [[0, 2, 3, 6], [5], [1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
+def test_rows_leave_in_the_caches_own_memory(tiny, kept):
+    """Dropping finished rows moves the kept ones to the front of the cache's own memory (no second
+    cache beside it, the rollouts' highest memory): the same keys and values as a copy of those rows,
+    contiguous, at the same address."""
+    model, _ = tiny
+    decoder = make_decoder(model, torch.float32)
+    cache = torch.randn(decoder.new_cache(7, 5).shape)
+    rows = torch.tensor(kept)
+    expected = decoder.select(cache, rows)
+    out = decoder.compact(cache, rows)
+    assert torch.equal(out, expected) and out.is_contiguous() and out.data_ptr() == cache.data_ptr()
+
+
+def test_an_unloaded_engine_holds_no_weights_and_decodes_the_same_after_a_sync(tiny):
+    """A trainer drops the engine's copy of the weights between decodings: nothing of it stays
+    (the kernels' fused step included), and the next sync decodes as before; a running batch
+    refuses the unload."""
+    model, tokenizer = tiny
+    engine = make_engine(model, tokenizer, torch.float32, [tokenizer.eos_token_id], 8)
+    before = greedy(engine, prompts_for(tokenizer)[:3], 8)
+    engine.unload()
+    assert engine.decoder.layers is None and engine.decoder.head is None and engine.decoder._step is None
+    engine.sync(model)
+    assert greedy(engine, prompts_for(tokenizer)[:3], 8) == before
+    engine.add(Request(prompts_for(tokenizer)[0], Sampling(max_new_tokens=4, temperature=0)))
+    with pytest.raises(RuntimeError, match="no request is running"):
+        engine.unload()
+
+
 def test_a_stop_string_ends_tokens_and_text_alike(embedded):
     """The completion ends with the token that completed the stop string, and its text is those
     tokens decoded — the rest of that token included: the reward sees exactly the characters

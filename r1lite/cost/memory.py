@@ -13,12 +13,13 @@ the passes keep). Each phase of the run is then, as the meter counts it
 - ``eval`` and ``cold_start_sampling``: the rollout batch's peak above the resident set, scaled by
   the KV-cache positions (rows x (widest prompt + ``max_new_tokens``)) at ``eval_batch_size`` rows,
   with the optimizer's state held for the evaluations after GRPO steps;
-- ``sft``: the cold start's own optimizer state and up to two copies of the weights it keeps (the
-  anchor it bisects toward, the best check below its bars), its passes' gradients and activations
-  (the train step's, scaled by tokens per pass), and its checks' decoding;
+- ``sft``: the cold start's own optimizer state, its passes' gradients and activations (the train
+  step's, scaled by tokens per pass), and its checks' decoding (the copies of the weights it may go
+  back to are in files; a landing reads two of them once the optimizer's state is gone);
 - ``rollout``: the rollout batch at the run's prompts, with the optimizer's state;
 - ``train``: the gradients and the activations per token of the probe's train step at the run's
-  completion lengths, with the optimizer's state.
+  completion lengths, with the optimizer's state, without the engine's copy of the weights (a run
+  drops it between decodings; the SFT's passes too).
 
 What this leaves out: memory a phase frees while it runs and the C allocator keeps (the meter reads
 the resident set, which includes it), and the lengths the run reaches where they differ from the
@@ -60,6 +61,9 @@ class MemoryProbe:
     """The trainable parameters' gradients (fp32), part of the train step's growth."""
     checkpoint_peak: float = 0.0
     """The peak while writing a checkpoint with the optimizer's state held (0: not measured)."""
+    engine: float = 0.0
+    """The rollout engine's copy of the weights, part of ``resident``: a run drops it between
+    decodings, so its passes and updates run without it."""
 
 
 def kv_positions(prompts: list[list[int]], samples: int, max_rows: int, max_new_tokens: int) -> int:
@@ -100,10 +104,10 @@ def phase_peaks(cfg: GRPOConfig, m: MemoryProbe, prompts: RunPrompts, w: Workloa
         if prompts.cold_start:
             peaks["cold_start_sampling"] = m.resident + per_position * kv_positions(
                 prompts.cold_start, cfg.cold_start.samples, cfg.sampling.eval_batch_size, new)
-        copies = (cfg.cold_start.max_accuracy > 0) + (cfg.cold_start.min_format > 0 or cfg.cold_start.min_accuracy > 0)
-        held = m.resident + m.optimizer + copies * m.gradients  # a copy of the weights is as large as their gradients
+        held = m.resident + m.optimizer
         per_pass = min(cfg.cold_start.batch_size, cfg.optim.micro_batch_size)  # each trace its own prompt
-        sft = held + m.gradients + activations * pass_tokens(prompts.traces[:per_pass], per_pass, w.trained_lengths)
+        sft = held - m.engine + m.gradients + activations * pass_tokens(prompts.traces[:per_pass], per_pass,
+                                                                         w.trained_lengths)
         check = held + per_position * kv_positions(prompts.check, 1, cfg.sampling.eval_batch_size, new)
         peaks["sft"] = max(sft, check if prompts.check else 0.0)
     if rl:
@@ -112,7 +116,7 @@ def phase_peaks(cfg: GRPOConfig, m: MemoryProbe, prompts: RunPrompts, w: Workloa
             prompts.train[:P], G, cfg.sampling.rollout_batch_size, new)
         lengths = w.final_lengths if w.final_lengths and mean(w.final_lengths) > mean(w.trained_lengths) else w.trained_lengths
         groups = min(P, max(1, cfg.optim.micro_batch_size // G))  # a pass holds whole groups
-        peaks["train"] = m.resident + m.optimizer + m.gradients + activations * pass_tokens(
+        peaks["train"] = m.resident - m.engine + m.optimizer + m.gradients + activations * pass_tokens(
             prompts.train[:groups], groups * G, lengths)
     return peaks
 
@@ -124,7 +128,8 @@ def memory_block(peaks: dict[str, float]) -> dict:
 
 def memory_notes(m: MemoryProbe) -> list[str]:
     """The measurements the memory estimate scales, as printed lines."""
-    return [f"resident memory measured by the probe: {m.resident:.0f} MiB after setup (loading peak "
+    return [f"resident memory measured by the probe: {m.resident:.0f} MiB after setup, {m.engine:.0f} of it the engine's "
+            f"copy of the weights (loading peak "
             f"{m.setup_peak:.0f}, writing a checkpoint {m.checkpoint_peak:.0f}); a rollout batch {m.rollout_peak - m.resident:+.0f} MiB over "
             f"{m.rollout_positions} KV positions; the optimizer's state {m.optimizer:.0f} MiB; a train step over "
             f"one micro-batch ({m.train_tokens} tokens) {m.train_peak - m.train_before:+.0f} MiB, gradients "

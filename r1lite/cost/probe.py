@@ -116,6 +116,9 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         setup = time.perf_counter() - start
         release_free()
         resident = status_mib("VmRSS")
+        trainer.engine.unload()  # a run's passes and updates run without the engine's copy of the weights
+        release_free()
+        engine_copy = resident - (status_mib("VmRSS") or resident) if resident is not None else 0.0
         G = pcfg.optim.group_size
         console.print(f"probe: one rollout batch ({pcfg.optim.prompts_per_step} prompts x {G}, "
                       f"{pcfg.format} prompt, temperature {pcfg.sampling.temperature:g})")
@@ -155,10 +158,10 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
                 setup_peak=peaks.get("setup", resident), resident=resident, rollout_peak=peaks.get("rollout", resident),
                 rollout_positions=kv_positions([g["prompt"] for g in groups], G, pcfg.sampling.rollout_batch_size,
                                                pcfg.sampling.max_new_tokens),
-                optimizer=max(0.0, before - resident), train_peak=trainer.meter.memory.by_phase["train"],
+                optimizer=max(0.0, before - (resident - engine_copy)), train_peak=trainer.meter.memory.by_phase["train"],
                 train_before=before, train_tokens=sum(len(g["prompt"]) + sum(len(c.token_ids) for c in g["completions"])
                                                       for g in chunk),
-                gradients=sum(p.numel() for p in trainer.params) * 4 / MIB)
+                gradients=sum(p.numel() for p in trainer.params) * 4 / MIB, engine=max(0.0, engine_copy))
         optimizer_seconds = time_optimizer_step(trainer)
         release_free()
         resets = reset_peak()
@@ -175,6 +178,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         report_seconds = time.perf_counter() - t0
         base = trainer.model.get_base_model() if cfg.optim.lora else trainer.model
         flops = trainer.meter.flops_by_phase
+        trainer.engine.sync(trainer.model)  # its flops() reads how its packed products pad their columns
         decoder = trainer.engine.decoder
         seconds = time.perf_counter() - start
         generate_rate = flops["rollout"] / rollout_seconds
@@ -223,20 +227,20 @@ def greedy_eval_lengths(trainer, cfg: GRPOConfig, groups: list[dict], console) -
     if not cfg.cold_start.enabled:
         wanted["greedy"] = cfg.format
     items = trainer.eval_items[:EVAL_SAMPLE]
-    trainer.sync_engine()
     by_format, rewards = {}, []
-    for fmt in sorted(set(wanted.values())):
-        prompts = (item_prompts(trainer.tokenizer, trainer.task, items, fmt, cfg.prefill_think and fmt == "r1",
-                                cfg.template if fmt == "r1" else "chat") if items else [])
-        ids = [p.ids for p in prompts] or [g["prompt"] for g in groups]  # no held-out items: the recipe's format only
-        console.print(f"probe: greedy answers of the untrained model to {len(ids)} prompts ({fmt})")
-        greedy = Sampling(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0,  # as evaluations decode
-                          stop=stop_strings(cfg.template if fmt == "r1" else "chat", fmt))
-        outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.sampling.eval_batch_size)
-        by_format[fmt] = [len(c[0].token_ids) for c in outputs]
-        if prompts and fmt == wanted.get("greedy"):
-            rewards = [float(rollout.score_group(cfg, trainer.task, item, p.ids, p.prefill, c)["reward"][0])
-                       for item, p, c in zip(items, prompts, outputs)]
+    with trainer.engine_weights():
+        for fmt in sorted(set(wanted.values())):
+            prompts = (item_prompts(trainer.tokenizer, trainer.task, items, fmt, cfg.prefill_think and fmt == "r1",
+                                    cfg.template if fmt == "r1" else "chat") if items else [])
+            ids = [p.ids for p in prompts] or [g["prompt"] for g in groups]  # no held-out items: the recipe's format only
+            console.print(f"probe: greedy answers of the untrained model to {len(ids)} prompts ({fmt})")
+            greedy = Sampling(max_new_tokens=cfg.sampling.max_new_tokens, temperature=0.0,  # as evaluations decode
+                              stop=stop_strings(cfg.template if fmt == "r1" else "chat", fmt))
+            outputs = trainer.engine.generate([Request(x, greedy) for x in ids], max_rows=cfg.sampling.eval_batch_size)
+            by_format[fmt] = [len(c[0].token_ids) for c in outputs]
+            if prompts and fmt == wanted.get("greedy"):
+                rewards = [float(rollout.score_group(cfg, trainer.task, item, p.ids, p.prefill, c)["reward"][0])
+                           for item, p, c in zip(items, prompts, outputs)]
     return {key: by_format[fmt] for key, fmt in wanted.items()}, rewards
 
 

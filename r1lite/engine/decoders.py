@@ -181,6 +181,11 @@ class LlamaDecoder:
             if merged:
                 model.unmerge_adapter()
 
+    def unload(self) -> None:
+        """Drop the decoder's copy of the weights until the next :meth:`sync` (a trainer's passes
+        and updates run without it beside them)."""
+        self.layers = self.head = self.embed = self.norm = self._step = None
+
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         """A weight in the rollout precision, held in the compute dtype."""
         return t.detach().to(self.dtype).to(self.compute, copy=self.own_weights)
@@ -262,6 +267,20 @@ class LlamaDecoder:
     def select(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The cache of these rows (indices may repeat: a prompt's cache copied into its samples)."""
         return cache.index_select(2, rows)
+
+    def compact(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The cache of ``rows`` (ascending, none twice) moved to the front of the cache's own memory,
+        a contiguous cache of those rows (the engine drops finished rows so, and reads the old one no
+        more). :meth:`select` would build it beside the old one: a 128-row rollout's cache and its
+        three-quarter copy were its highest memory."""
+        layers, two, total = cache.shape[:3]
+        if len(rows) == total:
+            return cache
+        blocks = cache.view(layers * two, total, -1)  # [layer x (k, v), rows, a row's keys or values]
+        out = cache.view(-1)[:layers * two * len(rows) * blocks.shape[-1]].view(layers * two, len(rows), -1)
+        for b in range(layers * two):  # out[b] ends at or before block b + 1's rows begin: each is read before it is written over
+            out[b] = blocks[b].index_select(0, rows)  # through a copy: out[b] may overlap block b's own rows
+        return out.view(layers, two, len(rows), *cache.shape[3:])
 
     def merge(self, parts: list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]], columns: int) -> torch.Tensor:
         """One cache of ``columns`` columns from ``(cache, rows or None = all, first, end, dest)``
@@ -382,6 +401,9 @@ class HFDecoder:
     def sync(self, model) -> None:
         self.model = model
 
+    def unload(self) -> None:
+        """Nothing to drop: the transformers forward reads the model's own weights."""
+
     def new_cache(self, rows: int, columns: int):
         from transformers import DynamicCache
 
@@ -391,6 +413,9 @@ class HFDecoder:
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
         return cache
+
+    def compact(self, cache, rows: torch.Tensor):
+        return self.select(cache, rows)  # layer by layer: one layer's copy at a time
 
     def merge(self, parts, columns: int):
         """As :meth:`LlamaDecoder.merge`; the merged cache is as long as its last written column."""

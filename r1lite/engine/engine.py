@@ -266,6 +266,12 @@ class Engine:
         """Refresh the decoder's weights from the model (after an optimizer step)."""
         self.decoder.sync(model)
 
+    def unload(self) -> None:
+        """Drop the decoder's copy of the weights until the next :meth:`sync`; nothing may run between."""
+        if self.batch is not None or self.waiting:
+            raise RuntimeError("the engine unloads its weights only when no request is running or waiting")
+        self.decoder.unload()
+
     # -- the step-level form ---------------------------------------------------------------------
 
     def add(self, request: Request) -> str:
@@ -554,7 +560,7 @@ class Engine:
             at += len(rows)
         single = len(parts) == 1 and trim == 0
         if single and spans[0][1] is not None and columns <= parts[0][0].valid.shape[1]:
-            cache = self.decoder.select(parts[0][0].cache, spans[0][1])  # rows leaving: no shift, no new columns
+            cache = self.decoder.compact(parts[0][0].cache, spans[0][1])  # rows leaving: no shift, no new columns
         elif single and spans[0][1] is None:
             cache = parts[0][0].cache
         else:

@@ -147,6 +147,9 @@ class LlamaCppDecoder:
     def sync(self, model) -> None:
         raise UsageError("a GGUF model is fixed: train the PyTorch model, then export it again")
 
+    def unload(self) -> None:
+        raise UsageError("a GGUF model is fixed: it is not trained beside its engine")
+
     # -- the cache: sequence ids ------------------------------------------------------------------
 
     def _take(self) -> int:
@@ -178,6 +181,9 @@ class LlamaCppDecoder:
         for seq in set(cache) - used:
             self._drop(seq)
         return out
+
+    def compact(self, cache: list[int], rows: torch.Tensor) -> list[int]:
+        return self.select(cache, rows)  # no copy: the sequences stay where they are
 
     def merge(self, parts, columns: int) -> list[int]:
         """The parts' rows one after another (positions are per sequence: nothing moves)."""

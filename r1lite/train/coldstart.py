@@ -15,6 +15,7 @@ without seeing the test.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,60 @@ class ColdStart:
     console: object
     runtime: object
     world: World
+    scratch: Path | None = None
+    """Where the weights a check may send the SFT back to are shelved (:class:`Shelf`); None keeps
+    them in memory."""
+
+
+class Shelf:
+    """The weights the SFT may go back to — the anchor a landing bisects toward, the best check a
+    cap falls back to — kept in files rather than memory. Each is a full fp32 copy of the trainable
+    weights (0.5 GiB for the 135M model), read once at most, and it would sit beside the SFT's
+    optimizer state and every check's decoding, the cold start's highest memory. ``torch.save``
+    writes each tensor's memory as it is (safetensors first builds the whole file's bytes in memory)
+    and they read back bit for bit. A copy is a key; its file is ``<directory>/<name>-<key>.pt``,
+    and the shelf touches no other file (each rank its own name). ``directory`` None keeps the
+    copies in memory."""
+
+    def __init__(self, directory: Path | None, name: str = "weights"):
+        self.directory, self.name = directory, name
+        self.held: dict[int, list[torch.Tensor]] = {}
+        self.count = 0
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob(f"{name}-*.pt"):  # a stopped run's copies: its cold start is redone
+                stale.unlink()
+
+    def _path(self, key: int) -> Path:
+        return self.directory / f"{self.name}-{key}.pt"
+
+    def put(self, params: list[torch.Tensor]) -> int:
+        key, self.count = self.count, self.count + 1
+        if self.directory is None:
+            self.held[key] = snapshot(params)
+        else:
+            torch.save([p.detach() for p in params], self._path(key))
+        return key
+
+    def get(self, key: int) -> list[torch.Tensor]:
+        if self.directory is None:
+            return self.held[key]
+        return torch.load(self._path(key), weights_only=True)
+
+    def keep_only(self, *keys: int | None) -> None:
+        """Drop every copy but these."""
+        for key in range(self.count):
+            if key not in keys:
+                self.held.pop(key, None)
+                if self.directory is not None:
+                    self._path(key).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Drop every copy, and the directory once no rank's copy is left in it."""
+        self.keep_only()
+        if self.directory is not None:
+            with contextlib.suppress(OSError):
+                self.directory.rmdir()
 
 
 def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
@@ -142,8 +197,9 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
                           seed=cfg.seed, autocast=phase.runtime.autocast, device=phase.runtime.device, world=phase.world)
     history: list[dict] = []
     checks: list[dict] = []
-    best: dict = {}  # the best-checked weights below the bars, for a cap that comes first
-    anchor = {"epochs": 0.0, "weights": snapshot(params)} if bars.max_accuracy else {}
+    best: dict = {}  # the best-checked weights below the bars (a shelf key), for a cap that comes first
+    shelf = Shelf(phase.scratch, f"rank{phase.world.rank}")
+    anchor = {"epochs": 0.0, "weights": shelf.put(params)} if bars.max_accuracy else {}
     kept, landed = None, None
 
     def check(epochs: float, **where) -> str:
@@ -157,7 +213,8 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
                             (f", ceiling {bars.max_accuracy:.0%}" if bars.max_accuracy else ""))
         return verdict(checks[-1], bars)
 
-    with phase.meter.phase("sft"), progress(phase.console, "cold-start SFT", first, "steps") as update:
+    with phase.meter.phase("sft"), progress(phase.console, "cold-start SFT", first, "steps") as update, \
+            contextlib.closing(shelf):
         def train_to(step: int) -> None:
             while len(history) < step:
                 history.append(next(steps))
@@ -170,21 +227,24 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
             found = check(epochs)
             if found == "below":
                 better = not best or score(checks[-1], bars) > best["score"]
-                weights = snapshot(params) if better or bars.max_accuracy else None  # one copy serves both
+                weights = shelf.put(params) if better or bars.max_accuracy else None  # one copy serves both
                 if better:
                     best = {"score": score(checks[-1], bars), "epochs": checks[-1]["epochs"], "weights": weights}
                 if bars.max_accuracy:
                     anchor = {"epochs": epochs, "weights": weights}
+                shelf.keep_only(best.get("weights"), anchor.get("weights"))
                 if len(history) >= cap:  # the cap came before the bars: the best-checked weights go on
                     kept = best["epochs"]
-                    put(params, best["weights"])
+                    steps.close()  # the SFT's optimizer state goes before the copy comes back
+                    put(params, shelf.get(best["weights"]))
                     phase.console.print(f"cold start: no check met the bars by the {cfg.cold_start.max_epochs}-epoch "
                                         f"cap; keeping the weights checked after {kept:g} epochs, the best")
                     break
                 update(len(history), "training on", total=min(cap, len(history) + interval))
                 train_to(min(cap, len(history) + interval))
             elif found == "above":
-                landed = land(params, anchor, epochs, check, phase.console)
+                steps.close()  # the SFT's optimizer state goes before the landing's copies and checks
+                landed = land(params, shelf.get(anchor["weights"]), anchor["epochs"], epochs, check, phase.console)
                 break
             else:
                 break
@@ -193,26 +253,27 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
              "final_loss": history[-1]["loss"] if history else None}, sum(r["flops"] for r in history))
 
 
-def land(params: list[torch.Tensor], anchor: dict, epochs: float, check: Callable[..., str], console) -> dict:
+def land(params: list[torch.Tensor], start: list[torch.Tensor], start_epochs: float, epochs: float,
+         check: Callable[..., str], console) -> dict:
     """The check met the bars above the ceiling: the weights go back along the straight line to
-    the anchor's, bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
+    the anchor's (``start``, checked after ``start_epochs``), bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
     the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
     Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
     can move the check by 15 points."""
-    start, end = anchor["weights"], snapshot(params)
-    between = [round(anchor["epochs"], 3), round(epochs, 3)]
+    end = snapshot(params)
+    between = [round(start_epochs, 3), round(epochs, 3)]
     low, high = 0.0, 1.0
     for _ in range(LANDING_CHECKS):
         t = (low + high) / 2
         put(params, [torch.lerp(a, b, t) for a, b in zip(start, end)])
-        found = check(anchor["epochs"] + t * (epochs - anchor["epochs"]), t=t, between=between)
+        found = check(start_epochs + t * (epochs - start_epochs), t=t, between=between)
         if found == "within":
             break
         low, high = next_stretch(low, high, t, found)
     else:
         t = high
         put(params, [torch.lerp(a, b, t) for a, b in zip(start, end)])
-    console.print(f"cold start: going on from the weights {t:.3g} of the way from the {anchor['epochs']:g}- "
+    console.print(f"cold start: going on from the weights {t:.3g} of the way from the {start_epochs:g}- "
                   f"to the {epochs:g}-epoch weights")
     return {"t": t, "between": between}
 

@@ -23,7 +23,7 @@ from r1lite.files import read_json
 from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
 
 RUN_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "plots", "checkpoints", "final",
-             "reference", "cold_start.jsonl", "distill.jsonl", "lock", "eval_before.jsonl", "eval_after_sft.jsonl",
+             "reference", "cold_start.jsonl", "cold-start-weights", "distill.jsonl", "lock", "eval_before.jsonl", "eval_after_sft.jsonl",
              "eval_after.jsonl", "eval_base_phrasing0.jsonl", "eval_base_phrasing1.jsonl", "eval_base_phrasing2.jsonl")
 """What a run writes at the top of its directory (distill.jsonl's card files beside it too)."""
 WHERE_KEYS = ("out",)

@@ -23,6 +23,7 @@ import json
 import random
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -197,10 +198,17 @@ class Trainer:
             self.data_position += 1
         return out
 
-    def sync_engine(self) -> None:
-        """The rollout engine takes the current weights (under FSDP gathered whole, once)."""
+    @contextlib.contextmanager
+    def engine_weights(self) -> Iterator[None]:
+        """The rollout engine holds the current weights (under FSDP gathered whole, once) for the
+        decoding inside the block, and drops its copy after it: the passes and updates between two
+        decodings run without it, and every decoding syncs first anyway."""
         with self.world.full_weights(self.policy):
             self.engine.sync(self.model)
+        try:
+            yield
+        finally:
+            self.engine.unload()
 
     def run_eval(self, key: str, fmt: str) -> dict:
         """Evaluate the held-out items (each rank its share), unless the summary has ``key``; every
@@ -224,12 +232,12 @@ class Trainer:
     def decode(self, items: list[tasks.Item], fmt: str, phase: str, on_progress=None) -> tuple[list[dict], dict]:
         """Greedy evaluation of ``items`` with the current weights, each rank its share, its FLOPs
         metered under ``phase``; the whole job's rows and summary."""
-        self.sync_engine()
-        shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
-                                  max_new_tokens=self.cfg.sampling.max_new_tokens, seed=self.cfg.seed,
-                                  batch_size=self.cfg.sampling.eval_batch_size,
-                                  prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress,
-                                  template=self.cfg.template if fmt == "r1" else "chat")
+        with self.engine_weights():
+            shard = evaluate.evaluate(self.engine, self.tokenizer, self.task, self.world_share(items), fmt,
+                                      max_new_tokens=self.cfg.sampling.max_new_tokens, seed=self.cfg.seed,
+                                      batch_size=self.cfg.sampling.eval_batch_size,
+                                      prefill_think=self.cfg.prefill_think and fmt == "r1", on_progress=on_progress,
+                                      template=self.cfg.template if fmt == "r1" else "chat")
         self.meter.add_flops(phase, shard[1]["flops"])
         return evaluate.combine(self.world.gather(shard))
 
@@ -267,11 +275,12 @@ class Trainer:
         if cfg.cold_start.data or cfg.cold_start.teacher:  # a teacher's traces instead of the model's own
             traces, info = coldstart.teacher_traces(cfg, self.distill_cfg, self.meter, self.console)
         else:
-            self.sync_engine()
-            traces, info = coldstart.self_sampled(cfg, self.engine, self.tokenizer, self.task, self.world, self.meter,
-                                                  self.console, self.run_dir)
+            with self.engine_weights():
+                traces, info = coldstart.self_sampled(cfg, self.engine, self.tokenizer, self.task, self.world, self.meter,
+                                                      self.console, self.run_dir)
         phase = coldstart.ColdStart(self.policy, self.tokenizer, self.cold_start_check, self.meter, self.console,
-                                    self.runtime, self.world)
+                                    self.runtime, self.world,  # FSDP's sharded weights stay in memory
+                                    scratch=None if self.world.fsdp else self.run_dir / "cold-start-weights")
         record, flops = coldstart.fine_tune(cfg, phase, traces)
         self.meter.add_flops("sft", flops)
         self.summary["cold_start"] = {**info, **record}
@@ -305,10 +314,10 @@ class Trainer:
     def rollout(self) -> tuple[list[dict], dict]:
         """One step's groups (:func:`r1lite.train.rollout.sample_groups`): this rank's kept ones, and in
         ``info`` what every rank saw."""
-        self.sync_engine()
         stats = GenerationStats()
-        groups, info = rollout.sample_groups(self.engine, self.tokenizer, self.task, self.cfg, self.world, self.step,
-                                             self.next_items, stats)
+        with self.engine_weights():
+            groups, info = rollout.sample_groups(self.engine, self.tokenizer, self.task, self.cfg, self.world, self.step,
+                                                 self.next_items, stats)
         if self.cfg.loss.reward_control == "random":
             rollout.random_rewards(groups, info, self.reward_running, self.cfg.seed, self.step,
                                    self.world.span(self.cfg.optim.prompts_per_step).start)
