@@ -262,10 +262,13 @@ def test_finished_rows_leave_the_batch(tiny):
     engine = Engine(make_decoder(model, torch.float32), tokenizer, [eos])
     engine.add(Request(prompts_for(tokenizer)[0], Sampling(max_new_tokens=2, temperature=0), n=3))
     engine.add(Request(prompts_for(tokenizer)[1], Sampling(max_new_tokens=12, temperature=0)))
-    done = []
+    done, caches = [], set()
     while engine.has_work:
         done += [d for d in engine.step() if d.completion]
+        if engine.batch is not None:
+            caches.add(engine.batch.cache.data_ptr())
     assert engine.stats.row_steps[0] == 4 and engine.stats.row_steps[-1] == 1
+    assert len(caches) == 1  # nothing waits to join: the rows left inside the cache's own memory
     assert engine.stats.new_tokens == sum(len(d.completion.token_ids) for d in done) == 3 * 2 + 12
     assert {d.completion.finish for d in done} == {"length"}
 

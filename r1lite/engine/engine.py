@@ -560,7 +560,10 @@ class Engine:
             at += len(rows)
         single = len(parts) == 1 and trim == 0
         if single and spans[0][1] is not None and columns <= parts[0][0].valid.shape[1]:
-            cache = self.decoder.compact(parts[0][0].cache, spans[0][1])  # rows leaving: no shift, no new columns
+            # rows leaving: no shift, no new columns. In the cache's own memory, unless requests wait to
+            # join: their merge would then sit beside the whole old cache, where a copy frees it first
+            leave = self.decoder.select if self.waiting else self.decoder.compact
+            cache = leave(parts[0][0].cache, spans[0][1])
         elif single and spans[0][1] is None:
             cache = parts[0][0].cache
         else:
