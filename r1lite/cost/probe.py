@@ -118,7 +118,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         resident = status_mib("VmRSS")
         trainer.engine.unload()  # a run's passes and updates run without the engine's copy of the weights
         release_free()
-        engine_copy = resident - (status_mib("VmRSS") or resident) if resident is not None else 0.0
+        engine_copy = max(0.0, resident - (status_mib("VmRSS") or resident)) if resident is not None else 0.0
         G = pcfg.optim.group_size
         console.print(f"probe: one rollout batch ({pcfg.optim.prompts_per_step} prompts x {G}, "
                       f"{pcfg.format} prompt, temperature {pcfg.sampling.temperature:g})")
@@ -161,7 +161,7 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
                 optimizer=max(0.0, before - (resident - engine_copy)), train_peak=trainer.meter.memory.by_phase["train"],
                 train_before=before, train_tokens=sum(len(g["prompt"]) + sum(len(c.token_ids) for c in g["completions"])
                                                       for g in chunk),
-                gradients=sum(p.numel() for p in trainer.params) * 4 / MIB, engine=max(0.0, engine_copy))
+                gradients=sum(p.numel() for p in trainer.params) * 4 / MIB, engine=engine_copy)
         optimizer_seconds = time_optimizer_step(trainer)
         release_free()
         resets = reset_peak()

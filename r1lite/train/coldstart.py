@@ -256,8 +256,9 @@ def fine_tune(cfg, phase: ColdStart, traces: list[dict]) -> tuple[dict, float]:
 def land(params: list[torch.Tensor], start: list[torch.Tensor], start_epochs: float, epochs: float,
          check: Callable[..., str], console) -> dict:
     """The check met the bars above the ceiling: the weights go back along the straight line to
-    the anchor's (``start``, checked after ``start_epochs``), bisected (t = 0 the anchor, 1 these) until a check lands between the bars and
-    the ceiling; if none does in LANDING_CHECKS, the nearest point above the ceiling goes on.
+    the anchor's (``start``, checked after ``start_epochs``), bisected (t = 0 the anchor, 1 these)
+    until a check lands between the bars and the ceiling; if none does in LANDING_CHECKS, the
+    nearest point above the ceiling goes on.
     Nearby fine-tuning iterates of one model interpolate smoothly, where a half epoch of SFT steps
     can move the check by 15 points."""
     end = snapshot(params)
