@@ -72,6 +72,25 @@ def test_parameters_change_after_a_step(varied_task, tmp_path, monkeypatch):
     assert len(changed) == len(before)
 
 
+def test_a_decoding_that_fails_inside_engine_weights_raises_its_own_error(tmp_path):
+    """The engine's copy is dropped after a failed decoding too, and the failure is what surfaces
+    (not the unload's refusal while the failed requests still sit in the engine)."""
+    trainer = Trainer(small_config("arithmetic", tmp_path))
+    trainer.setup()
+
+    forward, calls = trainer.engine.decoder.forward, []
+
+    def broken(*args, **kwargs):  # a few steps in: a batch is running and requests wait
+        calls.append(1)
+        if len(calls) > 3:
+            raise ValueError("the decoder broke")
+        return forward(*args, **kwargs)
+    trainer.engine.decoder.forward = broken
+    with pytest.raises(ValueError, match="the decoder broke"):
+        trainer.rollout()
+    assert not trainer.engine.has_work and trainer.engine.decoder.layers is None
+
+
 @pytest.mark.parametrize("algorithm", ["gspo", "cispo"])
 def test_gspo_and_cispo_presets_train_with_mu_4(algorithm, varied_task, tmp_path, monkeypatch):
     """The presets' four updates on one batch: old log-probs stored, the loss finite, every weight moves."""

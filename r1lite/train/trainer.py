@@ -202,11 +202,15 @@ class Trainer:
     def engine_weights(self) -> Iterator[None]:
         """The rollout engine holds the current weights (under FSDP gathered whole, once) for the
         decoding inside the block, and drops its copy after it: the passes and updates between two
-        decodings run without it, and every decoding syncs first anyway."""
+        decodings run without it, and every decoding syncs first anyway. A decoding that fails
+        leaves its requests behind: they are dropped, so the unload does not hide the failure."""
         with self.world.full_weights(self.policy):
             self.engine.sync(self.model)
         try:
             yield
+        except BaseException:
+            self.engine.clear()
+            raise
         finally:
             self.engine.unload()
 
