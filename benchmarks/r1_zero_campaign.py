@@ -12,7 +12,7 @@ held-out items (``eval_items``/``eval_seed`` of the recipe, greedy):
   reward``, ``instruct, format reward only``; seeds 0, 1).
 
 Then pass@1/4/16/64 (temperature 1, 64 samples of each of 100 held-out items) of the base model and
-of the ``r1-zero`` seed-0 model. One run after another on an idle machine (a second heavy process
+the ``r1-zero`` seed-0 model, and of the instruct model before RL and its seed-0 model. One run after another on an idle machine (a second heavy process
 halves each), resumable: finished rows stay in the result file, an interrupted run continues from
 its checkpoint. Result: ``benchmarks/results/r1-zero-<cpu kind>.json``; ``--table`` prints the
 tables ``docs/r1_zero.md`` shows.
@@ -20,6 +20,7 @@ tables ``docs/r1_zero.md`` shows.
     python benchmarks/r1_zero_campaign.py                       # everything (many hours on 2 cores)
     python benchmarks/r1_zero_campaign.py --arms r1-zero --seeds 0
     python benchmarks/r1_zero_campaign.py --pass-at-k           # only the pass@k rows
+    python benchmarks/r1_zero_campaign.py --pass-at-k "instruct, before RL" "instruct seed 0"
     python benchmarks/r1_zero_campaign.py --table
 """
 
@@ -101,13 +102,21 @@ def row_of(run: Path, summary: dict, arm: str, seed: int, info: dict, commit: st
             "usd": summary["cost"]["usd"], "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run)}
 
 
-def pass_at_k(model: str, recipe: dict, out: Path, args) -> dict:
-    """pass@1/4/16/64 at temperature 1 on ``args.k_items`` held-out items, 64 samples each."""
+PASS_AT_K = {"base": ("r1-zero", ""), "r1-zero seed 0": ("r1-zero", "r1-zero-s0"),
+             "instruct, before RL": ("instruct", ""), "instruct seed 0": ("instruct", "instruct-s0")}
+"""pass@k rows: name -> (the arm whose prompt settings it uses, its trained run; "" = the arm's model untrained)."""
+
+
+def pass_at_k(model: str, settings: dict, out: Path, args) -> dict:
+    """pass@1/4/16/64 at temperature 1 on ``args.k_items`` held-out items, 64 samples each, prompted
+    as the arm's runs are (template, format, the ``<think>`` prefill)."""
     rows = out.with_suffix(".jsonl")
-    cmd = [sys.executable, "-m", "r1lite", "eval", "--model", model, "--task", recipe["task"], "--split", "test",
+    cmd = [sys.executable, "-m", "r1lite", "eval", "--model", model, "--task", settings["task"], "--split", "test",
            "--limit", str(args.k_items), "--samples", str(max(KS)), "--temperature", "1", "--top-p", "1",
-           "--max-new-tokens", str(recipe["max_new_tokens"]), "--seed", "0", "--out", str(rows)]
-    for key, value in (recipe.get("task_options") or {}).items():
+           "--max-new-tokens", str(settings["max_new_tokens"]), "--seed", "0", "--out", str(rows),
+           "--template", settings["template"], "--format", settings["format"],
+           "--prefill-think" if settings.get("prefill_think") else "--no-prefill-think"]
+    for key, value in (settings.get("task_options") or {}).items():
         cmd += ["--task-options", f"{key}={value}"]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     summary = json.loads(Path(f"{rows}.summary.json").read_text())
@@ -135,7 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", nargs="*", choices=list(SEEDS), help="arms to run (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: each arm's own)")
-    parser.add_argument("--pass-at-k", action="store_true", help="only the pass@k rows")
+    parser.add_argument("--pass-at-k", nargs="*", choices=list(PASS_AT_K),
+                        help="only these pass@k rows (none named: every row whose model exists)")
     parser.add_argument("--k-items", type=int, default=100)
     parser.add_argument("--recipe", default=str(RECIPE))
     parser.add_argument("--work", default=str(ROOT / "runs" / "r1-zero-campaign"))
@@ -176,13 +186,16 @@ def main() -> None:
                 r = result["rows"][-1]
                 print(f"{arm} seed {seed}: {100 * r['accuracy_before']:.1f}% -> {100 * r['accuracy']:.1f}%, format "
                       f"{100 * r['format']:.1f}%, {r['wall_seconds'] / 60:.1f} min", flush=True)
-    if args.pass_at_k or not args.arms:
-        trained = work / "r1-zero-s0"
-        for name, model in (("base", recipe["model"]), ("r1-zero seed 0", str(trained))):
-            if name in result["pass_at_k"] or (name != "base" and not (trained / "final").exists()):
+    if args.pass_at_k is not None or not args.arms:
+        for name in args.pass_at_k or list(PASS_AT_K):
+            arm, trained = PASS_AT_K[name]
+            settings = arm_recipe(recipe, arm, 0)
+            model = str(work / trained) if trained else settings["model"]
+            if name in result["pass_at_k"] or (trained and not (work / trained / "final").exists()):
                 continue
             work.mkdir(parents=True, exist_ok=True)
-            result["pass_at_k"][name] = pass_at_k(model, recipe, work / f"pass-at-k-{name.replace(' ', '-')}", args)
+            out = work / f"pass-at-k-{name.replace(',', '').replace(' ', '-')}"
+            result["pass_at_k"][name] = pass_at_k(model, settings, out, args)
             write_json(path, result)
     print(tables(result))
     print(f"wrote {path}")
