@@ -22,7 +22,7 @@ import torch
 from gpu_check_models import QWEN3, QWEN25, SMOLLM2
 
 from r1lite.engine import LlamaDecoder, Request, Sampling, make_engine
-from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
+from r1lite.engine.thinking import CLOSE_SENTENCE, CLOSE_THINKING
 from r1lite.models import left_pad
 from r1lite.packaged import stop_token_ids
 from r1lite.prompts import encode_messages

@@ -15,9 +15,9 @@ from pathlib import Path
 from r1lite import prompts, tasks
 from r1lite.config import opt
 from r1lite.engine import GenerationStats, Request, Sampling, derive_seed
-from r1lite.engine.engine import CLOSE_THINKING
 from r1lite.engine.grammar import read_response_format
 from r1lite.engine.sampling import check_budget
+from r1lite.engine.thinking import CLOSE_THINKING
 from r1lite.errors import UsageError
 from r1lite.files import read_jsonl, remove_stale_temps, writable, write_json, write_jsonl
 from r1lite.prompts import item_prompts, stop_strings, stopped_text

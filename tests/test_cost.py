@@ -352,7 +352,7 @@ def test_a_cold_start_recipe_is_probed_from_groups_as_the_rollout_scores_them(tm
     `r1lite cost` on every cold-start recipe), and its expected traces per item follow the binomial."""
     from r1lite import tasks
     from r1lite.cost.probe import trace_stats
-    from r1lite.engine.engine import Completion
+    from r1lite.engine import Completion
     from r1lite.models import load_tokenizer
     from r1lite.train.rollout import score_group
 

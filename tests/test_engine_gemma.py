@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from r1lite.engine import Engine, GemmaDecoder, HFDecoder, Request, Sampling, kernels, make_decoder, make_engine
-from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
+from r1lite.engine.thinking import CLOSE_SENTENCE, CLOSE_THINKING
 from r1lite.meter.flops import decode_flops
 from r1lite.models import ModelShape, left_pad, llama_family, load_model, resolve_runtime
 from r1lite.packaged import TINY_GEMMA_WINDOW, stop_token_ids

@@ -339,7 +339,7 @@ def test_budget_forcing_keeps_the_thinking_within_the_budget(sft_run):
     """Forced tokens count: the thinking, the close included, is at most the budget; a budget
     shorter than the closing sentence gets only the close."""
     from r1lite.edge.backends import open_model
-    from r1lite.engine.engine import CLOSE_SENTENCE, CLOSE_THINKING
+    from r1lite.engine.thinking import CLOSE_SENTENCE, CLOSE_THINKING
 
     backend = open_model("tiny", "cpu", "fp32")
     tok = backend.tokenizer

@@ -12,7 +12,7 @@ import pytest
 from openai import AuthenticationError, BadRequestError, OpenAI
 
 from r1lite.engine import Completion, Delta
-from r1lite.engine.engine import CLOSE_THINKING, THINK_CLOSE
+from r1lite.engine.thinking import CLOSE_THINKING, THINK_CLOSE
 from r1lite.serve import ServeOptions, build, uvicorn_config
 from r1lite.serve.app import create_app
 from r1lite.serve.reasoning import EFFORT_BUDGETS

@@ -17,7 +17,7 @@ from r1lite import prompts, tasks
 from r1lite.config import read_yaml
 from r1lite.edge.chat_format import PromptFormat, prompt_format
 from r1lite.engine import Engine, make_engine
-from r1lite.engine.engine import THINK_CLOSE, THINK_OPEN
+from r1lite.engine.thinking import THINK_CLOSE, THINK_OPEN
 from r1lite.errors import UsageError
 from r1lite.models import load_model, resolve_runtime
 from r1lite.packaged import check_special_tokens, stop_token_ids

@@ -11,9 +11,9 @@ from r1lite import prompts
 from r1lite.config import opt
 from r1lite.edge.backends import Backend, open_model
 from r1lite.engine import Request, Sampling
-from r1lite.engine.engine import CLOSE_THINKING, THINK_OPEN, ThinkSplit
 from r1lite.engine.grammar import ANSWER_CLOSE, ANSWER_OPEN, Grammar, read_response_format
 from r1lite.engine.sampling import check_budget
+from r1lite.engine.thinking import CLOSE_THINKING, THINK_OPEN, ThinkSplit
 from r1lite.errors import UsageError
 
 

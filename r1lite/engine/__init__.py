@@ -16,23 +16,18 @@ kernels, PyTorch, the generic transformers forward).
 
 Modules: ``sampling`` (settings, the token budget against the model's context, the per-sequence
 draw), ``decoders`` (forward passes over a KV cache), ``gemma`` (Gemma 3's), ``kernels`` (the x86-64
-CPU kernels, compiled on first use), ``engine`` (the loop, and :class:`ThinkSplit`: streamed text
-cut at its ``<think>`` block, for ``chat`` and ``serve``).
+CPU kernels, compiled on first use), ``engine`` (the loop), ``thinking`` (the ``<think>`` block's
+tags, budget forcing's close, and :class:`ThinkSplit`: streamed text cut at the block, for ``chat``
+and ``serve``).
 """
 
 import torch
 
 from r1lite.engine.decoders import HFDecoder, LlamaDecoder, _unwrapped
-from r1lite.engine.engine import (
-    Completion,
-    Delta,
-    Engine,
-    GenerationStats,
-    Request,
-    ThinkSplit,
-)
+from r1lite.engine.engine import Completion, Delta, Engine, GenerationStats, Request
 from r1lite.engine.gemma import GemmaDecoder, unsupported
 from r1lite.engine.sampling import Sampling, derive_seed
+from r1lite.engine.thinking import ThinkSplit
 from r1lite.models import llama_family
 
 

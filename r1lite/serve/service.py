@@ -34,10 +34,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from r1lite.edge.backends import Backend
 from r1lite.engine import Completion, Delta, Request, Sampling
-from r1lite.engine.engine import CLOSE_THINKING, THINK_OPEN
 from r1lite.engine.grammar import Grammar, GrammarError
 from r1lite.engine.grammar import check as check_format
 from r1lite.engine.sampling import over_context
+from r1lite.engine.thinking import CLOSE_THINKING, THINK_OPEN
 from r1lite.errors import UsageError
 from r1lite.serve.guard import SAFE, AnswerGuard, Guard, Verdict
 from r1lite.serve.reasoning import Split, thinking_budget
