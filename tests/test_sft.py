@@ -56,7 +56,7 @@ def test_sft_command_lowers_the_loss_and_saves_a_model(cli, tmp_path):
                               for w in ("red", "green", "blue", "black")) + "\n")
     out = tmp_path / "sft"
     r = cli("sft", "--model", "tiny", "--data", data, "--epochs", "8", "--lr", "1e-2", "--batch-size", "4",
-            "--out", out)
+            "--gradient-checkpointing", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
@@ -70,10 +70,12 @@ def test_sft_data_errors_name_the_line(quick_cli, tmp_path):
     assert r.returncode == 2 and f"{data}:2" in r.stderr and "'prompt'" in r.stderr
 
 
-def test_seeded_sft_reproduces_its_pinned_losses(tiny_model):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_seeded_sft_reproduces_its_pinned_losses(tiny_model, checkpointing):
+    """The same losses with gradient checkpointing (``r1lite sft --gradient-checkpointing``)."""
     model, tokenizer = tiny_model()
     pairs = [sft.encode_pair(tokenizer, r["messages"], r["prefill"], r["completion"]) for r in ROWS]
-    history = sft.train_sft(Policy(model), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
+    history = sft.train_sft(Policy(model, checkpointing=checkpointing), tokenizer, pairs, epochs=2, lr=1e-3, batch_size=4, micro_batch_size=2, seed=0,
                             autocast=contextlib.nullcontext, device=torch.device("cpu"))
     assert [r["loss"] for r in history] == pytest.approx(PINNED_SFT, rel=1e-4)
 

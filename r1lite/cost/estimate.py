@@ -99,7 +99,7 @@ def phase_table(blocks: dict[str, dict]):
     rows = [("outside the phases", lambda b: human_seconds(b["wall_seconds"] - sum(b["seconds_by_phase"].values()))),
             ("wall time", lambda b: human_seconds(b["wall_seconds"])),
             ("FLOPs", lambda b: human_flops(b["flops"]["total"])),
-            ("peak resident memory", lambda b: peak_memory(b)),
+            ("peak resident memory", peak_memory),
             ("device-hours", lambda b: short_number(b["device_hours"])),
             ("energy", lambda b: f"{short_number(b['kwh'])} kWh"),
             ("money", lambda b: f"{usd(b['usd'])} at {usd(b['usd_per_hour_per_device'])}/h")]

@@ -33,7 +33,7 @@ import torch
 
 from r1lite import report
 from r1lite.config import with_values
-from r1lite.cost.memory import MIB, MemoryProbe, kv_positions
+from r1lite.cost.memory import MIB, MemoryProbe, kv_positions, pass_tokens
 from r1lite.cost.work import DecodeFlops, Speed, data_traces
 from r1lite.cost.workload import Workload, mean
 from r1lite.files import append_jsonl
@@ -154,13 +154,13 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         train_seconds = time.perf_counter() - t0
         memory = None
         if resident is not None and before is not None and "train" in trainer.meter.memory.by_phase:
+            lengths = [len(c.token_ids) for g in chunk for c in g["completions"]]
             memory = MemoryProbe(
                 setup_peak=peaks.get("setup", resident), resident=resident, rollout_peak=peaks.get("rollout", resident),
                 rollout_positions=kv_positions([g["prompt"] for g in groups], G, pcfg.sampling.rollout_batch_size,
                                                pcfg.sampling.max_new_tokens),
                 optimizer=max(0.0, before - (resident - engine_copy)), train_peak=trainer.meter.memory.by_phase["train"],
-                train_before=before, train_tokens=sum(len(g["prompt"]) + sum(len(c.token_ids) for c in g["completions"])
-                                                      for g in chunk),
+                train_before=before, train_tokens=round(pass_tokens([g["prompt"] for g in chunk], len(lengths), lengths)),
                 gradients=sum(p.numel() for p in trainer.params) * 4 / MIB, engine=engine_copy)
         optimizer_seconds = time_optimizer_step(trainer)
         release_free()

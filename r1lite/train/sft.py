@@ -48,6 +48,9 @@ class SFTConfig:
     lr: float = opt(2e-5, "learning rate (AdamW, constant)")
     batch_size: int = opt(8, "examples per optimizer step")
     micro_batch_size: int = opt(8, "examples per forward/backward (memory only)")
+    gradient_checkpointing: bool = opt(False, "keep only each decoder layer's input for the backward pass and recompute "
+                                              "the rest there: less memory, about one more forward's time, the same "
+                                              "gradients")
     seed: int = opt(0, "seed for the data order")
     template: str = opt("auto", "how each row's messages become the prompt: chat (the model's chat template), r1_zero "
                                 "(the R1 paper's plain template, for base models) or auto (r1_zero for gemma3-270m, "
@@ -94,7 +97,7 @@ def run(cfg: SFTConfig, console) -> int:
                   f"{runtime.describe()}")
     steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
     with progress(console, "SFT", steps, "steps") as update:
-        history = train_sft(Policy(model), tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+        history = train_sft(Policy(model, checkpointing=cfg.gradient_checkpointing), tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                             micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
                             device=runtime.device,
                             on_step=lambda r: update(len(r["history"]), f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
