@@ -127,7 +127,8 @@ def pass_at_k(model: str, settings: dict, out: Path, args) -> dict:
 def tables(result: dict) -> str:
     lines = ["| arm | seed | accuracy before → after | format before → after | tokens before → after | wall |",
              "|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
+    order = list(SEEDS)
+    for r in sorted(result["rows"], key=lambda r: (order.index(r["arm"]), r["seed"])):
         lines.append(f"| {r['arm']} | {r['seed']} | {100 * r['accuracy_before']:.1f}% → {100 * r['accuracy']:.1f}% | "
                      f"{100 * r['format_before']:.1f}% → {100 * r['format']:.1f}% | {r['tokens_before']:.0f} → "
                      f"{r['tokens']:.0f} | {r['wall_seconds'] / 60:.1f} min |")
