@@ -154,13 +154,13 @@ def run_probe(cfg: GRPOConfig, console) -> Probe:
         train_seconds = time.perf_counter() - t0
         memory = None
         if resident is not None and before is not None and "train" in trainer.meter.memory.by_phase:
-            lengths = [len(c.token_ids) for g in chunk for c in g["completions"]]
+            chunk_lengths = [len(c.token_ids) for g in chunk for c in g["completions"]]
             memory = MemoryProbe(
                 setup_peak=peaks.get("setup", resident), resident=resident, rollout_peak=peaks.get("rollout", resident),
                 rollout_positions=kv_positions([g["prompt"] for g in groups], G, pcfg.sampling.rollout_batch_size,
                                                pcfg.sampling.max_new_tokens),
                 optimizer=max(0.0, before - (resident - engine_copy)), train_peak=trainer.meter.memory.by_phase["train"],
-                train_before=before, train_tokens=round(pass_tokens([g["prompt"] for g in chunk], len(lengths), lengths)),
+                train_before=before, train_tokens=round(pass_tokens([g["prompt"] for g in chunk], len(chunk_lengths), chunk_lengths)),
                 gradients=sum(p.numel() for p in trainer.params) * 4 / MIB, engine=engine_copy)
         optimizer_seconds = time_optimizer_step(trainer)
         release_free()
