@@ -8,14 +8,14 @@ held-out items (``eval_items``/``eval_seed`` of the recipe, greedy):
   random with the real reward's running mean (the spurious-rewards check).
 - ``format reward only`` (seeds 0, 1): the recipe's format reward alone, accuracy weight dropped.
 - ``instruct`` (seeds 0, 1, 2): the same recipe on the embedded instruct model with no SFT
-  (``--model default --template chat --format r1``) at 8 prompts a step (``INSTRUCT``), and its two controls (``instruct, random
-  reward``, ``instruct, format reward only``; seeds 0, 1).
+  (``--model default --template chat --format r1``) at 8 prompts a step (``INSTRUCT``), and its two
+  controls (``instruct, random reward``, ``instruct, format reward only``; seeds 0, 1).
 
 Then pass@1/4/16/64 (temperature 1, 64 samples of each of 100 held-out items) of the base model and
-the ``r1-zero`` seed-0 model, and of the instruct model before RL and its seed-0 model. One run after another on an idle machine (a second heavy process
-halves each), resumable: finished rows stay in the result file, an interrupted run continues from
-its checkpoint. Result: ``benchmarks/results/r1-zero-<cpu kind>.json``; ``--table`` prints the
-tables ``docs/r1_zero.md`` shows.
+the ``r1-zero`` seed-0 model, and of the instruct model before RL and its seed-0 model. One run after
+another on an idle machine (a second heavy process halves each), resumable: finished rows stay in
+the result file, an interrupted run continues from its checkpoint. Result:
+``benchmarks/results/r1-zero-<cpu kind>.json``; ``--table`` prints the tables ``docs/r1_zero.md`` shows.
 
     python benchmarks/r1_zero_campaign.py                       # everything (many hours on 2 cores)
     python benchmarks/r1_zero_campaign.py --arms r1-zero --seeds 0
@@ -56,6 +56,11 @@ KS = (1, 4, 16, 64)
 # sums in 60 steps was the seed's luck (7.7, 15.0 and 52.7% on three seeds, docs/r1_zero.md); at 8 more groups
 # carry a right answer early. The base model keeps the recipe's 4, which fits its run in 45 minutes.
 INSTRUCT = {"model": "default", "template": "chat", "format": "r1", "batch_size": 64, "rollout_batch_size": 64}
+
+
+def slug(name: str) -> str:
+    """An arm's or a pass@k row's name as a file name: ``instruct, random reward`` -> ``instruct-random-reward``."""
+    return name.replace(",", "").replace(" ", "-")
 
 
 def arm_recipe(recipe: dict, arm: str, seed: int) -> dict:
@@ -179,7 +184,7 @@ def main() -> None:
             for seed in args.seeds if args.seeds is not None else SEEDS[arm]:
                 if any(r["arm"] == arm and r["seed"] == seed for r in result["rows"]):
                     continue
-                run = work / f"{arm.replace(',', '').replace(' ', '-')}-s{seed}"
+                run = work / f"{slug(arm)}-s{seed}"
                 summary = train_run(arm_recipe(recipe, arm, seed), run)
                 result["rows"].append(row_of(run, summary, arm, seed, info, result["commit"]))
                 write_json(path, result)
@@ -195,8 +200,7 @@ def main() -> None:
             if name in result["pass_at_k"] or (trained and not (work / trained / "final").exists()):
                 continue
             work.mkdir(parents=True, exist_ok=True)
-            out = work / f"pass-at-k-{name.replace(',', '').replace(' ', '-')}"
-            result["pass_at_k"][name] = pass_at_k(model, settings, out, args)
+            result["pass_at_k"][name] = pass_at_k(model, settings, work / f"pass-at-k-{slug(name)}", args)
             write_json(path, result)
     print(tables(result))
     print(f"wrote {path}")

@@ -97,9 +97,9 @@ def run(cfg: SFTConfig, console) -> int:
                   f"{runtime.describe()}")
     steps = cfg.epochs * -(-len(pairs) // cfg.batch_size)
     with progress(console, "SFT", steps, "steps") as update:
-        history = train_sft(Policy(model, checkpointing=cfg.gradient_checkpointing), tokenizer, pairs, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                            micro_batch_size=cfg.micro_batch_size, seed=cfg.seed, autocast=runtime.autocast,
-                            device=runtime.device,
+        history = train_sft(Policy(model, checkpointing=cfg.gradient_checkpointing), tokenizer, pairs, epochs=cfg.epochs,
+                            lr=cfg.lr, batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                            autocast=runtime.autocast, device=runtime.device,
                             on_step=lambda r: update(len(r["history"]), f"epoch {r['epoch']}  loss {r['loss']:.4f}"))
     with atomic_dir(out / "final") as tmp:
         model.save_pretrained(tmp)
