@@ -180,6 +180,25 @@ def test_beta_zero_holds_no_reference_model(varied_task, tmp_path, monkeypatch):
             assert not any(p.requires_grad for p in with_kl.reference.frozen.parameters())
 
 
+def test_the_last_evaluation_runs_without_the_optimizer_state(varied_task, tmp_path, monkeypatch):
+    """AdamW's state (two fp32 copies of the weights) and the reference are in the last checkpoint:
+    the evaluation after training does not hold them beside its own working set."""
+    task, env, options = varied_task
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])
+    trainer = Trainer(small_config(task, tmp_path, beta=0.05, eval_items=4, task_options=options))
+    held, run_eval = {}, trainer.run_eval
+
+    def spy(key, fmt):
+        held[key] = (len(trainer.optimizer.state), trainer.reference is not None)
+        return run_eval(key, fmt)
+
+    monkeypatch.setattr(trainer, "run_eval", spy)
+    assert trainer.train() == 0
+    assert held["eval_before"] == (0, True) and held["eval_after"] == (0, False)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "step-000002" / "trainer.pt", weights_only=True)
+    assert len(saved["optimizer"]["state"]) == len(trainer.params)  # a resume finds it there
+
+
 def test_the_reference_is_reset_to_the_policy_every_n_steps(varied_task, tmp_path, monkeypatch):
     task, env, options = varied_task
     monkeypatch.syspath_prepend(env["PYTHONPATH"].split(":")[0])

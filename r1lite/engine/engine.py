@@ -39,6 +39,7 @@ from r1lite.engine.grammar import Grammar, Masker
 from r1lite.engine.sampling import Sampling, sample_rows, sequence_key
 from r1lite.engine.thinking import CLOSE_SENTENCE, CLOSE_THINKING, THINK_CLOSE, THINK_OPEN
 from r1lite.errors import UsageError
+from r1lite.meter.memory import release_free
 from r1lite.models import left_pad, shared_prefix
 
 
@@ -316,6 +317,9 @@ class Engine:
         try:
             while len(done) < sum(r.n for r in requests):
                 deltas = self.step()
+                # a step's freed tensors back to the OS: glibc would keep them resident, and the next
+                # step's land beside them (a GRPO rollout's resident set grew through its steps)
+                release_free()
                 if failed := [e for rid, e in self.failed.items() if rid in mine]:
                     raise failed[0]
                 for d in deltas:

@@ -19,7 +19,7 @@ import yaml
 from r1lite.config import to_dict
 from r1lite import files
 from r1lite.errors import UsageError
-from r1lite.files import read_json
+from r1lite.files import read_json, read_jsonl, write_jsonl
 from r1lite.train.config import LAUNCH_KEYS, GRPOConfig
 
 RUN_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "plots", "checkpoints", "final",
@@ -115,3 +115,17 @@ def check_resume(cfg: GRPOConfig, run_dir: Path, resume: bool) -> dict:
                          "resume with the same flags and recipe as the original run")
     summary_file = run_dir / "summary.json"
     return read_json(summary_file, "delete it to rerun the evaluations") if summary_file.exists() else {}
+
+
+def truncate_metrics(run_dir: Path, summary: dict, step: int, write: bool = True) -> list[str]:
+    """A resumed run's ``metrics.jsonl`` rows and ``eval_curve`` points after its checkpoint's
+    ``step`` are dropped (the run writes them again); a cut-off last line (a kill mid-write) too.
+    Returns the notes on what was cut off."""
+    notes: list[str] = []
+    path = run_dir / "metrics.jsonl"
+    if write and path.exists():
+        rows = [r for _, r in read_jsonl(path, notes=notes)]
+        write_jsonl(path, [r for r in rows if r["step"] <= step])
+    if "eval_curve" in summary:
+        summary["eval_curve"] = [p for p in summary["eval_curve"] if p["step"] <= step]
+    return notes

@@ -34,11 +34,12 @@ from r1lite.engine import GenerationStats, make_engine
 from r1lite.engine.sampling import check_budget
 from r1lite.errors import UsageError
 from r1lite.files import (
-    DiskFull, append_jsonl, read_jsonl, write_json, write_jsonl, write_text,
+    DiskFull, append_jsonl, write_json, write_jsonl, write_text,
 )
 from r1lite.meter import meter
 from r1lite.meter.energy import open_counter
 from r1lite.meter.hardware import CostConfig
+from r1lite.meter.memory import release_free
 from r1lite.models import device_kind, load_model, resolve_runtime, spec_context
 from r1lite.packaged import stop_token_ids
 from r1lite.progress import progress
@@ -149,7 +150,9 @@ class Trainer:
             for key in ("cold_start_done", "cold_start", "eval_after_sft"):
                 self.summary.pop(key, None)
             self.save_summary()
-        self._truncate_metrics()
+        notes = rundir.truncate_metrics(self.run_dir, self.summary, self.step, write=self.world.main)
+        for note in notes:
+            self.console.print(f"[yellow]{note}[/]")
 
     def build_model(self):
         """The model to train (with LoRA adapters when configured) and its tokenizer."""
@@ -170,19 +173,6 @@ class Trainer:
             return None
         refills = self.cfg.loss.max_refill_rounds + 1 if self.cfg.loss.dynamic_sampling else 1
         return self.cfg.optim.max_steps * self.cfg.optim.prompts_per_step * refills
-
-    def _truncate_metrics(self) -> None:
-        """Rows written after the last checkpoint are dropped; the resumed run writes them again. A
-        cut-off last line (a kill mid-write) is dropped with a note."""
-        path = self.run_dir / "metrics.jsonl"
-        if self.world.main and path.exists():
-            notes: list[str] = []
-            rows = [r for _, r in read_jsonl(path, notes=notes)]
-            for note in notes:
-                self.console.print(f"[yellow]{note}[/]")
-            write_jsonl(path, [r for r in rows if r["step"] <= self.step])
-        if "eval_curve" in self.summary:
-            self.summary["eval_curve"] = [p for p in self.summary["eval_curve"] if p["step"] <= self.step]
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -359,7 +349,10 @@ class Trainer:
                 logp, entropy = self.logprobs(part, with_entropy=it == 0 or cfg.loss.entropy_coef > 0)
                 loss, st = grpo.policy_loss(logp, logp.detach() if old is None else old[j],
                                             None if ref is None else ref[j], adv, w, cfg.loss, entropy)
+                # freed heap back to the OS around the backward, which would take fresh pages beside it
+                release_free()
                 loss.backward()
+                release_free()
                 flops += pass_flops(self.model, part, backward=True)
                 if it == cfg.optim.mu - 1:
                     stats["clipped"] += st["clipped"]
@@ -522,6 +515,10 @@ class Trainer:
     def finish(self) -> None:
         cfg = self.cfg
         self.summary["rl_flops"] = self.rl_flops()
+        # the last checkpoint holds them: AdamW's state (two fp32 copies of the weights) need not sit
+        # beside the last evaluation's working set
+        self.optimizer.state.clear()
+        self.reference = None
         self.run_eval("eval_after", cfg.format)
         job_cost = self.meter.report(self.world.gather(self.meter.state_dict()))
         final = self.run_dir / "final"
