@@ -314,6 +314,7 @@ class Engine:
         mine = {requests[i].id for i in order}
         done: dict[tuple[str, int], Completion] = {}
         saved, self.join_at = self.join_at, max(1, self.max_rows // 4)
+        release_free()  # what the weights' sync and earlier work freed, as after each step below
         try:
             while len(done) < sum(r.n for r in requests):
                 deltas = self.step()
