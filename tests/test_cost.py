@@ -392,7 +392,9 @@ def test_phase_peaks_scale_the_probes_memory_to_each_phase():
     peaks = phase_peaks(cfg, m, prompts, w)
     assert kv_positions([[1] * 10] * 6, 1, 4, 30) == 4 * 40
     assert peaks["setup"] == 1300.0  # the optimizer's state outweighs the loading peak
-    assert peaks["eval"] == pytest.approx(1000 + 300 + 0.1 * 4 * 40)  # 4 rows of 10 + 30 columns
+    assert peaks["eval"] == pytest.approx(1000 + 0.1 * 4 * 40)  # 4 rows of 10 + 30 columns; the last after the optimizer's state goes
+    curve = phase_peaks(with_values(cfg, eval_every=1), m, prompts, w)["eval"]  # evaluations between steps hold it
+    assert curve == pytest.approx(1000 + 300 + 0.1 * 4 * 40)
     assert peaks["cold_start_sampling"] == pytest.approx(1000 + 0.1 * 4 * 35)  # 2 samples x 4 prompts, 4 rows at most
     held = 1000 + 300  # the copies of the weights it may go back to are in files
     # the SFT's passes run without the engine's copy (50), its checks' decoding with it

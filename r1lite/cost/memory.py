@@ -12,7 +12,8 @@ the passes keep). Each phase of the run is then, as the meter counts it
   optimizer's state held (a run writes them after updates), whichever is larger;
 - ``eval`` and ``cold_start_sampling``: the rollout batch's peak above the resident set, scaled by
   the KV-cache positions (rows x (widest prompt + ``max_new_tokens``)) at ``eval_batch_size`` rows,
-  with the optimizer's state held for the evaluations after GRPO steps;
+  with the optimizer's state held where evaluations run between GRPO steps (``eval_every``; the
+  last one runs after a run drops it);
 - ``sft``: the cold start's own optimizer state, its passes' gradients and activations (the train
   step's, scaled by tokens per pass), and its checks' decoding (the copies of the weights it may go
   back to are in files; a landing reads two of them once the optimizer's state is gone);
@@ -98,7 +99,7 @@ def phase_peaks(cfg: GRPOConfig, m: MemoryProbe, prompts: RunPrompts, w: Workloa
     peaks = {"setup": max(m.setup_peak, (m.checkpoint_peak or m.resident + m.optimizer) if updates else m.resident)}
     if cfg.eval.items:
         widest = max(kv_positions(p, 1, cfg.sampling.eval_batch_size, new) for p in prompts.eval.values())
-        peaks["eval"] = m.resident + (m.optimizer if rl else 0.0) + per_position * widest
+        peaks["eval"] = m.resident + (m.optimizer if rl and cfg.eval.every else 0.0) + per_position * widest
     G = cfg.optim.group_size
     if cfg.cold_start.enabled:
         if prompts.cold_start:
