@@ -179,11 +179,18 @@ def test_the_kl_reference_is_the_model_rl_starts_from(tmp_path, monkeypatch, lor
     of the first RL step is 0. A resumed run gets the same reference back from the run directory."""
     monkeypatch.setattr(sft, "self_traces", lambda *a, **k: [dict(r) for r in ROWS])
     trainer = Trainer(run_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1))
+    saved, finish = {}, trainer.finish
+
+    def keep_the_reference():  # the run drops it before its last evaluation
+        saved.update(trainer.reference.weights())
+        finish()
+
+    monkeypatch.setattr(trainer, "finish", keep_the_reference)
     assert trainer.train() == 0  # the whole run: base eval, cold start, RL, finish
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["cold_start"]["sft_steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # on the untouched base it was ~0.01
-    saved = trainer.reference.weights()
+    assert saved and trainer.reference is None
     (tmp_path / "run" / "summary.json").write_text("{}")  # resume the finished run's last checkpoint
     again = Trainer(run_config(tmp_path, beta=0.05, lora=lora, lora_r=4, max_steps=2, save_every=1), resume=True)
     again.setup()
