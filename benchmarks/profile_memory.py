@@ -9,6 +9,7 @@ The sampler slows the command a little (its wall time is not the command's own).
 
     python benchmarks/profile_memory.py -- train --config recipes/demo.yaml --out /tmp/demo-profile
     python benchmarks/profile_memory.py --window 2 --json /tmp/eval.json -- eval --model default --limit 300
+    python benchmarks/profile_memory.py --window 2 --thread r1lite-engine -- serve --port 8011
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def stack_of(thread_id: int, depth: int = 8) -> list[str]:
 class Sampler(threading.Thread):
     """Samples the resident set; keeps (seconds, MiB, stack) at each new high of a window."""
 
-    def __init__(self, every_s: float, window_s: float):
+    def __init__(self, every_s: float, window_s: float, thread: str = ""):
         super().__init__(daemon=True)
         self.every_s, self.window_s = every_s, window_s
         self.main = threading.get_ident()
+        self.thread = thread
         self.samples: list[tuple[float, float, list[str]]] = []
         self.done = threading.Event()
 
@@ -57,8 +59,16 @@ class Sampler(threading.Thread):
                 window, high = int(now // self.window_s), 0.0
             if rss > high:
                 high = rss
-                self.samples.append((round(now, 3), round(rss, 1), stack_of(self.main)))
+                self.samples.append((round(now, 3), round(rss, 1), stack_of(self.watched())))
             time.sleep(self.every_s)
+
+    def watched(self) -> int:
+        """The thread whose stack a sample keeps: the one named ``thread`` while it runs, else the main one."""
+        if self.thread:
+            for t in threading.enumerate():
+                if t.name == self.thread and t.ident is not None:
+                    return t.ident
+        return self.main
 
 
 def highs(samples: list[tuple[float, float, list[str]]], window_s: float) -> list[tuple[float, float, list[str]]]:
@@ -83,10 +93,11 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=2.0, help="milliseconds between samples")
     parser.add_argument("--window", type=float, default=20.0, help="seconds a printed line covers")
     parser.add_argument("--json", default="", help="write every kept sample here")
+    parser.add_argument("--thread", default="", help="keep this thread's stacks (e.g. r1lite-engine, serve's engine)")
     args = parser.parse_args(sys.argv[1:split])
     from r1lite.cli import main as r1lite_main
 
-    sampler = Sampler(args.every / 1000, args.window)
+    sampler = Sampler(args.every / 1000, args.window, args.thread)
     sampler.start()
     sys.argv = ["r1lite", *sys.argv[split + 1:]]
     code = 1

@@ -20,6 +20,7 @@ from r1lite.engine import (
 )
 from r1lite.engine import engine as engine_module
 from r1lite.engine.sampling import sample_rows
+from r1lite.meter.memory import peak_resets, reset_peak, status_mib
 from r1lite.models import cpu_bf16_flags, left_pad, load_model, resolve_runtime
 from r1lite.packaged import stop_token_ids
 from r1lite.prompts import encode_messages
@@ -285,6 +286,32 @@ def test_rows_leave_in_the_caches_own_memory(tiny, kept):
     expected = decoder.select(cache, rows)
     out = decoder.compact(cache, rows)
     assert torch.equal(out, expected) and out.is_contiguous() and out.data_ptr() == cache.data_ptr()
+
+
+@pytest.mark.skipif(not peak_resets(), reason="this kernel does not reset the peak resident set (/proc/self/clear_refs)")
+def test_a_merge_hands_the_old_caches_back_as_the_new_one_fills(tiny):
+    """A serving batch's merge (requests joining) built its new cache beside the old ones whole:
+    now the new one fills a layer at a time and each old layer goes back once copied, so the merge
+    adds at most a layer's worth to the resident set (the tiny model: a half). The same keys and
+    values as copying the parts' rows and columns."""
+    model, _ = tiny
+    decoder = make_decoder(model, torch.float32)
+    g = torch.Generator().manual_seed(0)
+    running, joining = decoder.new_cache(24, 8192), decoder.new_cache(40, 8192)
+    running.copy_(torch.randn(running.shape, generator=g))
+    joining.copy_(torch.randn(joining.shape, generator=g))
+    rows = torch.tensor([r for r in range(24) if r != 5])
+    expected = torch.zeros(decoder.new_cache(23 + 40, 8192).shape)
+    expected[:, :, :23, :, 2:8184] = running.index_select(2, rows)[:, :, :, :, 10:8192]
+    expected[:, :, 23:, :, 0:8000] = joining[:, :, :, :, 100:8100]
+    size = (running.numel() + joining.numel()) * 4 / 2**20
+    assert size > 100 and decoder.n_layers == 2
+    reset_peak()
+    before = status_mib("VmRSS")
+    out = decoder.merge([(running, rows, 10, 8192, 2), (joining, None, 100, 8100, 0)], 8192)
+    grew = status_mib("VmHWM") - before
+    assert torch.equal(out, expected)
+    assert grew < 0.7 * size, f"the merge grew the resident set by {grew:.0f} MiB for {size:.0f} MiB of caches"
 
 
 def test_generate_hands_freed_memory_back_after_every_step(tiny, monkeypatch):

@@ -372,3 +372,53 @@ def test_a_compiler_without_avx512_bf16_still_builds_the_fp32_kernels(monkeypatc
 def test_bf16_products_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("R1LITE_BF16_KERNELS", "0")
     assert not cpu_kernels.bf16_products(LIB)
+
+
+@pytest.mark.skipif(cpu_kernels.sys.platform != "linux", reason="reads the resident set from /proc/self/status")
+def test_untouched_zeros_take_their_pages_only_as_they_are_written():
+    """A KV cache sized for every row's longest answer is resident as its columns fill, not at once:
+    128 MiB of zeros cost nothing until written, a written quarter costs a quarter, and they are
+    handed back with the tensor."""
+    from r1lite.meter.memory import status_mib
+
+    before = status_mib("VmRSS")
+    t = cpu_kernels.untouched_zeros((32, 2**20), torch.float32)
+    assert t.is_contiguous() and t.shape == (32, 2**20) and t.dtype == torch.float32
+    assert status_mib("VmRSS") - before < 16
+    t[:8] = 1.0
+    assert 24 < status_mib("VmRSS") - before < 48
+    assert t[:8].sum().item() == 8 * 2**20 and not t[8:12].any()
+    del t
+    assert status_mib("VmRSS") - before < 16
+
+
+@needs_kernel
+@pytest.mark.parametrize("weights,dtype", [("fp32", torch.float32), ("fp32", torch.bfloat16), ("int8", torch.float32),
+                                           pytest.param("bf16", torch.bfloat16, marks=needs_bf16)])
+def test_a_decoder_packs_each_weight_from_the_model_without_a_second_copy(weights, dtype, monkeypatch):
+    """Each projection's packed weight is the packing of the weight as the rollout precision holds
+    it, and where the packing itself rounds (bf16 pairs) or reads fp32 (fp32, int8) it reads the
+    model's own tensor: a cast copy of the vocabulary head was the highest point of loading a model
+    to serve. fp32 products of bf16-rounded weights (no bf16 products) still pack the rounded cast."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r1lite.engine import LlamaDecoder
+
+    if weights == "fp32" and dtype == torch.bfloat16:
+        monkeypatch.setenv("R1LITE_BF16_KERNELS", "0")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    read, pack = [], cpu_kernels.PackedWeight.__init__
+    monkeypatch.setattr(cpu_kernels.PackedWeight, "__init__",
+                        lambda self, parts, *a, **k: read.extend(p.data_ptr() for p in parts) or pack(self, parts, *a, **k))
+    decoder = LlamaDecoder(model, dtype, int8=weights == "int8")
+    assert decoder.weights == weights
+    own = {p.data_ptr() for p in model.parameters()}
+    assert (set(read) <= own) == (dtype == torch.float32 or weights == "bf16") and model.lm_head.weight.data_ptr() in own
+    monkeypatch.setattr(cpu_kernels.PackedWeight, "__init__", pack)
+    layer = model.model.layers[1]
+    for linears, projection in (((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj), decoder.layers[1]["wqkv"]),
+                                ((layer.mlp.down_proj,), decoder.layers[1]["wd"]), ((model.lm_head,), decoder.head)):
+        cast = [lin.weight.detach().to(dtype).float() for lin in linears]
+        assert torch.equal(projection.packed.data, cpu_kernels.PackedWeight(cast, LIB, kind=weights).data)

@@ -202,7 +202,16 @@ class LlamaDecoder:
         memory of the previous sync's (``self.layers`` and ``self.head`` until ``_load`` replaces them)."""
         old = getattr(self, "layers", None)
         reuse = getattr(self, "head", None) if i < 0 else (old[i][name] if old and i < len(old) else None)
-        return Projection([self._cast(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.weights)
+        return Projection([self._packing_source(lin.weight) for lin in linears], self.lib, self.onednn, reuse, self.weights)
+
+    def _packing_source(self, weight: torch.Tensor) -> torch.Tensor:
+        """What a projection's weight is built from: the fp32 weight itself where our kernels pack it
+        into their own memory and round it as the rollout precision does (bf16 packing rounds to
+        nearest even, as ``.to(torch.bfloat16)``; fp32 and int8 packing read fp32), else its cast.
+        A cast would be a whole second copy of the weight beside the packed one: the vocabulary
+        head's was the highest point of loading a model to serve."""
+        packs_itself = self.lib is not None and (self.weights != "fp32" or self.dtype == torch.float32)
+        return weight.detach() if packs_itself and weight.dtype == torch.float32 else self._cast(weight)
 
     def _embedding(self, model) -> torch.Tensor | None:
         """The embedding in the rollout precision, or None where it is the head's own weight (tied)
@@ -262,7 +271,10 @@ class LlamaDecoder:
     # -- the cache -------------------------------------------------------------------------------
 
     def new_cache(self, rows: int, columns: int) -> torch.Tensor:
-        return torch.zeros(self.n_layers, 2, rows, self.n_kv, columns, self.head_dim, dtype=self.compute, device=self.device)
+        shape = (self.n_layers, 2, rows, self.n_kv, columns, self.head_dim)
+        if self.device.type == "cpu":  # resident as columns fill, not at once
+            return kernels.untouched_zeros(shape, self.compute)
+        return torch.zeros(shape, dtype=self.compute, device=self.device)
 
     def select(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The cache of these rows (indices may repeat: a prompt's cache copied into its samples)."""
@@ -285,15 +297,21 @@ class LlamaDecoder:
     def merge(self, parts: list[tuple[torch.Tensor, torch.Tensor | None, int, int, int]], columns: int) -> torch.Tensor:
         """One cache of ``columns`` columns from ``(cache, rows or None = all, first, end, dest)``
         parts: each part's rows, its columns first..end moved to dest.., parts' rows one after
-        another (zeros elsewhere)."""
+        another (zeros elsewhere). The parts' caches are read no more: their memory is handed back
+        as the new one fills (a serving batch's merge held both whole at once)."""
         total = sum(c.shape[2] if r is None else len(r) for c, r, *_ in parts)
-        out = self.new_cache(total, columns)
-        at = 0
-        for cache, rows, first, end, dest in parts:
-            part = cache if rows is None else cache.index_select(2, rows)
-            n = part.shape[2]
-            out[:, :, at:at + n, :, dest:dest + end - first] = part[:, :, :, :, first:end]
-            at += n
+        out = self.new_cache(total, columns)  # zeros: its pages are taken as a layer is written
+        sources = {c.data_ptr(): c for c, *_ in parts}.values()
+        for layer in range(self.n_layers):  # a layer at a time, each part's layer dropped once copied:
+            at = 0                          # the old caches and the new one never stand whole side by side
+            for cache, rows, first, end, dest in parts:
+                part = cache[layer] if rows is None else cache[layer].index_select(1, rows)
+                n = part.shape[1]
+                out[layer, :, at:at + n, :, dest:dest + end - first] = part[:, :, :, first:end]
+                at += n
+            for cache in sources:
+                if cache.device.type == "cpu":
+                    kernels.drop_pages(cache[layer])
         return out
 
     def release(self, cache) -> None:

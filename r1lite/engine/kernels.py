@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import platform
 import shutil
@@ -149,6 +150,20 @@ def drop_pages(t: torch.Tensor) -> bool:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED) == 0
+
+
+def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero CPU tensor whose pages are taken only as they are written (an anonymous memory map:
+    the kernel hands out zeroed pages on first touch). ``torch.zeros`` writes every page at once: a
+    KV cache sized for every row's longest answer was resident whole before its first token, and a
+    merge's new cache beside the old ones it is copied from. Freed (unmapped) with the tensor."""
+    count = 1
+    for size in shape:
+        count *= size
+    if count == 0:
+        return torch.zeros(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, count * torch.empty(0, dtype=dtype).element_size())
+    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
 
 
 def bf16_products(lib: ctypes.CDLL | None) -> bool:
