@@ -57,3 +57,33 @@ def test_the_prefilter_keeps_every_match_and_every_verdict(corpus):
     verdicts = [policy.check(t) for t in sample]
     assert verdicts == [full.check(t) for t in sample]
     assert sum(not v.safe for v in verdicts) > 20 and any(not t.isascii() for t in sample)
+
+
+def test_settled_text_scanned_from_the_last_answer_is_the_whole_scans(corpus):
+    """A streamed answer's settled text, scanned from where the last scan of its shorter text ended
+    (as the output guard's early release does, token by token), is the whole text's scan at every
+    length: the same characters go out before their sentence is checked."""
+    import random
+
+    from r1lite.serve.guard import EARLY_CHARS, AnswerGuard, Guard
+
+    policy, rng = GuardPolicy(), random.Random(0)
+    texts = [t for t in corpus if policy.settled(t[:EARLY_CHARS]) < len(t[:EARLY_CHARS])][:40] + ANSWERS
+    assert len(texts) > 30
+    moved = 0
+    for text in texts:
+        text, at, answer = text[:EARLY_CHARS], 0, AnswerGuard(Guard(policy), None, "q")
+        answer.guard.judge = None
+        held, last = "", 0
+        while at < len(text):
+            at += rng.randint(1, 6)  # a token's worth of characters
+            prefix = text[:at]
+            held = prefix[len(answer.before):]
+            whole = policy.settled(prefix)
+            assert policy.settled(prefix, last) == whole, (prefix, last)
+            assert answer.early(held) == max(0, whole - len(answer.before))
+            moved += whole != last
+            last = whole
+            if rng.random() < 0.3 and whole > len(answer.before):  # sometimes release what settled
+                answer.released(prefix[len(answer.before):whole])
+    assert moved > 100  # the scans' answers moved as the texts grew

@@ -124,11 +124,17 @@ class GuardPolicy:
         joined = "|".join(f"(?:{p.pattern})" for _, _, block, _ in self.categories for _, p in block.patterns)
         return regex.compile(joined or "(?!)", regex.I)
 
-    def settled(self, text: str) -> int:
+    def settled(self, text: str, start: int = 0) -> int:
         """How many leading characters of ``text`` no block pattern can match any part of, whatever
         follows: those before the leftmost place where a match begins, or one that the end of the
         text cuts off (read, as :meth:`check` reads, with whitespace runs as one space). Text that
         is settled can be shown before its sentence is checked; the guard blocks no less.
+
+        ``start``: this method's answer for a prefix of ``text`` (a stream's text so far). A place
+        where a match of the longer text begins is one where a match of the prefix begins or is cut
+        off, so none begins before it, and the search starts there: each token of a streamed answer
+        scans its last words, not the whole answer (a scan of 83 characters took 3.3 ms against the
+        policy's one pattern of every block pattern, on the serving thread, for every stream).
 
         >>> p = GuardPolicy()
         >>> text = "Okay, to build a pipe bo"  # "build a pipe bo" may go on as "build a pipe bomb"
@@ -136,9 +142,19 @@ class GuardPolicy:
         'Okay, to '
         >>> p.settled("Okay.")
         5
+        >>> p.settled(text + "ok", p.settled(text)) == p.settled(text + "ok")
+        True
         """
         words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
-        m = self.partial.search(" ".join(text[a:b] for a, b in words), partial=True)
+        pos = 0  # where start is in the flattened text, a character early (the space before a word)
+        for a, b in words:
+            if b >= start:
+                pos = max(0, pos + max(0, start - a) - 1)
+                break
+            pos += b - a + 1
+        else:
+            pos = max(0, pos - 1)
+        m = self.partial.search(" ".join(text[a:b] for a, b in words), pos, partial=True)
         if m is None:
             return len(text)
         at = m.start()  # in the flattened text: words joined by one space
@@ -282,6 +298,8 @@ class AnswerGuard:
         self.allowed: set[str] = set()
         self.checked = False
         """Whether a piece was checked: the answer's first sentence has ended."""
+        self.settled_at = ("", 0)
+        """The last text :meth:`early` read and its settled characters."""
 
     def early(self, held: str) -> int:
         """How many leading characters of ``held``, the text after what was released, may be
@@ -290,7 +308,10 @@ class AnswerGuard:
         They count as checked (:meth:`released`)."""
         if self.guard.judge is not None or self.checked or len(self.before) + len(held) > EARLY_CHARS:
             return 0
-        return max(0, self.guard.policy.settled(self.before + held) - len(self.before))
+        text = self.before + held
+        start = self.settled_at[1] if text.startswith(self.settled_at[0]) else 0  # the text grew: scan from there
+        self.settled_at = (text, self.guard.policy.settled(text, start))
+        return max(0, self.settled_at[1] - len(self.before))
 
     def released(self, text: str) -> None:
         """``text`` went out as settled: it joins the answer before the next piece unchecked (no
