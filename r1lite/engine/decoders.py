@@ -301,7 +301,7 @@ class LlamaDecoder:
         as the new one fills (a serving batch's merge held both whole at once)."""
         total = sum(c.shape[2] if r is None else len(r) for c, r, *_ in parts)
         out = self.new_cache(total, columns)  # zeros: its pages are taken as a layer is written
-        sources = {c.data_ptr(): c for c, *_ in parts}.values()
+        on_cpu = [c for c in {c.data_ptr(): c for c, *_ in parts}.values() if c.device.type == "cpu"]
         for layer in range(self.n_layers):  # a layer at a time, each part's layer dropped once copied:
             at = 0                          # the old caches and the new one never stand whole side by side
             for cache, rows, first, end, dest in parts:
@@ -309,9 +309,8 @@ class LlamaDecoder:
                 n = part.shape[1]
                 out[layer, :, at:at + n, :, dest:dest + end - first] = part[:, :, :, first:end]
                 at += n
-            for cache in sources:
-                if cache.device.type == "cpu":
-                    kernels.drop_pages(cache[layer])
+            for cache in on_cpu:
+                kernels.drop_pages(cache[layer])
         return out
 
     def release(self, cache) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import mmap
 import os
 import platform
@@ -157,12 +158,10 @@ def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     the kernel hands out zeroed pages on first touch). ``torch.zeros`` writes every page at once: a
     KV cache sized for every row's longest answer was resident whole before its first token, and a
     merge's new cache beside the old ones it is copied from. Freed (unmapped) with the tensor."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     if count == 0:
         return torch.zeros(shape, dtype=dtype)
-    buffer = mmap.mmap(-1, count * torch.empty(0, dtype=dtype).element_size())
+    buffer = mmap.mmap(-1, count * dtype.itemsize)
     return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
 
 
